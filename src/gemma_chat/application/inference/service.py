@@ -1,0 +1,359 @@
+"""``InferenceService``: chat turns on a session, with caching, statistics and health.
+
+It receives its ports (an ``LLMProtocol`` and a ``SessionRepository``) or builds the default
+ones from settings, and is used as an async context manager::
+
+    async with InferenceService() as service:
+        response = await service.generate_response(session=session, user_message="Hello!")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self
+
+from gemma_chat.application.inference.response_cache import ResponseCache
+from gemma_chat.application.inference.statistics import ServiceStatistics
+from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
+from gemma_chat.domain.models import (
+    ChatMessage,
+    ChatSession,
+    Completion,
+    FinishReason,
+    GenerationConfig,
+    InferenceResponse,
+    Role,
+    StreamChunk,
+    TokenUsage,
+)
+from gemma_chat.domain.models.message import validate_content
+from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry
+from gemma_chat.infrastructure.repositories import InMemorySessionRepository
+from gemma_chat.shared.config import Settings, get_settings
+from gemma_chat.shared.exceptions import GemmaChatError, InferenceError, ServiceStateError
+
+__all__ = ["InferenceService", "ServiceState"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceState(StrEnum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class InferenceService:
+    """Generates assistant turns for chat sessions.
+
+    ``async with`` loads the model and unloads it again on exit (a model passed in as ``llm`` is
+    loaded if needed but left loaded: its owner decides when to unload it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        llm: LLMProtocol | None = None,
+        *,
+        sessions: SessionRepository | None = None,
+        registry: LLMRegistry | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else get_settings()
+        self._registry = registry or default_registry
+        self._llm = llm
+        self._owns_llm = llm is None
+        self._sessions: SessionRepository = sessions or InMemorySessionRepository()
+        self._cache = ResponseCache(self.settings.cache)
+        self._stats = ServiceStatistics()
+        self._state = ServiceState.UNOPENED
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServiceState:
+        return self._state
+
+    @property
+    def llm(self) -> LLMProtocol:
+        if self._llm is None:
+            self._llm = self._create_default_llm()
+        return self._llm
+
+    def _create_default_llm(self) -> LLMProtocol:
+        """The adapter registered for ``settings.model.name`` (see ``register_llm``)."""
+        return self._registry.create(self.settings)
+
+    async def start(self) -> None:
+        if self._state is ServiceState.CLOSED:
+            raise ServiceStateError(
+                "This InferenceService was closed and cannot be reopened: create a new one."
+            )
+        if self._state is ServiceState.OPEN:
+            return
+        await self.llm.load()
+        self._state = ServiceState.OPEN
+
+    async def close(self) -> None:
+        if self._state is ServiceState.OPEN and self._owns_llm and self._llm is not None:
+            await self._llm.unload()
+        self._state = ServiceState.CLOSED
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _require_open(self) -> None:
+        if self._state is ServiceState.UNOPENED:
+            raise ServiceStateError(
+                "The InferenceService is not started: use `async with InferenceService() as "
+                "service:` or call `await service.start()` first."
+            )
+        if self._state is ServiceState.CLOSED:
+            raise ServiceStateError("The InferenceService is closed: create a new one.")
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    async def generate_response(
+        self,
+        session: ChatSession | str,
+        user_message: str,
+        temperature: float | None = None,
+        **overrides: Any,
+    ) -> InferenceResponse:
+        """Answer ``user_message`` in ``session`` (a session or its id).
+
+        The user message, the answer and their token usage are added to the session when the
+        answer is complete; on an error or cancellation the session is left exactly as it was.
+        """
+        self._require_open()
+        chat_session, config = await self._begin(session, user_message, temperature, overrides)
+        async with self._lock(chat_session.id):
+            started = time.perf_counter()
+            messages = self._conversation(chat_session, user_message)
+            key = self._cache.key_for(self.llm.model_name, messages, config)
+            completion = self._cache.get(key)
+            cached = completion is not None
+            if completion is None:
+                completion = await self._guarded(self.llm.generate(messages, config))
+                self._cache.put(key, completion)
+            return await self._complete_turn(
+                chat_session, user_message, completion, started, cached=cached
+            )
+
+    async def stream_response(
+        self,
+        session: ChatSession | str,
+        user_message: str,
+        temperature: float | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """Stream the answer as text chunks; the last chunk has ``finish_reason`` and usage.
+
+        The turn is added to the session just before the last chunk is yielded; a consumer
+        that stops early leaves the session unchanged and stops the generation.
+        """
+        self._require_open()
+        chat_session, config = await self._begin(session, user_message, temperature, overrides)
+        async with self._lock(chat_session.id):
+            started = time.perf_counter()
+            messages = self._conversation(chat_session, user_message)
+            key = self._cache.key_for(self.llm.model_name, messages, config)
+            hit = self._cache.get(key)
+            if hit is not None:
+                await self._complete_turn(chat_session, user_message, hit, started, cached=True)
+                if hit.text:
+                    yield StreamChunk(hit.text)
+                yield StreamChunk("", hit.finish_reason, hit.token_usage)
+                return
+            parts: list[str] = []
+            try:
+                async for chunk in self.llm.stream(messages, config):
+                    parts.append(chunk.text)
+                    if chunk.finish_reason is not None:
+                        completion = Completion(
+                            "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
+                        )
+                        if completion.finish_reason is not FinishReason.CANCELLED:
+                            self._cache.put(key, completion)
+                            await self._complete_turn(
+                                chat_session, user_message, completion, started, cached=False
+                            )
+                        yield chunk
+                        return
+                    yield chunk
+            except (asyncio.CancelledError, GeneratorExit):
+                self._stats.record_cancelled()
+                raise
+            except GemmaChatError:
+                self._stats.record_error()
+                raise
+            except Exception as exc:
+                self._stats.record_error()
+                raise InferenceError(f"The model failed while streaming: {exc}") from exc
+            raise InferenceError("The model's stream ended without a final chunk.")
+
+    async def _begin(
+        self,
+        session: ChatSession | str,
+        user_message: str,
+        temperature: float | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[ChatSession, GenerationConfig]:
+        validate_content(user_message, what="user_message")
+        config = self.default_generation_config().with_overrides(
+            temperature=temperature, **overrides
+        )
+        if isinstance(session, str):
+            return await self._sessions.get(session), config
+        if not isinstance(session, ChatSession):
+            raise ServiceStateError(
+                f"session must be a ChatSession or a session id, got {type(session).__name__}."
+            )
+        return session, config
+
+    def default_generation_config(self) -> GenerationConfig:
+        """The generation parameters of a request that overrides nothing (from settings)."""
+        m = self.settings.model
+        return GenerationConfig(
+            temperature=m.temperature,
+            top_p=m.top_p,
+            top_k=m.top_k,
+            max_new_tokens=m.max_new_tokens,
+            seed=m.seed,
+            repetition_penalty=m.repetition_penalty,
+        )
+
+    @staticmethod
+    def _conversation(session: ChatSession, user_message: str) -> list[ChatMessage]:
+        return [*session.to_chat_messages(), {"role": Role.USER.value, "content": user_message}]
+
+    async def _guarded(self, call: Any) -> Completion:
+        try:
+            completion: Completion = await call
+        except asyncio.CancelledError:
+            self._stats.record_cancelled()
+            raise
+        except GemmaChatError:
+            self._stats.record_error()
+            raise
+        except Exception as exc:  # an adapter outside BaseLLM that did not map its error
+            self._stats.record_error()
+            raise InferenceError(f"The model failed: {type(exc).__name__}: {exc}") from exc
+        return completion
+
+    async def _complete_turn(
+        self,
+        session: ChatSession,
+        user_message: str,
+        completion: Completion,
+        started: float,
+        *,
+        cached: bool,
+    ) -> InferenceResponse:
+        _, answer = session.record_turn(
+            user_message,
+            completion.text,
+            completion.token_usage,
+            user_token_count=self._count_tokens(user_message),
+        )
+        if await self._sessions.contains(session.id):
+            await self._sessions.save(session)
+        latency = time.perf_counter() - started
+        self._stats.record_success(
+            latency, completion.token_usage.completion_tokens, cached=cached
+        )
+        return InferenceResponse(
+            content=completion.text,
+            token_usage=completion.token_usage,
+            finish_reason=completion.finish_reason,
+            model=self.llm.model_name,
+            latency=latency,
+            session_id=session.id,
+            message_id=answer.id,
+            cached=cached,
+        )
+
+    def _count_tokens(self, text: str) -> int | None:
+        try:
+            return self.llm.count_tokens(text)
+        except GemmaChatError:
+            return None
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        # Two turns on one session at once would interleave its history: run them in order.
+        lock = self._session_locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._session_locks[session_id] = lock
+        return lock
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        title: str = "New Chat",
+        *,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChatSession:
+        session = ChatSession(title, system_prompt=system_prompt, metadata=metadata)
+        await self._sessions.add(session)
+        return session
+
+    async def add_session(self, session: ChatSession) -> ChatSession:
+        """Keep an existing session in the service's store (to use it by id later)."""
+        await self._sessions.add(session)
+        return session
+
+    async def get_session(self, session_id: str) -> ChatSession:
+        return await self._sessions.get(session_id)
+
+    async def list_sessions(self) -> list[ChatSession]:
+        return await self._sessions.list()
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._sessions.delete(session_id)
+
+    # -- observability -------------------------------------------------------------------------
+
+    async def clear_cache(self) -> None:
+        self._cache.clear()
+
+    async def get_statistics(self) -> dict[str, Any]:
+        return self._stats.snapshot(cache_size=len(self._cache))
+
+    async def get_model_info(self) -> dict[str, Any]:
+        return self.llm.get_model_info()
+
+    async def health_check(self) -> dict[str, Any]:
+        """``status`` is unhealthy when the model is not serving, degraded when at least half
+        of the recent requests failed, healthy otherwise."""
+        if self._state is not ServiceState.OPEN or not self.llm.is_loaded:
+            status = "unhealthy"
+        elif len(self._stats.recent_failures) >= 2 and self._stats.recent_error_rate >= 0.5:
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "service_state": self._state.value,
+            "model_info": await self.get_model_info(),
+            "statistics": await self.get_statistics(),
+        }

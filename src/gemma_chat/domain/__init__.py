@@ -1,0 +1,1 @@
+"""The domain: models, errors and ports. Imports only the standard library."""

@@ -1,0 +1,68 @@
+"""Errors of the domain: every error gemma-chat raises derives from ``GemmaChatError``.
+
+They live beside the models (standard library only) so that the domain, the application and
+every adapter share one hierarchy; each message says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextLengthExceededError",
+    "GemmaChatError",
+    "GenerationCancelledError",
+    "InvalidGenerationConfigError",
+    "InvalidMessageError",
+    "ModelNotLoadedError",
+    "SessionNotFoundError",
+    "ValidationError",
+]
+
+
+class GemmaChatError(Exception):
+    """Base class of every error raised by gemma-chat."""
+
+
+class ValidationError(GemmaChatError, ValueError):
+    """Input that the domain rejects; the message names the field and the accepted values."""
+
+
+class InvalidMessageError(ValidationError):
+    """A chat message that cannot be accepted (wrong type, empty, unknown role)."""
+
+
+class InvalidGenerationConfigError(ValidationError):
+    """A generation parameter outside its accepted range."""
+
+
+class SessionNotFoundError(GemmaChatError, KeyError):
+    """No session with this id exists."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"No chat session with id {self.session_id!r}: create it first or list the existing ones."
+
+
+class ContextLengthExceededError(ValidationError):
+    """The conversation does not fit the model's context window."""
+
+    def __init__(self, *, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"The conversation needs {prompt_tokens} prompt tokens + {max_new_tokens} new tokens = "
+            f"{prompt_tokens + max_new_tokens} tokens, but the model's context window is "
+            f"{context_length} tokens. Start a new session, shorten the history, lower "
+            "max_new_tokens, or set GEMMA_MODEL__TRUNCATE_HISTORY=true to drop the oldest turns."
+        )
+
+
+class ModelNotLoadedError(GemmaChatError, RuntimeError):
+    """The model was used before ``load()`` (or after ``unload()``)."""
+
+
+class GenerationCancelledError(GemmaChatError):
+    """The generation was cancelled before it completed."""

@@ -1,0 +1,41 @@
+"""The port every language model backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from gemma_chat.domain.models import ChatMessage, Completion, GenerationConfig, StreamChunk
+
+__all__ = ["LLMProtocol"]
+
+
+@runtime_checkable
+class LLMProtocol(Protocol):
+    """A chat model that can be loaded, asked and streamed from.
+
+    ``generate`` and ``stream`` take the whole conversation as role/content dicts (system prompt
+    first) and must not block the event loop.
+    """
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def is_loaded(self) -> bool: ...
+
+    async def load(self) -> None: ...
+
+    async def unload(self) -> None: ...
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> Completion: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> AsyncIterator[StreamChunk]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def get_model_info(self) -> dict[str, Any]: ...

@@ -1,0 +1,24 @@
+"""Domain models: standard library only."""
+
+from gemma_chat.domain.models.generation import (
+    Completion,
+    FinishReason,
+    GenerationConfig,
+    InferenceResponse,
+    StreamChunk,
+)
+from gemma_chat.domain.models.message import ChatMessage, Message, Role, TokenUsage
+from gemma_chat.domain.models.session import ChatSession
+
+__all__ = [
+    "ChatMessage",
+    "ChatSession",
+    "Completion",
+    "FinishReason",
+    "GenerationConfig",
+    "InferenceResponse",
+    "Message",
+    "Role",
+    "StreamChunk",
+    "TokenUsage",
+]

@@ -1,0 +1,171 @@
+"""What a generation is asked to do, and what it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gemma_chat.domain.errors import InvalidGenerationConfigError
+from gemma_chat.domain.models.message import TokenUsage
+
+__all__ = ["Completion", "FinishReason", "GenerationConfig", "InferenceResponse", "StreamChunk"]
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # the model ended its turn or a stop sequence was reached
+    LENGTH = "length"  # max_new_tokens was reached
+    CANCELLED = "cancelled"  # the caller stopped the generation
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationConfig:
+    """Sampling parameters of one request, validated on construction.
+
+    ``temperature == 0`` means greedy decoding; ``top_k == 0`` and ``top_p == 1`` switch those
+    filters off.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 64
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif isinstance(self.stop, list | tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        _check(
+            _is_number(self.temperature) and 0.0 <= self.temperature <= 2.0,
+            "temperature",
+            self.temperature,
+            "a number from 0 to 2 (0 = greedy)",
+        )
+        _check(
+            _is_number(self.top_p) and 0.0 < self.top_p <= 1.0,
+            "top_p",
+            self.top_p,
+            "a number greater than 0 and at most 1",
+        )
+        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k", self.top_k, "an integer >= 0")
+        _check(
+            _is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+            "max_new_tokens",
+            self.max_new_tokens,
+            "an integer >= 1",
+        )
+        _check(
+            isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
+            "stop",
+            self.stop,
+            "a list of non-empty strings",
+        )
+        _check(
+            self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
+            "seed",
+            self.seed,
+            "an integer from 0 to 2**63 - 1, or None",
+        )
+        _check(
+            _is_number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
+            "repetition_penalty",
+            self.repetition_penalty,
+            "a number greater than 0 and at most 10 (1 = off)",
+        )
+        # Store plain floats: 1 and 1.0 must give the same cache key.
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def is_deterministic(self) -> bool:
+        """Whether the same input always gives the same output (greedy, or sampling with a seed)."""
+        return self.is_greedy or self.seed is not None
+
+    def with_overrides(self, **overrides: Any) -> GenerationConfig:
+        """A copy with some fields replaced; ``None`` values are ignored, unknown names rejected."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InvalidGenerationConfigError(
+                f"Unknown generation parameter(s) {', '.join(unknown)}: "
+                f"accepted are {', '.join(sorted(names))}."
+            )
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
+            "stop": list(self.stop)
+        }
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise InvalidGenerationConfigError(f"Invalid {name}={value!r}: expected {expected}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What an LLM returns for one prompt."""
+
+    text: str
+    finish_reason: FinishReason = FinishReason.STOP
+    token_usage: TokenUsage = field(default_factory=TokenUsage)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A piece of a streamed answer; the last chunk carries ``finish_reason`` and ``token_usage``."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    token_usage: TokenUsage | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    """One completed assistant turn, as ``InferenceService`` returns it."""
+
+    content: str
+    token_usage: TokenUsage
+    finish_reason: FinishReason
+    model: str
+    latency: float  # seconds from request to answer
+    session_id: str
+    message_id: str
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "token_usage": self.token_usage.to_dict(),
+            "finish_reason": self.finish_reason.value,
+            "model": self.model,
+            "latency": self.latency,
+            "session_id": self.session_id,
+            "message_id": self.message_id,
+            "cached": self.cached,
+        }

@@ -1,0 +1,121 @@
+"""Messages of a conversation and the tokens they cost."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from gemma_chat.domain.errors import InvalidMessageError
+
+__all__ = ["ChatMessage", "Message", "Role", "TokenUsage", "utc_now"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+    @classmethod
+    def parse(cls, value: object) -> Role:
+        try:
+            return cls(value)
+        except ValueError:
+            accepted = ", ".join(r.value for r in cls)
+            raise InvalidMessageError(f"Unknown role {value!r}: use one of {accepted}.") from None
+
+
+class ChatMessage(TypedDict):
+    """A message as LLMs take it: OpenAI's ``{"role": ..., "content": ...}`` shape."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidMessageError(f"TokenUsage.{name} must be an integer >= 0, got {value!r}.")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenUsage:
+        return cls(int(data["prompt_tokens"]), int(data["completion_tokens"]))
+
+
+def validate_content(
+    content: object, *, what: str = "Message content", allow_empty: bool = False
+) -> str:
+    if not isinstance(content, str):
+        raise InvalidMessageError(f"{what} must be a string, got {type(content).__name__}.")
+    if not allow_empty and not content.strip():
+        raise InvalidMessageError(f"{what} must not be empty.")
+    return content
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: datetime = field(default_factory=utc_now)
+    token_count: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role.parse(self.role))
+        # A model may legitimately answer nothing (it ended its turn at once).
+        validate_content(self.content, allow_empty=self.role is Role.ASSISTANT)
+        if self.token_count is not None and (
+            not isinstance(self.token_count, int) or self.token_count < 0
+        ):
+            raise InvalidMessageError(f"token_count must be an integer >= 0, got {self.token_count!r}.")
+
+    def to_chat_message(self) -> ChatMessage:
+        return {"role": self.role.value, "content": self.content}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "content": self.content,
+            "created_at": self.created_at.isoformat(),
+            "token_count": self.token_count,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(
+            role=Role.parse(data["role"]),
+            content=data["content"],
+            id=data["id"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            token_count=data.get("token_count"),
+        )

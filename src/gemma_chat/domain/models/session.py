@@ -1,0 +1,177 @@
+"""A conversation: its messages, system prompt, metadata and cumulative token usage."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from gemma_chat.domain.errors import InvalidMessageError
+from gemma_chat.domain.models.message import ChatMessage, Message, Role, TokenUsage, utc_now
+
+__all__ = ["ChatSession"]
+
+_SCHEMA_VERSION = 1
+
+
+class ChatSession:
+    """The state of one conversation.
+
+    Messages are only appended through methods that validate them first, so a session is never
+    left half-written: ``record_turn`` adds a user message, its reply and their token usage
+    together or not at all.
+    """
+
+    def __init__(
+        self,
+        title: str = "New Chat",
+        *,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
+        if not isinstance(title, str):
+            raise InvalidMessageError(f"Session title must be a string, got {type(title).__name__}.")
+        self.id: str = id or uuid.uuid4().hex
+        self.title: str = title
+        self.created_at: datetime = created_at or utc_now()
+        self.updated_at: datetime = self.created_at
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._system_prompt: str | None = None
+        self._messages: list[Message] = []
+        self._token_usage = TokenUsage()
+        if system_prompt is not None:
+            self.system_prompt = system_prompt
+
+    def __repr__(self) -> str:
+        return f"ChatSession(id={self.id!r}, title={self.title!r}, messages={len(self._messages)})"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self._system_prompt
+
+    @system_prompt.setter
+    def system_prompt(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise InvalidMessageError(f"System prompt must be a string, got {type(value).__name__}.")
+        # An empty system prompt means "none": the model should not see an empty turn.
+        self._system_prompt = value if value and value.strip() else None
+        self._touch()
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(self._messages)
+
+    @property
+    def message_count(self) -> int:
+        return len(self._messages)
+
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Tokens used by every completed turn of this session, summed."""
+        return self._token_usage
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def add_user_message(self, content: str, token_count: int | None = None) -> Message:
+        return self._append(Message(Role.USER, content, token_count=token_count))
+
+    def add_assistant_message(
+        self,
+        content: str,
+        token_count: int | None = None,
+        token_usage: TokenUsage | None = None,
+    ) -> Message:
+        message = self._append(Message(Role.ASSISTANT, content, token_count=token_count))
+        if token_usage is not None:
+            self._token_usage += token_usage
+        return message
+
+    def record_turn(
+        self,
+        user_content: str,
+        assistant_content: str,
+        token_usage: TokenUsage,
+        *,
+        user_token_count: int | None = None,
+    ) -> tuple[Message, Message]:
+        """Append a user message, the reply and their usage together (validated before any change)."""
+        user = Message(Role.USER, user_content, token_count=user_token_count)
+        assistant = Message(
+            Role.ASSISTANT,
+            assistant_content,
+            token_count=token_usage.completion_tokens,
+        )
+        self._messages.extend((user, assistant))
+        self._token_usage += token_usage
+        self._touch()
+        return user, assistant
+
+    def clear(self) -> None:
+        """Forget the messages and usage; keep the id, title, system prompt and metadata."""
+        self._messages.clear()
+        self._token_usage = TokenUsage()
+        self._touch()
+
+    def _append(self, message: Message) -> Message:
+        self._messages.append(message)
+        self._touch()
+        return message
+
+    def _touch(self) -> None:
+        self.updated_at = utc_now()
+
+    # -- formats -------------------------------------------------------------------------------
+
+    def to_chat_messages(self, *, include_system: bool = True) -> list[ChatMessage]:
+        """The conversation as OpenAI-style role/content dicts, system prompt first."""
+        chat: list[ChatMessage] = []
+        if include_system and self._system_prompt is not None:
+            chat.append({"role": Role.SYSTEM.value, "content": self._system_prompt})
+        chat.extend(m.to_chat_message() for m in self._messages)
+        return chat
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form that ``from_dict`` turns back into an equal session."""
+        return {
+            "schema_version": _SCHEMA_VERSION,
+            "id": self.id,
+            "title": self.title,
+            "system_prompt": self._system_prompt,
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "token_usage": self._token_usage.to_dict(),
+            "messages": [m.to_dict() for m in self._messages],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChatSession:
+        try:
+            session = cls(
+                data["title"],
+                system_prompt=data.get("system_prompt"),
+                metadata=data.get("metadata") or {},
+                id=data["id"],
+                created_at=datetime.fromisoformat(data["created_at"]),
+            )
+            session._messages = [Message.from_dict(m) for m in data.get("messages", [])]
+            usage = data.get("token_usage")
+            session._token_usage = TokenUsage.from_dict(usage) if usage else TokenUsage()
+            session.updated_at = datetime.fromisoformat(data["updated_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidMessageError):
+                raise
+            raise InvalidMessageError(f"Not a stored chat session: {exc!r}.") from exc
+        return session
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChatSession):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable

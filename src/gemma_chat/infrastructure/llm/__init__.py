@@ -1,0 +1,1 @@
+"""LLM adapters: ``BaseLLM`` and its implementations, chosen through the registry."""

@@ -1,0 +1,314 @@
+"""``BaseLLM``: the template every local or remote model adapter builds on.
+
+A subclass writes ``_load_model_implementation`` and ``_generate_implementation`` (and may write
+``_stream_implementation``); ``BaseLLM`` supplies the rest of ``LLMProtocol``: an idempotent,
+concurrency-safe load, prompt formatting, the context-window check, stop sequences, counters,
+memory figures and the mapping of backend failures onto gemma-chat errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
+from typing import Any
+
+import psutil
+
+from gemma_chat.domain.models import (
+    ChatMessage,
+    Completion,
+    FinishReason,
+    GenerationConfig,
+    Role,
+    StreamChunk,
+    TokenUsage,
+)
+from gemma_chat.domain.models.message import validate_content
+from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter, cut_at_stop
+from gemma_chat.shared.config import Settings, get_settings
+from gemma_chat.shared.exceptions import (
+    ContextLengthExceededError,
+    GemmaChatError,
+    InferenceError,
+    InvalidMessageError,
+    ModelLoadError,
+    ModelNotLoadedError,
+)
+
+__all__ = ["BaseLLM", "LLMState"]
+
+logger = logging.getLogger(__name__)
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+class LLMState(StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+
+
+class BaseLLM(ABC):
+    """Template for ``LLMProtocol`` adapters.
+
+    Subclasses receive the formatted prompt and the generation parameters as keyword arguments
+    (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``seed``,
+    ``repetition_penalty``) and return the text, or a ``Completion`` with exact token counts.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else get_settings()
+        self.inference_count = 0
+        self.total_tokens_generated = 0
+        self._state = LLMState.UNLOADED
+        # One lock per event loop: an asyncio.Lock must not be shared between loops.
+        self._load_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_name={self.model_name!r}, state={self._state.value!r})"
+
+    # -- what subclasses write -----------------------------------------------------------------
+
+    @abstractmethod
+    async def _load_model_implementation(self) -> None:
+        """Load the weights; blocking work belongs in a thread (``asyncio.to_thread``)."""
+
+    @abstractmethod
+    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> str | Completion:
+        """Answer ``prompt``; blocking work belongs in a thread."""
+
+    async def _stream_implementation(
+        self, prompt: str, **kwargs: Any
+    ) -> AsyncIterator[str | StreamChunk]:
+        """Yield the answer in pieces; by default the whole answer in one piece."""
+        result = await self._generate_implementation(prompt, **kwargs)
+        if isinstance(result, Completion):
+            yield StreamChunk(result.text, result.finish_reason, result.token_usage)
+        else:
+            yield result
+
+    async def _unload_model_implementation(self) -> None:
+        """Release the weights; the default has nothing to release."""
+
+    def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The conversation as one prompt string; adapters with a chat format override this."""
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, f"{Role.ASSISTANT.value}:"])
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``; an estimate (words and punctuation) unless the adapter knows better."""
+        return len(_WORDS.findall(text))
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends to (prompt plus answer); None when unknown or unlimited."""
+        return self.settings.model.context_length
+
+    def map_error(self, exc: Exception) -> GemmaChatError:
+        """Turn a backend failure into a gemma-chat error; adapters add their own cases."""
+        return InferenceError(
+            f"{type(self).__name__} failed while generating with {self.model_name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    def _extra_model_info(self) -> dict[str, Any]:
+        return {}
+
+    # -- LLMProtocol ---------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model.name
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._state is LLMState.LOADED
+
+    @property
+    def state(self) -> LLMState:
+        return self._state
+
+    async def load(self) -> None:
+        """Load the model once; concurrent callers wait for the same load."""
+        loop = asyncio.get_running_loop()
+        lock = self._load_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            if self._state is LLMState.LOADED:
+                return
+            self._state = LLMState.LOADING
+            logger.info("Loading model %s with %s", self.model_name, type(self).__name__)
+            try:
+                await self._load_model_implementation()
+            except GemmaChatError:
+                self._state = LLMState.UNLOADED
+                raise
+            except Exception as exc:
+                self._state = LLMState.UNLOADED
+                raise ModelLoadError(
+                    f"Could not load model {self.model_name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            except BaseException:
+                self._state = LLMState.UNLOADED
+                raise
+            self._state = LLMState.LOADED
+
+    async def unload(self) -> None:
+        if self._state is LLMState.UNLOADED:
+            return
+        await self._unload_model_implementation()
+        self._state = LLMState.UNLOADED
+
+    async def generate(self, messages: Sequence[ChatMessage], config: GenerationConfig) -> Completion:
+        prompt, prompt_tokens = self._prepare(messages, config)
+        try:
+            result = await self._generate_implementation(prompt, **self._kwargs(config))
+        except GemmaChatError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc) from exc
+        if isinstance(result, Completion):
+            text, stopped = cut_at_stop(result.text, config.stop)
+            completion = Completion(
+                text, FinishReason.STOP if stopped else result.finish_reason, result.token_usage
+            )
+        else:
+            text, stopped = cut_at_stop(result, config.stop)
+            completion = Completion(
+                text,
+                FinishReason.STOP,
+                TokenUsage(prompt_tokens, self.count_tokens(text)),
+            )
+        self._record(completion.token_usage)
+        return completion
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> AsyncIterator[StreamChunk]:
+        prompt, prompt_tokens = self._prepare(messages, config)
+        stops = StopSequenceFilter(config.stop)
+        finish = FinishReason.STOP
+        usage: TokenUsage | None = None
+        pieces = self._stream_implementation(prompt, **self._kwargs(config))
+        try:
+            async for piece in pieces:
+                if isinstance(piece, StreamChunk):
+                    text = piece.text
+                    finish = piece.finish_reason or finish
+                    usage = piece.token_usage or usage
+                else:
+                    text = piece
+                released = stops.push(text)
+                if released:
+                    yield StreamChunk(released)
+                if stops.stopped:
+                    finish = FinishReason.STOP
+                    break
+        except GemmaChatError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc) from exc
+        finally:
+            # Closing the implementation's generator stops its generation (no runaway work).
+            await pieces.aclose()
+        tail = stops.flush()
+        if usage is None:
+            usage = TokenUsage(prompt_tokens, self.count_tokens(stops.text))
+        self._record(usage)
+        yield StreamChunk(tail, finish, usage)
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "backend": type(self).__name__,
+            "state": self._state.value,
+            "is_loaded": self.is_loaded,
+            "context_length": self.context_length,
+            "inference_count": self.inference_count,
+            "total_tokens_generated": self.total_tokens_generated,
+            "memory_usage": self.memory_usage,
+            **self._extra_model_info(),
+        }
+
+    @property
+    def memory_usage(self) -> dict[str, float]:
+        """Process RSS, and on CUDA the memory torch has allocated and reserved, in MiB."""
+        usage = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
+        torch = sys.modules.get("torch")  # only report CUDA if torch is in use already
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            usage["cuda_allocated_mb"] = torch.cuda.memory_allocated() / 2**20
+            usage["cuda_reserved_mb"] = torch.cuda.memory_reserved() / 2**20
+        return usage
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    def _require_loaded(self) -> None:
+        if not self.is_loaded:
+            raise ModelNotLoadedError(
+                f"Model {self.model_name!r} is not loaded: call `await llm.load()` first, or use "
+                "it through `async with InferenceService(...)`, which loads it."
+            )
+
+    def _prepare(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> tuple[str, int]:
+        """Validate the conversation and fit it into the context window: (prompt, its tokens)."""
+        self._require_loaded()
+        chat = _validated(messages)
+        prompt = self.format_prompt(chat)
+        prompt_tokens = self.count_tokens(prompt)
+        limit = self.context_length
+        if limit is None or prompt_tokens + config.max_new_tokens <= limit:
+            return prompt, prompt_tokens
+        if self.settings.model.truncate_history:
+            system = [m for m in chat[:1] if m["role"] == Role.SYSTEM.value]
+            turns = chat[len(system) :]
+            # Drop the oldest messages, keeping the system prompt and the newest message.
+            while len(turns) > 1:
+                turns = turns[1:]
+                while len(turns) > 1 and turns[0]["role"] != Role.USER.value:
+                    turns = turns[1:]
+                prompt = self.format_prompt(system + turns)
+                prompt_tokens = self.count_tokens(prompt)
+                if prompt_tokens + config.max_new_tokens <= limit:
+                    return prompt, prompt_tokens
+        raise ContextLengthExceededError(
+            prompt_tokens=prompt_tokens,
+            max_new_tokens=config.max_new_tokens,
+            context_length=limit,
+        )
+
+    def _kwargs(self, config: GenerationConfig) -> dict[str, Any]:
+        return config.to_dict()
+
+    def _record(self, usage: TokenUsage) -> None:
+        self.inference_count += 1
+        self.total_tokens_generated += usage.completion_tokens
+
+
+def _validated(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidMessageError("messages must be a list of {'role', 'content'} dicts.")
+    if not messages:
+        raise InvalidMessageError("messages must not be empty.")
+    chat: list[ChatMessage] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise InvalidMessageError(
+                f"messages[{index}] must be a dict with 'role' and 'content', got {message!r:.80}."
+            )
+        role = Role.parse(message.get("role"))
+        content = validate_content(
+            message.get("content"),
+            what=f"messages[{index}].content",
+            allow_empty=role is Role.ASSISTANT,
+        )
+        chat.append({"role": role.value, "content": content})
+    return chat

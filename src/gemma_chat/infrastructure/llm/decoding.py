@@ -1,0 +1,137 @@
+"""The token loop: prefill the prompt once, then decode one token at a time.
+
+Written as explicit steps (in the spirit of gpt-fast) rather than ``model.generate()`` so that a
+step boundary is where streaming, stop sequences and cancellation are checked.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "IncrementalDetokenizer",
+    "SamplingParams",
+    "TokenSampler",
+    "decode_one_token",
+    "generate_tokens",
+    "prefill",
+]
+
+Forward = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+class TokenSampler:
+    """Chooses the next token from logits: greedy at temperature 0, else filtered sampling."""
+
+    def __init__(self, params: SamplingParams, device: torch.device | str = "cpu") -> None:
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
+        """``logits``: [V] for the next position; ``seen``: [T] token ids so far."""
+        p = self.params
+        logits = logits.float()
+        if p.repetition_penalty != 1.0 and seen.numel():
+            # As in CTRL / transformers: make every token already seen less likely.
+            previous = logits.gather(0, seen)
+            penalised = torch.where(
+                previous > 0, previous / p.repetition_penalty, previous * p.repetition_penalty
+            )
+            logits = logits.scatter(0, seen, penalised)
+        if p.temperature == 0.0:
+            return int(torch.argmax(logits).item())
+        logits = logits / p.temperature
+        if 0 < p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            # Drop tokens once the mass before them already reaches top_p (keep at least one).
+            drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p
+            logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+
+
+def prefill(forward: Forward, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """Run the whole prompt ``input_ids`` [1, S] through the model; logits of the last position [V]."""
+    out = forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1]  # [V]
+
+
+def decode_one_token(forward: Forward, token: torch.Tensor, cache: Any) -> torch.Tensor:
+    """One step for ``token`` [1, 1] with the cache of everything before it; logits [V]."""
+    out = forward(input_ids=token, cache=cache, use_cache=True)
+    return out.logits[0, -1]  # [V]
+
+
+def generate_tokens(
+    forward: Forward,
+    input_ids: torch.Tensor,
+    cache: Any,
+    sampler: TokenSampler,
+    max_new_tokens: int,
+) -> Iterator[int]:
+    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel."""
+    seen = input_ids[0]  # [S]
+    logits = prefill(forward, input_ids, cache)  # [V]
+    for step in range(max_new_tokens):
+        token = sampler(logits, seen)
+        yield token
+        if step + 1 == max_new_tokens:
+            return  # no forward pass for a token that would never be used
+        next_ids = torch.tensor([[token]], device=input_ids.device)  # [1, 1]
+        if sampler.params.repetition_penalty != 1.0:
+            seen = torch.cat([seen, next_ids[0]])
+        logits = decode_one_token(forward, next_ids, cache)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas, never splitting a UTF-8 character.
+
+    A token can hold part of a multi-byte character; its text is held back until a later token
+    completes the character (the decoded text then no longer ends in U+FFFD).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    @property
+    def text(self) -> str:
+        return self._emitted
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd") or not text.startswith(self._emitted):
+            return ""
+        delta = text[len(self._emitted) :]
+        self._emitted = text
+        return delta
+
+    def flush(self) -> str:
+        """What is left when generation ends; an incomplete last character is dropped."""
+        text = self._decode(self._ids).rstrip("\ufffd")
+        if not text.startswith(self._emitted):
+            return ""
+        delta = text[len(self._emitted) :]
+        self._emitted = text
+        return delta

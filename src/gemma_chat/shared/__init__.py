@@ -1,0 +1,1 @@
+"""Cross-cutting code: configuration and errors."""

@@ -1,0 +1,25 @@
+"""Configuration: ``get_settings()`` and its sections."""
+
+from gemma_chat.shared.config.settings import (
+    EMBEDDED_MODEL_NAME,
+    CacheSettings,
+    Environment,
+    LogLevel,
+    ModelSettings,
+    PerformanceSettings,
+    ServerSettings,
+    Settings,
+    get_settings,
+)
+
+__all__ = [
+    "EMBEDDED_MODEL_NAME",
+    "CacheSettings",
+    "Environment",
+    "LogLevel",
+    "ModelSettings",
+    "PerformanceSettings",
+    "ServerSettings",
+    "Settings",
+    "get_settings",
+]
