@@ -42,7 +42,10 @@ class SessionNotFoundError(GemmaChatError, KeyError):
         self.session_id = session_id
 
     def __str__(self) -> str:
-        return f"No chat session with id {self.session_id!r}: create it first or list the existing ones."
+        return (
+            f"No chat session with id {self.session_id!r}: create it first, or list the "
+            "existing ones."
+        )
 
 
 class ContextLengthExceededError(ValidationError):

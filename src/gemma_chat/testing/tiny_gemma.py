@@ -7,6 +7,7 @@ random text, so tests compare outputs with each other, never with expected words
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_tiny_gemma"]
 
@@ -46,7 +47,7 @@ def build_tiny_gemma(
         show_progress=False,
     )
     bpe.train_from_iterator(_CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -75,7 +76,8 @@ def build_tiny_gemma(
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    model = Gemma3ForCausalLM(config).eval()
+    model: Any = Gemma3ForCausalLM(config)
+    model.eval()
     with torch.no_grad():
         # Random weights would often pick special tokens, which decode to nothing: make every
         # special token but <eos> unlikely so that answers are visible (random) text.

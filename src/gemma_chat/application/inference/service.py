@@ -276,9 +276,7 @@ class InferenceService:
         if await self._sessions.contains(session.id):
             await self._sessions.save(session)
         latency = time.perf_counter() - started
-        self._stats.record_success(
-            latency, completion.token_usage.completion_tokens, cached=cached
-        )
+        self._stats.record_success(latency, completion.token_usage.completion_tokens, cached=cached)
         return InferenceResponse(
             content=completion.text,
             token_usage=completion.token_usage,

@@ -11,7 +11,7 @@ __all__ = ["SessionRepository"]
 
 @runtime_checkable
 class SessionRepository(Protocol):
-    """Keeps sessions by id. ``get`` and ``delete`` raise ``SessionNotFoundError`` for unknown ids."""
+    """Keeps sessions by id; ``get`` and ``delete`` raise ``SessionNotFoundError`` if unknown."""
 
     async def add(self, session: ChatSession) -> None: ...
 

@@ -134,7 +134,7 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """A piece of a streamed answer; the last chunk carries ``finish_reason`` and ``token_usage``."""
+    """A piece of a streamed answer; the last one carries ``finish_reason`` and ``token_usage``."""
 
     text: str
     finish_reason: FinishReason | None = None

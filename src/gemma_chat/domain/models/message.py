@@ -25,7 +25,7 @@ class Role(StrEnum):
     @classmethod
     def parse(cls, value: object) -> Role:
         try:
-            return cls(value)
+            return cls(str(value))
         except ValueError:
             accepted = ", ".join(r.value for r in cls)
             raise InvalidMessageError(f"Unknown role {value!r}: use one of {accepted}.") from None
@@ -47,7 +47,9 @@ class TokenUsage:
         for name in ("prompt_tokens", "completion_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidMessageError(f"TokenUsage.{name} must be an integer >= 0, got {value!r}.")
+                raise InvalidMessageError(
+                    f"TokenUsage.{name} must be an integer >= 0, got {value!r}."
+                )
 
     @property
     def total_tokens(self) -> int:
@@ -96,7 +98,9 @@ class Message:
         if self.token_count is not None and (
             not isinstance(self.token_count, int) or self.token_count < 0
         ):
-            raise InvalidMessageError(f"token_count must be an integer >= 0, got {self.token_count!r}.")
+            raise InvalidMessageError(
+                f"token_count must be an integer >= 0, got {self.token_count!r}."
+            )
 
     def to_chat_message(self) -> ChatMessage:
         return {"role": self.role.value, "content": self.content}

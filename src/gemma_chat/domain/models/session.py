@@ -33,7 +33,9 @@ class ChatSession:
         created_at: datetime | None = None,
     ) -> None:
         if not isinstance(title, str):
-            raise InvalidMessageError(f"Session title must be a string, got {type(title).__name__}.")
+            raise InvalidMessageError(
+                f"Session title must be a string, got {type(title).__name__}."
+            )
         self.id: str = id or uuid.uuid4().hex
         self.title: str = title
         self.created_at: datetime = created_at or utc_now()
@@ -57,7 +59,9 @@ class ChatSession:
     @system_prompt.setter
     def system_prompt(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
-            raise InvalidMessageError(f"System prompt must be a string, got {type(value).__name__}.")
+            raise InvalidMessageError(
+                f"System prompt must be a string, got {type(value).__name__}."
+            )
         # An empty system prompt means "none": the model should not see an empty turn.
         self._system_prompt = value if value and value.strip() else None
         self._touch()
@@ -99,7 +103,7 @@ class ChatSession:
         *,
         user_token_count: int | None = None,
     ) -> tuple[Message, Message]:
-        """Append a user message, the reply and their usage together (validated before any change)."""
+        """Append a user message, its reply and their usage together, all validated first."""
         user = Message(Role.USER, user_content, token_count=user_token_count)
         assistant = Message(
             Role.ASSISTANT,

@@ -95,7 +95,7 @@ class BaseLLM(ABC):
         else:
             yield result
 
-    async def _unload_model_implementation(self) -> None:
+    async def _unload_model_implementation(self) -> None:  # noqa: B027 - optional hook
         """Release the weights; the default has nothing to release."""
 
     def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
@@ -104,7 +104,7 @@ class BaseLLM(ABC):
         return "\n".join([*lines, f"{Role.ASSISTANT.value}:"])
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in ``text``; an estimate (words and punctuation) unless the adapter knows better."""
+        """Tokens in ``text``: an estimate (words and punctuation) unless the adapter knows."""
         return len(_WORDS.findall(text))
 
     @property
@@ -166,7 +166,9 @@ class BaseLLM(ABC):
         await self._unload_model_implementation()
         self._state = LLMState.UNLOADED
 
-    async def generate(self, messages: Sequence[ChatMessage], config: GenerationConfig) -> Completion:
+    async def generate(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> Completion:
         prompt, prompt_tokens = self._prepare(messages, config)
         try:
             result = await self._generate_implementation(prompt, **self._kwargs(config))
@@ -217,7 +219,9 @@ class BaseLLM(ABC):
             raise self.map_error(exc) from exc
         finally:
             # Closing the implementation's generator stops its generation (no runaway work).
-            await pieces.aclose()
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
         tail = stops.flush()
         if usage is None:
             usage = TokenUsage(prompt_tokens, self.count_tokens(stops.text))

@@ -70,15 +70,17 @@ class TokenSampler:
 
 
 def prefill(forward: Forward, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Run the whole prompt ``input_ids`` [1, S] through the model; logits of the last position [V]."""
+    """Run the prompt ``input_ids`` [1, S] through the model: the last position's logits [V]."""
     out = forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[0, -1]  # [V]
+    logits: torch.Tensor = out.logits[0, -1]  # [V]
+    return logits
 
 
 def decode_one_token(forward: Forward, token: torch.Tensor, cache: Any) -> torch.Tensor:
     """One step for ``token`` [1, 1] with the cache of everything before it; logits [V]."""
     out = forward(input_ids=token, cache=cache, use_cache=True)
-    return out.logits[0, -1]  # [V]
+    logits: torch.Tensor = out.logits[0, -1]  # [V]
+    return logits
 
 
 def generate_tokens(

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -86,14 +86,16 @@ class GemmaLLM(BaseLLM):
             common["gguf_file"] = source.gguf_file
         if settings.model.revision:
             common["revision"] = settings.model.revision
-        tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
+        tokenizer: Any = AutoTokenizer.from_pretrained(source.directory, **common)
         model_kwargs: dict[str, Any] = {"dtype": plan.dtype}
         if attention:
             model_kwargs["attn_implementation"] = attention
         if plan.bnb_config is not None:
             model_kwargs["quantization_config"] = plan.bnb_config
             model_kwargs["device_map"] = {"": 0}
-        model = AutoModelForCausalLM.from_pretrained(source.directory, **common, **model_kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            source.directory, **common, **model_kwargs
+        )
         if plan.bnb_config is None:
             model.to(plan.device)
         model.eval()
@@ -113,9 +115,7 @@ class GemmaLLM(BaseLLM):
             else model.forward
         )
         self.load_seconds = time.perf_counter() - started
-        logger.info(
-            "Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe()
-        )
+        logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
 
     async def _unload_model_implementation(self) -> None:
         def release() -> None:
@@ -162,9 +162,7 @@ class GemmaLLM(BaseLLM):
             info["source"] = str(self._source.gguf_path or self._source.directory)
         if self._model is not None:
             info["parameters"] = sum(p.numel() for p in self._model.parameters())
-            info["attn_implementation"] = getattr(
-                self._model.config, "_attn_implementation", None
-            )
+            info["attn_implementation"] = getattr(self._model.config, "_attn_implementation", None)
         if self.load_seconds is not None:
             info["load_seconds"] = round(self.load_seconds, 2)
         return info
@@ -185,7 +183,9 @@ class GemmaLLM(BaseLLM):
                 return Completion("".join(parts), chunk.finish_reason, usage)
         raise RuntimeError("the generation ended without a final chunk")  # pragma: no cover
 
-    async def _stream_implementation(self, prompt: str, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+    async def _stream_implementation(
+        self, prompt: str, **kwargs: Any
+    ) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -239,7 +239,9 @@ class GemmaLLM(BaseLLM):
                     lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
                 )
                 chat_format = self._chat_format
-                stops = StopSequenceFilter((*kwargs["stop"], *(chat_format.stop if chat_format else ())))
+                stops = StopSequenceFilter(
+                    (*kwargs["stop"], *(chat_format.stop if chat_format else ()))
+                )
                 # Whitespace before the first character of the answer is the format's, not the
                 # answer's ("Assistant: Paris").
                 leading = chat_format is not None and chat_format.strip_leading_space
@@ -323,8 +325,10 @@ def _end_of_turn_ids(tokenizer: Any, model: Any) -> frozenset[int]:
 
 
 def _quantize_dynamic_int8(model: Any) -> Any:
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+    from torch.ao.quantization import quantize_dynamic as _quantize_dynamic
 
+    quantize_dynamic: Any = _quantize_dynamic  # untyped in torch
     with warnings.catch_warnings():
         # torch marks torch.ao as deprecated in favour of torchao, which is slow eagerly on CPU.
         warnings.simplefilter("ignore")

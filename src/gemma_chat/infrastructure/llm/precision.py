@@ -79,7 +79,9 @@ def plan_precision(
                 f"GEMMA_MODEL__QUANTIZATION={quantization} on CUDA needs bitsandbytes: "
                 "`pip install 'gemma-chat[cuda]'`."
             )
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig as _BitsAndBytesConfig
+
+        BitsAndBytesConfig: Any = _BitsAndBytesConfig  # untyped in transformers
 
         if quantization == "int8":
             config = BitsAndBytesConfig(load_in_8bit=True)

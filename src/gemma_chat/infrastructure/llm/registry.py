@@ -36,18 +36,16 @@ class LLMRegistry:
         self, pattern: str | Matcher, factory: LLMFactory, *, name: str | None = None
     ) -> None:
         """Serve model names containing ``pattern`` (or for which ``pattern(name)`` is true)."""
+        matches: Matcher
         if isinstance(pattern, str):
             needle = pattern.lower()
             if not needle:
                 raise ConfigurationError("An LLM registry pattern must not be empty.")
-
-            def matches(model_name: str) -> bool:
-                return needle in model_name
-
+            matches = needle.__contains__
             entry_name = name or pattern
         else:
             matches = pattern
-            entry_name = name or getattr(pattern, "__name__", repr(pattern))
+            entry_name = name or str(getattr(pattern, "__name__", repr(pattern)))
         self._entries.insert(0, _Entry(entry_name, matches, factory))
 
     def unregister(self, name: str) -> None:
