@@ -183,8 +183,9 @@ class InferenceService:
                 yield StreamChunk("", hit.finish_reason, hit.token_usage)
                 return
             parts: list[str] = []
+            chunks = self.llm.stream(messages, config)
             try:
-                async for chunk in self.llm.stream(messages, config):
+                async for chunk in chunks:
                     parts.append(chunk.text)
                     if chunk.finish_reason is not None:
                         completion = Completion(
@@ -207,6 +208,12 @@ class InferenceService:
             except Exception as exc:
                 self._stats.record_error()
                 raise InferenceError(f"The model failed while streaming: {exc}") from exc
+            finally:
+                # Close the model's stream now, not when it is garbage collected: that is what
+                # stops its generation when our consumer stops early.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             raise InferenceError("The model's stream ended without a final chunk.")
 
     async def _begin(

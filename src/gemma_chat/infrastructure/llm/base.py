@@ -176,6 +176,11 @@ class BaseLLM(ABC):
             raise
         except Exception as exc:
             raise self.map_error(exc) from exc
+        if not isinstance(result, str | Completion):
+            raise InferenceError(
+                f"{type(self).__name__}._generate_implementation returned "
+                f"{type(result).__name__}: it must return the answer as a str (or a Completion)."
+            )
         if isinstance(result, Completion):
             text, stopped = cut_at_stop(result.text, config.stop)
             completion = Completion(

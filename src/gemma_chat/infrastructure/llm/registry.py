@@ -41,7 +41,10 @@ class LLMRegistry:
             needle = pattern.lower()
             if not needle:
                 raise ConfigurationError("An LLM registry pattern must not be empty.")
-            matches = needle.__contains__
+
+            def matches(model_name: str) -> bool:
+                return needle in model_name
+
             entry_name = name or pattern
         else:
             matches = pattern

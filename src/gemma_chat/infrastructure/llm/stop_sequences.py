@@ -12,11 +12,15 @@ __all__ = ["StopSequenceFilter", "cut_at_stop"]
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop sequence, and whether one was found."""
-    positions = [i for i in (text.find(s) for s in stops) if i >= 0]
-    if not positions:
+    """``text`` up to the stop sequence that is complete first, and whether one was found.
+
+    "Complete first" (the earliest end, then the earliest start) is what a token-by-token
+    generation sees, so the cut does not depend on how the text was split into tokens.
+    """
+    matches = [(i + len(s), i) for s in stops if s and (i := text.find(s)) >= 0]
+    if not matches:
         return text, False
-    return text[: min(positions)], True
+    return text[: min(matches)[1]], True
 
 
 class StopSequenceFilter:
