@@ -89,4 +89,3 @@ async def test_a_chat_through_the_service_keeps_history_and_usage(embedded_llm: 
     assert info["chat_format"] == "transcript"
     assert health["status"] == "healthy"
     assert embedded_llm.is_loaded  # the service did not own it
-

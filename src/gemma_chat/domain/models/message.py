@@ -70,7 +70,8 @@ class TokenUsage:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenUsage:
-        return cls(int(data["prompt_tokens"]), int(data["completion_tokens"]))
+        # No int() coercion: stored garbage (1.9, "5", inf) is rejected, not silently changed.
+        return cls(data["prompt_tokens"], data["completion_tokens"])
 
 
 def validate_content(
@@ -95,8 +96,12 @@ class Message:
         object.__setattr__(self, "role", Role.parse(self.role))
         # A model may legitimately answer nothing (it ended its turn at once).
         validate_content(self.content, allow_empty=self.role is Role.ASSISTANT)
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidMessageError(f"A message id must be a non-empty string, got {self.id!r}.")
         if self.token_count is not None and (
-            not isinstance(self.token_count, int) or self.token_count < 0
+            isinstance(self.token_count, bool)
+            or not isinstance(self.token_count, int)
+            or self.token_count < 0
         ):
             raise InvalidMessageError(
                 f"token_count must be an integer >= 0, got {self.token_count!r}."
