@@ -40,7 +40,8 @@ def test_the_readme_starts_with_the_two_set_up_commands_and_ci_runs_the_second()
 def test_the_quickstart_in_the_readme_is_the_quickstart_script() -> None:
     script = (ROOT / "examples" / "quickstart.py").read_text()
     for line in ("session.system_prompt = ", "service.stream_response(", "health_check()"):
-        assert line in BLOCKS[0] and line in script
+        assert line in BLOCKS[0]
+        assert line in script
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

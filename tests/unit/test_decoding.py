@@ -309,7 +309,9 @@ def test_text_after_an_invalid_byte_is_still_emitted() -> None:
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(text=st.text(alphabet=st.characters(exclude_characters="\ufffd"), max_size=30))
+@given(
+    text=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\ufffd"), max_size=30)
+)
 def test_byte_deltas_always_join_to_the_text(text: str) -> None:
     detokenizer = IncrementalDetokenizer(byte_decode)
     deltas = [detokenizer.push(t) for t in byte_tokens(text)]
@@ -322,3 +324,7 @@ def test_a_truncated_emoji_at_the_end_is_dropped_whatever_its_length(cut: int) -
     detokenizer = IncrementalDetokenizer(byte_decode)
     deltas = [detokenizer.push(t) for t in [*byte_tokens("x"), *"😀".encode()[:cut]]]
     assert "".join(deltas) + detokenizer.flush() == "x"
+
+
+def test_zero_new_tokens_yield_nothing() -> None:
+    assert list(generate_tokens(CountingModel(), torch.tensor([[1]]), None, greedy(), 0)) == []

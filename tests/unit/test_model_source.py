@@ -89,7 +89,7 @@ def test_a_directory_with_exactly_one_gguf_file_uses_it(tmp_path: Path) -> None:
 def test_a_directory_with_two_gguf_files_is_ambiguous(tmp_path: Path) -> None:
     (tmp_path / "a.gguf").write_bytes(b"GGUF")
     (tmp_path / "b.gguf").write_bytes(b"GGUF")
-    with pytest.raises(ModelNotFoundError, match="exactly one .gguf"):
+    with pytest.raises(ModelNotFoundError, match=r"exactly one \.gguf"):
         resolve_model_source(str(tmp_path))
 
 

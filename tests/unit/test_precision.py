@@ -118,7 +118,9 @@ def test_auto_device_resolves_before_the_dtype_is_chosen() -> None:
 def test_fp16_and_bf16_are_dtypes_not_quantization(
     quantization: str, expected: torch.dtype, device: str, cuda: bool, dtype: str
 ) -> None:
-    result = plan(device=device, cuda=cuda, dtype=dtype, quantization=quantization, bf16=always(True))
+    result = plan(
+        device=device, cuda=cuda, dtype=dtype, quantization=quantization, bf16=always(True)
+    )
     assert (result.device, result.dtype, result.quantization) == (device, expected, "none")
     assert result.bnb_config is None
 
@@ -145,7 +147,9 @@ def test_int4_on_auto_without_cuda_is_a_configuration_error() -> None:
 
 
 def test_int8_on_cuda_is_a_bitsandbytes_8bit_config() -> None:
-    result = plan(device="cuda", cuda=True, quantization="int8", bf16=always(True), bnb=always(True))
+    result = plan(
+        device="cuda", cuda=True, quantization="int8", bf16=always(True), bnb=always(True)
+    )
     assert (result.device, result.quantization) == ("cuda", "int8")
     assert isinstance(result.bnb_config, BitsAndBytesConfig)
     assert result.bnb_config.load_in_8bit
@@ -157,7 +161,9 @@ def test_int8_on_cuda_is_a_bitsandbytes_8bit_config() -> None:
 def test_int4_on_cuda_is_a_nf4_config_computing_in_the_chosen_dtype(
     bf16: bool, compute: torch.dtype
 ) -> None:
-    result = plan(device="cuda", cuda=True, quantization="int4", bf16=always(bf16), bnb=always(True))
+    result = plan(
+        device="cuda", cuda=True, quantization="int4", bf16=always(bf16), bnb=always(True)
+    )
     config: Any = result.bnb_config
     assert isinstance(config, BitsAndBytesConfig)
     assert (result.quantization, result.dtype) == ("int4", compute)
@@ -172,7 +178,13 @@ def test_quantization_on_cuda_without_bitsandbytes_says_what_to_install(
     quantization: str,
 ) -> None:
     with pytest.raises(ConfigurationError, match=r"needs bitsandbytes.*gemma-chat\[cuda\]"):
-        plan(device="cuda", cuda=True, quantization=quantization, bf16=always(True), bnb=always(False))
+        plan(
+            device="cuda",
+            cuda=True,
+            quantization=quantization,
+            bf16=always(True),
+            bnb=always(False),
+        )
 
 
 def test_the_bitsandbytes_check_defaults_to_looking_for_the_package(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import pytest
@@ -25,7 +26,7 @@ def stream_through(stops: Sequence[str], deltas: Sequence[str]) -> tuple[list[st
 
 def split_at(text: str, points: Sequence[int]) -> list[str]:
     bounds = [0, *sorted(set(points)), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # -- cut_at_stop -------------------------------------------------------------------------------
@@ -151,19 +152,23 @@ _split_points = st.lists(st.integers(min_value=0, max_value=40), max_size=12)
 def _stops_and_text(draw: st.DrawFn) -> tuple[list[str], str]:
     """Stop sequences, and a text made of them and of single characters (so stops do occur).
 
-    Often one stop is a piece of another: overlapping stops are where a filter goes wrong.
+    Often one stop is a piece of another that ends before it: with such overlapping stops, which
+    one cuts depends on how much text has been seen, and that is where a filter goes wrong.
     """
     stops = draw(_stops)
-    if stops and draw(st.booleans()):
+    if stops and len(stops[0]) > 1 and draw(st.booleans()):
         first = stops[0]
-        start = draw(st.integers(min_value=0, max_value=len(first) - 1))
-        end = draw(st.integers(min_value=start + 1, max_value=len(first)))
+        start = draw(st.integers(min_value=0, max_value=len(first) - 2))
+        end = draw(st.integers(min_value=start + 1, max_value=len(first) - 1))
         stops.append(first[start:end])
-    pieces = draw(st.lists(st.sampled_from([*stops, *_ALPHABET]), max_size=12))
+    piece = st.sampled_from(_ALPHABET)
+    if stops:  # as likely a whole stop as a single character
+        piece = st.one_of(st.sampled_from(stops), piece)
+    pieces = draw(st.lists(piece, max_size=12))
     return stops, "".join(pieces)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(case=_stops_and_text(), points=_split_points)
 def test_streamed_pieces_join_to_the_whole_text_cut(
     case: tuple[list[str], str], points: list[int]

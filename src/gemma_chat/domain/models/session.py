@@ -36,6 +36,8 @@ class ChatSession:
             raise InvalidMessageError(
                 f"Session title must be a string, got {type(title).__name__}."
             )
+        if id is not None and (not isinstance(id, str) or not id):
+            raise InvalidMessageError(f"A session id must be a non-empty string, got {id!r}.")
         self.id: str = id or uuid.uuid4().hex
         self.title: str = title
         self.created_at: datetime = created_at or utc_now()
@@ -156,6 +158,8 @@ class ChatSession:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChatSession:
         try:
+            if data["id"] is None:  # would otherwise get a fresh id: the stored one is lost
+                raise InvalidMessageError("A stored chat session must have an id.")
             session = cls(
                 data["title"],
                 system_prompt=data.get("system_prompt"),

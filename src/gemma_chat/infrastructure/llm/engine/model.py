@@ -1,0 +1,282 @@
+"""A lean Gemma 3 text model for CPU decoding, in the spirit of gpt-fast.
+
+The same weights as transformers' ``Gemma3ForCausalLM``, with fewer operations per step:
+q/k/v and gate/up projections fused into one matmul each, RMSNorm scales precomputed, rotary
+tables precomputed, and a preallocated KV cache with one row ("slot") per sequence, so that
+several sequences at different positions decode in one batched step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Gemma3Config", "Gemma3Model", "KVCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gemma3Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    sliding_window: int
+    sliding_layers: tuple[bool, ...]  # per layer: sliding-window (local) attention?
+    rope_theta_global: float
+    rope_theta_local: float
+    query_pre_attn_scalar: float
+    max_position_embeddings: int
+    final_logit_softcapping: float | None = None
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> Gemma3Config:
+        """From a transformers ``Gemma3TextConfig`` as a dict (``config.json``)."""
+        layers = int(config["num_hidden_layers"])
+        layer_types = config.get("layer_types") or [
+            (
+                "full_attention"
+                if (i + 1) % config.get("sliding_window_pattern", 6) == 0
+                else "sliding_attention"
+            )
+            for i in range(layers)
+        ]
+        rope = config.get("rope_parameters") or {}
+        global_theta = (rope.get("full_attention") or {}).get(
+            "rope_theta", config.get("rope_theta", 1_000_000.0)
+        )
+        local_theta = (rope.get("sliding_attention") or {}).get(
+            "rope_theta", config.get("rope_local_base_freq", 10_000.0)
+        )
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=layers,
+            num_heads=int(config["num_attention_heads"]),
+            num_kv_heads=int(config["num_key_value_heads"]),
+            head_dim=int(config["head_dim"]),
+            rms_norm_eps=float(config["rms_norm_eps"]),
+            sliding_window=int(config["sliding_window"]),
+            sliding_layers=tuple(t == "sliding_attention" for t in layer_types),
+            rope_theta_global=float(global_theta),
+            rope_theta_local=float(local_theta),
+            query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
+            max_position_embeddings=int(config["max_position_embeddings"]),
+            final_logit_softcapping=config.get("final_logit_softcapping"),
+        )
+
+
+class KVCache:
+    """Keys and values of every layer for ``slots`` sequences: [L, slots, H_kv, T, D] each.
+
+    The time axis grows on demand (doubling), so short conversations stay small.
+    """
+
+    def __init__(self, config: Gemma3Config, slots: int, dtype: torch.dtype, capacity: int = 256):
+        self.config = config
+        self.dtype = dtype
+        shape = (config.num_layers, slots, config.num_kv_heads, capacity, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype)  # [L, B, H_kv, T, D]
+        self.v = torch.zeros(shape, dtype=dtype)
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def ensure_capacity(self, length: int) -> None:
+        if length <= self.capacity:
+            return
+        new = self.capacity
+        while new < length:
+            new *= 2
+        new = min(new, max(length, self.config.max_position_embeddings))
+        grown_k = self.k.new_zeros((*self.k.shape[:3], new, self.k.shape[4]))
+        grown_v = self.v.new_zeros(grown_k.shape)
+        grown_k[:, :, :, : self.capacity] = self.k
+        grown_v[:, :, :, : self.capacity] = self.v
+        self.k, self.v = grown_k, grown_v
+
+    def read(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of one slot's first ``length`` positions: [L, H_kv, length, D] each."""
+        return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()
+
+    def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Put a saved prefix (from ``read``) back into ``slot``."""
+        length = k.shape[2]
+        self.ensure_capacity(length)
+        self.k[:, slot, :, :length] = k
+        self.v[:, slot, :, :length] = v
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm, ``x / rms(x) * (1 + w)`` computed in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+class Block(nn.Module):
+    def __init__(self, config: Gemma3Config, layer: int) -> None:
+        super().__init__()
+        c = config
+        self.layer = layer
+        self.sliding = c.sliding_layers[layer]
+        self.n_q = c.num_heads * c.head_dim
+        self.n_kv = c.num_kv_heads * c.head_dim
+        self.heads, self.kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.scaling = c.query_pre_attn_scalar**-0.5
+        self.qkv = nn.Linear(c.hidden_size, self.n_q + 2 * self.n_kv, bias=False)
+        self.o = nn.Linear(self.n_q, c.hidden_size, bias=False)
+        self.gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
+        self.down = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+        self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.input_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.pre_feedforward_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_feedforward_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, S, E]
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [B, S, D]
+        slots: torch.Tensor,  # [B] cache rows
+        positions: torch.Tensor,  # [B, S]
+        cache: KVCache,
+        mask: torch.Tensor,  # [B, 1, S, T] additive
+        length: int,  # T: cache positions attended to
+    ) -> torch.Tensor:
+        b, s, _ = x.shape
+        h = self.input_norm(x)
+        q, k, v = self.qkv(h).split([self.n_q, self.n_kv, self.n_kv], dim=-1)
+        q = self.q_norm(q.view(b, s, self.heads, self.head_dim)).transpose(1, 2)  # [B, H, S, D]
+        k = self.k_norm(k.view(b, s, self.kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, S, D]
+        cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)  # [B, 1, S, D]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+
+        # Write the new keys/values at their positions, then attend over the first T.
+        layer_k, layer_v = cache.k[self.layer], cache.v[self.layer]  # [slots, H_kv, T_cap, D]
+        rows = slots.view(b, 1, 1).expand(b, self.kv_heads, s)
+        heads = torch.arange(self.kv_heads).view(1, -1, 1).expand(b, -1, s)
+        cols = positions.view(b, 1, s).expand(b, self.kv_heads, s)
+        layer_k[rows, heads, cols] = k.to(layer_k.dtype)
+        layer_v[rows, heads, cols] = v.to(layer_v.dtype)
+        keys = layer_k[slots, :, :length]  # [B, H_kv, T, D]
+        values = layer_v[slots, :, :length]
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
+        )  # [B, H, S, D]
+        out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
+        x = x + self.post_attention_norm(out)
+
+        h = self.pre_feedforward_norm(x)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        h = self.down(F.gelu(gate, approximate="tanh") * up)
+        out: torch.Tensor = x + self.post_feedforward_norm(h)
+        return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Gemma3Model(nn.Module):
+    def __init__(self, config: Gemma3Config) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed.weight.requires_grad_(False)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_scale = math.sqrt(config.hidden_size)
+        # Usually tied to the embedding table (the same tensor, held once); an adapter may swap
+        # in a faster (e.g. quantized) projection.
+        self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions [0, length): [length, D] each, float32."""
+        cached = self._rope_cache.get(local)
+        if cached is None or cached[0].shape[0] < length:
+            c = self.config
+            size = max(length, 4096 if cached is None else 2 * cached[0].shape[0])
+            theta = c.rope_theta_local if local else c.rope_theta_global
+            inv_freq = 1.0 / (theta ** (torch.arange(0, c.head_dim, 2).float() / c.head_dim))
+            freqs = torch.arange(size).float()[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cached = (emb.cos(), emb.sin())
+            self._rope_cache[local] = cached
+        return cached
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, S]
+        positions: torch.Tensor,  # [B, S] absolute positions
+        slots: torch.Tensor,  # [B] cache rows
+        cache: KVCache,
+        last_only: bool = True,
+    ) -> torch.Tensor:
+        """Logits: [B, V] for each sequence's last position (or [B, S, V])."""
+        length = int(positions.max().item()) + 1  # T
+        cache.ensure_capacity(length)
+        dtype = self.embed.weight.dtype
+        x = self.embed(input_ids) * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
+        masks, ropes = {}, {}
+        for local in (False, True):
+            if local not in self.config.sliding_layers:
+                continue
+            cos, sin = self.rope_tables(local, length)
+            ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
+            masks[local] = self._mask(positions, length, local, dtype)
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            x = block(
+                x, ropes[block.sliding], slots, positions, cache, masks[block.sliding], length
+            )
+        if last_only:
+            x = x[:, -1]  # [B, E]
+        x = self.norm(x)
+        logits: torch.Tensor = self.lm_head(x)
+        softcap = self.config.final_logit_softcapping
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _mask(
+        self, positions: torch.Tensor, length: int, local: bool, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Additive mask [B, 1, S, T]: a query sees keys at or before it (within the window)."""
+        keys = torch.arange(length).view(1, 1, length)  # [1, 1, T]
+        distance = positions.unsqueeze(-1) - keys  # [B, S, T]
+        allowed = distance >= 0
+        if local:
+            allowed &= distance < self.config.sliding_window
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
+        return mask.unsqueeze(1)

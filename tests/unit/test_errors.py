@@ -1,0 +1,107 @@
+"""The error hierarchy and the messages that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma_chat.domain.errors import (
+    ContextLengthExceededError,
+    GemmaChatError,
+    GenerationCancelledError,
+    InvalidGenerationConfigError,
+    InvalidMessageError,
+    ModelNotLoadedError,
+    SessionNotFoundError,
+    ValidationError,
+)
+from gemma_chat.shared import exceptions
+from gemma_chat.shared.exceptions import (
+    ConfigurationError,
+    InferenceError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    ServiceStateError,
+)
+
+
+def test_context_length_exceeded_names_both_numbers_and_their_sum() -> None:
+    error = ContextLengthExceededError(prompt_tokens=1000, max_new_tokens=256, context_length=1024)
+    message = str(error)
+    assert "1000 prompt tokens + 256 new tokens = 1256 tokens" in message
+    assert "context window is 1024 tokens" in message
+    assert "GEMMA_MODEL__TRUNCATE_HISTORY=true" in message
+    assert (error.prompt_tokens, error.max_new_tokens, error.context_length) == (1000, 256, 1024)
+
+
+def test_context_length_exceeded_is_a_validation_error() -> None:
+    error = ContextLengthExceededError(prompt_tokens=1, max_new_tokens=1, context_length=1)
+    assert isinstance(error, ValidationError)
+    assert isinstance(error, ValueError)
+
+
+def test_session_not_found_names_the_id_and_the_way_out() -> None:
+    error = SessionNotFoundError("abc123")
+    assert error.session_id == "abc123"
+    assert str(error) == (
+        "No chat session with id 'abc123': create it first, or list the existing ones."
+    )
+
+
+def test_session_not_found_is_a_key_error() -> None:
+    with pytest.raises(KeyError):
+        raise SessionNotFoundError("x")
+
+
+@pytest.mark.parametrize(
+    "error_type",
+    [
+        ValidationError,
+        InvalidMessageError,
+        InvalidGenerationConfigError,
+        SessionNotFoundError,
+        ContextLengthExceededError,
+        ModelNotLoadedError,
+        GenerationCancelledError,
+        ConfigurationError,
+        ModelNotFoundError,
+        ModelLoadError,
+        InferenceError,
+        OutOfMemoryError,
+        ServiceStateError,
+    ],
+)
+def test_every_error_is_a_gemma_chat_error(error_type: type[Exception]) -> None:
+    assert issubclass(error_type, GemmaChatError)
+
+
+def test_every_error_is_exported_from_one_place() -> None:
+    for name in exceptions.__all__:
+        assert issubclass(getattr(exceptions, name), GemmaChatError), name
+
+
+def test_standard_bases_let_callers_catch_errors_the_usual_way() -> None:
+    assert issubclass(ConfigurationError, ValueError)
+    assert issubclass(ModelNotFoundError, FileNotFoundError)
+    assert issubclass(OutOfMemoryError, MemoryError)
+    assert issubclass(OutOfMemoryError, InferenceError)
+    assert issubclass(ModelNotLoadedError, RuntimeError)
+
+
+def test_model_not_found_gives_the_detail_and_the_hints() -> None:
+    error = ModelNotFoundError("acme/nothing", "It is not in the local Hugging Face cache.")
+    message = str(error)
+    assert message.startswith(
+        "Model 'acme/nothing' was not found. It is not in the local Hugging Face cache.\nHints:"
+    )
+    assert "GEMMA_MODEL__NAME" in message
+    assert "internet connection" in message
+    assert "disk space" in message
+    assert error.model_name == "acme/nothing"
+
+
+def test_out_of_memory_gives_the_detail_and_the_hints() -> None:
+    assert str(OutOfMemoryError("CUDA")).startswith("Out of memory: CUDA.\nHints:")
+    message = str(OutOfMemoryError())
+    assert message.startswith("Out of memory.\nHints:")
+    assert "GEMMA_MODEL__QUANTIZATION=int8" in message
