@@ -198,8 +198,8 @@ class Block(nn.Module):
         h = self.pre_feedforward_norm(x)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
         h = self.down(F.gelu(gate, approximate="tanh") * up)
-        out: torch.Tensor = x + self.post_feedforward_norm(h)
-        return out
+        result: torch.Tensor = x + self.post_feedforward_norm(h)
+        return result
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
