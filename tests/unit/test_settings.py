@@ -221,3 +221,11 @@ def test_an_invalid_assignment_to_a_section_field_is_rejected() -> None:
         settings.server.port = 0
     assert settings.model.temperature == 0.7
     assert settings.server.port == 8000
+
+
+def test_log_level_and_environment_accept_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMMA_LOG_LEVEL", "debug")
+    monkeypatch.setenv("GEMMA_ENVIRONMENT", "Production")
+    settings = get_settings()
+    assert settings.log_level is LogLevel.DEBUG
+    assert settings.environment is Environment.PRODUCTION

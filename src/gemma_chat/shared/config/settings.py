@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @field_validator("log_level", "environment", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: object) -> object:
+        # GEMMA_LOG_LEVEL=debug and GEMMA_ENVIRONMENT=Production mean what they say.
+        if not isinstance(value, str):
+            return value
+        return value.upper() if getattr(info, "field_name", "") == "log_level" else value.lower()
 
 
 def env_var_name(location: tuple[int | str, ...]) -> str:
