@@ -31,8 +31,15 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=24)
 
 
-async def loaded(directory: Path, **model: Any) -> GemmaLLM:
-    llm = tiny_llm(directory, **model)
+@pytest.fixture(params=["native", "transformers"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Most behaviour must hold on both token loops."""
+    return str(request.param)
+
+
+async def loaded(directory: Path, engine: str = "auto", **model: Any) -> GemmaLLM:
+    performance = {"engine": engine, **model.pop("performance", {})}
+    llm = tiny_llm(directory, performance=performance, **model)
     await llm.load()
     return llm
 
@@ -43,9 +50,9 @@ def test_gemma_llm_is_exported_lazily_by_the_package() -> None:
 
 @pytest.mark.asyncio
 async def test_greedy_generation_is_repeatable_and_streams_the_same_text(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, engine: str
 ) -> None:
-    llm = await loaded(tiny_model_dir)
+    llm = await loaded(tiny_model_dir, engine)
     first = await llm.generate(HELLO, GREEDY)
     second = await llm.generate(HELLO, GREEDY)
     chunks = [c async for c in llm.stream(HELLO, GREEDY)]
@@ -58,12 +65,16 @@ async def test_greedy_generation_is_repeatable_and_streams_the_same_text(
 
 
 @pytest.mark.asyncio
-async def test_token_counts_match_the_tokenizer(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir)
+async def test_token_counts_match_the_tokenizer(tiny_model_dir: Path, engine: str) -> None:
+    llm = await loaded(tiny_model_dir, engine)
     completion = await llm.generate(HELLO, GREEDY)
     prompt = llm.format_prompt(HELLO)
-    tokenizer = llm._tokenizer
-    assert completion.token_usage.prompt_tokens == len(tokenizer(prompt).input_ids)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert completion.token_usage.prompt_tokens == len(
+        tokenizer(prompt, add_special_tokens=False).input_ids
+    )
     assert completion.token_usage.prompt_tokens == llm.count_tokens(prompt)
     assert 1 <= completion.token_usage.completion_tokens <= GREEDY.max_new_tokens
     if completion.finish_reason is FinishReason.LENGTH:
@@ -72,17 +83,17 @@ async def test_token_counts_match_the_tokenizer(tiny_model_dir: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_max_new_tokens_ends_the_answer_with_finish_reason_length(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, engine: str
 ) -> None:
-    llm = await loaded(tiny_model_dir)
+    llm = await loaded(tiny_model_dir, engine)
     completion = await llm.generate(HELLO, GenerationConfig(temperature=0, max_new_tokens=3))
     assert completion.token_usage.completion_tokens <= 3
     assert completion.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
 
 
 @pytest.mark.asyncio
-async def test_seeded_sampling_is_reproducible(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir)
+async def test_seeded_sampling_is_reproducible(tiny_model_dir: Path, engine: str) -> None:
+    llm = await loaded(tiny_model_dir, engine)
     config = GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=30, seed=11)
     a = await llm.generate(HELLO, config)
     b = await llm.generate(HELLO, config)
@@ -95,8 +106,10 @@ async def test_seeded_sampling_is_reproducible(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_stop_sequences_cut_the_answer_streamed_or_not(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir)
+async def test_stop_sequences_cut_the_answer_streamed_or_not(
+    tiny_model_dir: Path, engine: str
+) -> None:
+    llm = await loaded(tiny_model_dir, engine)
     full = (await llm.generate(HELLO, GREEDY)).text
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), full
@@ -109,21 +122,25 @@ async def test_stop_sequences_cut_the_answer_streamed_or_not(tiny_model_dir: Pat
 
 
 def count_forward_calls(llm: GemmaLLM) -> list[int]:
+    """Count the model's forward passes, whichever token loop runs it."""
     calls = [0]
-    forward = llm._forward
-    assert forward is not None
+    loop: Any = llm._loop
+    owner = loop if hasattr(loop, "forward") else loop.model
+    forward = owner.forward
 
-    def counting(**kwargs: Any) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
-        return forward(**kwargs)
+        return forward(*args, **kwargs)
 
-    llm._forward = counting
+    owner.forward = counting
     return calls
 
 
 @pytest.mark.asyncio
-async def test_a_consumer_that_stops_reading_stops_the_generation(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, context_length=4096)
+async def test_a_consumer_that_stops_reading_stops_the_generation(
+    tiny_model_dir: Path, engine: str
+) -> None:
+    llm = await loaded(tiny_model_dir, engine, context_length=4096)
     calls = count_forward_calls(llm)
     long = GenerationConfig(temperature=0.8, max_new_tokens=2000, seed=1)
     stream = llm.stream(HELLO, long)
@@ -139,8 +156,8 @@ async def test_a_consumer_that_stops_reading_stops_the_generation(tiny_model_dir
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_request_stops_the_generation(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, context_length=4096)
+async def test_a_cancelled_request_stops_the_generation(tiny_model_dir: Path, engine: str) -> None:
+    llm = await loaded(tiny_model_dir, engine, context_length=4096)
     calls = count_forward_calls(llm)
     task = asyncio.create_task(
         llm.generate(HELLO, GenerationConfig(temperature=0.8, max_new_tokens=2000, seed=1))
@@ -156,8 +173,10 @@ async def test_a_cancelled_request_stops_the_generation(tiny_model_dir: Path) ->
 
 
 @pytest.mark.asyncio
-async def test_health_check_answers_quickly_while_a_generation_runs(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, context_length=4096)
+async def test_health_check_answers_quickly_while_a_generation_runs(
+    tiny_model_dir: Path, engine: str
+) -> None:
+    llm = await loaded(tiny_model_dir, engine, context_length=4096)
     async with InferenceService(llm=llm) as service:
         task = asyncio.create_task(
             service.generate_response(ChatSession(), "Hi", temperature=0.9, max_new_tokens=1500)
@@ -179,9 +198,9 @@ async def test_health_check_answers_quickly_while_a_generation_runs(tiny_model_d
 
 @pytest.mark.asyncio
 async def test_a_conversation_beyond_the_context_window_names_both_numbers(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, engine: str
 ) -> None:
-    llm = await loaded(tiny_model_dir, context_length=64)
+    llm = await loaded(tiny_model_dir, engine, context_length=64)
     long = [{"role": "user", "content": "Hello there " * 40}]
     with pytest.raises(ContextLengthExceededError) as info:
         await llm.generate(long, GREEDY)
@@ -191,9 +210,9 @@ async def test_a_conversation_beyond_the_context_window_names_both_numbers(
 
 @pytest.mark.asyncio
 async def test_truncation_keeps_the_system_prompt_and_the_newest_turns(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, engine: str
 ) -> None:
-    llm = await loaded(tiny_model_dir, context_length=80, truncate_history=True)
+    llm = await loaded(tiny_model_dir, engine, context_length=80, truncate_history=True)
     session = ChatSession(system_prompt="Be brief.")
     for i in range(6):
         session.record_turn(f"question {i} " * 3, f"answer {i}", gemma_chat.TokenUsage(1, 1))
@@ -205,9 +224,9 @@ async def test_truncation_keeps_the_system_prompt_and_the_newest_turns(
 
 @pytest.mark.asyncio
 async def test_the_chat_template_is_used_when_the_tokenizer_has_one(
-    tiny_model_with_template_dir: Path,
+    tiny_model_with_template_dir: Path, engine: str
 ) -> None:
-    llm = await loaded(tiny_model_with_template_dir)
+    llm = await loaded(tiny_model_with_template_dir, engine)
     prompt = llm.format_prompt([{"role": "system", "content": "S"}, *HELLO])
     assert prompt == "<bos>[system] S\n[user] Hello there\n[assistant] "
     assert llm.get_model_info()["chat_format"] == "template"
@@ -215,21 +234,21 @@ async def test_the_chat_template_is_used_when_the_tokenizer_has_one(
 
 
 @pytest.mark.asyncio
-async def test_the_chat_format_can_be_chosen_in_settings(tiny_model_dir: Path) -> None:
-    gemma = await loaded(tiny_model_dir, chat_format="gemma")
-    transcript = await loaded(tiny_model_dir)
+async def test_the_chat_format_can_be_chosen_in_settings(tiny_model_dir: Path, engine: str) -> None:
+    gemma = await loaded(tiny_model_dir, engine, chat_format="gemma")
+    transcript = await loaded(tiny_model_dir, engine)
     assert gemma.format_prompt(HELLO).startswith("<bos><start_of_turn>user\nHello there")
     assert transcript.format_prompt(HELLO).endswith("\nUser: Hello there\nAssistant:")
     with pytest.raises(ConfigurationError, match="no chat template"):
-        await loaded(tiny_model_dir, chat_format="template")
+        await loaded(tiny_model_dir, engine, chat_format="template")
 
 
 @pytest.mark.asyncio
 async def test_int8_quantization_works_on_cpu(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, quantization="int8")
+    llm = await loaded(tiny_model_dir, "transformers", quantization="int8")
     info = llm.get_model_info()
     assert (info["device"], info["dtype"], info["quantization"]) == ("cpu", "float32", "int8")
-    assert any("quantized" in type(m).__module__ for m in llm._model.modules())
+    assert any("quantized" in type(m).__module__ for m in llm._loop.model.modules())
     completion = await llm.generate(HELLO, GREEDY)
     assert completion.token_usage.completion_tokens > 0
 
@@ -254,7 +273,7 @@ async def test_impossible_settings_are_refused_with_a_clear_error(
 
 @pytest.mark.asyncio
 async def test_float32_and_eager_attention_can_be_chosen(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, dtype="float32", attn_implementation="eager")
+    llm = await loaded(tiny_model_dir, "transformers", dtype="float32", attn_implementation="eager")
     info = llm.get_model_info()
     assert info["dtype"] == "float32"
     assert info["attn_implementation"] == "eager"
@@ -264,8 +283,9 @@ async def test_float32_and_eager_attention_can_be_chosen(tiny_model_dir: Path) -
 
 @pytest.mark.asyncio
 async def test_compile_keeps_the_compiled_step_as_an_attribute(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir, performance={"compile": True})
-    assert llm._forward is not llm._model.forward
+    llm = await loaded(tiny_model_dir, "transformers", performance={"compile": True})
+    loop: Any = llm._loop
+    assert loop.forward is not loop.model.forward
     assert llm.get_model_info()["compiled"] is True
 
 
@@ -291,8 +311,10 @@ async def test_a_broken_model_directory_is_a_load_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_unloaded_model_refuses_work_until_loaded_again(tiny_model_dir: Path) -> None:
-    llm = await loaded(tiny_model_dir)
+async def test_an_unloaded_model_refuses_work_until_loaded_again(
+    tiny_model_dir: Path, engine: str
+) -> None:
+    llm = await loaded(tiny_model_dir, engine)
     await llm.unload()
     with pytest.raises(ModelNotLoadedError):
         await llm.generate(HELLO, GREEDY)

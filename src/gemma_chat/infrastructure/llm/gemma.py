@@ -1,71 +1,58 @@
-"""``GemmaLLM``: Gemma (and other causal LMs) on transformers, on CPU or CUDA.
+"""``GemmaLLM``: Gemma (and other causal LMs) on torch, on CPU or CUDA.
 
 Loads the embedded Gemma 3 270M GGUF by default, a local directory or .gguf file, or a hub id
-already in the local cache. Generation runs on one worker thread per model, so the event loop
-stays free; the token loop checks for cancellation at every step.
+already in the local cache. Gemma 3 text models on CPU run on the native engine (lean model,
+continuous batching, KV reuse between turns, converted weights cached on disk); everything
+else runs through transformers. Model work happens on a worker thread, so the event loop stays
+free; the token loops check for cancellation at every step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import threading
 import time
-import warnings
-from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from gemma_chat.domain.models import (
-    ChatMessage,
-    Completion,
-    FinishReason,
-    StreamChunk,
-    TokenUsage,
-)
+from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk, TokenUsage
 from gemma_chat.infrastructure.llm.base import BaseLLM
-from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN, ChatFormat, choose_chat_format
-from gemma_chat.infrastructure.llm.decoding import (
-    Forward,
-    IncrementalDetokenizer,
-    SamplingParams,
-    TokenSampler,
-    generate_tokens,
-)
+from gemma_chat.infrastructure.llm.chat_format import ChatFormat, choose_chat_format
+from gemma_chat.infrastructure.llm.decoding import SamplingParams
+from gemma_chat.infrastructure.llm.engine.job import GenerationJob
 from gemma_chat.infrastructure.llm.model_source import ModelSource, resolve_model_source
 from gemma_chat.infrastructure.llm.precision import PrecisionPlan, check_attention, plan_precision
-from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter
+from gemma_chat.infrastructure.llm.token_loop import TokenLoop
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import GemmaChatError, ModelNotLoadedError, OutOfMemoryError
+from gemma_chat.shared.exceptions import (
+    ConfigurationError,
+    GemmaChatError,
+    ModelNotLoadedError,
+    OutOfMemoryError,
+)
 
 __all__ = ["GemmaLLM"]
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[StreamChunk | BaseException], None]
-
 
 class GemmaLLM(BaseLLM):
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
-        # One thread per model: requests queue here instead of contending for the weights.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-llm")
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._forward: Forward | None = None  # model.forward, or its torch.compile'd form
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-load")
+        self._loop: TokenLoop | None = None
         self._plan: PrecisionPlan | None = None
         self._source: ModelSource | None = None
-        self._end_ids: frozenset[int] = frozenset()
         self._chat_format: ChatFormat | None = None  # None: the tokenizer's chat template
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
     async def _load_model_implementation(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
+        await asyncio.get_running_loop().run_in_executor(self._loader, self._load_blocking)
 
     def _load_blocking(self) -> None:
         started = time.perf_counter()
@@ -75,78 +62,78 @@ class GemmaLLM(BaseLLM):
         source = resolve_model_source(settings.model.name, settings.model.revision)
         if settings.performance.num_threads:
             torch.set_num_threads(settings.performance.num_threads)
+        loop: TokenLoop
+        if self._use_engine(plan, source):
+            from gemma_chat.infrastructure.llm.engine.loop import EngineLoop
 
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+            loop = EngineLoop(settings, source, plan.dtype)
+        else:
+            from gemma_chat.infrastructure.llm.transformers_loop import TransformersLoop
 
-        common: dict[str, Any] = {
-            "local_files_only": True,
-            "trust_remote_code": settings.model.trust_remote_code,
-        }
-        if source.gguf_file:
-            common["gguf_file"] = source.gguf_file
-        if settings.model.revision:
-            common["revision"] = settings.model.revision
-        tokenizer: Any = AutoTokenizer.from_pretrained(source.directory, **common)
-        model_kwargs: dict[str, Any] = {"dtype": plan.dtype}
-        if attention:
-            model_kwargs["attn_implementation"] = attention
-        if plan.bnb_config is not None:
-            model_kwargs["quantization_config"] = plan.bnb_config
-            model_kwargs["device_map"] = {"": 0}
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source.directory, **common, **model_kwargs
-        )
-        if plan.bnb_config is None:
-            model.to(plan.device)
-        model.eval()
-        if plan.cpu_dynamic_int8:
-            model = _quantize_dynamic_int8(model)
-
+            loop = TransformersLoop(settings, plan, source, attention)
         self._chat_format = choose_chat_format(
             settings.model.chat_format,
-            has_template=bool(getattr(tokenizer, "chat_template", None)),
+            has_template=bool(loop.tokenizer.chat_template),
             model_name=f"{settings.model.name} {source.gguf_file or ''}",
         )
-        self._tokenizer, self._model, self._plan, self._source = tokenizer, model, plan, source
-        self._end_ids = _end_of_turn_ids(tokenizer, model)
-        self._forward = (
-            torch.compile(model.forward, dynamic=True)
-            if settings.performance.compile
-            else model.forward
-        )
+        self._loop, self._plan, self._source = loop, plan, source
         self.load_seconds = time.perf_counter() - started
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
 
-    async def _unload_model_implementation(self) -> None:
-        def release() -> None:
-            self._model = self._tokenizer = self._forward = None
-            gc.collect()
-            if self._plan is not None and self._plan.device == "cuda":
-                torch.cuda.empty_cache()
+    def _use_engine(self, plan: PrecisionPlan, source: ModelSource) -> bool:
+        from gemma_chat.infrastructure.llm.engine.loop import supports
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, release)
+        choice = self.settings.performance.engine
+        if choice == "transformers":
+            return False
+        reasons = []
+        if plan.device != "cpu":
+            reasons.append("it runs on CPU only")
+        if plan.quantization != "none":
+            reasons.append(f"it has no {plan.quantization} quantization yet")
+        if self.settings.performance.compile:
+            reasons.append("torch.compile applies to the transformers engine")
+        if self.settings.model.attn_implementation not in ("auto", "sdpa"):
+            reasons.append("it uses sdpa attention")
+        if not reasons and not supports(source):
+            reasons.append("it runs Gemma 3 text models only")
+        if reasons and choice == "native":
+            raise ConfigurationError(
+                "GEMMA_PERFORMANCE__ENGINE=native cannot serve this model: "
+                + "; ".join(reasons)
+                + ". Use GEMMA_PERFORMANCE__ENGINE=auto or transformers."
+            )
+        return not reasons
+
+    async def _unload_model_implementation(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            await asyncio.get_running_loop().run_in_executor(self._loader, loop.close)
 
     # -- formats and sizes ---------------------------------------------------------------------
 
-    def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        tokenizer = self._require_tokenizer()
-        if self._chat_format is None:
-            prompt: str = tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
+    def _require_loop(self) -> TokenLoop:
+        if self._loop is None:
+            raise ModelNotLoadedError(
+                f"Model {self.model_name!r} is not loaded: call `await llm.load()` first."
             )
-            return prompt
+        return self._loop
+
+    def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        tokenizer = self._require_loop().tokenizer
+        if self._chat_format is None:
+            return tokenizer.render_chat(messages)
         return self._chat_format.render(messages, tokenizer.bos_token or "")
 
     def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
+        return len(self._require_loop().tokenizer.encode(text))
 
     @property
     def context_length(self) -> int | None:
         configured = self.settings.model.context_length
-        if configured is not None or self._model is None:
+        if configured is not None or self._loop is None:
             return configured
-        limit = getattr(self._model.config, "max_position_embeddings", None)
-        return int(limit) if limit else None
+        return self._loop.context_length
 
     def _extra_model_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -160,9 +147,8 @@ class GemmaLLM(BaseLLM):
             info.update(self._plan.describe())
         if self._source is not None:
             info["source"] = str(self._source.gguf_path or self._source.directory)
-        if self._model is not None:
-            info["parameters"] = sum(p.numel() for p in self._model.parameters())
-            info["attn_implementation"] = getattr(self._model.config, "_attn_implementation", None)
+        if self._loop is not None:
+            info.update(self._loop.info())
         if self.load_seconds is not None:
             info["load_seconds"] = round(self.load_seconds, 2)
         return info
@@ -185,20 +171,35 @@ class GemmaLLM(BaseLLM):
 
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
-    ) -> AsyncGenerator[StreamChunk, None]:
-        loop = asyncio.get_running_loop()
+    ) -> AsyncIterator[StreamChunk]:
+        token_loop = self._require_loop()
+        event_loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
-        cancel = threading.Event()
+        chat_format = self._chat_format
 
         def emit(item: StreamChunk | BaseException) -> None:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
-                cancel.set()
+                event_loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                job.cancel.set()
 
-        future = loop.run_in_executor(
-            self._executor, self._generate_blocking, prompt, kwargs, cancel, emit
+        job = GenerationJob(
+            prompt_ids=token_loop.tokenizer.encode(prompt),
+            sampling=SamplingParams(
+                temperature=kwargs["temperature"],
+                top_p=kwargs["top_p"],
+                top_k=kwargs["top_k"],
+                repetition_penalty=kwargs["repetition_penalty"],
+                seed=kwargs["seed"],
+            ),
+            max_new_tokens=kwargs["max_new_tokens"],
+            stop=(*kwargs["stop"], *(chat_format.stop if chat_format else ())),
+            end_ids=token_loop.end_ids,
+            decode=token_loop.tokenizer.decode,
+            emit=emit,
+            strip_leading_space=chat_format is not None and chat_format.strip_leading_space,
         )
+        token_loop.submit(job)
         try:
             while True:
                 item = await queue.get()
@@ -208,135 +209,6 @@ class GemmaLLM(BaseLLM):
                 if item.finish_reason is not None:
                     return
         finally:
-            # The consumer stopped (finished, broke off or was cancelled): stop the token loop.
-            cancel.set()
-            future.add_done_callback(_retrieve)
-
-    def _generate_blocking(
-        self, prompt: str, kwargs: dict[str, Any], cancel: threading.Event, emit: Emit
-    ) -> None:
-        if cancel.is_set():  # cancelled while it waited for the worker thread
-            return
-        try:
-            model, tokenizer, forward = self._require_model()
-            plan = self._plan
-            assert plan is not None
-            from transformers import DynamicCache
-
-            with torch.inference_mode():
-                input_ids = self._encode_tensor(prompt).to(model.device)  # [1, S]
-                sampler = TokenSampler(
-                    SamplingParams(
-                        temperature=kwargs["temperature"],
-                        top_p=kwargs["top_p"],
-                        top_k=kwargs["top_k"],
-                        repetition_penalty=kwargs["repetition_penalty"],
-                        seed=kwargs["seed"],
-                    ),
-                    device=model.device,
-                )
-                detokenizer = IncrementalDetokenizer(
-                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-                )
-                chat_format = self._chat_format
-                stops = StopSequenceFilter(
-                    (*kwargs["stop"], *(chat_format.stop if chat_format else ()))
-                )
-                # Whitespace before the first character of the answer is the format's, not the
-                # answer's ("Assistant: Paris").
-                leading = chat_format is not None and chat_format.strip_leading_space
-                finish = FinishReason.LENGTH
-                generated = 0
-                tokens = generate_tokens(
-                    forward,
-                    input_ids,
-                    DynamicCache(config=model.config),
-                    sampler,
-                    kwargs["max_new_tokens"],
-                )
-                for token in tokens:
-                    if token in self._end_ids:
-                        finish = FinishReason.STOP
-                        break
-                    generated += 1
-                    delta = detokenizer.push(token)
-                    if leading:
-                        delta = delta.lstrip()
-                        leading = not delta
-                    released = stops.push(delta)
-                    if released:
-                        emit(StreamChunk(released))
-                    if stops.stopped:
-                        finish = FinishReason.STOP
-                        break
-                    if cancel.is_set():
-                        finish = FinishReason.CANCELLED
-                        break
-                last = detokenizer.flush()
-                tail = stops.push(last.lstrip() if leading else last) + stops.flush()
-                usage = TokenUsage(int(input_ids.shape[1]), generated)
-                emit(StreamChunk(tail, finish, usage))
-        except BaseException as exc:
-            emit(exc)
-        finally:
-            if (
-                self._plan is not None
-                and self._plan.device == "cuda"
-                and self.settings.performance.empty_cache_after_inference
-            ):
-                torch.cuda.empty_cache()
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _require_tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise ModelNotLoadedError(
-                f"Model {self.model_name!r} is not loaded: call `await llm.load()` first."
-            )
-        return self._tokenizer
-
-    def _require_model(self) -> tuple[Any, Any, Forward]:
-        tokenizer = self._require_tokenizer()
-        if self._model is None or self._forward is None:  # pragma: no cover - set together
-            raise ModelNotLoadedError(f"Model {self.model_name!r} is not loaded.")
-        return self._model, tokenizer, self._forward
-
-    def _encode(self, text: str) -> list[int]:
-        ids: list[int] = self._require_tokenizer()(text, add_special_tokens=False).input_ids
-        return ids
-
-    def _encode_tensor(self, text: str) -> torch.Tensor:
-        return torch.tensor([self._encode(text)], dtype=torch.long)  # [1, S]
-
-
-def _end_of_turn_ids(tokenizer: Any, model: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
-        ids.add(end_of_turn)
-    return frozenset(ids)
-
-
-def _quantize_dynamic_int8(model: Any) -> Any:
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-    from torch.ao.quantization import quantize_dynamic as _quantize_dynamic
-
-    quantize_dynamic: Any = _quantize_dynamic  # untyped in torch
-    with warnings.catch_warnings():
-        # torch marks torch.ao as deprecated in favour of torchao, which is slow eagerly on CPU.
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
-
-
-def _retrieve(future: Future[None] | asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # errors were delivered through the queue; mark them seen
+            # The consumer stopped (finished, broke off or was cancelled): free the slot.
+            job.cancel.set()
+            token_loop.wake()

@@ -81,6 +81,11 @@ class ModelSettings(_Section):
 
 class PerformanceSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "native": the lean Gemma 3 CPU engine (continuous batching, KV reuse, cached conversion);
+    # "transformers": any causal LM through transformers; "auto": native where it applies.
+    engine: Literal["auto", "native", "transformers"] = "auto"
+    # Memory for keys/values of finished turns kept for the conversation's next turn.
+    kv_cache_budget_mb: int = Field(256, ge=0)
     num_threads: int | None = Field(None, ge=1)
     compile: bool = False
     empty_cache_after_inference: bool = True

@@ -189,9 +189,7 @@ class Block(nn.Module):
         layer_v[rows, heads, cols] = v.to(layer_v.dtype)
         keys = layer_k[slots, :, :length]  # [B, H_kv, T, D]
         values = layer_v[slots, :, :length]
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
-        )  # [B, H, S, D]
+        out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
         out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
         x = x + self.post_attention_norm(out)
 
@@ -200,6 +198,25 @@ class Block(nn.Module):
         h = self.down(F.gelu(gate, approximate="tanh") * up)
         result: torch.Tensor = x + self.post_feedforward_norm(h)
         return result
+
+
+def _attention(
+    q: torch.Tensor,  # [B, H, S, D]
+    k: torch.Tensor,  # [B, H_kv, T, D]
+    v: torch.Tensor,  # [B, H_kv, T, D]
+    mask: torch.Tensor,  # [B, 1, S, T]
+    scale: float,
+) -> torch.Tensor:
+    """Attention written out rather than SDPA: each query row is computed the same way whatever
+    the number of rows, so a token's output does not depend on how the prompt was split into
+    prefill chunks or on the batch it decodes in (greedy outputs stay equal)."""
+    b, h, s, d = q.shape
+    groups = h // k.shape[1]
+    q = q.reshape(b, k.shape[1], groups * s, d)  # [B, H_kv, G*S, D]: query heads share a kv head
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, H_kv, G*S, T]
+    scores = scores.view(b, h, s, -1) + mask
+    weights = torch.softmax(scores, dim=-1).to(v.dtype).view(b, k.shape[1], groups * s, -1)
+    return torch.matmul(weights, v).view(b, h, s, d)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

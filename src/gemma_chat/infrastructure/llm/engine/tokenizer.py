@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from gemma_chat.domain.models import ChatMessage
 
 __all__ = ["FastTokenizer"]
 
@@ -52,6 +55,25 @@ class FastTokenizer:
     @property
     def eos_token_id(self) -> int | None:
         return self.token_id(self.eos_token)
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The tokenizer's chat template, rendered as transformers renders it."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        rendered: str = env.from_string(self.chat_template).render(
+            messages=list(messages),
+            add_generation_prompt=True,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
+        return rendered
 
 
 def _token_text(value: object) -> str | None:

@@ -1,0 +1,194 @@
+"""Converted models on disk, so that only the first load pays for the GGUF conversion.
+
+transformers needs ~45 s to turn the embedded GGUF into a model (tokenizer ~15 s, weights
+~30 s). The first load does that once and stores the lean model's weights (safetensors), its
+config and the tokenizer under ``<cache_dir>/models/<key>``, keyed by the GGUF's sha256, the
+dtype and this format's version; later loads read them back in about a second. Each entry is
+written to a temporary directory and renamed into place, and carries a manifest with the size
+and CRC-32 of every file: a partial or corrupt entry is detected, deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
+from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
+from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
+from gemma_chat.infrastructure.llm.model_source import ModelSource
+
+__all__ = ["FORMAT_VERSION", "ConvertedModel", "ConvertedModelStore", "CorruptEntryError"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class CorruptEntryError(Exception):
+    """A stored entry that does not match its manifest."""
+
+
+class ConvertedModel:
+    def __init__(self, directory: Path, model: Gemma3Model, tokenizer: FastTokenizer) -> None:
+        self.directory = directory
+        self.model = model
+        self.tokenizer = tokenizer
+
+
+class ConvertedModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "models"
+
+    def key(self, source_digest: str, dtype: torch.dtype) -> str:
+        return f"{source_digest[:20]}-{_DTYPE_NAMES[dtype]}-v{FORMAT_VERSION}"
+
+    def load_or_convert(
+        self, source: ModelSource, dtype: torch.dtype, *, progress: bool = True
+    ) -> ConvertedModel:
+        digest = source_digest(source, self.root.parent)
+        directory = self.root / self.key(digest, dtype)
+        if directory.is_dir():
+            try:
+                return self.load(directory, dtype)
+            except Exception as exc:
+                logger.warning("Rebuilding the converted model in %s: %s", directory, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+        self.convert(source, dtype, directory, progress=progress)
+        return self.load(directory, dtype)
+
+    def load(self, directory: Path, dtype: torch.dtype) -> ConvertedModel:
+        from safetensors.torch import load_file
+
+        verify(directory)
+        config = Gemma3Config.from_hf(json.loads((directory / "config.json").read_text()))
+        with torch.device("meta"):
+            model = Gemma3Model(config)
+        state = load_file(directory / WEIGHTS)
+        if "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
+        if any(t.dtype != dtype for k, t in state.items() if not k.endswith("norm.weight")):
+            raise CorruptEntryError("the stored weights have another dtype")
+        model.load_state_dict(state, assign=True, strict=True)
+        return ConvertedModel(directory, model.eval(), FastTokenizer.from_dir(directory))
+
+    def convert(
+        self, source: ModelSource, dtype: torch.dtype, directory: Path, *, progress: bool
+    ) -> None:
+        from safetensors.torch import save_file
+        from tqdm import tqdm
+
+        source.ensure_present()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=self.root))
+        steps = tqdm(
+            total=3,
+            desc="Converting the model once (later loads take about a second)",
+            disable=not progress,
+        )
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            kwargs: dict[str, Any] = {"local_files_only": True}
+            if source.gguf_file:
+                kwargs["gguf_file"] = source.gguf_file
+            steps.set_postfix_str("tokenizer")
+            AutoTokenizer.from_pretrained(source.directory, **kwargs).save_pretrained(tmp)
+            steps.update()
+            steps.set_postfix_str("weights")
+            # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
+            reference: Any = AutoModelForCausalLM.from_pretrained(
+                source.directory, dtype=torch.float32, **kwargs
+            )
+            config = reference.config.to_dict()
+            lean = load_hf_state_dict(Gemma3Config.from_hf(config), reference.state_dict(), dtype)
+            del reference
+            steps.update()
+            steps.set_postfix_str("saving")
+            state = {k: v for k, v in lean.state_dict().items()}
+            if state["lm_head.weight"].data_ptr() == state["embed.weight"].data_ptr():
+                del state["lm_head.weight"]
+            save_file(state, tmp / WEIGHTS)
+            (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+            write_manifest(tmp)
+            os.replace(tmp, directory)
+            steps.update()
+        finally:
+            steps.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(directory: Path) -> None:
+    files = {
+        path.name: {"size": path.stat().st_size, "crc32": _crc32(path)}
+        for path in sorted(directory.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(
+        json.dumps({"format": FORMAT_VERSION, "files": files}, indent=1)
+    )
+
+
+def verify(directory: Path) -> None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptEntryError(f"no readable manifest: {exc}") from exc
+    if manifest.get("format") != FORMAT_VERSION or WEIGHTS not in files:
+        raise CorruptEntryError("written by another version")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            raise CorruptEntryError(f"{name} is missing or has the wrong size")
+        if _crc32(path) != expected["crc32"]:
+            raise CorruptEntryError(f"{name} does not match its checksum")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def source_digest(source: ModelSource, cache_root: Path) -> str:
+    """sha256 of the checkpoint, remembered by path, size and mtime so it is hashed once."""
+    if source.sha256:
+        return source.sha256
+    path = source.gguf_path
+    if path is None:
+        files = sorted(p for p in source.directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no .gguf or .safetensors weights in {source.directory}")
+        path = files[0]
+    stat = path.stat()
+    memo_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo_path = cache_root / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key not in memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        memo[memo_key] = digest.hexdigest()
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        memo_path.write_text(json.dumps(memo, indent=1))
+    digest_hex: str = memo[memo_key]
+    return digest_hex

@@ -1,0 +1,90 @@
+"""The CPU engine behind ``TokenLoop``: lean Gemma 3, continuous batching, KV reuse, cached load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN
+from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+from gemma_chat.infrastructure.llm.engine.job import GenerationJob
+from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
+from gemma_chat.infrastructure.llm.model_source import ModelSource
+from gemma_chat.shared.config import Settings
+
+__all__ = ["EngineLoop", "supports"]
+
+_ARCHITECTURES = {"gemma3_text", "gemma3"}
+
+
+def supports(source: ModelSource) -> bool:
+    """Whether the engine can run this checkpoint (a Gemma 3 text model)."""
+    if source.architecture is not None:
+        return source.architecture in _ARCHITECTURES
+    if source.gguf_path is not None:
+        return _gguf_architecture(source.gguf_path) in _ARCHITECTURES
+    config_path = source.directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        config.get("model_type") == "gemma3_text"
+        and (source.directory / "tokenizer.json").is_file()
+        and any(source.directory.glob("*.safetensors"))
+    )
+
+
+def _gguf_architecture(path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.architecture")
+    return str(field.contents()) if field is not None else None
+
+
+class EngineLoop:
+    def __init__(self, settings: Settings, source: ModelSource, dtype: torch.dtype) -> None:
+        store = ConvertedModelStore(settings.cache_dir)
+        converted = store.load_or_convert(source, dtype)
+        self.model = converted.model
+        self.tokenizer = converted.tokenizer
+        self.directory = converted.directory
+        self._end_ids = frozenset(
+            i
+            for i in (self.tokenizer.eos_token_id, self.tokenizer.token_id(END_OF_TURN))
+            if i is not None
+        )
+        self.scheduler = BatchScheduler(
+            self.model,
+            max_batch_size=settings.performance.max_batch_size,
+            dtype=dtype,
+            prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+        )
+
+    @property
+    def context_length(self) -> int | None:
+        return self.model.config.max_position_embeddings
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        return self._end_ids
+
+    def submit(self, job: GenerationJob) -> None:
+        self.scheduler.submit(job)
+
+    def wake(self) -> None:
+        self.scheduler.wake()
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": "native",
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "converted_cache": str(self.directory),
+            "scheduler": self.scheduler.info(),
+        }

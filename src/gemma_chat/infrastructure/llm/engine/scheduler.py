@@ -1,0 +1,252 @@
+"""Continuous batching on one worker thread.
+
+Requests join at step boundaries: each new request is prefilled on its own (reusing the longest
+cached prefix of its prompt), then every running request advances one token per batched decode
+step. A request leaves as soon as it finishes or is cancelled, and its keys and values stay in
+its slot (or move to the prefix store) for the conversation's next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gemma_chat.domain.models import FinishReason
+from gemma_chat.infrastructure.llm.decoding import TokenSampler
+from gemma_chat.infrastructure.llm.engine.job import GenerationJob
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, KVCache
+from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
+
+__all__ = ["BatchScheduler", "SchedulerStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    index: int
+    job: GenerationJob | None = None
+    sampler: TokenSampler | None = None
+    tokens: list[int] = field(default_factory=list)  # tokens whose keys/values are cached
+    next_token: int | None = None  # sampled, not yet fed to the model
+    last_used: float = 0.0
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    decoded_tokens: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    max_batch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        model: Gemma3Model,
+        *,
+        max_batch_size: int,
+        dtype: torch.dtype,
+        prefix_budget_bytes: int,
+        name: str = "gemma-engine",
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.cache = KVCache(model.config, slots=max_batch_size, dtype=dtype)
+        self.store = PrefixStore(prefix_budget_bytes)
+        self.stats = SchedulerStats()
+        self._slots = [_Slot(i) for i in range(max_batch_size)]
+        self._waiting: deque[GenerationJob] = deque()
+        self._wakeup = threading.Condition()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- called from other threads ---------------------------------------------------------------
+
+    def submit(self, job: GenerationJob) -> None:
+        with self._wakeup:
+            if not self._running:
+                raise RuntimeError("the engine is stopped")
+            self._waiting.append(job)
+            self._wakeup.notify()
+
+    def wake(self) -> None:
+        """Re-check cancellations now (a consumer went away)."""
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def close(self) -> None:
+        with self._wakeup:
+            self._running = False
+            self._wakeup.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active_count(self) -> int:
+        return sum(1 for s in self._slots if s.job is not None)
+
+    # -- the worker thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                admitted = self._next_jobs()
+                if admitted is None:
+                    return
+                for job in admitted:
+                    self._prefill(job)
+                self._decode_step()
+
+    def _next_jobs(self) -> list[GenerationJob] | None:
+        """Wait for work; the jobs to admit now (None: shut down)."""
+        with self._wakeup:
+            while self._running and not self._waiting and not self._has_active():
+                self._wakeup.wait()
+            if not self._running:
+                self._abort_all()
+                return None
+            for slot in self._slots:
+                if slot.job is not None and slot.job.cancel.is_set():
+                    self._release(slot, FinishReason.CANCELLED)
+            admitted: list[GenerationJob] = []
+            free = sum(1 for s in self._slots if s.job is None)
+            while self._waiting and len(admitted) < free:
+                job = self._waiting.popleft()
+                if job.cancel.is_set():
+                    job.finish(FinishReason.CANCELLED)
+                else:
+                    admitted.append(job)
+            return admitted
+
+    def _has_active(self) -> bool:
+        return any(s.job is not None for s in self._slots)
+
+    def _prefill(self, job: GenerationJob) -> None:
+        slot, reused = self._choose_slot(job.prompt_ids)
+        slot.job = job
+        slot.sampler = TokenSampler(job.sampling)
+        try:
+            prompt = job.prompt_ids
+            new = prompt[reused:]
+            ids = torch.tensor([new], dtype=torch.long)  # [1, S]
+            positions = torch.arange(reused, len(prompt)).view(1, -1)  # [1, S]
+            logits = self.model(ids, positions, torch.tensor([slot.index]), self.cache)  # [1, V]
+            slot.tokens = list(prompt)
+            self.stats.prefilled_tokens += len(new)
+            self.stats.reused_tokens += reused
+            self._advance(slot, logits[0])
+        except Exception as exc:  # a failure here belongs to this request alone
+            logger.exception("prefill failed")
+            slot.tokens = []
+            job.fail(exc)
+            self._release(slot, None)
+
+    def _decode_step(self) -> None:
+        running = [s for s in self._slots if s.job is not None and s.next_token is not None]
+        if not running:
+            return
+        ids = torch.tensor([[s.next_token] for s in running], dtype=torch.long)  # [B, 1]
+        positions = torch.tensor([[len(s.tokens)] for s in running])  # [B, 1]
+        rows = torch.tensor([s.index for s in running])  # [B]
+        try:
+            logits = self.model(ids, positions, rows, self.cache)  # [B, V]
+        except Exception as exc:
+            logger.exception("decode step failed")
+            for slot in running:
+                slot.tokens = []
+                if slot.job is not None:
+                    slot.job.fail(exc)
+                self._release(slot, None)
+            return
+        self.stats.steps += 1
+        self.stats.decoded_tokens += len(running)
+        self.stats.max_batch = max(self.stats.max_batch, len(running))
+        for i, slot in enumerate(running):
+            assert slot.next_token is not None
+            slot.tokens.append(slot.next_token)
+            self._advance(slot, logits[i])
+
+    def _advance(self, slot: _Slot, logits: torch.Tensor) -> None:
+        """Sample the slot's next token from ``logits`` [V] and hand it to its job."""
+        job, sampler = slot.job, slot.sampler
+        assert job is not None
+        assert sampler is not None
+        seen = (
+            torch.tensor(slot.tokens, dtype=torch.long)
+            if sampler.params.repetition_penalty != 1.0
+            else _NO_TOKENS
+        )
+        token = sampler(logits, seen)
+        if job.accept(token):
+            slot.next_token = token
+        else:
+            self._release(slot, None)
+
+    def _release(self, slot: _Slot, reason: FinishReason | None) -> None:
+        if slot.job is not None and reason is not None:
+            slot.job.finish(reason)
+        slot.job = slot.sampler = slot.next_token = None
+        slot.last_used = time.monotonic()
+
+    def _choose_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """A free slot for ``prompt`` and how many of its tokens are already cached there."""
+        limit = len(prompt) - 1  # the last prompt token must be fed to get its logits
+        free = [s for s in self._slots if s.job is None]
+        here = max(free, key=lambda s: (common_prefix_length(s.tokens, prompt), s.last_used))
+        in_slot = min(common_prefix_length(here.tokens, prompt), limit)
+        stored, in_store = self.store.best_match(prompt)
+        in_store = min(in_store, limit)
+        if in_slot > 0 and in_slot >= in_store:
+            if len(here.tokens) - in_slot > _WORTH_KEEPING:
+                self._save(here)  # another conversation that shared only a beginning
+            return here, in_slot
+        # Nothing better in place: the least recently used slot, its content kept in the store.
+        target = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
+        self._save(target)
+        target.tokens = []
+        if stored is not None and in_store > 0:
+            self.cache.write(target.index, stored.k[:, :, :in_store], stored.v[:, :, :in_store])
+            return target, in_store
+        return target, 0
+
+    def _save(self, slot: _Slot) -> None:
+        """Copy the slot's keys and values to the prefix store (within its budget)."""
+        if len(slot.tokens) > _WORTH_KEEPING:
+            k, v = self.cache.read(slot.index, len(slot.tokens))
+            self.store.put(slot.tokens, k, v)
+
+    def _abort_all(self) -> None:
+        for slot in self._slots:
+            self._release(slot, FinishReason.CANCELLED)
+        while self._waiting:
+            self._waiting.popleft().finish(FinishReason.CANCELLED)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.stats.to_dict(),
+            "active": self.active_count,
+            "queued": self.queue_depth,
+            "kv_cache_mb": round(self.cache.nbytes / 2**20, 1),
+            "prefix_store_mb": round(self.store.nbytes / 2**20, 1),
+            "prefix_store_entries": len(self.store),
+        }
+
+
+_NO_TOKENS = torch.empty(0, dtype=torch.long)
+# Fewer tokens than this are cheaper to prefill again than to copy around.
+_WORTH_KEEPING = 32
