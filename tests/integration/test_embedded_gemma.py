@@ -14,10 +14,7 @@ from gemma_chat import (
 
 pytestmark = pytest.mark.slow
 
-CAPITAL = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
-]
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.mark.asyncio

@@ -37,6 +37,7 @@ class FakeLLM(BaseLLM):
         settings: Settings | None = None,
         context_length: int | None = None,
         delay: float = 0.0,
+        footprint_mb: float = 0.0,
     ) -> None:
         settings = settings if settings is not None else get_settings()
         settings = settings.model_copy(
@@ -47,6 +48,7 @@ class FakeLLM(BaseLLM):
         self._cycle = itertools.cycle(self.responses)
         self._context_length = context_length
         self.delay = delay
+        self.footprint_mb = footprint_mb
         self.calls: list[GenerationCall] = []
         self.messages_seen: list[Sequence[ChatMessage]] = []
         self.load_count = 0
@@ -58,6 +60,9 @@ class FakeLLM(BaseLLM):
     @property
     def context_length(self) -> int | None:
         return self._context_length
+
+    def _extra_model_info(self) -> dict[str, Any]:
+        return {"memory_footprint_mb": self.footprint_mb}
 
     async def _load_model_implementation(self) -> None:
         self.load_count += 1

@@ -14,10 +14,12 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
 
+from gemma_chat.application.inference.model_pool import ModelPool, footprint_mb
 from gemma_chat.application.inference.response_cache import ResponseCache
 from gemma_chat.application.inference.statistics import ServiceStatistics
 from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
@@ -36,7 +38,12 @@ from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import GemmaChatError, InferenceError, ServiceStateError
+from gemma_chat.shared.exceptions import (
+    GemmaChatError,
+    InferenceError,
+    InvalidGenerationConfigError,
+    ServiceStateError,
+)
 
 __all__ = ["InferenceService", "ServiceState"]
 
@@ -75,6 +82,13 @@ class InferenceService:
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        performance = self.settings.performance
+        self._pool = ModelPool(
+            self._create_named_llm,
+            budget_mb=performance.model_memory_budget_mb,
+            max_models=performance.max_extra_models,
+            reserved_mb=lambda: footprint_mb(self.llm),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -92,6 +106,21 @@ class InferenceService:
         """The adapter registered for ``settings.model.name`` (see ``register_llm``)."""
         return self._registry.create(self.settings)
 
+    def _create_named_llm(self, name: str) -> LLMProtocol:
+        model = self.settings.model.model_copy(update={"name": name})
+        return self._registry.create(self.settings.model_copy(update={"model": model}))
+
+    @asynccontextmanager
+    async def _model(self, name: str | None) -> AsyncIterator[LLMProtocol]:
+        """The service's own model, or another one a request names (loaded on demand)."""
+        if name is None or name == self.llm.model_name:
+            yield self.llm
+            return
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidGenerationConfigError(f"model must be a non-empty string, got {name!r}.")
+        async with self._pool.use(name) as llm:
+            yield llm
+
     async def start(self) -> None:
         if self._state is ServiceState.CLOSED:
             raise ServiceStateError(
@@ -103,8 +132,10 @@ class InferenceService:
         self._state = ServiceState.OPEN
 
     async def close(self) -> None:
-        if self._state is ServiceState.OPEN and self._owns_llm and self._llm is not None:
-            await self._llm.unload()
+        if self._state is ServiceState.OPEN:
+            await self._pool.close()
+            if self._owns_llm and self._llm is not None:
+                await self._llm.unload()
         self._state = ServiceState.CLOSED
 
     async def __aenter__(self) -> Self:
@@ -135,6 +166,8 @@ class InferenceService:
         session: ChatSession | str,
         user_message: str,
         temperature: float | None = None,
+        *,
+        model: str | None = None,
         **overrides: Any,
     ) -> InferenceResponse:
         """Answer ``user_message`` in ``session`` (a session or its id).
@@ -144,17 +177,17 @@ class InferenceService:
         """
         self._require_open()
         chat_session, config = await self._begin(session, user_message, temperature, overrides)
-        async with self._lock(chat_session.id):
+        async with self._lock(chat_session.id), self._model(model) as llm:
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
-            key = self._cache.key_for(self.llm.model_name, messages, config)
+            key = self._cache.key_for(llm.model_name, messages, config)
             completion = self._cache.get(key)
             cached = completion is not None
             if completion is None:
-                completion = await self._guarded(self.llm.generate(messages, config))
+                completion = await self._guarded(llm.generate(messages, config))
                 self._cache.put(key, completion)
             return await self._complete_turn(
-                chat_session, user_message, completion, started, cached=cached
+                llm, chat_session, user_message, completion, started, cached=cached
             )
 
     async def stream_response(
@@ -162,6 +195,8 @@ class InferenceService:
         session: ChatSession | str,
         user_message: str,
         temperature: float | None = None,
+        *,
+        model: str | None = None,
         **overrides: Any,
     ) -> AsyncIterator[StreamChunk]:
         """Stream the answer as text chunks; the last chunk has ``finish_reason`` and usage.
@@ -171,19 +206,21 @@ class InferenceService:
         """
         self._require_open()
         chat_session, config = await self._begin(session, user_message, temperature, overrides)
-        async with self._lock(chat_session.id):
+        async with self._lock(chat_session.id), self._model(model) as llm:
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
-            key = self._cache.key_for(self.llm.model_name, messages, config)
+            key = self._cache.key_for(llm.model_name, messages, config)
             hit = self._cache.get(key)
             if hit is not None:
-                await self._complete_turn(chat_session, user_message, hit, started, cached=True)
+                await self._complete_turn(
+                    llm, chat_session, user_message, hit, started, cached=True
+                )
                 if hit.text:
                     yield StreamChunk(hit.text)
                 yield StreamChunk("", hit.finish_reason, hit.token_usage)
                 return
             parts: list[str] = []
-            chunks = self.llm.stream(messages, config)
+            chunks = llm.stream(messages, config)
             try:
                 async for chunk in chunks:
                     parts.append(chunk.text)
@@ -194,7 +231,7 @@ class InferenceService:
                         if completion.finish_reason is not FinishReason.CANCELLED:
                             self._cache.put(key, completion)
                             await self._complete_turn(
-                                chat_session, user_message, completion, started, cached=False
+                                llm, chat_session, user_message, completion, started, cached=False
                             )
                         yield chunk
                         return
@@ -267,6 +304,7 @@ class InferenceService:
 
     async def _complete_turn(
         self,
+        llm: LLMProtocol,
         session: ChatSession,
         user_message: str,
         completion: Completion,
@@ -278,7 +316,7 @@ class InferenceService:
             user_message,
             completion.text,
             completion.token_usage,
-            user_token_count=self._count_tokens(user_message),
+            user_token_count=_count_tokens(llm, user_message),
         )
         if await self._sessions.contains(session.id):
             await self._sessions.save(session)
@@ -288,18 +326,12 @@ class InferenceService:
             content=completion.text,
             token_usage=completion.token_usage,
             finish_reason=completion.finish_reason,
-            model=self.llm.model_name,
+            model=llm.model_name,
             latency=latency,
             session_id=session.id,
             message_id=answer.id,
             cached=cached,
         )
-
-    def _count_tokens(self, text: str) -> int | None:
-        try:
-            return self.llm.count_tokens(text)
-        except GemmaChatError:
-            return None
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         # Two turns on one session at once would interleave its history: run them in order.
@@ -345,7 +377,7 @@ class InferenceService:
         return self._stats.snapshot(cache_size=len(self._cache))
 
     async def get_model_info(self) -> dict[str, Any]:
-        return self.llm.get_model_info()
+        return {**self.llm.get_model_info(), "other_models_loaded": self._pool.loaded}
 
     async def health_check(self) -> dict[str, Any]:
         """``status`` is unhealthy when the model is not serving, degraded when at least half
@@ -362,3 +394,10 @@ class InferenceService:
             "model_info": await self.get_model_info(),
             "statistics": await self.get_statistics(),
         }
+
+
+def _count_tokens(llm: LLMProtocol, text: str) -> int | None:
+    try:
+        return llm.count_tokens(text)
+    except GemmaChatError:
+        return None

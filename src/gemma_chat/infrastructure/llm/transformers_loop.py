@@ -90,6 +90,7 @@ class TransformersLoop:
     def info(self) -> dict[str, Any]:
         return {
             "engine": "transformers",
+            "memory_footprint_mb": round(self.model.get_memory_footprint() / 2**20, 1),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
         }

@@ -86,6 +86,10 @@ class PerformanceSettings(_Section):
     engine: Literal["auto", "native", "transformers"] = "auto"
     # Memory for keys/values of finished turns kept for the conversation's next turn.
     kv_cache_budget_mb: int = Field(256, ge=0)
+    # Other models that requests name are loaded on demand; idle ones are unloaded (least
+    # recently used first) beyond this much memory or this many models.
+    model_memory_budget_mb: int = Field(4096, ge=0)
+    max_extra_models: int = Field(2, ge=0)
     num_threads: int | None = Field(None, ge=1)
     compile: bool = False
     empty_cache_after_inference: bool = True

