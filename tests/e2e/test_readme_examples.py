@@ -14,7 +14,12 @@ from gemma_chat.testing.tiny_gemma import build_tiny_gemma
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+# Every Python block is a whole program, except those that say they are fragments.
+BLOCKS = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    if not block.startswith("# fragment")
+]
 COMMANDS = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
 
 
@@ -56,7 +61,12 @@ def test_each_python_example_runs(index: int, tiny_model: Path, tmp_path: Path) 
     else:
         # The examples that load the default model run here on the tiny model, through the same
         # code path; examples/quickstart.py runs on the embedded model below.
-        result = run([sys.executable, "-c", code], tmp_path, GEMMA_MODEL__NAME=str(tiny_model))
+        result = run(
+            [sys.executable, "-c", code],
+            tmp_path,
+            GEMMA_MODEL__NAME=str(tiny_model),
+            GEMMA_CACHE_DIR=str(tmp_path / "cache"),
+        )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

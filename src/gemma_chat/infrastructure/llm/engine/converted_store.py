@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,16 @@ class ConvertedModelStore:
         return self.load(directory, dtype)
 
     def load(self, directory: Path, dtype: torch.dtype) -> ConvertedModel:
+        # The tokenizer parses on another thread (without the GIL) while the weights load.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tokenizer = pool.submit(FastTokenizer.from_dir, directory)
+            verify(directory)
+            model = self._load_model(directory, dtype)
+            return ConvertedModel(directory, model, tokenizer.result())
+
+    def _load_model(self, directory: Path, dtype: torch.dtype) -> Gemma3Model:
         from safetensors.torch import load_file
 
-        verify(directory)
         config = Gemma3Config.from_hf(json.loads((directory / "config.json").read_text()))
         with torch.device("meta"):
             model = Gemma3Model(config)
@@ -82,7 +90,7 @@ class ConvertedModelStore:
         if any(t.dtype != dtype for k, t in state.items() if not k.endswith("norm.weight")):
             raise CorruptEntryError("the stored weights have another dtype")
         model.load_state_dict(state, assign=True, strict=True)
-        return ConvertedModel(directory, model.eval(), FastTokenizer.from_dir(directory))
+        return model.eval()
 
     def convert(
         self, source: ModelSource, dtype: torch.dtype, directory: Path, *, progress: bool

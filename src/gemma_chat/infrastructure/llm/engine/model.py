@@ -169,6 +169,7 @@ class Block(nn.Module):
         cache: KVCache,
         mask: torch.Tensor,  # [B, 1, S, T] additive
         length: int,  # T: cache positions attended to
+        contiguous: int | None = None,  # first slot, when ``slots`` is a run of slots
     ) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.input_norm(x)
@@ -187,8 +188,12 @@ class Block(nn.Module):
         cols = positions.view(b, 1, s).expand(b, self.kv_heads, s)
         layer_k[rows, heads, cols] = k.to(layer_k.dtype)
         layer_v[rows, heads, cols] = v.to(layer_v.dtype)
-        keys = layer_k[slots, :, :length]  # [B, H_kv, T, D]
-        values = layer_v[slots, :, :length]
+        if contiguous is not None:  # a view: no copy of the cache
+            keys = layer_k[contiguous : contiguous + b, :, :length]  # [B, H_kv, T, D]
+            values = layer_v[contiguous : contiguous + b, :, :length]
+        else:
+            keys = layer_k[slots, :, :length]  # a copy, for scattered slots
+            values = layer_v[slots, :, :length]
         out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
         out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
         x = x + self.post_attention_norm(out)
@@ -228,7 +233,9 @@ class Gemma3Model(nn.Module):
     def __init__(self, config: Gemma3Config) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Given an empty table: random initialisation (normal_) would cost a second for nothing.
+        table = torch.empty(config.vocab_size, config.hidden_size)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size, _weight=table)
         self.embed.weight.requires_grad_(False)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -272,11 +279,12 @@ class Gemma3Model(nn.Module):
             cos, sin = self.rope_tables(local, length)
             ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
             masks[local] = self._mask(positions, length, local, dtype)
+        first = int(slots[0])
+        run = first if slots.tolist() == list(range(first, first + len(slots))) else None
         for block in self.blocks:
             assert isinstance(block, Block)
-            x = block(
-                x, ropes[block.sliding], slots, positions, cache, masks[block.sliding], length
-            )
+            local = block.sliding
+            x = block(x, ropes[local], slots, positions, cache, masks[local], length, run)
         if last_only:
             x = x[:, -1]  # [B, E]
         x = self.norm(x)
