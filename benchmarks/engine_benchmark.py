@@ -66,9 +66,11 @@ async def our_decode_rate(service: InferenceService, prompt: str, tokens: int) -
 
 async def ours() -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    settings = get_settings(cache={"enabled": False}, model={"repetition_penalty": 1.0})
-    async with InferenceService(settings) as service:
-        llm = service.llm
+    # Decode figures use Gemma's turn format, in which the base model writes until
+    # max_new_tokens; in the default transcript format it ends its turn after ~10 tokens, which
+    # would measure prefill and start-up instead of decoding.
+    decode = get_settings(cache={"enabled": False}, model={"chat_format": "gemma"})
+    async with InferenceService(decode) as service:
         # Warm up (first calls allocate buffers).
         await service.generate_response(ChatSession(), "Hello", **greedy(8))
 
@@ -88,6 +90,8 @@ async def ours() -> dict[str, Any]:
         figures["aggregate_8_sessions_tok_s"] = tokens / concurrent
         figures["concurrent_vs_sequential_8"] = sequential / concurrent
 
+    async with InferenceService(get_settings(cache={"enabled": False})) as service:
+        llm = service.llm
         # ~1,000 tokens of history, then one more turn: reused cache vs a cold prefill.
         session = ChatSession(system_prompt="You are a helpful assistant.")
         history = fixed_text()[:3800]
@@ -168,7 +172,7 @@ def cold_start_and_memory() -> dict[str, Any]:
     """A fresh process, cache present: time to the first streamed token, and peak RSS."""
     code = textwrap.dedent("""
         import time; started = time.perf_counter()
-        import asyncio, json, resource
+        import asyncio, json, re
         from gemma_chat import ChatSession, InferenceService
         async def main():
             async with InferenceService() as service:
@@ -177,7 +181,9 @@ def cold_start_and_memory() -> dict[str, Any]:
                     first = first or time.perf_counter() - started
                 for i in range(3):
                     await service.generate_response(ChatSession(), f"Question {i}?", temperature=0)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
+            status = open("/proc/self/status").read()
+            peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 2**20
             print(json.dumps({"first_token_s": first, "peak_rss_gb": peak}))
         asyncio.run(main())
         """)

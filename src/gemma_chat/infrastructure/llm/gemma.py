@@ -66,7 +66,7 @@ class GemmaLLM(BaseLLM):
         if self._use_engine(plan, source):
             from gemma_chat.infrastructure.llm.engine.loop import EngineLoop
 
-            loop = EngineLoop(settings, source, plan.dtype)
+            loop = EngineLoop(settings, source, plan)
         else:
             from gemma_chat.infrastructure.llm.transformers_loop import TransformersLoop
 
@@ -89,8 +89,8 @@ class GemmaLLM(BaseLLM):
         reasons = []
         if plan.device != "cpu":
             reasons.append("it runs on CPU only")
-        if plan.quantization != "none":
-            reasons.append(f"it has no {plan.quantization} quantization yet")
+        if plan.quantization not in ("none", "auto", "int8"):
+            reasons.append(f"it has no {plan.quantization} quantization")
         if self.settings.performance.compile:
             reasons.append("torch.compile applies to the transformers engine")
         if self.settings.model.attn_implementation not in ("auto", "sdpa"):

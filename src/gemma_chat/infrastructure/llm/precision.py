@@ -72,6 +72,8 @@ def plan_precision(
         return PrecisionPlan(device, dtype, "none")
     if quantization == "none":
         return PrecisionPlan(device, dtype, "none")
+    if quantization == "auto":  # the engine decides: int8 on the native CPU engine
+        return PrecisionPlan(device, dtype, "auto")
     if device == "cuda":
         has_bnb = bitsandbytes_installed or (lambda: _installed("bitsandbytes"))
         if not has_bnb():

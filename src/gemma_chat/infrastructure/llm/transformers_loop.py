@@ -90,6 +90,9 @@ class TransformersLoop:
     def info(self) -> dict[str, Any]:
         return {
             "engine": "transformers",
+            "quantization": (
+                "none" if self._plan.quantization == "auto" else self._plan.quantization
+            ),
             "memory_footprint_mb": round(self.model.get_memory_footprint() / 2**20, 1),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),

@@ -18,17 +18,25 @@ import shutil
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
+from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
 from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 from gemma_chat.infrastructure.llm.model_source import ModelSource
 
-__all__ = ["FORMAT_VERSION", "ConvertedModel", "ConvertedModelStore", "CorruptEntryError"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ConvertedModel",
+    "ConvertedModelStore",
+    "CorruptEntryError",
+    "WeightFormat",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,23 @@ class CorruptEntryError(Exception):
     """A stored entry that does not match its manifest."""
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """How weights are stored and computed: a float dtype, or int8 blocks (``kernels``)."""
+
+    name: str  # float32 | bfloat16 | float16 | q8
+    dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
+    kernels: Q8Kernels | None = None
+
+    @classmethod
+    def floating(cls, dtype: torch.dtype) -> WeightFormat:
+        return cls(_DTYPE_NAMES[dtype], dtype)
+
+    @classmethod
+    def q8(cls, kernels: Q8Kernels) -> WeightFormat:
+        return cls("q8", torch.float32, kernels)
+
+
 class ConvertedModel:
     def __init__(self, directory: Path, model: Gemma3Model, tokenizer: FastTokenizer) -> None:
         self.directory = directory
@@ -53,47 +78,53 @@ class ConvertedModelStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "models"
 
-    def key(self, source_digest: str, dtype: torch.dtype) -> str:
-        return f"{source_digest[:20]}-{_DTYPE_NAMES[dtype]}-v{FORMAT_VERSION}"
+    def key(self, source_digest: str, weights: WeightFormat) -> str:
+        return f"{source_digest[:20]}-{weights.name}-v{FORMAT_VERSION}"
 
     def load_or_convert(
-        self, source: ModelSource, dtype: torch.dtype, *, progress: bool = True
+        self, source: ModelSource, weights: WeightFormat, *, progress: bool = True
     ) -> ConvertedModel:
         digest = source_digest(source, self.root.parent)
-        directory = self.root / self.key(digest, dtype)
+        directory = self.root / self.key(digest, weights)
         if directory.is_dir():
             try:
-                return self.load(directory, dtype)
+                return self.load(directory, weights)
             except Exception as exc:
                 logger.warning("Rebuilding the converted model in %s: %s", directory, exc)
                 shutil.rmtree(directory, ignore_errors=True)
-        self.convert(source, dtype, directory, progress=progress)
-        return self.load(directory, dtype)
+        self.convert(source, weights, directory, progress=progress)
+        return self.load(directory, weights)
 
-    def load(self, directory: Path, dtype: torch.dtype) -> ConvertedModel:
+    def load(self, directory: Path, weights: WeightFormat) -> ConvertedModel:
         # The tokenizer parses on another thread (without the GIL) while the weights load.
         with ThreadPoolExecutor(max_workers=1) as pool:
             tokenizer = pool.submit(FastTokenizer.from_dir, directory)
             verify(directory)
-            model = self._load_model(directory, dtype)
+            model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
 
-    def _load_model(self, directory: Path, dtype: torch.dtype) -> Gemma3Model:
+    def _load_model(self, directory: Path, weights: WeightFormat) -> Gemma3Model:
         from safetensors.torch import load_file
 
-        config = Gemma3Config.from_hf(json.loads((directory / "config.json").read_text()))
+        hf_config = json.loads((directory / "config.json").read_text())
+        tied = bool(hf_config.get("tie_word_embeddings", True))
         with torch.device("meta"):
-            model = Gemma3Model(config)
+            model = Gemma3Model(Gemma3Config.from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
-        if "lm_head.weight" not in state:
-            state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
-        if any(t.dtype != dtype for k, t in state.items() if not k.endswith("norm.weight")):
-            raise CorruptEntryError("the stored weights have another dtype")
+        if weights.kernels is not None:
+            empty_q8_model(model, weights.kernels, tied=tied)
+        else:
+            if "lm_head.weight" not in state:
+                state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
+            stored = {t.dtype for k, t in state.items() if not k.endswith("norm.weight")}
+            if stored != {weights.dtype}:
+                raise CorruptEntryError("the stored weights have another dtype")
+            model.compute_dtype = weights.dtype
         model.load_state_dict(state, assign=True, strict=True)
         return model.eval()
 
     def convert(
-        self, source: ModelSource, dtype: torch.dtype, directory: Path, *, progress: bool
+        self, source: ModelSource, weights: WeightFormat, directory: Path, *, progress: bool
     ) -> None:
         from safetensors.torch import save_file
         from tqdm import tqdm
@@ -121,14 +152,20 @@ class ConvertedModelStore:
                 source.directory, dtype=torch.float32, **kwargs
             )
             config = reference.config.to_dict()
-            lean = load_hf_state_dict(Gemma3Config.from_hf(config), reference.state_dict(), dtype)
+            tied = bool(config.get("tie_word_embeddings", True))
+            lean = load_hf_state_dict(
+                Gemma3Config.from_hf(config), reference.state_dict(), weights.dtype
+            )
             del reference
+            if weights.kernels is not None:
+                quantize_model(lean, weights.kernels, tied=tied)
             steps.update()
             steps.set_postfix_str("saving")
-            state = {k: v for k, v in lean.state_dict().items()}
-            if state["lm_head.weight"].data_ptr() == state["embed.weight"].data_ptr():
+            state = dict(lean.state_dict())
+            head, table = state.get("lm_head.weight"), state.get("embed.weight")
+            if head is not None and table is not None and head.data_ptr() == table.data_ptr():
                 del state["lm_head.weight"]
-            save_file(state, tmp / WEIGHTS)
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
             write_manifest(tmp)
             os.replace(tmp, directory)

@@ -9,11 +9,14 @@ from typing import Any
 import torch
 
 from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN
-from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.job import GenerationJob
+from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
 from gemma_chat.infrastructure.llm.model_source import ModelSource
+from gemma_chat.infrastructure.llm.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
+from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["EngineLoop", "supports"]
 
@@ -45,10 +48,25 @@ def _gguf_architecture(path: Path) -> str | None:
     return str(field.contents()) if field is not None else None
 
 
+def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
+    """int8 blocks when asked for (or by default) and the kernels build here; else the dtype."""
+    if plan.quantization in ("auto", "int8"):
+        kernels = load_kernels(settings.cache_dir)
+        if kernels is not None:
+            return WeightFormat.q8(kernels)
+        if plan.quantization == "int8":
+            raise ConfigurationError(
+                "GEMMA_MODEL__QUANTIZATION=int8 on the native engine needs a C compiler to "
+                "build its kernels once (`apt-get install gcc`); or use quantization=none."
+            )
+    return WeightFormat.floating(plan.dtype)
+
+
 class EngineLoop:
-    def __init__(self, settings: Settings, source: ModelSource, dtype: torch.dtype) -> None:
+    def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
-        converted = store.load_or_convert(source, dtype)
+        self.weights = weight_format(settings, plan)
+        converted = store.load_or_convert(source, self.weights)
         self.model = converted.model
         self.tokenizer = converted.tokenizer
         self.directory = converted.directory
@@ -60,7 +78,7 @@ class EngineLoop:
         self.scheduler = BatchScheduler(
             self.model,
             max_batch_size=settings.performance.max_batch_size,
-            dtype=dtype,
+            dtype=self.model.compute_dtype,
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
         )
 
@@ -84,7 +102,10 @@ class EngineLoop:
     def info(self) -> dict[str, Any]:
         return {
             "engine": "native",
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weights": self.weights.name,
+            "quantization": "int8" if self.weights.kernels is not None else "none",
+            "dtype": str(self.model.compute_dtype).removeprefix("torch."),
+            "parameters": sum(p.numel() for p in (*self.model.parameters(), *self.model.buffers())),
             "memory_footprint_mb": round(
                 (
                     _weights_bytes(self.model)
@@ -102,6 +123,6 @@ class EngineLoop:
 def _weights_bytes(model: torch.nn.Module) -> int:
     # Tied weights are one tensor: count each storage once.
     seen: dict[int, int] = {}
-    for p in model.parameters():
+    for p in (*model.parameters(), *model.buffers()):
         seen[p.data_ptr()] = p.numel() * p.element_size()
     return sum(seen.values())

@@ -243,6 +243,8 @@ class Gemma3Model(nn.Module):
         # Usually tied to the embedding table (the same tensor, held once); an adapter may swap
         # in a faster (e.g. quantized) projection.
         self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
+        self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,8 +272,10 @@ class Gemma3Model(nn.Module):
         """Logits: [B, V] for each sequence's last position (or [B, S, V])."""
         length = int(positions.max().item()) + 1  # T
         cache.ensure_capacity(length)
-        dtype = self.embed.weight.dtype
-        x = self.embed(input_ids) * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
+        dtype = self.compute_dtype
+        lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
+        x = lookup(input_ids).to(dtype)
+        x = x * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
         masks, ropes = {}, {}
         for local in (False, True):
             if local not in self.config.sliding_layers:
@@ -288,7 +292,7 @@ class Gemma3Model(nn.Module):
         if last_only:
             x = x[:, -1]  # [B, E]
         x = self.norm(x)
-        logits: torch.Tensor = self.lm_head(x)
+        logits: torch.Tensor = self.lm_head(x).float()
         softcap = self.config.final_logit_softcapping
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

@@ -59,4 +59,5 @@ def load_hf_state_dict(
     else:
         converted["lm_head.weight"] = converted["embed.weight"]  # tied: one tensor, held once
     model.load_state_dict(converted, assign=True, strict=True)
+    model.compute_dtype = dtype
     return model.eval()

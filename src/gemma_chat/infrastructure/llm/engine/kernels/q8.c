@@ -1,0 +1,84 @@
+/* int8 x int8 matrix products in blocks of 32 along K, as llama.cpp's Q8_0.
+ *
+ * Weights and activations are quantized per block of 32 values with one float scale each.
+ * Every output element is reduced in the same order whatever M is, so a row's result does not
+ * depend on how many rows are computed together (batched decoding stays equal to unbatched).
+ * Built at first use by q8_linear.py with the system's C compiler; AVX2 where available.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define QK 32
+
+/* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/QK] float32 */
+void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K) {
+    const int64_t nb = K / QK;
+#pragma omp parallel for schedule(static) if (M * K > 65536)
+    for (int64_t r = 0; r < M * nb; r++) {
+        const float *xb = x + r * QK;
+        float amax = 0.0f;
+        for (int i = 0; i < QK; i++) {
+            float a = fabsf(xb[i]);
+            if (a > amax) amax = a;
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        s[r] = d;
+        for (int i = 0; i < QK; i++) q[r * QK + i] = (int8_t)lrintf(xb[i] * id);
+    }
+}
+
+static inline float dot_row(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws,
+                            int64_t nb) {
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(wq + b * QK));
+        /* maddubs needs unsigned x signed: |x| times w with x's sign */
+        const __m256i ax = _mm256_sign_epi8(x, x);
+        const __m256i sw = _mm256_sign_epi8(w, x);
+        const __m256i p16 = _mm256_maddubs_epi16(ax, sw);
+        const __m256i p32 = _mm256_madd_epi16(p16, ones);
+        const __m256 d = _mm256_set1_ps(xs[b] * ws[b]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p32), acc);
+    }
+    /* fixed-order horizontal sum */
+    __m128 lo = _mm256_castps256_ps128(acc), hi = _mm256_extractf128_ps(acc, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+#else
+    float sum = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int i = 0; i < QK; i++) acc += (int32_t)xq[b * QK + i] * (int32_t)wq[b * QK + i];
+        sum += xs[b] * ws[b] * (float)acc;
+    }
+    return sum;
+#endif
+}
+
+/* y[m, n] = sum_k x[m, k] w[n, k]; xq/xs: [M, K], [M, K/QK]; wq/ws: [N, K], [N, K/QK]; y: [M, N] */
+void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws, float *y,
+               int64_t M, int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    const int64_t tile = 16; /* weight rows kept hot in cache while every x row uses them */
+#pragma omp parallel for schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += tile) {
+        const int64_t n1 = n0 + tile < N ? n0 + tile : N;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *xr = xq + m * K;
+            const float *xsr = xs + m * nb;
+            for (int64_t n = n0; n < n1; n++) {
+                y[m * N + n] = dot_row(xr, xsr, wq + n * K, ws + n * nb, nb);
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+"""The int8 kernels: accuracy, batch invariance, the cached build and its fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from gemma_chat.infrastructure.llm.engine.q8 import (
+    Q8Embedding,
+    Q8Kernels,
+    Q8Linear,
+    load_kernels,
+    quantize_weight,
+)
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
+    built = load_kernels(tmp_path_factory.mktemp("kernels"))
+    assert built is not None, "a C compiler is part of the supported set-up"
+    return built
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("n", "k"), [(96, 64), (640, 2048), (1536, 640)])
+def test_the_product_is_close_to_the_float_product(kernels: Q8Kernels, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    w, x = torch.randn(n, k, generator=gen), torch.randn(5, k, generator=gen)
+    layer = Q8Linear(kernels, *quantize_weight(w))
+    assert relative_error(layer(x), x @ w.T) < 0.015
+
+
+def test_a_row_gets_the_same_bits_alone_or_in_a_batch(kernels: Q8Kernels) -> None:
+    gen = torch.Generator().manual_seed(1)
+    layer = Q8Linear(kernels, *quantize_weight(torch.randn(300, 640, generator=gen)))
+    x = torch.randn(9, 640, generator=gen)
+    batched = layer(x)
+    for i in range(9):
+        assert torch.equal(layer(x[i : i + 1])[0], batched[i])
+
+
+def test_leading_dimensions_are_kept(kernels: Q8Kernels) -> None:
+    layer = Q8Linear(kernels, *quantize_weight(torch.randn(40, 64)))
+    assert layer(torch.randn(2, 3, 64)).shape == (2, 3, 40)
+
+
+def test_quantized_weights_round_trip_within_half_a_step() -> None:
+    w = torch.randn(8, 64)
+    q, scale = quantize_weight(w)
+    restored = q.float().view(8, 2, 32) * scale.unsqueeze(-1)
+    step = scale.unsqueeze(-1).expand(8, 2, 32)
+    assert bool(((restored - w.view(8, 2, 32)).abs() <= step / 2 + 1e-6).all())
+    assert quantize_weight(torch.zeros(2, 32))[0].abs().sum() == 0
+
+
+def test_the_embedding_reads_rows_of_the_int8_table(kernels: Q8Kernels) -> None:
+    w = torch.randn(50, 64)
+    table = Q8Linear(kernels, *quantize_weight(w))
+    rows = Q8Embedding(table)(torch.tensor([[3, 7]]))
+    assert rows.shape == (1, 2, 64)
+    assert relative_error(rows[0], w[[3, 7]]) < 0.01
+    assert list(Q8Embedding(table).state_dict()) == []  # the table is saved once, as lm_head
+
+
+def test_the_build_is_cached_and_reused(tmp_path: Path) -> None:
+    assert load_kernels(tmp_path) is not None
+    built = list((tmp_path / "kernels").glob("q8-*.so"))
+    stamp = built[0].stat().st_mtime_ns
+    assert load_kernels(tmp_path) is not None
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("q8-*.so")] == [stamp]
+
+
+def test_without_a_compiler_the_kernels_are_reported_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with caplog.at_level(logging.WARNING):
+        assert load_kernels(tmp_path) is None
+    assert "Could not build the int8 kernels" in caplog.text
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+@pytest.mark.asyncio
+async def test_the_engine_uses_int8_by_default_and_bfloat16_without_a_compiler(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat import ConfigurationError, GemmaLLM, get_settings
+
+    def llm(**model: str) -> GemmaLLM:
+        return GemmaLLM(get_settings(model={"name": str(tiny_model_dir), **model}))
+
+    default = llm()
+    await default.load()
+    assert default.get_model_info()["weights"] == "q8"
+    assert default.get_model_info()["quantization"] == "int8"
+    monkeypatch.setenv("CC", "/no/such/cc")
+    monkeypatch.setenv("GEMMA_CACHE_DIR", str(tiny_model_dir.parent / "no-kernels"))
+    fallback = llm()
+    await fallback.load()
+    assert fallback.get_model_info()["weights"] == "bfloat16"
+    with pytest.raises(ConfigurationError, match="C compiler"):
+        await llm(quantization="int8").load()
