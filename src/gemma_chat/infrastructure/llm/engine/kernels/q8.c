@@ -32,8 +32,37 @@ void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K)
     }
 }
 
+static inline float dot_row_avx2(const int8_t *xq, const float *xs, const int8_t *wq,
+                                 const float *ws, int64_t nb);
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* Two blocks per step: 64 products per dpbusd instruction. */
 static inline float dot_row(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws,
                             int64_t nb) {
+    __m512 acc = _mm512_setzero_ps();
+    const __m512i zero = _mm512_setzero_si512();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m512i x = _mm512_loadu_si512((const void *)(xq + b * QK));
+        const __m512i w = _mm512_loadu_si512((const void *)(wq + b * QK));
+        const __mmask64 negative = _mm512_movepi8_mask(x);
+        const __m512i ax = _mm512_abs_epi8(x);
+        const __m512i sw = _mm512_mask_sub_epi8(w, negative, zero, w); /* w * sign(x) */
+        const __m512i p = _mm512_dpbusd_epi32(zero, ax, sw); /* lanes 0-7: block b; 8-15: b+1 */
+        const __m512 d = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(xs[b] * ws[b]),
+                                              _mm512_set1_ps(xs[b + 1] * ws[b + 1]));
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    if (b < nb) sum += dot_row_avx2(xq + b * QK, xs + b, wq + b * QK, ws + b, nb - b);
+    return sum;
+}
+#else
+#define dot_row dot_row_avx2
+#endif
+
+static inline float dot_row_avx2(const int8_t *xq, const float *xs, const int8_t *wq,
+                                 const float *ws, int64_t nb) {
 #ifdef __AVX2__
     __m256 acc = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
