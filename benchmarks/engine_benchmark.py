@@ -140,7 +140,10 @@ async def ours() -> dict[str, Any]:
 
 def perplexity(llm: GemmaLLM) -> tuple[float, float]:
     """Perplexity of the served weights and of float32 weights on the first 1,024 tokens."""
-    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+    from gemma_chat.infrastructure.llm.engine.converted_store import (
+        ConvertedModelStore,
+        WeightFormat,
+    )
     from gemma_chat.infrastructure.llm.engine.model import KVCache
     from gemma_chat.infrastructure.llm.model_source import resolve_model_source
 
@@ -162,9 +165,10 @@ def perplexity(llm: GemmaLLM) -> tuple[float, float]:
             loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
         return float(torch.exp(loss))
 
-    served = score(loop.model, next(loop.model.parameters()).dtype)
+    served = score(loop.model, loop.model.compute_dtype)
     store = ConvertedModelStore(llm.settings.cache_dir)
-    reference = store.load_or_convert(resolve_model_source(llm.model_name), torch.float32)
+    float32 = WeightFormat.floating(torch.float32)
+    reference = store.load_or_convert(resolve_model_source(llm.model_name), float32)
     return served, score(reference.model, torch.float32)
 
 

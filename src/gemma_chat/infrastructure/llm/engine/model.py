@@ -170,6 +170,7 @@ class Block(nn.Module):
         mask: torch.Tensor,  # [B, 1, S, T] additive
         length: int,  # T: cache positions attended to
         contiguous: int | None = None,  # first slot, when ``slots`` is a run of slots
+        decoding: bool = False,
     ) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.input_norm(x)
@@ -194,7 +195,12 @@ class Block(nn.Module):
         else:
             keys = layer_k[slots, :, :length]  # a copy, for scattered slots
             values = layer_v[slots, :, :length]
-        out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
+        if decoding:  # one query per sequence: the fused kernel, the same for every step
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
+            )
+        else:
+            out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
         out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
         x = x + self.post_attention_norm(out)
 
@@ -268,6 +274,7 @@ class Gemma3Model(nn.Module):
         slots: torch.Tensor,  # [B] cache rows
         cache: KVCache,
         last_only: bool = True,
+        decoding: bool = False,
     ) -> torch.Tensor:
         """Logits: [B, V] for each sequence's last position (or [B, S, V])."""
         length = int(positions.max().item()) + 1  # T
@@ -288,7 +295,7 @@ class Gemma3Model(nn.Module):
         for block in self.blocks:
             assert isinstance(block, Block)
             local = block.sliding
-            x = block(x, ropes[local], slots, positions, cache, masks[local], length, run)
+            x = block(x, ropes[local], slots, positions, cache, masks[local], length, run, decoding)
         if last_only:
             x = x[:, -1]  # [B, E]
         x = self.norm(x)

@@ -164,7 +164,7 @@ class BatchScheduler:
         positions = torch.tensor([[len(s.tokens)] for s in running])  # [B, 1]
         rows = torch.tensor([s.index for s in running])  # [B]
         try:
-            logits = self.model(ids, positions, rows, self.cache)  # [B, V]
+            logits = self.model(ids, positions, rows, self.cache, decoding=True)  # [B, V]
         except Exception as exc:
             logger.exception("decode step failed")
             for slot in running:
