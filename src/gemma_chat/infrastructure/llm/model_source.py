@@ -5,6 +5,8 @@ Nothing is downloaded: a hub id only works when it is in the local cache already
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME
 from gemma_chat.shared.exceptions import ModelNotFoundError
 
-__all__ = ["ModelSource", "resolve_model_source"]
+__all__ = ["ModelSource", "resolve_model_source", "source_digest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +87,37 @@ def _from_hub_cache(repo_id: str, revision: str | None) -> Path | None:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
+
+
+def source_digest(source: ModelSource, cache_root: Path, *, compute: bool = True) -> str | None:
+    """sha256 of the checkpoint, remembered by path, size and mtime so it is hashed once.
+
+    With ``compute=False``, None instead of hashing a checkpoint never hashed before.
+    """
+    if source.sha256:
+        return source.sha256
+    path = source.gguf_path
+    if path is None:
+        files = sorted(p for p in source.directory.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no .gguf or .safetensors weights in {source.directory}")
+        path = files[0]
+    stat = path.stat()
+    memo_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo_path = cache_root / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key not in memo:
+        if not compute:
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        memo[memo_key] = digest.hexdigest()
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        memo_path.write_text(json.dumps(memo, indent=1))
+    digest_hex: str = memo[memo_key]
+    return digest_hex

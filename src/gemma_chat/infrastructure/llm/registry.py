@@ -75,6 +75,10 @@ class LLMRegistry:
 
 
 def _transformers_llm(settings: Settings) -> LLMProtocol:
+    from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
+
+    # Overlaps the tokenizer's parsing with importing torch (cold start).
+    tokenizer_prefetch.start(settings)
     # Imported here so that importing gemma_chat does not import torch.
     from gemma_chat.infrastructure.llm.gemma import GemmaLLM
 

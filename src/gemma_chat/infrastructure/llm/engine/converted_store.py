@@ -10,7 +10,6 @@ and CRC-32 of every file: a partial or corrupt entry is detected, deleted and re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,11 +23,12 @@ from typing import Any
 
 import torch
 
+from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
 from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
-from gemma_chat.infrastructure.llm.model_source import ModelSource
+from gemma_chat.infrastructure.llm.model_source import ModelSource, source_digest
 
 __all__ = [
     "FORMAT_VERSION",
@@ -85,6 +85,7 @@ class ConvertedModelStore:
         self, source: ModelSource, weights: WeightFormat, *, progress: bool = True
     ) -> ConvertedModel:
         digest = source_digest(source, self.root.parent)
+        assert digest is not None
         directory = self.root / self.key(digest, weights)
         if directory.is_dir():
             try:
@@ -96,9 +97,12 @@ class ConvertedModelStore:
         return self.load(directory, weights)
 
     def load(self, directory: Path, weights: WeightFormat) -> ConvertedModel:
-        # The tokenizer parses on another thread (without the GIL) while the weights load.
+        # The tokenizer parses on another thread (without the GIL) while the weights load; it may
+        # have started already, before torch was imported (tokenizer_prefetch).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer = pool.submit(FastTokenizer.from_dir, directory)
+            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(
+                FastTokenizer.from_dir, directory
+            )
             verify(directory)
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
@@ -208,32 +212,3 @@ def _crc32(path: Path) -> int:
         while chunk := f.read(1 << 24):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def source_digest(source: ModelSource, cache_root: Path) -> str:
-    """sha256 of the checkpoint, remembered by path, size and mtime so it is hashed once."""
-    if source.sha256:
-        return source.sha256
-    path = source.gguf_path
-    if path is None:
-        files = sorted(p for p in source.directory.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no .gguf or .safetensors weights in {source.directory}")
-        path = files[0]
-    stat = path.stat()
-    memo_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    memo_path = cache_root / "digests.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if memo_key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-        memo[memo_key] = digest.hexdigest()
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        memo_path.write_text(json.dumps(memo, indent=1))
-    digest_hex: str = memo[memo_key]
-    return digest_hex
