@@ -94,6 +94,69 @@ static inline float dot_row_avx2(const int8_t *xq, const float *xs, const int8_t
 #endif
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <stdlib.h>
+#define MR 8 /* x rows computed against each weight row while it is in registers */
+
+/* Rows m0..m0+mr of x against weight row n, two blocks per step; exact integer dot products
+ * (x + 128 is unsigned for dpbusd; 128 * sum(w) is subtracted back), one float FMA per block
+ * pair and row. xu: x + 128 as bytes; sx2: per row and block pair, the two scales spread over
+ * 8 lanes each. */
+static inline void rows_times_weight(const uint8_t *xu, const float *sx2, const int8_t *w,
+                                     const float *ws, float *y, int64_t mr, int64_t N,
+                                     int64_t nb, int64_t K) {
+    __m512 acc[MR];
+    for (int64_t m = 0; m < mr; m++) acc[m] = _mm512_setzero_ps();
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t b = 0; b + 1 < nb; b += 2) {
+        const __m512i wv = _mm512_loadu_si512((const void *)(w + b * QK));
+        const __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, wv), 7);
+        const __m512 sw = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(ws[b]),
+                                               _mm512_set1_ps(ws[b + 1]));
+        for (int64_t m = 0; m < mr; m++) {
+            const __m512i xv = _mm512_loadu_si512((const void *)(xu + m * K + b * QK));
+            const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv, wv), wsum);
+            const __m512 d = _mm512_mul_ps(_mm512_loadu_ps(sx2 + (m * (nb / 2) + b / 2) * 16), sw);
+            acc[m] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc[m]);
+        }
+    }
+    for (int64_t m = 0; m < mr; m++) y[m * N] = _mm512_reduce_add_ps(acc[m]);
+}
+
+/* y[m, n] = sum_k x[m, k] w[n, k]; xq/xs: [M, K], [M, K/QK]; wq/ws: [N, K], [N, K/QK]; y: [M, N] */
+void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws, float *y,
+               int64_t M, int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    if (nb % 2) { /* the blocked kernel takes block pairs; odd counts take the simple path */
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t m = 0; m < M; m++)
+                y[m * N + n] = dot_row(xq + m * K, xs + m * nb, wq + n * K, ws + n * nb, nb);
+        return;
+    }
+    uint8_t *xu = (uint8_t *)malloc((size_t)(M * K));
+    float *sx2 = (float *)malloc((size_t)(M * (nb / 2) * 16) * sizeof(float));
+    for (int64_t i = 0; i < M * K; i++) xu[i] = (uint8_t)(xq[i] ^ 0x80);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t p = 0; p < nb / 2; p++)
+            for (int l = 0; l < 16; l++)
+                sx2[(m * (nb / 2) + p) * 16 + l] = xs[m * nb + 2 * p + (l >= 8)];
+    const int64_t tile = 16; /* weight rows kept in cache while every x row uses them */
+#pragma omp parallel for schedule(static)
+    for (int64_t n0 = 0; n0 < N; n0 += tile) {
+        const int64_t n1 = n0 + tile < N ? n0 + tile : N;
+        for (int64_t m0 = 0; m0 < M; m0 += MR) {
+            const int64_t mr = M - m0 < MR ? M - m0 : MR;
+            for (int64_t n = n0; n < n1; n++)
+                rows_times_weight(xu + m0 * K, sx2 + m0 * (nb / 2) * 16, wq + n * K,
+                                  ws + n * nb, y + m0 * N + n, mr, N, nb, K);
+        }
+    }
+    free(xu);
+    free(sx2);
+}
+#else
 /* y[m, n] = sum_k x[m, k] w[n, k]; xq/xs: [M, K], [M, K/QK]; wq/ws: [N, K], [N, K/QK]; y: [M, N] */
 void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws, float *y,
                int64_t M, int64_t N, int64_t K) {
@@ -111,3 +174,4 @@ void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float 
         }
     }
 }
+#endif
