@@ -76,20 +76,25 @@ class Gemma3Config:
 
 
 class KVCache:
-    """Keys and values of every layer for ``slots`` sequences: [L, slots, H_kv, T, D] each.
+    """Keys and values of every layer for up to ``slots`` sequences: [L, B, H_kv, T, D] each.
 
-    The time axis grows on demand (doubling), so short conversations stay small.
+    Both the slot axis and the time axis grow on demand (the time axis doubling), so one short
+    conversation holds one small row, not ``slots`` rows of the longest one.
     """
 
-    def __init__(self, config: Gemma3Config, slots: int, dtype: torch.dtype, capacity: int = 256):
+    def __init__(
+        self, config: Gemma3Config, slots: int, dtype: torch.dtype, capacity: int = 256
+    ) -> None:
         self.config = config
         self.dtype = dtype
-        shape = (config.num_layers, slots, config.num_kv_heads, capacity, config.head_dim)
+        self.max_slots = slots
+        shape = (config.num_layers, 1, config.num_kv_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype)  # [L, B, H_kv, T, D]
         self.v = torch.zeros(shape, dtype=dtype)
 
     @property
     def slots(self) -> int:
+        """Rows allocated so far."""
         return self.k.shape[1]
 
     @property
@@ -100,18 +105,25 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
 
-    def ensure_capacity(self, length: int) -> None:
-        if length <= self.capacity:
+    def ensure(self, slots: int, length: int) -> None:
+        """Make room for rows [0, slots) and positions [0, length)."""
+        if slots <= self.slots and length <= self.capacity:
             return
-        new = self.capacity
-        while new < length:
-            new *= 2
-        new = min(new, max(length, self.config.max_position_embeddings))
-        grown_k = self.k.new_zeros((*self.k.shape[:3], new, self.k.shape[4]))
+        if slots > self.max_slots:
+            raise ValueError(f"slot {slots - 1} is beyond the cache's {self.max_slots} slots")
+        new_length = self.capacity
+        while new_length < length:
+            new_length *= 2
+        new_length = min(new_length, max(length, self.config.max_position_embeddings))
+        shape = (self.k.shape[0], max(slots, self.slots), self.k.shape[2], new_length)
+        grown_k = self.k.new_zeros((*shape, self.k.shape[4]))
         grown_v = self.v.new_zeros(grown_k.shape)
-        grown_k[:, :, :, : self.capacity] = self.k
-        grown_v[:, :, :, : self.capacity] = self.v
+        grown_k[:, : self.slots, :, : self.capacity] = self.k
+        grown_v[:, : self.slots, :, : self.capacity] = self.v
         self.k, self.v = grown_k, grown_v
+
+    def ensure_capacity(self, length: int) -> None:
+        self.ensure(self.slots, length)
 
     def read(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of one slot's first ``length`` positions: [L, H_kv, length, D] each."""
@@ -120,7 +132,7 @@ class KVCache:
     def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Put a saved prefix (from ``read``) back into ``slot``."""
         length = k.shape[2]
-        self.ensure_capacity(length)
+        self.ensure(slot + 1, length)
         self.k[:, slot, :, :length] = k
         self.v[:, slot, :, :length] = v
 
@@ -278,7 +290,7 @@ class Gemma3Model(nn.Module):
     ) -> torch.Tensor:
         """Logits: [B, V] for each sequence's last position (or [B, S, V])."""
         length = int(positions.max().item()) + 1  # T
-        cache.ensure_capacity(length)
+        cache.ensure(int(slots.max().item()) + 1, length)
         dtype = self.compute_dtype
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(dtype)
