@@ -81,7 +81,7 @@ async def test_a_chat_through_the_service_keeps_history_and_usage(embedded_llm: 
     )
     assert stats["request_count"] == 2
     assert info["device"] == "cpu"
-    assert info["dtype"] == "bfloat16"
+    assert (info["quantization"], info["weights"], info["engine"]) == ("int8", "q8", "native")
     assert info["context_length"] == 32768
     assert info["chat_format"] == "transcript"
     assert health["status"] == "healthy"
