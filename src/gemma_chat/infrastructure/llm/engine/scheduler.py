@@ -142,6 +142,9 @@ class BatchScheduler:
         slot.sampler = TokenSampler(job.sampling)
         try:
             prompt = job.prompt_ids
+            # Room for the whole answer now: growing the cache later copies it, mid-answer or
+            # in the next turn's time to first token.
+            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens)
             new = prompt[reused:]
             ids = torch.tensor([new], dtype=torch.long)  # [1, S]
             positions = torch.arange(reused, len(prompt)).view(1, -1)  # [1, S]
