@@ -1,0 +1,131 @@
+"""``create_app``: the FastAPI application; its lifespan starts and stops one InferenceService.
+
+The model loads in the background, so the server answers at once: ``/health`` says 503 while
+loading, and so do the API routes, with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from gemma_chat.application.inference import InferenceService
+from gemma_chat.server.errors import APIError, install_error_handlers
+from gemma_chat.shared.config import Settings, get_settings
+
+__all__ = ["ServerState", "Service", "create_app", "require_api_key", "require_service"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServerState:
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        self.settings = settings
+        self.service = service
+        self.loading: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        task = self.loading
+        return (
+            task is not None and task.done() and not task.cancelled() and task.exception() is None
+        )
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.gemma
+    return state
+
+
+async def require_api_key(request: Request) -> None:
+    """Every /v1 route: ``Authorization: Bearer <GEMMA_SERVER__API_KEY>`` when a key is set."""
+    expected = state_of(request).settings.server.api_key
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest: the time taken does not reveal how much of the key was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise APIError(
+            401,
+            "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+            kind="authentication_error",
+            code="invalid_api_key",
+        )
+
+
+async def require_service(request: Request) -> InferenceService:
+    state = state_of(request)
+    if not state.ready:
+        raise APIError(
+            503,
+            "The model is still loading; retry in a few seconds.",
+            kind="service_unavailable",
+            code="model_loading",
+            headers={"Retry-After": "5"},
+        )
+    return state.service
+
+
+Service = Annotated[InferenceService, Depends(require_service)]
+
+
+def create_app(
+    settings: Settings | None = None, service: InferenceService | None = None
+) -> FastAPI:
+    settings = settings if settings is not None else get_settings()
+    state = ServerState(settings, service or InferenceService(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loading = asyncio.create_task(state.service.start())
+        state.loading.add_done_callback(_log_load_failure)
+        try:
+            yield
+        finally:
+            if not state.loading.done():
+                state.loading.cancel()
+            with contextlib.suppress(BaseException):
+                await state.loading
+            await state.service.close()
+
+    app = FastAPI(title="gemma-chat", version="0.1.0", lifespan=lifespan)
+    app.state.gemma = state
+    install_error_handlers(app)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+
+    @app.get("/health", response_model=None)
+    async def health(request: Request) -> Any:
+        current = state_of(request)
+        if current.loading is None or not current.loading.done():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        if not current.ready:
+            return JSONResponse({"status": "unhealthy", "error": "the model failed to load"}, 503)
+        report = await current.service.health_check()
+        return JSONResponse(report, status_code=200 if report["status"] != "unhealthy" else 503)
+
+    from gemma_chat.server.openai_routes import router
+
+    app.include_router(router, dependencies=[Depends(require_api_key)])
+    return app
+
+
+def _log_load_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("The model failed to load: %s", task.exception())

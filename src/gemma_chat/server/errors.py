@@ -1,0 +1,107 @@
+"""Every error leaves the server as OpenAI's error JSON, with a status that says whose fault it is.
+
+No traceback or file path ever reaches a client; unexpected errors are logged here instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gemma_chat.shared.exceptions import (
+    ConfigurationError,
+    ContextLengthExceededError,
+    GemmaChatError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    ServiceStateError,
+    SessionNotFoundError,
+    ValidationError,
+)
+
+__all__ = ["APIError", "error_response", "install_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the server raises itself, with its HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.code, self.param, self.headers = code, param, headers
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
+    if isinstance(exc, ContextLengthExceededError):
+        return 400, "invalid_request_error", "context_length_exceeded"
+    if isinstance(exc, ValidationError):
+        return 400, "invalid_request_error", None
+    if isinstance(exc, SessionNotFoundError):
+        return 404, "not_found_error", "session_not_found"
+    if isinstance(exc, ModelNotFoundError):
+        return 404, "not_found_error", "model_not_found"
+    if isinstance(exc, ServiceStateError | OutOfMemoryError):
+        return 503, "service_unavailable", None
+    if isinstance(exc, ConfigurationError):
+        return 500, "server_error", "configuration_error"
+    return 500, "server_error", None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(
+            exc.status, exc.message, exc.kind, code=exc.code, param=exc.param, headers=exc.headers
+        )
+
+    @app.exception_handler(GemmaChatError)
+    async def domain_error(_: Request, exc: GemmaChatError) -> JSONResponse:
+        status, kind, code = _status_of(exc)
+        if status >= 500:
+            logger.error("Request failed: %s: %s", type(exc).__name__, exc)
+        message = str(exc) if status < 500 or status == 503 else "The model failed; see the logs."
+        return error_response(status, message, kind, code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"Invalid request: {where or 'body'}: {first.get('msg', 'invalid value')}."
+        return error_response(422, message, "invalid_request_error", param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unexpected error")
+        return error_response(500, "Internal server error.", "server_error")

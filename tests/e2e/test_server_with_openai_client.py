@@ -1,0 +1,139 @@
+"""The server on 127.0.0.1 with a real model, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from openai import AuthenticationError, BadRequestError, OpenAI
+
+from gemma_chat import get_settings
+from gemma_chat.server import create_app
+from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = build_tiny_gemma(tmp_path_factory.mktemp("server-model"))
+    settings = get_settings(
+        model={"name": str(model), "max_new_tokens": 24, "context_length": 4096},
+        server={"api_key": API_KEY},
+        cache_dir=tmp_path_factory.mktemp("server-cache"),
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become healthy"
+        time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_the_openai_client_gets_a_chat_completion(client: OpenAI) -> None:
+    model = client.models.list().data[0].id
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        temperature=0,
+        max_tokens=8,
+    )
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert 0 < completion.usage.completion_tokens <= 8
+
+
+def test_the_openai_client_streams_the_same_text(client: OpenAI) -> None:
+    model = client.models.list().data[0].id
+    messages = [{"role": "user", "content": "Tell me something"}]
+    whole = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=12  # type: ignore[arg-type]
+    )
+    stream = client.chat.completions.create(
+        model=model,
+        messages=messages,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_errors_reach_the_client_as_openai_errors(client: OpenAI, base_url: str) -> None:
+    model = client.models.list().data[0].id
+    with pytest.raises(BadRequestError, match="n=1"):
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], n=2
+        )
+    with pytest.raises(BadRequestError, match="context window"):
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "word " * 5000}]
+        )
+    wrong = OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        wrong.models.list()
+    assert httpx.get(f"{base_url}/health").json()["status"] == "healthy"
+
+
+def test_a_client_that_disconnects_stops_its_generation(base_url: str) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Go on forever"}],
+        "max_tokens": 3000,
+        "temperature": 0.9,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    before = httpx.get(f"{base_url}/health").json()["model_info"]["scheduler"]["decoded_tokens"]
+    with httpx.stream(
+        "POST", f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                break  # leave after the first piece of text
+    deadline = time.monotonic() + 3
+    while True:
+        scheduler = httpx.get(f"{base_url}/health").json()["model_info"]["scheduler"]
+        if scheduler["active"] == 0:
+            break
+        assert time.monotonic() < deadline, json.dumps(scheduler)
+        time.sleep(0.05)
+    # Far fewer than the 3,000 tokens asked for were generated.
+    assert scheduler["decoded_tokens"] - before < 1500

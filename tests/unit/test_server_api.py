@@ -1,0 +1,193 @@
+"""The OpenAI-compatible HTTP API on a FakeLLM: shapes, streaming, errors, auth, loading."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gemma_chat import (
+    InferenceService,
+    LLMProtocol,
+    LLMRegistry,
+    ModelNotFoundError,
+    Settings,
+    get_settings,
+)
+from gemma_chat.server import create_app
+from gemma_chat.testing import FakeLLM
+
+
+def wait_until_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 5
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "the service never became ready"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def llm() -> FakeLLM:
+    return FakeLLM(["Hello from the fake model"], model_name="fake-model")
+
+
+def no_other_models(settings: Settings) -> LLMProtocol:
+    raise ModelNotFoundError(settings.model.name)
+
+
+def make_client(llm: FakeLLM, **server: Any) -> TestClient:
+    settings = get_settings(server=server)
+    service = InferenceService(settings, llm=llm, registry=LLMRegistry(fallback=no_other_models))
+    return TestClient(create_app(settings, service))
+
+
+@pytest.fixture
+def client(llm: FakeLLM) -> Iterator[TestClient]:
+    with make_client(llm) as test_client:
+        wait_until_ready(test_client)
+        yield test_client
+
+
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def test_a_chat_completion_has_openais_shape(client: TestClient, llm: FakeLLM) -> None:
+    body = {
+        **CHAT,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": "Hi"},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 3,
+        "stop": "zzz",
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["object"] == "chat.completion"
+    assert data["id"].startswith("chatcmpl-")
+    assert data["model"] == "fake-model"
+    assert data["choices"][0]["message"] == {"role": "assistant", "content": "Hello from the"}
+    assert data["choices"][0]["finish_reason"] == "stop"
+    usage = data["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert llm.messages_seen[-1] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert llm.calls[-1].kwargs["max_new_tokens"] == 3
+    assert llm.calls[-1].kwargs["stop"] == ["zzz"]
+
+
+def sse_events(text: str) -> list[Any]:
+    payloads = [
+        line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")
+    ]
+    assert payloads[-1] == "[DONE]"
+    return [json.loads(p) for p in payloads[:-1]]
+
+
+def test_a_streamed_completion_follows_openais_chunk_rules(client: TestClient) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.read().decode())
+    assert len({e["id"] for e in events}) == 1
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert content == "Hello from the fake model"
+    finals = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert [f["choices"][0]["finish_reason"] for f in finals] == ["stop"]
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_models_lists_the_served_model(client: TestClient) -> None:
+    data = client.get("/v1/models").json()
+    assert data["object"] == "list"
+    assert [m["id"] for m in data["data"]] == ["fake-model"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({**CHAT, "n": 2}, 400, "n=1"),
+        ({**CHAT, "messages": []}, 422, "messages"),
+        ({**CHAT, "messages": [{"role": "assistant", "content": "x"}]}, 400, "last message"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
+        ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, "must not be empty"),
+        ({**CHAT, "temperature": 5}, 400, "temperature"),
+        ({**CHAT, "max_tokens": 0}, 400, "max_new_tokens"),
+        ({**CHAT, "model": "no-such-model"}, 404, "no-such-model"),
+    ],
+)
+def test_bad_requests_get_specific_errors_in_openais_shape(
+    client: TestClient, body: dict[str, Any], status: int, fragment: str
+) -> None:
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert fragment in error["message"]
+    assert "Traceback" not in error["message"]
+    assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_malformed_json_is_a_422_not_a_crash(client: TestClient) -> None:
+    response = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_every_v1_route_needs_the_api_key_when_one_is_set(llm: FakeLLM) -> None:
+    with make_client(llm, api_key="s3cret") as client:
+        wait_until_ready(client)
+        assert client.get("/v1/models").status_code == 401
+        wrong = client.post(
+            "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer x"}
+        )
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "invalid_api_key"
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/models", headers=good).status_code == 200
+        assert client.post("/v1/chat/completions", json=CHAT, headers=good).status_code == 200
+        assert client.get("/health").status_code == 200  # health stays open
+
+
+class SlowLoadingLLM(FakeLLM):
+    async def _load_model_implementation(self) -> None:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+
+
+def test_while_the_model_loads_health_and_the_api_say_503() -> None:
+    settings = get_settings()
+    app = create_app(
+        settings, InferenceService(settings, llm=SlowLoadingLLM(model_name="fake-model"))
+    )
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 503
+        busy = client.post("/v1/chat/completions", json=CHAT)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "5"
+        wait_until_ready(client)
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_a_failing_model_is_a_500_without_details(client: TestClient, llm: FakeLLM) -> None:
+    llm.fail_with = RuntimeError("secret internal detail /etc/passwd")
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 500
+    assert "secret" not in response.text
+    assert "/etc" not in response.text
