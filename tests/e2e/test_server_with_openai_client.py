@@ -137,3 +137,24 @@ def test_a_client_that_disconnects_stops_its_generation(base_url: str) -> None:
         time.sleep(0.05)
     # Far fewer than the 3,000 tokens asked for were generated.
     assert scheduler["decoded_tokens"] - before < 1500
+
+
+def test_a_session_over_http_keeps_its_history_and_its_kv_cache(base_url: str) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def reused() -> int:
+        health = httpx.get(f"{base_url}/health").json()
+        tokens: int = health["model_info"]["scheduler"]["reused_tokens"]
+        return tokens
+
+    session = httpx.post(
+        f"{base_url}/v1/sessions", json={"system_prompt": "Be brief."}, headers=headers
+    ).json()
+    url = f"{base_url}/v1/sessions/{session['id']}/messages"
+    first = httpx.post(url, json={"content": "Hello", "temperature": 0}, headers=headers).json()
+    before = reused()
+    second = httpx.post(url, json={"content": "And?", "temperature": 0}, headers=headers).json()
+    assert reused() - before >= first["usage"]["prompt_tokens"] - 1
+    assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    detail = httpx.get(f"{base_url}/v1/sessions/{session['id']}", headers=headers).json()
+    assert [m["content"] for m in detail["messages"][::2]] == ["Hello", "And?"]

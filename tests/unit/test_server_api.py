@@ -191,3 +191,68 @@ def test_a_failing_model_is_a_500_without_details(client: TestClient, llm: FakeL
     assert response.status_code == 500
     assert "secret" not in response.text
     assert "/etc" not in response.text
+
+
+def test_sessions_keep_the_history_so_clients_send_only_the_new_message(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    created = client.post(
+        "/v1/sessions", json={"title": "Support", "system_prompt": "Be kind.", "metadata": {"u": 1}}
+    )
+    assert created.status_code == 201
+    session_id = created.json()["id"]
+    first = client.post(f"/v1/sessions/{session_id}/messages", json={"content": "Hello"})
+    assert first.status_code == 200
+    assert first.json()["message"]["content"] == "Hello from the fake model"
+    with client.stream(
+        "POST", f"/v1/sessions/{session_id}/messages", json={"content": "More", "stream": True}
+    ) as response:
+        events = sse_events(response.read().decode())
+    assert "".join(e["delta"]["content"] for e in events) == "Hello from the fake model"
+    assert events[-1]["finish_reason"] == "stop"
+    assert events[-1]["usage"]["completion_tokens"] > 0
+    assert llm.messages_seen[-1][:3] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hello from the fake model"},
+    ]
+    detail = client.get(f"/v1/sessions/{session_id}").json()
+    assert [m["role"] for m in detail["messages"]] == ["user", "assistant"] * 2
+    assert detail["messages"][1]["token_count"] > 0
+    assert detail["metadata"] == {"u": 1}
+    assert [s["id"] for s in client.get("/v1/sessions").json()["data"]] == [session_id]
+    assert client.delete(f"/v1/sessions/{session_id}").json()["deleted"] is True
+    assert client.get(f"/v1/sessions/{session_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/v1/sessions/nope", None),
+        ("delete", "/v1/sessions/nope", None),
+        ("post", "/v1/sessions/nope/messages", {"content": "hi"}),
+        ("post", "/v1/sessions/nope/messages", {"content": "hi", "stream": True}),
+    ],
+)
+def test_unknown_sessions_are_404(
+    client: TestClient, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    response = client.request(method.upper(), path, json=body)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "session_not_found"
+
+
+def test_a_bad_session_message_leaves_the_session_unchanged(client: TestClient) -> None:
+    session_id = client.post("/v1/sessions", json={}).json()["id"]
+    assert (
+        client.post(f"/v1/sessions/{session_id}/messages", json={"content": ""}).status_code == 400
+    )
+    bad = client.post(
+        f"/v1/sessions/{session_id}/messages", json={"content": "x", "temperature": 9}
+    )
+    assert bad.status_code == 400
+    assert (
+        client.post(f"/v1/sessions/{session_id}/messages", json={"contents": "x"}).status_code
+        == 422
+    )
+    assert client.get(f"/v1/sessions/{session_id}").json()["messages"] == []

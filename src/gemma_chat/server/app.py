@@ -120,9 +120,10 @@ def create_app(
         report = await current.service.health_check()
         return JSONResponse(report, status_code=200 if report["status"] != "unhealthy" else 503)
 
-    from gemma_chat.server.openai_routes import router
+    from gemma_chat.server import openai_routes, session_routes
 
-    app.include_router(router, dependencies=[Depends(require_api_key)])
+    for routes in (openai_routes.router, session_routes.router):
+        app.include_router(routes, dependencies=[Depends(require_api_key)])
     return app
 
 

@@ -10,6 +10,8 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
     "ErrorBody",
+    "SessionCreate",
+    "SessionMessageRequest",
     "StreamOptions",
 ]
 
@@ -39,6 +41,28 @@ class ChatCompletionRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = "New Chat"
+    system_prompt: str | None = None
+    metadata: dict[str, object] = Field(default_factory=dict)
+
+
+class SessionMessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
 
 
 class ErrorDetail(BaseModel):

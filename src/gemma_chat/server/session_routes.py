@@ -1,0 +1,140 @@
+"""Stateful sessions: clients send only the new message; the server keeps the history (and the
+engine keeps the conversation's KV cache between turns)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from gemma_chat.application.inference import InferenceService
+from gemma_chat.domain.models import ChatSession, FinishReason
+from gemma_chat.server.app import Service
+from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
+from gemma_chat.shared.exceptions import GemmaChatError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/sessions")
+
+
+def _summary(session: ChatSession) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "object": "chat.session",
+        "title": session.title,
+        "system_prompt": session.system_prompt,
+        "metadata": session.metadata,
+        "created_at": session.created_at.isoformat(),
+        "updated_at": session.updated_at.isoformat(),
+        "message_count": session.message_count,
+        "token_usage": session.token_usage.to_dict(),
+    }
+
+
+def _detail(session: ChatSession) -> dict[str, Any]:
+    return {
+        **_summary(session),
+        "messages": [
+            {
+                "id": m.id,
+                "role": m.role.value,
+                "content": m.content,
+                "created_at": m.created_at.isoformat(),
+                "token_count": m.token_count,
+            }
+            for m in session.messages
+        ],
+    }
+
+
+@router.post("", status_code=201)
+async def create_session(body: SessionCreate, service: Service) -> dict[str, Any]:
+    session = await service.create_session(
+        body.title, system_prompt=body.system_prompt, metadata=body.metadata
+    )
+    return _detail(session)
+
+
+@router.get("")
+async def list_sessions(service: Service) -> dict[str, Any]:
+    return {"object": "list", "data": [_summary(s) for s in await service.list_sessions()]}
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, service: Service) -> dict[str, Any]:
+    return _detail(await service.get_session(session_id))
+
+
+@router.delete("/{session_id}")
+async def delete_session(session_id: str, service: Service) -> dict[str, Any]:
+    await service.delete_session(session_id)
+    return {"id": session_id, "object": "chat.session.deleted", "deleted": True}
+
+
+def _parameters(body: SessionMessageRequest) -> dict[str, Any]:
+    return {
+        "model": body.model,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "max_new_tokens": body.max_completion_tokens or body.max_tokens,
+        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
+        "seed": body.seed,
+    }
+
+
+def _finish(reason: FinishReason | None) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+@router.post("/{session_id}/messages", response_model=None)
+async def send_message(session_id: str, body: SessionMessageRequest, service: Service) -> Any:
+    session = await service.get_session(session_id)  # 404 before any streaming starts
+    parameters = _parameters(body)
+    if body.stream:
+        return StreamingResponse(
+            _stream(service, session, body.content, parameters), media_type="text/event-stream"
+        )
+    response = await service.generate_response(session, body.content, **parameters)
+    return {
+        "object": "chat.session.message",
+        "session_id": session.id,
+        "message": {
+            "id": response.message_id,
+            "role": "assistant",
+            "content": response.content,
+            "token_count": response.token_usage.completion_tokens,
+        },
+        "finish_reason": _finish(response.finish_reason),
+        "usage": response.token_usage.to_dict(),
+        "cached": response.cached,
+        "model": response.model,
+    }
+
+
+async def _stream(
+    service: InferenceService, session: ChatSession, content: str, parameters: dict[str, Any]
+) -> AsyncIterator[str]:
+    chunks = service.stream_response(session, content, **parameters)
+    try:
+        async for chunk in chunks:
+            event: dict[str, Any] = {
+                "object": "chat.session.chunk",
+                "session_id": session.id,
+                "delta": {"content": chunk.text},
+                "finish_reason": None,
+            }
+            if chunk.finish_reason is not None:
+                event["finish_reason"] = _finish(chunk.finish_reason)
+                event["usage"] = chunk.token_usage.to_dict() if chunk.token_usage else None
+                event["message_id"] = session.messages[-1].id
+            yield f"data: {json.dumps(event)}\n\n"
+    except GemmaChatError as exc:
+        error = {"error": {"message": str(exc), "type": "invalid_request_error"}}
+        yield f"data: {json.dumps(error)}\n\n"
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield "data: [DONE]\n\n"
