@@ -256,3 +256,31 @@ def test_a_bad_session_message_leaves_the_session_unchanged(client: TestClient) 
         == 422
     )
     assert client.get(f"/v1/sessions/{session_id}").json()["messages"] == []
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_with_requests_tokens_and_time_to_first_token(client: TestClient) -> None:
+    before = client.get("/metrics").text
+    client.post("/v1/chat/completions", json=CHAT)
+    client.post("/v1/chat/completions", json={**CHAT, "n": 3})
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+        r.read()
+    after = client.get("/metrics").text
+    route = "/v1/chat/completions"
+    ok = metric(after, "gemma_requests_total", route=route, status="200")
+    assert ok - metric(before, "gemma_requests_total", route=route, status="200") == 2
+    assert metric(after, "gemma_requests_total", route=route, status="400") == 1
+    assert metric(after, "gemma_tokens_generated_total") > metric(
+        before, "gemma_tokens_generated_total"
+    )
+    assert metric(after, "gemma_time_to_first_token_seconds_count") == 1
+    assert metric(after, "gemma_request_seconds_count", route=route) == 3
+    assert "gemma_queue_depth" in after
+    assert "gemma_active_batch_size" in after
+    assert "gemma_cache_hits_total" in after

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.server.errors import APIError, install_error_handlers
+from gemma_chat.server.metrics import ServerMetrics, install_metrics
 from gemma_chat.shared.config import Settings, get_settings
 
 __all__ = ["ServerState", "Service", "create_app", "require_api_key", "require_service"]
@@ -30,6 +32,7 @@ class ServerState:
     def __init__(self, settings: Settings, service: InferenceService) -> None:
         self.settings = settings
         self.service = service
+        self.metrics = ServerMetrics(service)
         self.loading: asyncio.Task[None] | None = None
 
     @property
@@ -38,6 +41,21 @@ class ServerState:
         return (
             task is not None and task.done() and not task.cancelled() and task.exception() is None
         )
+
+
+def first_token_timer(request: Request) -> Callable[[], None]:
+    """Call it when a stream yields its first text: observes the time to first token once."""
+    histogram = state_of(request).metrics.time_to_first_token
+    started = time.perf_counter()
+    done = False
+
+    def observe() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            histogram.observe(time.perf_counter() - started)
+
+    return observe
 
 
 def state_of(request: Request) -> ServerState:
@@ -102,6 +120,7 @@ def create_app(
     app = FastAPI(title="gemma-chat", version="0.1.0", lifespan=lifespan)
     app.state.gemma = state
     install_error_handlers(app)
+    install_metrics(app, state.metrics)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

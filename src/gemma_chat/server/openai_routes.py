@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.models import ChatSession, FinishReason, TokenUsage
-from gemma_chat.server.app import Service
+from gemma_chat.server.app import Service, first_token_timer
 from gemma_chat.server.errors import APIError
 from gemma_chat.server.schemas import ChatCompletionRequest
 from gemma_chat.shared.exceptions import GemmaChatError
@@ -80,7 +80,7 @@ def _usage(usage: TokenUsage | None) -> dict[str, int] | None:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(request: ChatCompletionRequest, service: Service) -> Any:
+async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     session, question = _session_and_question(request)
     parameters = _parameters(request, service)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -89,7 +89,15 @@ async def chat_completions(request: ChatCompletionRequest, service: Service) -> 
     if request.stream:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         events = _stream(
-            service, session, question, parameters, completion_id, created, model, include_usage
+            service,
+            session,
+            question,
+            parameters,
+            completion_id,
+            created,
+            model,
+            include_usage,
+            first_token_timer(http),
         )
         return StreamingResponse(events, media_type="text/event-stream")
     response = await service.generate_response(session, question, **parameters)
@@ -119,6 +127,7 @@ async def _stream(
     created: int,
     model: str,
     include_usage: bool,
+    on_first_text: Callable[[], None],
 ) -> AsyncIterator[str]:
     def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         chunk = {
@@ -136,6 +145,7 @@ async def _stream(
         yield event({"role": "assistant", "content": ""})
         async for chunk in chunks:
             if chunk.text:
+                on_first_text()
                 yield event({"content": chunk.text})
             if chunk.finish_reason is not None:
                 yield event({}, _finish(chunk.finish_reason))

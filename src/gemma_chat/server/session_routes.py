@@ -4,15 +4,15 @@ engine keeps the conversation's KV cache between turns)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.models import ChatSession, FinishReason
-from gemma_chat.server.app import Service
+from gemma_chat.server.app import Service, first_token_timer
 from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
 from gemma_chat.shared.exceptions import GemmaChatError
 
@@ -91,12 +91,15 @@ def _finish(reason: FinishReason | None) -> str:
 
 
 @router.post("/{session_id}/messages", response_model=None)
-async def send_message(session_id: str, body: SessionMessageRequest, service: Service) -> Any:
+async def send_message(
+    session_id: str, body: SessionMessageRequest, service: Service, http: Request
+) -> Any:
     session = await service.get_session(session_id)  # 404 before any streaming starts
     parameters = _parameters(body)
     if body.stream:
         return StreamingResponse(
-            _stream(service, session, body.content, parameters), media_type="text/event-stream"
+            _stream(service, session, body.content, parameters, first_token_timer(http)),
+            media_type="text/event-stream",
         )
     response = await service.generate_response(session, body.content, **parameters)
     return {
@@ -116,11 +119,17 @@ async def send_message(session_id: str, body: SessionMessageRequest, service: Se
 
 
 async def _stream(
-    service: InferenceService, session: ChatSession, content: str, parameters: dict[str, Any]
+    service: InferenceService,
+    session: ChatSession,
+    content: str,
+    parameters: dict[str, Any],
+    on_first_text: Callable[[], None],
 ) -> AsyncIterator[str]:
     chunks = service.stream_response(session, content, **parameters)
     try:
         async for chunk in chunks:
+            if chunk.text:
+                on_first_text()
             event: dict[str, Any] = {
                 "object": "chat.session.chunk",
                 "session_id": session.id,

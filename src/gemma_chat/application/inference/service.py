@@ -374,6 +374,10 @@ class InferenceService:
         self._cache.clear()
 
     async def get_statistics(self) -> dict[str, Any]:
+        return self.statistics()
+
+    def statistics(self) -> dict[str, Any]:
+        """``get_statistics()`` for synchronous callers (metrics exporters)."""
         return self._stats.snapshot(cache_size=len(self._cache))
 
     async def get_model_info(self) -> dict[str, Any]:
