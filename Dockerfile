@@ -29,8 +29,7 @@ RUN pip install --no-deps . \
 USER gemma
 
 # Convert the embedded model once, at build time, so that the container starts in seconds.
-RUN python -c "import asyncio; from gemma_chat import InferenceService as S; \
-asyncio.run(S().__aenter__())" || true
+RUN gemma-chat info > /dev/null
 
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
