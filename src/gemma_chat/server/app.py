@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -23,7 +24,14 @@ from gemma_chat.server.errors import APIError, install_error_handlers
 from gemma_chat.server.metrics import ServerMetrics, install_metrics
 from gemma_chat.shared.config import Settings, get_settings
 
-__all__ = ["ServerState", "Service", "create_app", "require_api_key", "require_service"]
+__all__ = [
+    "Admission",
+    "ServerState",
+    "Service",
+    "create_app",
+    "require_api_key",
+    "require_service",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ class ServerState:
         self.service = service
         self.metrics = ServerMetrics(service)
         self.loading: asyncio.Task[None] | None = None
+        self.pending = 0  # generation requests in flight
 
     @property
     def ready(self) -> bool:
@@ -96,6 +105,47 @@ async def require_service(request: Request) -> InferenceService:
 
 
 Service = Annotated[InferenceService, Depends(require_service)]
+
+
+class Admission:
+    """A place among the generation requests in flight, or a 429 when there is none.
+
+    Released when the response is done: for a stream, when its last event is sent.
+    """
+
+    def __init__(self, request: Request) -> None:
+        state = state_of(request)
+        limit = state.settings.server.max_pending_requests
+        if state.pending >= limit:
+            raise APIError(
+                429,
+                f"Too many requests in flight ({limit}); retry shortly.",
+                kind="rate_limit_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
+        state.pending += 1
+        self._state: ServerState | None = state
+
+    def release(self) -> None:
+        """Idempotent: a stream releases when it ends, or when it is dropped unstarted."""
+        if self._state is not None:
+            self._state.pending -= 1
+            self._state = None
+
+    def stream(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``events``, releasing the place when they end (or are never consumed)."""
+
+        async def released() -> AsyncIterator[str]:
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                self.release()
+
+        wrapped = released()
+        weakref.finalize(wrapped, self.release)
+        return wrapped
 
 
 def create_app(

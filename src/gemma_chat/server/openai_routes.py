@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.models import ChatSession, FinishReason, TokenUsage
-from gemma_chat.server.app import Service, first_token_timer
+from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.errors import APIError
 from gemma_chat.server.schemas import ChatCompletionRequest
 from gemma_chat.shared.exceptions import GemmaChatError
@@ -86,6 +86,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = parameters.get("model", service.llm.model_name)
+    admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         events = _stream(
@@ -99,8 +100,11 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
             include_usage,
             first_token_timer(http),
         )
-        return StreamingResponse(events, media_type="text/event-stream")
-    response = await service.generate_response(session, question, **parameters)
+        return StreamingResponse(admission.stream(events), media_type="text/event-stream")
+    try:
+        response = await service.generate_response(session, question, **parameters)
+    finally:
+        admission.release()
     return {
         "id": completion_id,
         "object": "chat.completion",

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.models import ChatSession, FinishReason
-from gemma_chat.server.app import Service, first_token_timer
+from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
 from gemma_chat.shared.exceptions import GemmaChatError
 
@@ -96,12 +96,14 @@ async def send_message(
 ) -> Any:
     session = await service.get_session(session_id)  # 404 before any streaming starts
     parameters = _parameters(body)
+    admission = Admission(http)  # 429 when too many requests are in flight
     if body.stream:
-        return StreamingResponse(
-            _stream(service, session, body.content, parameters, first_token_timer(http)),
-            media_type="text/event-stream",
-        )
-    response = await service.generate_response(session, body.content, **parameters)
+        events = _stream(service, session, body.content, parameters, first_token_timer(http))
+        return StreamingResponse(admission.stream(events), media_type="text/event-stream")
+    try:
+        response = await service.generate_response(session, body.content, **parameters)
+    finally:
+        admission.release()
     return {
         "object": "chat.session.message",
         "session_id": session.id,

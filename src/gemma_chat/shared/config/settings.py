@@ -110,6 +110,8 @@ class ServerSettings(_Section):
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = None
     cors_origins: list[str] = Field(default_factory=list)
+    # Generation requests in flight (decoding or waiting for a batch slot); beyond it: 429.
+    max_pending_requests: int = Field(64, ge=1)
 
 
 def _default_cache_dir() -> Path:
