@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gemma_chat.application.inference import InferenceService, ServiceState
-from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
+from gemma_chat.domain.interfaces import LLMProtocol, RawCompletionProtocol, SessionRepository
 from gemma_chat.domain.models import (
     ChatMessage,
     ChatSession,
@@ -78,6 +78,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelNotLoadedError",
     "OutOfMemoryError",
+    "RawCompletionProtocol",
     "Role",
     "ServiceState",
     "ServiceStateError",

@@ -41,22 +41,28 @@ def test_the_embedded_model_answers_through_the_openai_client() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        completion = client.chat.completions.create(
-            model=EMBEDDED_MODEL_NAME,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            temperature=0,
-            max_tokens=24,
-        )
-        assert "Paris" in (completion.choices[0].message.content or "")
-        stream = client.chat.completions.create(
-            model=EMBEDDED_MODEL_NAME,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            temperature=0,
-            max_tokens=24,
-            stream=True,
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        assert text == completion.choices[0].message.content
+        with client:
+            check_answers(client)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def check_answers(client: OpenAI) -> None:
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    completion = client.chat.completions.create(
+        model=EMBEDDED_MODEL_NAME,
+        messages=question,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=24,
+    )
+    assert "Paris" in (completion.choices[0].message.content or "")
+    stream = client.chat.completions.create(
+        model=EMBEDDED_MODEL_NAME,
+        messages=question,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == completion.choices[0].message.content

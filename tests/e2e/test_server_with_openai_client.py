@@ -57,8 +57,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0)
+def client(base_url: str) -> Iterator[OpenAI]:
+    with OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0) as openai_client:
+        yield openai_client
 
 
 def test_the_openai_client_gets_a_chat_completion(client: OpenAI) -> None:
@@ -107,8 +108,10 @@ def test_errors_reach_the_client_as_openai_errors(client: OpenAI, base_url: str)
         client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "word " * 5000}]
         )
-    wrong = OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(AuthenticationError):
+    with (
+        OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0) as wrong,
+        pytest.raises(AuthenticationError),
+    ):
         wrong.models.list()
     assert httpx.get(f"{base_url}/health").json()["status"] == "healthy"
 
@@ -158,3 +161,17 @@ def test_a_session_over_http_keeps_its_history_and_its_kv_cache(base_url: str) -
     assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
     detail = httpx.get(f"{base_url}/v1/sessions/{session['id']}", headers=headers).json()
     assert [m["content"] for m in detail["messages"][::2]] == ["Hello", "And?"]
+
+
+def test_the_openai_client_gets_a_raw_completion(client: OpenAI) -> None:
+    model = client.models.list().data[0].id
+    completion = client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=6, temperature=0
+    )
+    assert completion.object == "text_completion"
+    assert completion.usage is not None
+    assert 0 < completion.usage.completion_tokens <= 6
+    streamed = client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text

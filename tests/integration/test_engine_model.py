@@ -84,3 +84,16 @@ def test_a_saved_prefix_restored_into_another_slot_continues_identically(models:
         cache.write(1, k, v)
         restored = lean(ids[:, 39:], torch.tensor([[39]]), torch.tensor([1]), cache)
     torch.testing.assert_close(restored, expected)
+
+
+def test_the_cache_grows_rows_and_positions_without_losing_or_shrinking(models: tuple) -> None:
+    _, lean = models
+    cache = KVCache(lean.config, slots=3, dtype=torch.float32, capacity=16)
+    cache.ensure(1, 700)  # beyond the model's 512 positions: asked for, so given
+    cache.k[:, 0, :, 650] = 1.0
+    cache.ensure(3, 20)  # more rows, fewer positions: keeps the 700
+    assert cache.slots == 3
+    assert cache.capacity >= 700
+    assert bool((cache.k[:, 0, :, 650] == 1.0).all())
+    with pytest.raises(ValueError, match="beyond"):
+        cache.ensure(4, 10)

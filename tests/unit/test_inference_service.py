@@ -409,3 +409,23 @@ async def test_errors_of_adapters_outside_base_llm_become_inference_errors() -> 
             async for _ in service.stream_response(session, "hi"):
                 pass
     assert session.messages == ()
+
+
+@pytest.mark.asyncio
+async def test_raw_completions_use_no_session_and_no_chat_format() -> None:
+    llm = FakeLLM(["continued text here"])
+    async with InferenceService(llm=llm) as service:
+        completion = await service.complete("Once upon", max_new_tokens=2)
+        chunks = [c async for c in service.stream_completion("Once upon")]
+        with pytest.raises(InvalidMessageError):
+            await service.complete("")
+    assert completion.text == "continued text"
+    assert "".join(c.text for c in chunks) == "continued text here"
+    assert llm.calls[0].prompt == "Once upon"
+
+
+@pytest.mark.asyncio
+async def test_a_backend_without_raw_completions_says_so() -> None:
+    async with InferenceService(llm=ProtocolOnlyLLM()) as service:
+        with pytest.raises(InvalidGenerationConfigError, match="raw prompts"):
+            await service.complete("Once upon")

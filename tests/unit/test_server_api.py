@@ -284,3 +284,25 @@ def test_metrics_move_with_requests_tokens_and_time_to_first_token(client: TestC
     assert "gemma_queue_depth" in after
     assert "gemma_active_batch_size" in after
     assert "gemma_cache_hits_total" in after
+
+
+def test_a_raw_completion_continues_the_prompt_without_a_chat_format(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    response = client.post("/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 2})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["object"] == "text_completion"
+    assert data["choices"][0]["text"] == "Hello from"
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert llm.calls[-1].prompt == "Once upon a time"  # as sent: no chat format
+    assert llm.calls[-1].kwargs["raw"] is True
+    body = {"prompt": "Once", "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/completions", json=body) as streamed:
+        events = sse_events(streamed.read().decode())
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == (
+        "Hello from the fake model"
+    )
+    assert events[-1]["usage"]["completion_tokens"] > 0
+    assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 400
+    assert client.post("/v1/completions", json={"prompt": ""}).status_code == 400

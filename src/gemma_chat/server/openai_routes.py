@@ -15,7 +15,7 @@ from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.models import ChatSession, FinishReason, TokenUsage
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.errors import APIError
-from gemma_chat.server.schemas import ChatCompletionRequest
+from gemma_chat.server.schemas import ChatCompletionRequest, CompletionRequest
 from gemma_chat.shared.exceptions import GemmaChatError
 
 __all__ = ["router"]
@@ -168,5 +168,78 @@ async def _stream(
         yield f"data: {json.dumps(error)}\n\n"
     finally:
         # A client that went away closes this generator: closing the model's stream stops it.
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield "data: [DONE]\n\n"
+
+
+@router.post("/completions", response_model=None)
+async def completions(request: CompletionRequest, service: Service, http: Request) -> Any:
+    """A raw prompt, continued as it is (no chat format)."""
+    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+    if len(prompts) != 1:
+        raise APIError(
+            400, "Send one prompt (a string).", kind="invalid_request_error", param="prompt"
+        )
+    if request.n != 1:
+        raise APIError(400, "Only n=1 is supported.", kind="invalid_request_error", param="n")
+    parameters: dict[str, Any] = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_new_tokens": request.max_tokens,
+        "stop": [request.stop] if isinstance(request.stop, str) else request.stop,
+        "seed": request.seed,
+    }
+    if request.model and request.model != service.llm.model_name:
+        parameters["model"] = request.model
+    identity = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": parameters.get("model", service.llm.model_name),
+    }
+    admission = Admission(http)
+    if request.stream:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        events = _stream_text(
+            service, prompts[0], parameters, identity, include_usage, first_token_timer(http)
+        )
+        return StreamingResponse(admission.stream(events), media_type="text/event-stream")
+    try:
+        completion = await service.complete(prompts[0], **parameters)
+    finally:
+        admission.release()
+    choice = {
+        "index": 0,
+        "text": completion.text,
+        "finish_reason": _finish(completion.finish_reason),
+        "logprobs": None,
+    }
+    return {**identity, "choices": [choice], "usage": _usage(completion.token_usage)}
+
+
+async def _stream_text(
+    service: InferenceService,
+    prompt: str,
+    parameters: dict[str, Any],
+    identity: dict[str, Any],
+    include_usage: bool,
+    on_first_text: Callable[[], None],
+) -> AsyncIterator[str]:
+    chunks = service.stream_completion(prompt, **parameters)
+    try:
+        async for chunk in chunks:
+            finish = _finish(chunk.finish_reason) if chunk.finish_reason is not None else None
+            if chunk.text or finish:
+                if chunk.text:
+                    on_first_text()
+                choice = {"index": 0, "text": chunk.text, "finish_reason": finish, "logprobs": None}
+                yield f"data: {json.dumps({**identity, 'choices': [choice]})}\n\n"
+            if finish and include_usage:
+                usage = {**identity, "choices": [], "usage": _usage(chunk.token_usage)}
+                yield f"data: {json.dumps(usage)}\n\n"
+    except GemmaChatError as exc:
+        error = {"error": {"message": str(exc), "type": "invalid_request_error"}}
+        yield f"data: {json.dumps(error)}\n\n"
+    finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     yield "data: [DONE]\n\n"

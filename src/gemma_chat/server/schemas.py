@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
+    "CompletionRequest",
     "ErrorBody",
     "SessionCreate",
     "SessionMessageRequest",
@@ -63,6 +64,21 @@ class SessionMessageRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[str]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = 16  # OpenAI's default for /v1/completions
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
 
 
 class ErrorDetail(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any, Self
 from gemma_chat.application.inference.model_pool import ModelPool, footprint_mb
 from gemma_chat.application.inference.response_cache import ResponseCache
 from gemma_chat.application.inference.statistics import ServiceStatistics
-from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
+from gemma_chat.domain.interfaces import LLMProtocol, RawCompletionProtocol, SessionRepository
 from gemma_chat.domain.models import (
     ChatMessage,
     ChatSession,
@@ -253,6 +253,71 @@ class InferenceService:
                     await aclose()
             raise InferenceError("The model's stream ended without a final chunk.")
 
+    async def complete(
+        self,
+        prompt: str,
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> Completion:
+        """Continue ``prompt`` as it is, without a session or a chat format."""
+        self._require_open()
+        config = self.default_generation_config().with_overrides(
+            temperature=temperature, **overrides
+        )
+        async with self._model(model) as llm:
+            completer = _raw_completer(llm)
+            started = time.perf_counter()
+            key = self._cache.key_for(llm.model_name, [{"role": "raw", "content": prompt}], config)
+            completion = self._cache.get(key)
+            cached = completion is not None
+            if completion is None:
+                completion = await self._guarded(completer.complete(prompt, config))
+                self._cache.put(key, completion)
+            self._stats.record_success(
+                time.perf_counter() - started,
+                completion.token_usage.completion_tokens,
+                cached=cached,
+            )
+            return completion
+
+    async def stream_completion(
+        self,
+        prompt: str,
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """``complete`` as a stream of chunks; the last one has ``finish_reason`` and usage."""
+        self._require_open()
+        config = self.default_generation_config().with_overrides(
+            temperature=temperature, **overrides
+        )
+        async with self._model(model) as llm:
+            completer = _raw_completer(llm)
+            started = time.perf_counter()
+            chunks = completer.stream_completion(prompt, config)
+            try:
+                async for chunk in chunks:
+                    if chunk.finish_reason is not None:
+                        usage = chunk.token_usage or TokenUsage()
+                        self._stats.record_success(
+                            time.perf_counter() - started, usage.completion_tokens, cached=False
+                        )
+                    yield chunk
+            except GemmaChatError:
+                self._stats.record_error()
+                raise
+            except Exception as exc:
+                self._stats.record_error()
+                raise InferenceError(f"The model failed while streaming: {exc}") from exc
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
     async def _begin(
         self,
         session: ChatSession | str,
@@ -405,3 +470,11 @@ def _count_tokens(llm: LLMProtocol, text: str) -> int | None:
         return llm.count_tokens(text)
     except GemmaChatError:
         return None
+
+
+def _raw_completer(llm: LLMProtocol) -> RawCompletionProtocol:
+    if not isinstance(llm, RawCompletionProtocol):
+        raise InvalidGenerationConfigError(
+            f"The {llm.model_name!r} backend does not continue raw prompts: use chat messages."
+        )
+    return llm

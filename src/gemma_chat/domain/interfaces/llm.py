@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from gemma_chat.domain.models import ChatMessage, Completion, GenerationConfig, StreamChunk
 
-__all__ = ["LLMProtocol"]
+__all__ = ["LLMProtocol", "RawCompletionProtocol"]
 
 
 @runtime_checkable
@@ -39,3 +39,14 @@ class LLMProtocol(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def get_model_info(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class RawCompletionProtocol(Protocol):
+    """An LLM that can also continue a raw prompt, without a chat format."""
+
+    async def complete(self, prompt: str, config: GenerationConfig) -> Completion: ...
+
+    def stream_completion(
+        self, prompt: str, config: GenerationConfig
+    ) -> AsyncIterator[StreamChunk]: ...

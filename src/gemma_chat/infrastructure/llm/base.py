@@ -14,7 +14,8 @@ import re
 import sys
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from enum import StrEnum
 from typing import Any
 
@@ -170,8 +171,36 @@ class BaseLLM(ABC):
         self, messages: Sequence[ChatMessage], config: GenerationConfig
     ) -> Completion:
         prompt, prompt_tokens = self._prepare(messages, config)
+        return await self._generate_prompt(prompt, prompt_tokens, config, raw=False)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], config: GenerationConfig
+    ) -> AsyncIterator[StreamChunk]:
+        prompt, prompt_tokens = self._prepare(messages, config)
+        # aclosing: a consumer that stops early closes the inner stream now, which stops the
+        # generation, instead of whenever the garbage collector gets to it.
+        async with aclosing(self._stream_prompt(prompt, prompt_tokens, config, raw=False)) as inner:
+            async for chunk in inner:
+                yield chunk
+
+    async def complete(self, prompt: str, config: GenerationConfig) -> Completion:
+        """Continue ``prompt`` as it is, without a chat format (OpenAI's /v1/completions)."""
+        prompt_tokens = self._prepare_raw(prompt, config)
+        return await self._generate_prompt(prompt, prompt_tokens, config, raw=True)
+
+    async def stream_completion(
+        self, prompt: str, config: GenerationConfig
+    ) -> AsyncIterator[StreamChunk]:
+        prompt_tokens = self._prepare_raw(prompt, config)
+        async with aclosing(self._stream_prompt(prompt, prompt_tokens, config, raw=True)) as inner:
+            async for chunk in inner:
+                yield chunk
+
+    async def _generate_prompt(
+        self, prompt: str, prompt_tokens: int, config: GenerationConfig, *, raw: bool
+    ) -> Completion:
         try:
-            result = await self._generate_implementation(prompt, **self._kwargs(config))
+            result = await self._generate_implementation(prompt, **self._kwargs(config, raw))
         except GemmaChatError:
             raise
         except Exception as exc:
@@ -196,14 +225,13 @@ class BaseLLM(ABC):
         self._record(completion.token_usage)
         return completion
 
-    async def stream(
-        self, messages: Sequence[ChatMessage], config: GenerationConfig
-    ) -> AsyncIterator[StreamChunk]:
-        prompt, prompt_tokens = self._prepare(messages, config)
+    async def _stream_prompt(
+        self, prompt: str, prompt_tokens: int, config: GenerationConfig, *, raw: bool
+    ) -> AsyncGenerator[StreamChunk, None]:
         stops = StopSequenceFilter(config.stop)
         finish = FinishReason.STOP
         usage: TokenUsage | None = None
-        pieces = self._stream_implementation(prompt, **self._kwargs(config))
+        pieces = self._stream_implementation(prompt, **self._kwargs(config, raw))
         try:
             async for piece in pieces:
                 if isinstance(piece, StreamChunk):
@@ -294,8 +322,22 @@ class BaseLLM(ABC):
             context_length=limit,
         )
 
-    def _kwargs(self, config: GenerationConfig) -> dict[str, Any]:
-        return config.to_dict()
+    def _kwargs(self, config: GenerationConfig, raw: bool = False) -> dict[str, Any]:
+        # ``raw`` only when set, so that adapters written before it never see it.
+        return config.to_dict() | ({"raw": True} if raw else {})
+
+    def _prepare_raw(self, prompt: str, config: GenerationConfig) -> int:
+        self._require_loaded()
+        validate_content(prompt, what="prompt")
+        prompt_tokens = self.count_tokens(prompt)
+        limit = self.context_length
+        if limit is not None and prompt_tokens + config.max_new_tokens > limit:
+            raise ContextLengthExceededError(
+                prompt_tokens=prompt_tokens,
+                max_new_tokens=config.max_new_tokens,
+                context_length=limit,
+            )
+        return prompt_tokens
 
     def _record(self, usage: TokenUsage) -> None:
         self.inference_count += 1

@@ -175,7 +175,8 @@ class GemmaLLM(BaseLLM):
         token_loop = self._require_loop()
         event_loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
-        chat_format = self._chat_format
+        # A raw completion continues the prompt as it is: no chat format, no turn markers.
+        chat_format = None if kwargs.get("raw") else self._chat_format
 
         def emit(item: StreamChunk | BaseException) -> None:
             try:

@@ -114,7 +114,9 @@ class KVCache:
         new_length = self.capacity
         while new_length < length:
             new_length *= 2
-        new_length = min(new_length, max(length, self.config.max_position_embeddings))
+        # Doubling stops at the model's window (unless asked for more), and never shrinks.
+        limit = max(length, self.config.max_position_embeddings)
+        new_length = max(self.capacity, min(new_length, limit))
         shape = (self.k.shape[0], max(slots, self.slots), self.k.shape[2], new_length)
         grown_k = self.k.new_zeros((*shape, self.k.shape[4]))
         grown_v = self.v.new_zeros(grown_k.shape)
