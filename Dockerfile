@@ -1,14 +1,13 @@
 # gemma-chat's OpenAI-compatible server on CPU, with the embedded Gemma 3 270M.
 #   docker build -t gemma-chat .
 #   docker run -p 8000:8000 gemma-chat
-# For a smaller image, point pip at PyTorch's CPU wheel index:
-#   docker build --build-arg PIP_EXTRA_INDEX_URL=<that index> -t gemma-chat .
+# torch comes from PyTorch's CPU wheel index (PyPI's x86-64 wheel is the multi-GB CUDA build);
+# override TORCH_INDEX_URL to use another mirror.
 FROM python:3.11-slim
 
-ARG PIP_EXTRA_INDEX_URL=""
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     GEMMA_ENVIRONMENT=production \
     GEMMA_SERVER__HOST=0.0.0.0 \
     GEMMA_SERVER__PORT=8000 \
@@ -21,7 +20,8 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY requirements.txt pyproject.toml README.md ./
-RUN pip install -r requirements.txt
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
+    && pip install -r requirements.txt
 COPY src/ ./src/
 RUN pip install --no-deps . \
     && useradd --create-home --uid 1000 gemma \
