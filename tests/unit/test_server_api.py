@@ -306,3 +306,24 @@ def test_a_raw_completion_continues_the_prompt_without_a_chat_format(
     assert events[-1]["usage"]["completion_tokens"] > 0
     assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 400
     assert client.post("/v1/completions", json={"prompt": ""}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "stream": True, "temperature": 7}),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "stream": True, "messages": [{"role": "user", "content": " "}]},
+        ),
+        ("/v1/completions", {"prompt": "x", "stream": True, "top_p": 0}),
+    ],
+)
+def test_a_bad_streamed_request_is_refused_before_the_stream_starts(
+    client: TestClient, path: str, body: dict[str, Any]
+) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    # ...and its place among the requests in flight was given back.
+    assert client.app.state.gemma.pending == 0  # type: ignore[attr-defined]

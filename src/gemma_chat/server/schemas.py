@@ -1,8 +1,8 @@
-"""Request and response bodies in OpenAI's shapes."""
+"""Request bodies in OpenAI's shapes (responses are built as plain dicts in the routes)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,7 +10,6 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
     "CompletionRequest",
-    "ErrorBody",
     "SessionCreate",
     "SessionMessageRequest",
     "StreamOptions",
@@ -28,19 +27,53 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class _Generation(BaseModel):
+    """The generation parameters every generating route takes."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[ChatMessageIn] = Field(min_length=1)
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
     stream: bool = False
+
+    def generation_parameters(self, served_model: str) -> dict[str, Any]:
+        """Keyword arguments for InferenceService; ``model`` only when another one is named."""
+        parameters: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self._max_new_tokens(),
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            "seed": self.seed,
+        }
+        if self.model and self.model != served_model:
+            parameters["model"] = self.model
+        return parameters
+
+    def _max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class _ChatGeneration(_Generation):
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+
+    def _max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatCompletionRequest(_ChatGeneration):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    n: int = 1
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str]
+    max_tokens: int | None = 16  # OpenAI's default for /v1/completions
+    n: int = 1
     stream_options: StreamOptions | None = None
 
 
@@ -52,41 +85,7 @@ class SessionCreate(BaseModel):
     metadata: dict[str, object] = Field(default_factory=dict)
 
 
-class SessionMessageRequest(BaseModel):
+class SessionMessageRequest(_ChatGeneration):
     model_config = ConfigDict(extra="forbid")
 
     content: str
-    model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    prompt: str | list[str]
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = 16  # OpenAI's default for /v1/completions
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail

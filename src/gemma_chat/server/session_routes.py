@@ -3,7 +3,6 @@ engine keeps the conversation's KV cache between turns)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,9 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from gemma_chat.application.inference import InferenceService
-from gemma_chat.domain.models import ChatSession, FinishReason
+from gemma_chat.domain.models import ChatSession
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
+from gemma_chat.server.sse import DONE, error_event, finish_name
+from gemma_chat.server.sse import event as sse_event
 from gemma_chat.shared.exceptions import GemmaChatError
 
 __all__ = ["router"]
@@ -75,27 +76,14 @@ async def delete_session(session_id: str, service: Service) -> dict[str, Any]:
     return {"id": session_id, "object": "chat.session.deleted", "deleted": True}
 
 
-def _parameters(body: SessionMessageRequest) -> dict[str, Any]:
-    return {
-        "model": body.model,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "max_new_tokens": body.max_completion_tokens or body.max_tokens,
-        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
-        "seed": body.seed,
-    }
-
-
-def _finish(reason: FinishReason | None) -> str:
-    return "length" if reason is FinishReason.LENGTH else "stop"
-
-
 @router.post("/{session_id}/messages", response_model=None)
 async def send_message(
     session_id: str, body: SessionMessageRequest, service: Service, http: Request
 ) -> Any:
     session = await service.get_session(session_id)  # 404 before any streaming starts
-    parameters = _parameters(body)
+    parameters = body.generation_parameters(service.llm.model_name)
+    if body.stream:  # a 400 now, not an error event in a started stream
+        service.check_request(body.content, **parameters)
     admission = Admission(http)  # 429 when too many requests are in flight
     if body.stream:
         events = _stream(service, session, body.content, parameters, first_token_timer(http))
@@ -113,7 +101,7 @@ async def send_message(
             "content": response.content,
             "token_count": response.token_usage.completion_tokens,
         },
-        "finish_reason": _finish(response.finish_reason),
+        "finish_reason": finish_name(response.finish_reason),
         "usage": response.token_usage.to_dict(),
         "cached": response.cached,
         "model": response.model,
@@ -139,13 +127,12 @@ async def _stream(
                 "finish_reason": None,
             }
             if chunk.finish_reason is not None:
-                event["finish_reason"] = _finish(chunk.finish_reason)
+                event["finish_reason"] = finish_name(chunk.finish_reason)
                 event["usage"] = chunk.token_usage.to_dict() if chunk.token_usage else None
                 event["message_id"] = session.messages[-1].id
-            yield f"data: {json.dumps(event)}\n\n"
+            yield sse_event(event)
     except GemmaChatError as exc:
-        error = {"error": {"message": str(exc), "type": "invalid_request_error"}}
-        yield f"data: {json.dumps(error)}\n\n"
+        yield error_event(exc)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-    yield "data: [DONE]\n\n"
+    yield DONE

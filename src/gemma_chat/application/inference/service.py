@@ -337,6 +337,13 @@ class InferenceService:
             )
         return session, config
 
+    def check_request(self, text: str, **parameters: Any) -> None:
+        """Raise now what a request would raise when it starts (a stream starts late)."""
+        validate_content(text)
+        parameters.pop("model", None)
+        temperature = parameters.pop("temperature", None)
+        self.default_generation_config().with_overrides(temperature=temperature, **parameters)
+
     def default_generation_config(self) -> GenerationConfig:
         """The generation parameters of a request that overrides nothing (from settings)."""
         m = self.settings.model
