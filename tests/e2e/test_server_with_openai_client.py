@@ -175,3 +175,27 @@ def test_the_openai_client_gets_a_raw_completion(client: OpenAI) -> None:
         model=model, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
     )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == completion.choices[0].text
+
+
+def test_unknown_sessions_404_and_metrics_move_over_http(client: OpenAI, base_url: str) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    missing = httpx.get(f"{base_url}/v1/sessions/nope", headers=headers)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "session_not_found"
+
+    def tokens_generated() -> float:
+        for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+            if line.startswith("gemma_tokens_generated_total"):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = tokens_generated()
+    model = client.models.list().data[0].id
+    client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.5
+    )
+    assert tokens_generated() > before
+    assert (
+        'gemma_requests_total{route="/v1/chat/completions",status="200"}'
+        in httpx.get(f"{base_url}/metrics").text
+    )
