@@ -17,6 +17,8 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("GEMMA_CACHE_DIR", str(tmp_path / "gemma-cache"))
+    # Servers keep sessions on disk by default: never in the real user data directory.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # no stray .env file
 
 

@@ -24,7 +24,9 @@ def test_the_embedded_model_answers_through_the_openai_client() -> None:
         port = s.getsockname()[1]
     # The user cache dir, not the test's own: the model's conversion is shared between runs.
     cache = platformdirs.user_cache_dir("gemma-chat")
-    settings = get_settings(model={"name": EMBEDDED_MODEL_NAME}, cache_dir=cache)
+    settings = get_settings(
+        model={"name": EMBEDDED_MODEL_NAME}, cache_dir=cache, storage={"url": "memory://"}
+    )
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -33,6 +33,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = get_settings(
         model={"name": str(model), "max_new_tokens": 24, "context_length": 4096},
         server={"api_key": API_KEY},
+        storage={"url": f"sqlite://{tmp_path_factory.mktemp('server-db') / 'sessions.db'}"},
         cache_dir=tmp_path_factory.mktemp("server-cache"),
     )
     port = free_port()

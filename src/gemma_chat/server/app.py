@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.server.errors import APIError, install_error_handlers
 from gemma_chat.server.metrics import ServerMetrics, install_metrics
-from gemma_chat.shared.config import Settings, get_settings
+from gemma_chat.shared.config import Settings, default_server_storage_url, get_settings
 
 __all__ = [
     "Admission",
@@ -152,6 +152,10 @@ def create_app(
     settings: Settings | None = None, service: InferenceService | None = None
 ) -> FastAPI:
     settings = settings if settings is not None else get_settings()
+    if service is None and settings.storage.url is None:
+        # The server keeps sessions on disk by default: they survive restarts and crashes.
+        storage = settings.storage.model_copy(update={"url": default_server_storage_url()})
+        settings = settings.model_copy(update={"storage": storage})
     state = ServerState(settings, service or InferenceService(settings))
 
     @contextlib.asynccontextmanager

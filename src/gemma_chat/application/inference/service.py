@@ -36,7 +36,7 @@ from gemma_chat.domain.models import (
 )
 from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry
-from gemma_chat.infrastructure.repositories import InMemorySessionRepository
+from gemma_chat.infrastructure.repositories import create_session_repository
 from gemma_chat.shared.config import Settings, get_settings
 from gemma_chat.shared.exceptions import (
     GemmaChatError,
@@ -75,7 +75,10 @@ class InferenceService:
         self._registry = registry or default_registry
         self._llm = llm
         self._owns_llm = llm is None
-        self._sessions: SessionRepository = sessions or InMemorySessionRepository()
+        self._owns_sessions = sessions is None
+        self._sessions: SessionRepository = sessions or create_session_repository(
+            self.settings.storage.url
+        )
         self._cache = ResponseCache(self.settings.cache)
         self._stats = ServiceStatistics()
         self._state = ServiceState.UNOPENED
@@ -136,6 +139,9 @@ class InferenceService:
             await self._pool.close()
             if self._owns_llm and self._llm is not None:
                 await self._llm.unload()
+            close = getattr(self._sessions, "close", None)
+            if self._owns_sessions and close is not None:
+                await close()
         self._state = ServiceState.CLOSED
 
     async def __aenter__(self) -> Self:
@@ -176,8 +182,10 @@ class InferenceService:
         answer is complete; on an error or cancellation the session is left exactly as it was.
         """
         self._require_open()
-        chat_session, config = await self._begin(session, user_message, temperature, overrides)
-        async with self._lock(chat_session.id), self._model(model) as llm:
+        config = self._begin(session, user_message, temperature, overrides)
+        # The session is read inside its lock: a turn queued behind another sees that turn.
+        async with self._lock(_session_id(session)), self._model(model) as llm:
+            chat_session = await self._resolve(session)
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
             key = self._cache.key_for(llm.model_name, messages, config)
@@ -205,8 +213,10 @@ class InferenceService:
         that stops early leaves the session unchanged and stops the generation.
         """
         self._require_open()
-        chat_session, config = await self._begin(session, user_message, temperature, overrides)
-        async with self._lock(chat_session.id), self._model(model) as llm:
+        config = self._begin(session, user_message, temperature, overrides)
+        # The session is read inside its lock: a turn queued behind another sees that turn.
+        async with self._lock(_session_id(session)), self._model(model) as llm:
+            chat_session = await self._resolve(session)
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
             key = self._cache.key_for(llm.model_name, messages, config)
@@ -318,24 +328,23 @@ class InferenceService:
                 if aclose is not None:
                     await aclose()
 
-    async def _begin(
+    def _begin(
         self,
         session: ChatSession | str,
         user_message: str,
         temperature: float | None,
         overrides: Mapping[str, Any],
-    ) -> tuple[ChatSession, GenerationConfig]:
-        validate_content(user_message, what="user_message")
-        config = self.default_generation_config().with_overrides(
-            temperature=temperature, **overrides
-        )
-        if isinstance(session, str):
-            return await self._sessions.get(session), config
-        if not isinstance(session, ChatSession):
+    ) -> GenerationConfig:
+        """Validate a turn's input before anything waits or runs."""
+        if not isinstance(session, ChatSession | str):
             raise ServiceStateError(
                 f"session must be a ChatSession or a session id, got {type(session).__name__}."
             )
-        return session, config
+        validate_content(user_message, what="user_message")
+        return self.default_generation_config().with_overrides(temperature=temperature, **overrides)
+
+    async def _resolve(self, session: ChatSession | str) -> ChatSession:
+        return await self._sessions.get(session) if isinstance(session, str) else session
 
     def check_request(self, text: str, **parameters: Any) -> None:
         """Raise now what a request would raise when it starts (a stream starts late)."""
@@ -485,3 +494,7 @@ def _raw_completer(llm: LLMProtocol) -> RawCompletionProtocol:
             f"The {llm.model_name!r} backend does not continue raw prompts: use chat messages."
         )
     return llm
+
+
+def _session_id(session: ChatSession | str) -> str:
+    return session if isinstance(session, str) else session.id

@@ -9,6 +9,8 @@ from gemma_chat.shared.config.settings import (
     PerformanceSettings,
     ServerSettings,
     Settings,
+    StorageSettings,
+    default_server_storage_url,
     get_settings,
 )
 
@@ -21,5 +23,7 @@ __all__ = [
     "PerformanceSettings",
     "ServerSettings",
     "Settings",
+    "StorageSettings",
+    "default_server_storage_url",
     "get_settings",
 ]

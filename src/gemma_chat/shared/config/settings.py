@@ -26,6 +26,8 @@ __all__ = [
     "PerformanceSettings",
     "ServerSettings",
     "Settings",
+    "StorageSettings",
+    "default_server_storage_url",
     "get_settings",
 ]
 
@@ -114,6 +116,16 @@ class ServerSettings(_Section):
     max_pending_requests: int = Field(64, ge=1)
 
 
+class StorageSettings(_Section):
+    # memory:// or sqlite:///path/to/sessions.db; None: in memory for the library, and a SQLite
+    # file in the user data directory for the server.
+    url: str | None = None
+
+
+def default_server_storage_url() -> str:
+    return f"sqlite://{Path(platformdirs.user_data_dir('gemma-chat')) / 'sessions.db'}"
+
+
 def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("gemma-chat"))
 
@@ -135,6 +147,7 @@ class Settings(BaseSettings):
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @field_validator("log_level", "environment", mode="before")
     @classmethod

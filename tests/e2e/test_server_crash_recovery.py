@@ -1,0 +1,104 @@
+"""A server killed mid-generation loses no completed turn and leaves no half-written one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.url = f"http://127.0.0.1:{env['GEMMA_SERVER__PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gemma_chat.server.main"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not become healthy"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    model = build_tiny_gemma(tmp_path / "model")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GEMMA_")}
+    env = {
+        **clean,
+        "GEMMA_MODEL__NAME": str(model),
+        "GEMMA_MODEL__CONTEXT_LENGTH": "8192",
+        "GEMMA_CACHE_DIR": str(tmp_path / "cache"),
+        "GEMMA_STORAGE__URL": f"sqlite://{tmp_path / 'sessions.db'}",
+        "GEMMA_SERVER__PORT": str(free_port()),
+        "GEMMA_LOG_LEVEL": "WARNING",
+    }
+    running = Server(env)
+    yield running
+    running.stop()
+
+
+def test_sigkill_mid_generation_keeps_every_completed_turn(server: Server) -> None:
+    server.start()
+    created = httpx.post(f"{server.url}/v1/sessions", json={"title": "crash"}).json()
+    messages = f"{server.url}/v1/sessions/{created['id']}/messages"
+    answers = [
+        httpx.post(messages, json={"content": q, "max_tokens": 8}, timeout=60).json()
+        for q in ("first", "second")
+    ]
+    body = {"content": "third, never finished", "max_tokens": 6000, "stream": True}
+    with httpx.stream("POST", messages, json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if '"content"' in line:
+                server.kill()  # mid-generation, without any chance to clean up
+                break
+    server.start()
+    stored = httpx.get(f"{server.url}/v1/sessions/{created['id']}").json()
+    assert [m["content"] for m in stored["messages"][::2]] == ["first", "second"]
+    assert [m["content"] for m in stored["messages"][1::2]] == [
+        a["message"]["content"] for a in answers
+    ]
+    assert stored["token_usage"]["completion_tokens"] == sum(
+        a["usage"]["completion_tokens"] for a in answers
+    )
+    # The service works on after the restart.
+    assert httpx.post(messages, json={"content": "fourth", "max_tokens": 4}, timeout=60).is_success
