@@ -135,17 +135,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Default: GEMMA_SERVER__PORT.")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API."""
-    import uvicorn
+    from gemma_chat.server.main import serve as run_server
 
-    from gemma_chat.server import create_app
-
-    settings = _settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.server.host,
-        port=port or settings.server.port,
-        log_level=settings.log_level.value.lower(),
-    )
+    run_server(_settings(), host=host, port=port)
 
 
 @app.command()

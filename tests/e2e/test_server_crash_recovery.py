@@ -53,10 +53,17 @@ class Server:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+    def stop(self) -> int | None:
+        """SIGTERM, as a service manager stops it: the exit code, or None if it hung."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
 
 
 @pytest.fixture
@@ -85,8 +92,9 @@ def test_sigkill_mid_generation_keeps_every_completed_turn(server: Server) -> No
         httpx.post(messages, json={"content": q, "max_tokens": 8}, timeout=60).json()
         for q in ("first", "second")
     ]
-    body = {"content": "third, never finished", "max_tokens": 6000, "stream": True}
+    body = {"content": "third, never finished", "max_tokens": 4000, "stream": True}
     with httpx.stream("POST", messages, json=body, timeout=60) as response:
+        assert response.status_code == 200
         for line in response.iter_lines():
             if '"content"' in line:
                 server.kill()  # mid-generation, without any chance to clean up
@@ -102,3 +110,19 @@ def test_sigkill_mid_generation_keeps_every_completed_turn(server: Server) -> No
     )
     # The service works on after the restart.
     assert httpx.post(messages, json={"content": "fourth", "max_tokens": 4}, timeout=60).is_success
+
+
+def test_sigterm_finishes_in_time_and_exits_0_while_a_stream_runs(server: Server) -> None:
+    server.env["GEMMA_SERVER__SHUTDOWN_TIMEOUT_SECONDS"] = "2"
+    server.start()
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 4000, "stream": True}
+    started = time.monotonic()
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if '"content"' in line:
+                break
+        assert server.stop() == 0
+    assert time.monotonic() - started < 20

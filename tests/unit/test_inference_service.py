@@ -429,3 +429,16 @@ async def test_a_backend_without_raw_completions_says_so() -> None:
     async with InferenceService(llm=ProtocolOnlyLLM()) as service:
         with pytest.raises(InvalidGenerationConfigError, match="raw prompts"):
             await service.complete("Once upon")
+
+
+@pytest.mark.asyncio
+async def test_odd_characters_a_model_wrote_do_not_poison_the_next_turn() -> None:
+    llm = FakeLLM(["odd \x04 bytes \x00", "fine"])
+    session = ChatSession()
+    async with InferenceService(llm=llm) as service:
+        await service.generate_response(session, "first")
+        second = await service.generate_response(session, "second")
+        with pytest.raises(InvalidMessageError, match="control character"):
+            await service.generate_response(session, "typed \x04 by a client")
+    assert second.content == "fine"
+    assert session.messages[1].content == "odd \x04 bytes \x00"

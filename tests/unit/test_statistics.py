@@ -11,6 +11,7 @@ def test_a_fresh_snapshot_is_all_zeros_without_dividing_by_zero() -> None:
     assert ServiceStatistics().snapshot(cache_size=0) == {
         "request_count": 0,
         "error_count": 0,
+        "rejected_count": 0,
         "cancelled_count": 0,
         "avg_request_time": 0.0,
         "cache_hits": 0,
@@ -99,3 +100,12 @@ def test_each_statistics_object_has_its_own_history() -> None:
     first, second = ServiceStatistics(), ServiceStatistics()
     first.record_error()
     assert second.recent_error_rate == 0.0
+
+
+def test_a_clients_mistake_is_counted_apart_and_does_not_degrade_health() -> None:
+    stats = ServiceStatistics()
+    for _ in range(5):
+        stats.record_error(client_error=True)
+    assert stats.snapshot(cache_size=0)["rejected_count"] == 5
+    assert stats.error_count == 0
+    assert stats.recent_error_rate == 0.0

@@ -10,6 +10,7 @@ __all__ = [
     "ContextLengthExceededError",
     "GemmaChatError",
     "GenerationCancelledError",
+    "GenerationTimeoutError",
     "InvalidGenerationConfigError",
     "InvalidMessageError",
     "ModelNotLoadedError",
@@ -69,3 +70,7 @@ class ModelNotLoadedError(GemmaChatError, RuntimeError):
 
 class GenerationCancelledError(GemmaChatError):
     """The generation was cancelled before it completed."""
+
+
+class GenerationTimeoutError(GemmaChatError, TimeoutError):
+    """The generation took longer than the request's time limit; it was stopped."""

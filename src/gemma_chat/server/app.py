@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from gemma_chat.application.inference import InferenceService
-from gemma_chat.server.errors import APIError, install_error_handlers
+from gemma_chat.server.errors import APIError, error_response, install_error_handlers
 from gemma_chat.server.metrics import ServerMetrics, install_metrics
 from gemma_chat.shared.config import Settings, default_server_storage_url, get_settings
 
@@ -107,6 +107,50 @@ async def require_service(request: Request) -> InferenceService:
 Service = Annotated[InferenceService, Depends(require_service)]
 
 
+class BodySizeLimit:
+    """413 for a body over GEMMA_LIMITS__MAX_BODY_BYTES, declared or streamed (pure ASGI)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
+        response = error_response(
+            413,
+            f"The request body is over {self.limit} bytes (GEMMA_LIMITS__MAX_BODY_BYTES).",
+            "invalid_request_error",
+            code="body_too_large",
+        )
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
 class Admission:
     """A place among the generation requests in flight, or a 429 when there is none.
 
@@ -175,6 +219,7 @@ def create_app(
     app.state.gemma = state
     install_error_handlers(app)
     install_metrics(app, state.metrics)
+    app.add_middleware(BodySizeLimit, limit=settings.limits.max_body_bytes)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

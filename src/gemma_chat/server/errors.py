@@ -16,6 +16,7 @@ from gemma_chat.shared.exceptions import (
     ConfigurationError,
     ContextLengthExceededError,
     GemmaChatError,
+    GenerationTimeoutError,
     ModelNotFoundError,
     OutOfMemoryError,
     ServiceStateError,
@@ -70,6 +71,8 @@ def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
         return 404, "not_found_error", "model_not_found"
     if isinstance(exc, ServiceStateError | OutOfMemoryError):
         return 503, "service_unavailable", None
+    if isinstance(exc, GenerationTimeoutError):
+        return 504, "timeout", "generation_timeout"
     if isinstance(exc, ConfigurationError):
         return 500, "server_error", "configuration_error"
     return 500, "server_error", None
@@ -87,7 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status, kind, code = _status_of(exc)
         if status >= 500:
             logger.error("Request failed: %s: %s", type(exc).__name__, exc)
-        message = str(exc) if status < 500 or status == 503 else "The model failed; see the logs."
+        message = (
+            str(exc) if status < 500 or status in (503, 504) else "The model failed; see the logs."
+        )
         return error_response(status, message, kind, code=code)
 
     @app.exception_handler(RequestValidationError)

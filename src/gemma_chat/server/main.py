@@ -1,26 +1,48 @@
-"""``python -m gemma_chat.server.main``: serve the API with uvicorn on GEMMA_SERVER__HOST:PORT."""
+"""``python -m gemma_chat.server.main``: serve the API with uvicorn on GEMMA_SERVER__HOST:PORT.
+
+On SIGTERM (or Ctrl-C) the server stops accepting, gives requests in flight
+GEMMA_SERVER__SHUTDOWN_TIMEOUT_SECONDS, cancels the rest, closes the service and exits 0.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+from typing import Any
 
-__all__ = ["main"]
+from gemma_chat.shared.config import Settings
+
+__all__ = ["main", "serve"]
 
 
-def main() -> None:
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
     from gemma_chat.server.app import create_app
+
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again; this handler
+    # (restored by uvicorn before it does) turns that into a clean exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level=settings.log_level.value.lower(),
+        timeout_graceful_shutdown=max(1, round(settings.server.shutdown_timeout_seconds)),
+    )
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    sys.exit(0)
+
+
+def main() -> None:
     from gemma_chat.shared.config import get_settings
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.value)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.log_level.value.lower(),
-    )
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from gemma_chat.domain.models import ChatSession, StreamChunk, TokenUsage
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.errors import APIError
 from gemma_chat.server.schemas import ChatCompletionRequest, CompletionRequest
-from gemma_chat.server.sse import DONE, error_event, event, finish_name
+from gemma_chat.server.sse import DONE, error_event, event, finish_name, primed
+from gemma_chat.shared.config import LimitsSettings
 from gemma_chat.shared.exceptions import GemmaChatError
 
 __all__ = ["router"]
@@ -35,8 +36,27 @@ async def list_models(service: Service) -> dict[str, Any]:
     }
 
 
-def _session_and_question(request: ChatCompletionRequest) -> tuple[ChatSession, str]:
+def _session_and_question(
+    request: ChatCompletionRequest, limits: LimitsSettings
+) -> tuple[ChatSession, str]:
     """The conversation before the last message, and the last message (the user's)."""
+    if len(request.messages) > limits.max_messages:
+        raise APIError(
+            400,
+            f"{len(request.messages)} messages; the limit is {limits.max_messages} "
+            "(GEMMA_LIMITS__MAX_MESSAGES).",
+            kind="invalid_request_error",
+            param="messages",
+        )
+    for index, message in enumerate(request.messages):
+        if len(message.content) > limits.max_message_chars:
+            raise APIError(
+                400,
+                f"messages[{index}] has {len(message.content)} characters; the limit is "
+                f"{limits.max_message_chars} (GEMMA_LIMITS__MAX_MESSAGE_CHARS).",
+                kind="invalid_request_error",
+                param=f"messages[{index}].content",
+            )
     *history, last = request.messages
     if last.role != "user":
         raise APIError(
@@ -77,7 +97,7 @@ def _identity(kind: str, prefix: str, model: str) -> dict[str, Any]:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     _only_one_choice(request.n)
-    session, question = _session_and_question(request)
+    session, question = _session_and_question(request, service.settings.limits)
     parameters = request.generation_parameters(service.llm.model_name)
     model = parameters.get("model", service.llm.model_name)
     if request.stream:  # a 400 now, not an error event in a started stream
@@ -85,7 +105,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
         identity = _identity("chat.completion.chunk", "chatcmpl", model)
-        chunks = service.stream_response(session, question, **parameters)
+        chunks = await primed(service.stream_response(session, question, **parameters), admission)
         events = _events(
             chunks,
             lambda delta, finish: {
@@ -133,7 +153,7 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
         service.check_request(prompts[0], **parameters)
     admission = Admission(http)
     if request.stream:
-        chunks = service.stream_completion(prompts[0], **parameters)
+        chunks = await primed(service.stream_completion(prompts[0], **parameters), admission)
         events = _events(
             chunks,
             lambda delta, finish: {

@@ -61,7 +61,9 @@ class _ChatGeneration(_Generation):
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
 
     def _max_new_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
 
 
 class ChatCompletionRequest(_ChatGeneration):

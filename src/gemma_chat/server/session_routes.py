@@ -9,11 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from gemma_chat.application.inference import InferenceService
-from gemma_chat.domain.models import ChatSession
+from gemma_chat.domain.models import ChatSession, StreamChunk
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
-from gemma_chat.server.sse import DONE, error_event, finish_name
+from gemma_chat.server.sse import DONE, error_event, finish_name, primed
 from gemma_chat.server.sse import event as sse_event
 from gemma_chat.shared.exceptions import GemmaChatError
 
@@ -86,7 +85,10 @@ async def send_message(
         service.check_request(body.content, **parameters)
     admission = Admission(http)  # 429 when too many requests are in flight
     if body.stream:
-        events = _stream(service, session, body.content, parameters, first_token_timer(http))
+        chunks = await primed(
+            service.stream_response(session, body.content, **parameters), admission
+        )
+        events = _stream(chunks, session, first_token_timer(http))
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
     try:
         response = await service.generate_response(session, body.content, **parameters)
@@ -109,13 +111,10 @@ async def send_message(
 
 
 async def _stream(
-    service: InferenceService,
+    chunks: AsyncIterator[StreamChunk],
     session: ChatSession,
-    content: str,
-    parameters: dict[str, Any],
     on_first_text: Callable[[], None],
 ) -> AsyncIterator[str]:
-    chunks = service.stream_response(session, content, **parameters)
     try:
         async for chunk in chunks:
             if chunk.text:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from gemma_chat.domain.models import FinishReason
+from gemma_chat.domain.models import FinishReason, StreamChunk
 
-__all__ = ["DONE", "error_event", "event", "finish_name"]
+if TYPE_CHECKING:
+    from gemma_chat.server.app import Admission
+
+__all__ = ["DONE", "Primed", "error_event", "event", "finish_name", "primed"]
 
 DONE = "data: [DONE]\n\n"
 
@@ -24,3 +28,37 @@ def error_event(exc: Exception) -> str:
 def finish_name(reason: FinishReason | None) -> str:
     """OpenAI knows stop and length; a cancelled stream has no reader left to tell."""
     return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+async def primed(chunks: AsyncIterator[StreamChunk], admission: Admission) -> Any:
+    """Wait for the first chunk before answering: a request the model refuses (too long for
+    its context, say) is then an HTTP error, not an error event in a started stream."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        admission.release()
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    return Primed(first, chunks)
+
+
+class Primed:
+    """The first chunk again, then the rest; closing it closes the stream behind it."""
+
+    def __init__(self, first: StreamChunk | None, rest: AsyncIterator[StreamChunk]) -> None:
+        self._first = first
+        self._rest = rest
+
+    def __aiter__(self) -> Primed:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
@@ -40,9 +40,12 @@ from gemma_chat.infrastructure.repositories import create_session_repository
 from gemma_chat.shared.config import Settings, get_settings
 from gemma_chat.shared.exceptions import (
     GemmaChatError,
+    GenerationTimeoutError,
     InferenceError,
     InvalidGenerationConfigError,
+    InvalidMessageError,
     ServiceStateError,
+    ValidationError,
 )
 
 __all__ = ["InferenceService", "ServiceState"]
@@ -192,7 +195,7 @@ class InferenceService:
             completion = self._cache.get(key)
             cached = completion is not None
             if completion is None:
-                completion = await self._guarded(llm.generate(messages, config))
+                completion = await self._guarded(self._in_time(llm.generate(messages, config)))
                 self._cache.put(key, completion)
             return await self._complete_turn(
                 llm, chat_session, user_message, completion, started, cached=cached
@@ -232,7 +235,7 @@ class InferenceService:
             parts: list[str] = []
             chunks = llm.stream(messages, config)
             try:
-                async for chunk in chunks:
+                async for chunk in self._timed(chunks):
                     parts.append(chunk.text)
                     if chunk.finish_reason is not None:
                         completion = Completion(
@@ -249,8 +252,8 @@ class InferenceService:
             except (asyncio.CancelledError, GeneratorExit):
                 self._stats.record_cancelled()
                 raise
-            except GemmaChatError:
-                self._stats.record_error()
+            except GemmaChatError as exc:
+                self._stats.record_error(client_error=isinstance(exc, ValidationError))
                 raise
             except Exception as exc:
                 self._stats.record_error()
@@ -273,9 +276,7 @@ class InferenceService:
     ) -> Completion:
         """Continue ``prompt`` as it is, without a session or a chat format."""
         self._require_open()
-        config = self.default_generation_config().with_overrides(
-            temperature=temperature, **overrides
-        )
+        config = self._config_for(prompt, "prompt", temperature, overrides)
         async with self._model(model) as llm:
             completer = _raw_completer(llm)
             started = time.perf_counter()
@@ -283,7 +284,7 @@ class InferenceService:
             completion = self._cache.get(key)
             cached = completion is not None
             if completion is None:
-                completion = await self._guarded(completer.complete(prompt, config))
+                completion = await self._guarded(self._in_time(completer.complete(prompt, config)))
                 self._cache.put(key, completion)
             self._stats.record_success(
                 time.perf_counter() - started,
@@ -302,23 +303,21 @@ class InferenceService:
     ) -> AsyncIterator[StreamChunk]:
         """``complete`` as a stream of chunks; the last one has ``finish_reason`` and usage."""
         self._require_open()
-        config = self.default_generation_config().with_overrides(
-            temperature=temperature, **overrides
-        )
+        config = self._config_for(prompt, "prompt", temperature, overrides)
         async with self._model(model) as llm:
             completer = _raw_completer(llm)
             started = time.perf_counter()
             chunks = completer.stream_completion(prompt, config)
             try:
-                async for chunk in chunks:
+                async for chunk in self._timed(chunks):
                     if chunk.finish_reason is not None:
                         usage = chunk.token_usage or TokenUsage()
                         self._stats.record_success(
                             time.perf_counter() - started, usage.completion_tokens, cached=False
                         )
                     yield chunk
-            except GemmaChatError:
-                self._stats.record_error()
+            except GemmaChatError as exc:
+                self._stats.record_error(client_error=isinstance(exc, ValidationError))
                 raise
             except Exception as exc:
                 self._stats.record_error()
@@ -340,18 +339,45 @@ class InferenceService:
             raise ServiceStateError(
                 f"session must be a ChatSession or a session id, got {type(session).__name__}."
             )
-        validate_content(user_message, what="user_message")
-        return self.default_generation_config().with_overrides(temperature=temperature, **overrides)
+        return self._config_for(user_message, "user_message", temperature, overrides)
+
+    def _config_for(
+        self, text: str, what: str, temperature: float | None, overrides: Mapping[str, Any]
+    ) -> GenerationConfig:
+        """The request's generation config, within GEMMA_LIMITS__*."""
+        limits = self.settings.limits
+        validate_content(text, what=what)
+        if len(text) > limits.max_message_chars:
+            raise InvalidMessageError(
+                f"{what} has {len(text)} characters; the limit is {limits.max_message_chars} "
+                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS)."
+            )
+        config = self.default_generation_config().with_overrides(
+            temperature=temperature, **overrides
+        )
+        if overrides.get("max_new_tokens") is None and config.max_new_tokens > limits.max_tokens:
+            # The settings' default may exceed the limit; only an explicit ask is an error.
+            config = config.with_overrides(max_new_tokens=limits.max_tokens)
+        if config.max_new_tokens > limits.max_tokens:
+            raise InvalidGenerationConfigError(
+                f"max_new_tokens={config.max_new_tokens} is over the limit of "
+                f"{limits.max_tokens} (GEMMA_LIMITS__MAX_TOKENS)."
+            )
+        if len(config.stop) > limits.max_stop_sequences:
+            raise InvalidGenerationConfigError(
+                f"{len(config.stop)} stop sequences; the limit is {limits.max_stop_sequences} "
+                "(GEMMA_LIMITS__MAX_STOP_SEQUENCES)."
+            )
+        return config
 
     async def _resolve(self, session: ChatSession | str) -> ChatSession:
         return await self._sessions.get(session) if isinstance(session, str) else session
 
     def check_request(self, text: str, **parameters: Any) -> None:
         """Raise now what a request would raise when it starts (a stream starts late)."""
-        validate_content(text)
         parameters.pop("model", None)
         temperature = parameters.pop("temperature", None)
-        self.default_generation_config().with_overrides(temperature=temperature, **parameters)
+        self._config_for(text, "content", temperature, parameters)
 
     def default_generation_config(self) -> GenerationConfig:
         """The generation parameters of a request that overrides nothing (from settings)."""
@@ -369,14 +395,39 @@ class InferenceService:
     def _conversation(session: ChatSession, user_message: str) -> list[ChatMessage]:
         return [*session.to_chat_messages(), {"role": Role.USER.value, "content": user_message}]
 
+    def _timeout_error(self) -> GenerationTimeoutError:
+        limit = self.settings.limits.request_timeout_seconds
+        return GenerationTimeoutError(
+            f"The answer took longer than {limit:g} s (GEMMA_LIMITS__REQUEST_TIMEOUT_SECONDS) "
+            "and was stopped; ask for fewer tokens or raise the limit."
+        )
+
+    async def _in_time(self, call: Awaitable[Completion]) -> Completion:
+        try:
+            return await asyncio.wait_for(call, self.settings.limits.request_timeout_seconds)
+        except TimeoutError:
+            raise self._timeout_error() from None
+
+    async def _timed(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+        """``chunks`` until the request's time limit; then the stream stops with an error."""
+        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), deadline - time.monotonic())
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise self._timeout_error() from None
+            yield chunk
+
     async def _guarded(self, call: Any) -> Completion:
         try:
             completion: Completion = await call
         except asyncio.CancelledError:
             self._stats.record_cancelled()
             raise
-        except GemmaChatError:
-            self._stats.record_error()
+        except GemmaChatError as exc:
+            self._stats.record_error(client_error=isinstance(exc, ValidationError))
             raise
         except Exception as exc:  # an adapter outside BaseLLM that did not map its error
             self._stats.record_error()

@@ -15,6 +15,7 @@ _RECENT = 20  # outcomes that decide whether the service is degraded
 class ServiceStatistics:
     request_count: int = 0
     error_count: int = 0
+    rejected_count: int = 0  # requests refused for their input
     cancelled_count: int = 0
     cache_hits: int = 0
     total_request_time: float = 0.0
@@ -32,7 +33,11 @@ class ServiceStatistics:
             self.completion_tokens += completion_tokens
             self.generation_time += seconds
 
-    def record_error(self) -> None:
+    def record_error(self, *, client_error: bool = False) -> None:
+        """A failed request; a client's mistake (bad input) says nothing of the service's health."""
+        if client_error:
+            self.rejected_count += 1
+            return
         self.error_count += 1
         self.recent_failures.append(True)
 
@@ -50,6 +55,7 @@ class ServiceStatistics:
         return {
             "request_count": requests,
             "error_count": self.error_count,
+            "rejected_count": self.rejected_count,
             "cancelled_count": self.cancelled_count,
             "avg_request_time": self.total_request_time / requests if requests else 0.0,
             "cache_hits": self.cache_hits,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -9,6 +10,9 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 from gemma_chat.domain.errors import InvalidMessageError
+
+# C0 controls other than tab, newline and carriage return, and DEL: never text a model reads.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 __all__ = ["ChatMessage", "Message", "Role", "TokenUsage", "utc_now"]
 
@@ -75,12 +79,26 @@ class TokenUsage:
 
 
 def validate_content(
-    content: object, *, what: str = "Message content", allow_empty: bool = False
+    content: object,
+    *,
+    what: str = "Message content",
+    allow_empty: bool = False,
+    model_output: bool = False,
 ) -> str:
+    """Check text a client sent. ``model_output``: text a model wrote, which may be empty and
+    may hold control characters (it is stored as it was, and must not poison the history)."""
     if not isinstance(content, str):
         raise InvalidMessageError(f"{what} must be a string, got {type(content).__name__}.")
-    if not allow_empty and not content.strip():
+    if not (allow_empty or model_output) and not content.strip():
         raise InvalidMessageError(f"{what} must not be empty.")
+    if model_output:
+        return content
+    control = _CONTROL.search(content)
+    if control is not None:
+        raise InvalidMessageError(
+            f"{what} contains the control character U+{ord(control.group()):04X} at "
+            f"{control.start()}: remove it (tabs and newlines are fine)."
+        )
     return content
 
 
@@ -94,8 +112,8 @@ class Message:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role.parse(self.role))
-        # A model may legitimately answer nothing (it ended its turn at once).
-        validate_content(self.content, allow_empty=self.role is Role.ASSISTANT)
+        # A model may answer nothing (it ended its turn at once), or odd bytes: kept as written.
+        validate_content(self.content, model_output=self.role is Role.ASSISTANT)
         if not isinstance(self.id, str) or not self.id:
             raise InvalidMessageError(f"A message id must be a non-empty string, got {self.id!r}.")
         if self.token_count is not None and (

@@ -359,7 +359,7 @@ def _validated(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         content = validate_content(
             message.get("content"),
             what=f"messages[{index}].content",
-            allow_empty=role is Role.ASSISTANT,
+            model_output=role is Role.ASSISTANT,
         )
         chat.append({"role": role.value, "content": content})
     return chat

@@ -21,6 +21,7 @@ __all__ = [
     "EMBEDDED_MODEL_NAME",
     "CacheSettings",
     "Environment",
+    "LimitsSettings",
     "LogLevel",
     "ModelSettings",
     "PerformanceSettings",
@@ -114,6 +115,19 @@ class ServerSettings(_Section):
     cors_origins: list[str] = Field(default_factory=list)
     # Generation requests in flight (decoding or waiting for a batch slot); beyond it: 429.
     max_pending_requests: int = Field(64, ge=1)
+    # On SIGTERM: stop accepting, give requests in flight this long, then cancel them.
+    shutdown_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class LimitsSettings(_Section):
+    """What one request may ask for; beyond it, a clear 4xx (or a domain error)."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_messages: int = Field(256, ge=1)
+    max_message_chars: int = Field(32_000, ge=1)
+    max_tokens: int = Field(4096, ge=1)
+    max_stop_sequences: int = Field(4, ge=0)
+    request_timeout_seconds: float = Field(300.0, gt=0)
 
 
 class StorageSettings(_Section):
@@ -148,6 +162,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("log_level", "environment", mode="before")
     @classmethod
