@@ -216,3 +216,22 @@ async def test_a_corrupt_converted_model_is_detected_and_rebuilt(
     await third.load()
     assert (directory / "manifest.json").is_file()
     assert (await third.generate(chat("hi"), GREEDY)).text == expected
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_request_frees_its_batch_slot(tiny_model_dir: Path) -> None:
+    from gemma_chat import GenerationTimeoutError
+
+    settings = get_settings(
+        model={"name": str(tiny_model_dir), "context_length": 8192},
+        limits={"request_timeout_seconds": 0.2},
+    )
+    async with InferenceService(settings) as service:
+        with pytest.raises(GenerationTimeoutError):
+            await service.generate_response(
+                ChatSession(), "go on", temperature=0.9, max_new_tokens=4000
+            )
+        await asyncio.sleep(0.2)
+        assert scheduler_info(service.llm)["active"] == 0  # type: ignore[arg-type]
+        answer = await service.generate_response(ChatSession(), "short", max_new_tokens=3)
+    assert answer.token_usage.completion_tokens <= 3

@@ -442,3 +442,22 @@ async def test_odd_characters_a_model_wrote_do_not_poison_the_next_turn() -> Non
             await service.generate_response(session, "typed \x04 by a client")
     assert second.content == "fine"
     assert session.messages[1].content == "odd \x04 bytes \x00"
+
+
+@pytest.mark.asyncio
+async def test_a_generation_over_the_time_limit_ends_with_a_clear_error() -> None:
+    from gemma_chat import GenerationTimeoutError
+
+    settings = get_settings(limits={"request_timeout_seconds": 0.05})
+    llm = FakeLLM(["one two three four five six"], delay=0.1)
+    session = ChatSession()
+    async with InferenceService(settings, llm=llm) as service:
+        with pytest.raises(GenerationTimeoutError, match="GEMMA_LIMITS__REQUEST_TIMEOUT_SECONDS"):
+            await service.generate_response(session, "hi")
+        with pytest.raises(GenerationTimeoutError):
+            async for _ in service.stream_response(session, "hi"):
+                pass
+        assert session.messages == ()
+        assert llm.streams_closed == 1  # the stream was closed: its generation stopped
+        llm.delay = 0
+        assert (await service.generate_response(session, "hi")).content

@@ -327,3 +327,35 @@ def test_a_bad_streamed_request_is_refused_before_the_stream_starts(
     assert response.json()["error"]["type"] == "invalid_request_error"
     # ...and its place among the requests in flight was given back.
     assert client.app.state.gemma.pending == 0  # type: ignore[attr-defined]
+
+
+def test_neither_the_api_key_nor_the_prompt_is_logged_at_info(
+    llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    secret_prompt = "my secret medical question 4711"
+    with caplog.at_level(logging.INFO), make_client(llm, api_key="key-0815") as client:
+        wait_until_ready(client)
+        headers = {"Authorization": "Bearer key-0815"}
+        client.post("/v1/chat/completions", json=user_chat(secret_prompt), headers=headers)
+        client.post("/v1/chat/completions", json=user_chat(secret_prompt))  # 401
+        llm.fail_with = RuntimeError("boom")
+        client.post("/v1/chat/completions", json=user_chat(secret_prompt), headers=headers)
+    assert "key-0815" not in caplog.text
+    assert secret_prompt not in caplog.text
+
+
+def user_chat(content: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+def test_cors_is_closed_unless_configured(llm: FakeLLM) -> None:
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    with make_client(llm) as closed:
+        response = closed.options("/v1/chat/completions", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    with make_client(llm, cors_origins=["https://app.example"]) as open_client:
+        allowed = {**preflight, "Origin": "https://app.example"}
+        response = open_client.options("/v1/chat/completions", headers=allowed)
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
