@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ class GemmaLLM(BaseLLM):
         self._plan: PrecisionPlan | None = None
         self._source: ModelSource | None = None
         self._chat_format: ChatFormat | None = None  # None: the tokenizer's chat template
+        self._control_tokens: re.Pattern[str] | None = None
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class GemmaLLM(BaseLLM):
             has_template=bool(loop.tokenizer.chat_template),
             model_name=f"{settings.model.name} {source.gguf_file or ''}",
         )
+        self._control_tokens = None  # for this tokenizer, compiled on first need
         self._loop, self._plan, self._source = loop, plan, source
         self.load_seconds = time.perf_counter() - started
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
@@ -121,9 +124,26 @@ class GemmaLLM(BaseLLM):
 
     def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
         tokenizer = self._require_loop().tokenizer
+        # Text that spells a control token ("<start_of_turn>", "<bos>") must stay text: a
+        # zero-width space after its "<" keeps the tokenizer from reading it as the token.
+        safe: list[ChatMessage] = [
+            {"role": m["role"], "content": self._defuse(m["content"])} for m in messages
+        ]
         if self._chat_format is None:
-            return tokenizer.render_chat(messages)
-        return self._chat_format.render(messages, tokenizer.bos_token or "")
+            return tokenizer.render_chat(safe)
+        return self._chat_format.render(safe, tokenizer.bos_token or "")
+
+    def _defuse(self, text: str) -> str:
+        if "<" not in text:
+            return text
+        if self._control_tokens is None:  # compiled on first need: ~0.1 s for Gemma's 6k tokens
+            specials = sorted(
+                (t for t in self._require_loop().tokenizer.special_tokens if t.startswith("<")),
+                key=len,
+                reverse=True,
+            )
+            self._control_tokens = re.compile("|".join(map(re.escape, specials)) or "(?!)")
+        return self._control_tokens.sub(lambda m: "<\u200b" + m.group()[1:], text)
 
     def count_tokens(self, text: str) -> int:
         return len(self._require_loop().tokenizer.encode(text))

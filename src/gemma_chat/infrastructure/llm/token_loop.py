@@ -29,6 +29,9 @@ class TextTokenizer(Protocol):
     @property
     def eos_token_id(self) -> int | None: ...
 
+    @property
+    def special_tokens(self) -> frozenset[str]: ...
+
     def render_chat(self, messages: Sequence[ChatMessage]) -> str: ...
 
 
@@ -79,6 +82,12 @@ class HFTokenizer:
     def eos_token_id(self) -> int | None:
         found = self._tokenizer.eos_token_id
         return int(found) if found is not None else None
+
+    @property
+    def special_tokens(self) -> frozenset[str]:
+        decoder = getattr(self._tokenizer, "added_tokens_decoder", {}) or {}
+        added = {t.content for t in decoder.values() if getattr(t, "special", False)}
+        return frozenset(added | set(self._tokenizer.all_special_tokens))
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         prompt: str = self._tokenizer.apply_chat_template(

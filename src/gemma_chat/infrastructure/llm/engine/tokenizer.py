@@ -56,6 +56,11 @@ class FastTokenizer:
     def eos_token_id(self) -> int | None:
         return self.token_id(self.eos_token)
 
+    @property
+    def special_tokens(self) -> frozenset[str]:
+        decoder = self._tokenizer.get_added_tokens_decoder()
+        return frozenset(t.content for t in decoder.values() if t.special)
+
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         """The tokenizer's chat template, rendered as transformers renders it."""
         if not self.chat_template:
