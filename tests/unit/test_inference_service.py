@@ -461,3 +461,18 @@ async def test_a_generation_over_the_time_limit_ends_with_a_clear_error() -> Non
         assert llm.streams_closed == 1  # the stream was closed: its generation stopped
         llm.delay = 0
         assert (await service.generate_response(session, "hi")).content
+
+
+@pytest.mark.asyncio
+async def test_streams_count_cancellations_only_when_stopped_early() -> None:
+    llm = FakeLLM(["one two three"])
+    async with InferenceService(llm=llm) as service:
+        [c async for c in service.stream_response(ChatSession(), "a")]
+        [c async for c in service.stream_completion("a")]
+        assert (await service.get_statistics())["cancelled_count"] == 0
+        for stream in (service.stream_response(ChatSession(), "b"), service.stream_completion("b")):
+            await anext(stream)
+            await stream.aclose()  # type: ignore[attr-defined]
+        stats = await service.get_statistics()
+    assert stats["cancelled_count"] == 2
+    assert llm.streams_closed == 4

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from contextlib import aclosing, asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
@@ -233,9 +233,8 @@ class InferenceService:
                 yield StreamChunk("", hit.finish_reason, hit.token_usage)
                 return
             parts: list[str] = []
-            chunks = llm.stream(messages, config)
-            try:
-                async for chunk in self._timed(chunks):
+            async with aclosing(self._guarded_stream(llm.stream(messages, config))) as chunks:
+                async for chunk in chunks:
                     parts.append(chunk.text)
                     if chunk.finish_reason is not None:
                         completion = Completion(
@@ -249,21 +248,6 @@ class InferenceService:
                         yield chunk
                         return
                     yield chunk
-            except (asyncio.CancelledError, GeneratorExit):
-                self._stats.record_cancelled()
-                raise
-            except GemmaChatError as exc:
-                self._stats.record_error(client_error=isinstance(exc, ValidationError))
-                raise
-            except Exception as exc:
-                self._stats.record_error()
-                raise InferenceError(f"The model failed while streaming: {exc}") from exc
-            finally:
-                # Close the model's stream now, not when it is garbage collected: that is what
-                # stops its generation when our consumer stops early.
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
             raise InferenceError("The model's stream ended without a final chunk.")
 
     async def complete(
@@ -307,25 +291,40 @@ class InferenceService:
         async with self._model(model) as llm:
             completer = _raw_completer(llm)
             started = time.perf_counter()
-            chunks = completer.stream_completion(prompt, config)
-            try:
-                async for chunk in self._timed(chunks):
+            stream = self._guarded_stream(completer.stream_completion(prompt, config))
+            async with aclosing(stream) as chunks:
+                async for chunk in chunks:
                     if chunk.finish_reason is not None:
                         usage = chunk.token_usage or TokenUsage()
                         self._stats.record_success(
                             time.perf_counter() - started, usage.completion_tokens, cached=False
                         )
                     yield chunk
-            except GemmaChatError as exc:
-                self._stats.record_error(client_error=isinstance(exc, ValidationError))
-                raise
-            except Exception as exc:
-                self._stats.record_error()
-                raise InferenceError(f"The model failed while streaming: {exc}") from exc
-            finally:
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+
+    async def _guarded_stream(
+        self, chunks: AsyncIterator[StreamChunk]
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """A model's stream within the time limit, its failures counted and mapped; closing this
+        closes the model's stream at once, which stops its generation."""
+        finished = False
+        try:
+            async for chunk in self._timed(chunks):
+                finished = chunk.finish_reason is not None
+                yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            if not finished:  # closed after its last chunk is a normal end, not a cancellation
+                self._stats.record_cancelled()
+            raise
+        except GemmaChatError as exc:
+            self._stats.record_error(client_error=isinstance(exc, ValidationError))
+            raise
+        except Exception as exc:
+            self._stats.record_error()
+            raise InferenceError(f"The model failed while streaming: {exc}") from exc
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _begin(
         self,

@@ -124,9 +124,6 @@ class KVCache:
         grown_v[:, : self.slots, :, : self.capacity] = self.v
         self.k, self.v = grown_k, grown_v
 
-    def ensure_capacity(self, length: int) -> None:
-        self.ensure(self.slots, length)
-
     def read(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of one slot's first ``length`` positions: [L, H_kv, length, D] each."""
         return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()
