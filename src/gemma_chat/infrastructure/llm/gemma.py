@@ -49,6 +49,7 @@ class GemmaLLM(BaseLLM):
         self._source: ModelSource | None = None
         self._chat_format: ChatFormat | None = None  # None: the tokenizer's chat template
         self._control_tokens: re.Pattern[str] | None = None
+        self._last_encoded: tuple[str, list[int]] | None = None
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class GemmaLLM(BaseLLM):
             model_name=f"{settings.model.name} {source.gguf_file or ''}",
         )
         self._control_tokens = None  # for this tokenizer, compiled on first need
+        self._last_encoded = None
         self._loop, self._plan, self._source = loop, plan, source
         self.load_seconds = time.perf_counter() - started
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
@@ -146,7 +148,17 @@ class GemmaLLM(BaseLLM):
         return self._control_tokens.sub(lambda m: "<\u200b" + m.group()[1:], text)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._require_loop().tokenizer.encode(text))
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; the last prompt is remembered, since BaseLLM counts a prompt's
+        tokens (context check) just before it is generated from."""
+        last = self._last_encoded
+        if last is not None and last[0] == text:
+            return last[1]
+        ids = self._require_loop().tokenizer.encode(text)
+        self._last_encoded = (text, ids)
+        return ids
 
     @property
     def context_length(self) -> int | None:
@@ -205,7 +217,7 @@ class GemmaLLM(BaseLLM):
                 job.cancel.set()
 
         job = GenerationJob(
-            prompt_ids=token_loop.tokenizer.encode(prompt),
+            prompt_ids=list(self._encode(prompt)),
             sampling=SamplingParams(
                 temperature=kwargs["temperature"],
                 top_p=kwargs["top_p"],
