@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,7 @@ import httpx
 import pytest
 
 from gemma_chat.testing.tiny_gemma import build_tiny_gemma
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.e2e.servers import free_port, wait_until_healthy
 
 
 class Server:
@@ -37,16 +30,8 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.process.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.1)
+        process = self.process
+        wait_until_healthy(self.url, timeout=120, alive=lambda: process.poll() is None)
 
     def kill(self) -> None:
         assert self.process is not None

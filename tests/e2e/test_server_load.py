@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from gemma_chat import get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+from tests.e2e.servers import threaded_server
 
 LIMIT = 48  # requests in flight; the rest of a burst of 64 gets 429
 
@@ -32,27 +30,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         storage={"url": f"sqlite://{db}"},
         cache_dir=tmp_path_factory.mktemp("load-cache"),
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with threaded_server(create_app(settings)) as url:
+        yield url
 
 
 async def one_client(client: httpx.AsyncClient, number: int) -> tuple[int, str, str]:

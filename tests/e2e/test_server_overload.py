@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from gemma_chat import InferenceService, get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing import FakeLLM
+from tests.e2e.servers import threaded_server
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
 
@@ -23,26 +21,9 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
 def base_url() -> Iterator[str]:
     settings = get_settings(server={"max_pending_requests": 3})
     llm = FakeLLM(["one two three four"], delay=0.1)  # 0.4 s a streamed answer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(settings, InferenceService(settings, llm=llm))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with threaded_server(app, timeout=30) as url:
+        yield url
 
 
 async def burst(url: str, count: int, stream: bool) -> list[httpx.Response]:

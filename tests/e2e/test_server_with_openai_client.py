@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from openai import AuthenticationError, BadRequestError, OpenAI
 
 from gemma_chat import get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+from tests.e2e.servers import threaded_server
 
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +27,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         storage={"url": f"sqlite://{tmp_path_factory.mktemp('server-db') / 'sessions.db'}"},
         cache_dir=tmp_path_factory.mktemp("server-cache"),
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become healthy"
-        time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with threaded_server(create_app(settings), timeout=120) as url:
+        yield url
 
 
 @pytest.fixture
