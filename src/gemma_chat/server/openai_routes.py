@@ -100,8 +100,6 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     session, question = _session_and_question(request, service.settings.limits)
     parameters = request.generation_parameters(service.llm.model_name)
     model = parameters.get("model", service.llm.model_name)
-    if request.stream:  # a 400 now, not an error event in a started stream
-        service.check_request(question, **parameters)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
         identity = _identity("chat.completion.chunk", "chatcmpl", model)
@@ -149,8 +147,6 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
     _only_one_choice(request.n)
     parameters = request.generation_parameters(service.llm.model_name)
     identity = _identity("text_completion", "cmpl", parameters.get("model", service.llm.model_name))
-    if request.stream:  # a 400 now, not an error event in a started stream
-        service.check_request(prompts[0], **parameters)
     admission = Admission(http)
     if request.stream:
         chunks = await primed(service.stream_completion(prompts[0], **parameters), admission)

@@ -81,8 +81,6 @@ async def send_message(
 ) -> Any:
     session = await service.get_session(session_id)  # 404 before any streaming starts
     parameters = body.generation_parameters(service.llm.model_name)
-    if body.stream:  # a 400 now, not an error event in a started stream
-        service.check_request(body.content, **parameters)
     admission = Admission(http)  # 429 when too many requests are in flight
     if body.stream:
         chunks = await primed(

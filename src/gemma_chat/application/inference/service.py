@@ -372,12 +372,6 @@ class InferenceService:
     async def _resolve(self, session: ChatSession | str) -> ChatSession:
         return await self._sessions.get(session) if isinstance(session, str) else session
 
-    def check_request(self, text: str, **parameters: Any) -> None:
-        """Raise now what a request would raise when it starts (a stream starts late)."""
-        parameters.pop("model", None)
-        temperature = parameters.pop("temperature", None)
-        self._config_for(text, "content", temperature, parameters)
-
     def default_generation_config(self) -> GenerationConfig:
         """The generation parameters of a request that overrides nothing (from settings)."""
         m = self.settings.model
