@@ -94,9 +94,16 @@ async def test_a_cancelled_request_leaves_the_others_untouched(tiny_model_dir: P
     await llm.load()
     config = GenerationConfig(temperature=0, max_new_tokens=60)
     expected = (await llm.generate(chat(PROMPTS[0]), config)).text
-    doomed = asyncio.create_task(llm.generate(chat(PROMPTS[1]), config))
+    started = asyncio.Event()
+
+    async def doomed_consumer() -> None:
+        async for _ in llm.stream(chat(PROMPTS[1]), config):
+            started.set()
+            await asyncio.Event().wait()  # still reading when cancelled, however fast the model
+
+    doomed = asyncio.create_task(doomed_consumer())
     survivor = asyncio.create_task(llm.generate(chat(PROMPTS[0]), config))
-    await asyncio.sleep(0.05)
+    await started.wait()
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model, KVCache
 from gemma_chat.infrastructure.llm.engine.q8 import (
     Q8Embedding,
     Q8Kernels,
     Q8Linear,
     load_kernels,
+    quantize_model,
     quantize_weight,
 )
 
@@ -106,3 +108,67 @@ async def test_the_engine_uses_int8_by_default_and_bfloat16_without_a_compiler(
     assert fallback.get_model_info()["weights"] == "bfloat16"
     with pytest.raises(ConfigurationError, match="C compiler"):
         await llm(quantization="int8").load()
+
+
+def small_q8_model(kernels: Q8Kernels) -> Gemma3Model:
+    config = Gemma3Config(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        rms_norm_eps=1e-6,
+        sliding_window=8,  # shorter than the prompts: the windowed path is exercised
+        sliding_layers=(True, False, True),
+        rope_theta_global=10_000.0,
+        rope_theta_local=1_000.0,
+        query_pre_attn_scalar=32.0,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = Gemma3Model(config)
+    for parameter in model.parameters():
+        parameter.data.normal_(0.0, 0.3)
+    model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
+    quantize_model(model, kernels, tied=True)
+    return model.eval()
+
+
+def decode_logits(
+    model: Gemma3Model, prompts: torch.Tensor, slots: list[int], fused: bool
+) -> torch.Tensor:
+    """Prefill ``prompts`` [B, S] into ``slots``, then one decode step: logits [B, V]."""
+    decoder = model.block_decoder
+    b, s = prompts.shape
+    cache = KVCache(model.config, slots=4, dtype=torch.float32)
+    rows = torch.tensor(slots)
+    with torch.inference_mode():
+        model(prompts, torch.arange(s).repeat(b, 1), rows, cache)
+        model.block_decoder = decoder if fused else None
+        try:
+            return model(prompts[:, -1:], torch.full((b, 1), s), rows, cache, decoding=True)
+        finally:
+            model.block_decoder = decoder
+
+
+def test_the_fused_decode_step_matches_the_step_op_by_op(kernels: Q8Kernels) -> None:
+    model = small_q8_model(kernels)
+    assert model.block_decoder is not None
+    prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(2))
+    fused = decode_logits(model, prompts, [2, 0, 1], fused=True)
+    op_by_op = decode_logits(model, prompts, [2, 0, 1], fused=False)
+    assert relative_error(fused, op_by_op) < 0.02
+    assert torch.equal(fused.argmax(-1), op_by_op.argmax(-1))
+
+
+def test_the_fused_decode_step_gives_a_row_the_same_bits_alone_or_in_a_batch(
+    kernels: Q8Kernels,
+) -> None:
+    model = small_q8_model(kernels)
+    prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(3))
+    batched = decode_logits(model, prompts, [0, 1, 2], fused=True)
+    for i in range(3):
+        alone = decode_logits(model, prompts[i : i + 1], [i], fused=True)
+        assert torch.equal(alone[0], batched[i])

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Gemma3Config", "Gemma3Model", "KVCache"]
+__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,19 @@ class KVCache:
         self.v[:, slot, :, :length] = v
 
 
+class BlockDecoder(Protocol):
+    """Runs every block of a decode step at once (e.g. fused in C); returns x [B, 1, E]."""
+
+    def __call__(
+        self,
+        model: Gemma3Model,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor: ...
+
+
 class RMSNorm(nn.Module):
     """Gemma's RMSNorm, ``x / rms(x) * (1 + w)`` computed in float32."""
 
@@ -154,6 +167,7 @@ class Block(nn.Module):
     def __init__(self, config: Gemma3Config, layer: int) -> None:
         super().__init__()
         c = config
+        self.config = config
         self.layer = layer
         self.sliding = c.sliding_layers[layer]
         self.n_q = c.num_heads * c.head_dim
@@ -262,6 +276,7 @@ class Gemma3Model(nn.Module):
         self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
         self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
+        self.block_decoder: BlockDecoder | None = None  # a faster decode step (q8.py)
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,10 +309,31 @@ class Gemma3Model(nn.Module):
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(dtype)
         x = x * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
+        if decoding and self.block_decoder is not None:
+            x = self.block_decoder(self, x, positions, slots, cache)
+        else:
+            x = self._blocks(x, positions, slots, cache, length, decoding)
+        if last_only:
+            x = x[:, -1]  # [B, E]
+        x = self.norm(x)
+        logits: torch.Tensor = self.lm_head(x).float()
+        softcap = self.config.final_logit_softcapping
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _blocks(
+        self,
+        x: torch.Tensor,  # [B, S, E]
+        positions: torch.Tensor,  # [B, S]
+        slots: torch.Tensor,  # [B]
+        cache: KVCache,
+        length: int,
+        decoding: bool,
+    ) -> torch.Tensor:
+        dtype = self.compute_dtype
         masks, ropes = {}, {}
-        for local in (False, True):
-            if local not in self.config.sliding_layers:
-                continue
+        for local in set(self.config.sliding_layers):
             cos, sin = self.rope_tables(local, length)
             ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
             masks[local] = self._mask(positions, length, local, dtype)
@@ -307,14 +343,7 @@ class Gemma3Model(nn.Module):
             assert isinstance(block, Block)
             local = block.sliding
             x = block(x, ropes[local], slots, positions, cache, masks[local], length, run, decoding)
-        if last_only:
-            x = x[:, -1]  # [B, E]
-        x = self.norm(x)
-        logits: torch.Tensor = self.lm_head(x).float()
-        softcap = self.config.final_logit_softcapping
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return x
 
     def _mask(
         self, positions: torch.Tensor, length: int, local: bool, dtype: torch.dtype
