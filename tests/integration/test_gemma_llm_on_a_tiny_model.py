@@ -159,11 +159,16 @@ async def test_a_consumer_that_stops_reading_stops_the_generation(
 async def test_a_cancelled_request_stops_the_generation(tiny_model_dir: Path, engine: str) -> None:
     llm = await loaded(tiny_model_dir, engine, context_length=4096)
     calls = count_forward_calls(llm)
-    task = asyncio.create_task(
-        llm.generate(HELLO, GenerationConfig(temperature=0.8, max_new_tokens=4000, seed=1))
-    )
-    while calls[0] < 10:  # under way (however fast the model decodes)
-        await asyncio.sleep(0.001)
+    under_way = asyncio.Event()
+
+    async def consume() -> None:
+        config = GenerationConfig(temperature=0.8, max_new_tokens=4000, seed=1)
+        async for _ in llm.stream(HELLO, config):
+            under_way.set()
+            await asyncio.Event().wait()  # cancelled here, however fast the model decodes
+
+    task = asyncio.create_task(consume())
+    await under_way.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

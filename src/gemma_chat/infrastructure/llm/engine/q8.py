@@ -258,13 +258,6 @@ class Q8BlockDecoder:
         for block in self._blocks:
             assert isinstance(block, Block)
 
-            def weight(name: str) -> _WeightArgs:
-                linear = getattr(block, name)
-                assert isinstance(linear, Q8Linear)
-                self._alive += [linear.q, linear.scale]
-                n, k = linear.q.shape
-                return _WeightArgs(linear.q.data_ptr(), linear.scale.data_ptr(), n, k)
-
             norms = {}
             for name in _NORMS:
                 scale = (1.0 + getattr(block, name).weight.float()).contiguous()
@@ -273,10 +266,10 @@ class Q8BlockDecoder:
             config = block.config
             self._args.append(
                 _BlockArgs(
-                    qkv=weight("qkv"),
-                    o=weight("o"),
-                    gate_up=weight("gate_up"),
-                    down=weight("down"),
+                    qkv=self._weight(block.qkv),
+                    o=self._weight(block.o),
+                    gate_up=self._weight(block.gate_up),
+                    down=self._weight(block.down),
                     **norms,
                     hidden=config.hidden_size,
                     heads=block.heads,
@@ -288,6 +281,12 @@ class Q8BlockDecoder:
                     scaling=block.scaling,
                 )
             )
+
+    def _weight(self, linear: nn.Module) -> _WeightArgs:
+        assert isinstance(linear, Q8Linear)
+        self._alive += [linear.q, linear.scale]
+        n, k = linear.q.shape
+        return _WeightArgs(linear.q.data_ptr(), linear.scale.data_ptr(), n, k)
 
     def __call__(
         self,
