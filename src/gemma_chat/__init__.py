@@ -2,8 +2,8 @@
 
 >>> from gemma_chat import InferenceService, ChatSession
 
-Importing this package loads no model and does not import torch; ``GemmaLLM`` is imported on
-first use.
+Importing this package loads no model and imports neither torch nor openai; ``GemmaLLM``,
+``OpenAICompatibleLLM`` and ``VLLMLLM`` are imported on first use.
 """
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gemma_chat.application.inference import InferenceService, ServiceState
-from gemma_chat.domain.interfaces import LLMProtocol, RawCompletionProtocol, SessionRepository
+from gemma_chat.domain.interfaces import (
+    HealthCheckProtocol,
+    LLMProtocol,
+    RawCompletionProtocol,
+    SessionRepository,
+)
 from gemma_chat.domain.models import (
     ChatMessage,
     ChatSession,
@@ -29,6 +34,8 @@ from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME, LogLevel, Settings, get_settings
 from gemma_chat.shared.exceptions import (
+    BackendOverloadedError,
+    BackendUnavailableError,
     ConfigurationError,
     ContextLengthExceededError,
     GemmaChatError,
@@ -48,11 +55,16 @@ from gemma_chat.shared.exceptions import (
 
 if TYPE_CHECKING:
     from gemma_chat.infrastructure.llm.gemma import GemmaLLM
+    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.vllm import VLLMLLM
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",
+    "VLLMLLM",
+    "BackendOverloadedError",
+    "BackendUnavailableError",
     "BaseLLM",
     "ChatMessage",
     "ChatSession",
@@ -65,6 +77,7 @@ __all__ = [
     "GenerationCancelledError",
     "GenerationConfig",
     "GenerationTimeoutError",
+    "HealthCheckProtocol",
     "InMemorySessionRepository",
     "InferenceError",
     "InferenceResponse",
@@ -79,6 +92,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotLoadedError",
+    "OpenAICompatibleLLM",
     "OutOfMemoryError",
     "RawCompletionProtocol",
     "Role",
@@ -98,8 +112,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "GemmaLLM":  # imports torch and transformers: only when asked for
+    # Adapters import heavy libraries (torch, openai): only when asked for.
+    if name == "GemmaLLM":
         from gemma_chat.infrastructure.llm.gemma import GemmaLLM
 
         return GemmaLLM
+    if name == "OpenAICompatibleLLM":
+        from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+
+        return OpenAICompatibleLLM
+    if name == "VLLMLLM":
+        from gemma_chat.infrastructure.llm.vllm import VLLMLLM
+
+        return VLLMLLM
     raise AttributeError(f"module 'gemma_chat' has no attribute {name!r}")

@@ -220,6 +220,41 @@ async def test_truncation_still_fails_when_the_newest_message_alone_is_too_long(
         await llm.generate([{"role": "user", "content": "z " * 40}], GREEDY)
 
 
+class ChatAPILLM(FakeLLM):
+    """An adapter of a chat API: it takes the conversation itself, not a formatted prompt."""
+
+    takes_messages = True
+
+
+@pytest.mark.asyncio
+async def test_a_chat_api_adapter_gets_the_messages_it_must_send() -> None:
+    llm = ChatAPILLM(context_length=45, settings=get_settings(model={"truncate_history": True}))
+    await llm.load()
+    messages = [
+        {"role": "system", "content": "SYSTEM rules"},
+        {"role": "user", "content": "OLDEST " + "x " * 20},
+        {"role": "assistant", "content": "old answer " + "y " * 10},
+        {"role": "user", "content": "NEWEST question"},
+    ]
+    short = GenerationConfig(max_new_tokens=10)
+    await llm.generate(messages, short)
+    async for _ in llm.stream(HELLO, short):
+        pass
+    # The conversation after truncation, as it would be formatted.
+    assert llm.calls[0].kwargs["messages"] == [messages[0], messages[3]]
+    assert llm.calls[1].kwargs["messages"] == HELLO
+    await llm.complete("raw text", short)
+    assert "messages" not in llm.calls[2].kwargs  # a raw prompt has no conversation
+
+
+@pytest.mark.asyncio
+async def test_other_adapters_never_see_messages() -> None:
+    llm = FakeLLM()
+    await llm.load()
+    await llm.generate(HELLO, GREEDY)
+    assert "messages" not in llm.calls[0].kwargs
+
+
 class ExactLLM(EchoLLM):
     """Returns a Completion with its own token counts and finish reason."""
 

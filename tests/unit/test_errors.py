@@ -16,6 +16,8 @@ from gemma_chat.domain.errors import (
 )
 from gemma_chat.shared import exceptions
 from gemma_chat.shared.exceptions import (
+    BackendOverloadedError,
+    BackendUnavailableError,
     ConfigurationError,
     InferenceError,
     ModelLoadError,
@@ -69,6 +71,8 @@ def test_session_not_found_is_a_key_error() -> None:
         InferenceError,
         OutOfMemoryError,
         ServiceStateError,
+        BackendUnavailableError,
+        BackendOverloadedError,
     ],
 )
 def test_every_error_is_a_gemma_chat_error(error_type: type[Exception]) -> None:
@@ -105,3 +109,31 @@ def test_out_of_memory_gives_the_detail_and_the_hints() -> None:
     message = str(OutOfMemoryError())
     assert message.startswith("Out of memory.\nHints:")
     assert "GEMMA_MODEL__QUANTIZATION=int8" in message
+
+
+def test_a_context_error_without_numbers_quotes_the_server_and_how_to_truncate() -> None:
+    error = ContextLengthExceededError(
+        prompt_tokens=None, max_new_tokens=64, context_length=None, detail="Prompt is too long"
+    )
+    message = str(error)
+    assert message.startswith("The conversation does not fit the model's context window.")
+    assert "The model's server said: Prompt is too long" in message
+    assert "GEMMA_MODEL__CONTEXT_LENGTH" in message
+    assert (error.prompt_tokens, error.context_length, error.detail) == (
+        None,
+        None,
+        "Prompt is too long",
+    )
+
+
+def test_model_not_found_may_give_its_own_hints() -> None:
+    message = str(ModelNotFoundError("openai:x", "The server said 404.", hints="- Check it."))
+    assert message == "Model 'openai:x' was not found. The server said 404.\nHints:\n- Check it."
+
+
+def test_backend_errors_are_inference_errors_and_an_overload_keeps_its_wait() -> None:
+    assert issubclass(BackendUnavailableError, InferenceError)
+    error = BackendOverloadedError("busy", retry_after=2.5)
+    assert isinstance(error, InferenceError)
+    assert (str(error), error.retry_after) == ("busy", 2.5)
+    assert BackendOverloadedError("busy").retry_after is None

@@ -45,6 +45,21 @@ def test_importing_the_package_loads_neither_torch_nor_transformers() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_importing_the_package_or_the_vllm_adapter_loads_neither_openai_nor_vllm() -> None:
+    code = (
+        "import sys, gemma_chat; gemma_chat.VLLMLLM; "
+        "print('openai' in sys.modules, 'vllm' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_the_remote_adapter_is_exported_on_first_use() -> None:
+    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+
+    assert gemma_chat.OpenAICompatibleLLM is OpenAICompatibleLLM
+
+
 def test_every_module_declares_its_public_names() -> None:
     root = Path(gemma_chat.__file__).parent
     assert (root / "py.typed").is_file()

@@ -141,3 +141,64 @@ def test_register_llm_adds_to_the_default_registry() -> None:
     finally:
         default_registry.unregister("unit-test-entry")
     assert "unit-test-entry" not in default_registry.names
+
+
+# -- prefixes and the built-in remote backends -------------------------------------------------
+
+
+def test_a_prefix_entry_matches_names_that_start_with_it() -> None:
+    registry = LLMRegistry(fallback=factory("fallback"))
+    registry.register("remote:", factory("remote"), prefix=True)
+    assert label_of(registry, "REMOTE:model") == "remote"
+    assert label_of(registry, "my-remote:model") == "fallback"
+
+
+def test_a_prefix_entry_wins_over_contains_entries_registered_after_it() -> None:
+    registry = LLMRegistry()
+    registry.register("openai:", factory("remote"), prefix=True)
+    registry.register("gemma", factory("gemma"))
+    assert label_of(registry, "openai:gemma-3-27b-it") == "remote"
+    assert label_of(registry, "google/gemma-3-1b-it") == "gemma"
+
+
+def test_among_prefix_entries_later_registrations_are_tried_first() -> None:
+    registry = LLMRegistry()
+    registry.register("openai:", factory("built-in"), prefix=True)
+    registry.register("openai:gpt", factory("override"), prefix=True)
+    assert label_of(registry, "openai:gpt-4o") == "override"
+    assert label_of(registry, "openai:o3") == "built-in"
+
+
+def test_a_prefix_must_be_a_string() -> None:
+    with pytest.raises(ConfigurationError, match="needs a string pattern"):
+        LLMRegistry().register(lambda name: True, factory("x"), prefix=True)
+
+
+def test_the_default_registry_sends_openai_names_to_the_remote_adapter() -> None:
+    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+
+    register_llm("gemma", factory("user-gemma"), name="user-gemma")
+    try:
+        llm = default_registry.create(get_settings(model={"name": "openai:gemma-3-27b-it"}))
+    finally:
+        default_registry.unregister("user-gemma")
+    assert isinstance(llm, OpenAICompatibleLLM)
+    assert llm.remote_model == "gemma-3-27b-it"
+
+
+def test_the_default_registry_sends_vllm_names_to_vllm_in_process() -> None:
+    from gemma_chat.infrastructure.llm.vllm import VLLMLLM
+
+    llm = default_registry.create(get_settings(model={"name": "vllm:google/gemma-3-1b-it"}))
+    assert isinstance(llm, VLLMLLM)
+    assert llm.vllm_model == "google/gemma-3-1b-it"
+
+
+@pytest.mark.parametrize("name", ["google/gemma-3-1b-it", "Qwen/Qwen2.5-7B-Instruct"])
+def test_with_a_remote_base_url_every_unprefixed_name_is_served_there(name: str) -> None:
+    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+
+    settings = get_settings(model={"name": name}, remote={"base_url": "http://10.0.0.5:8000/v1"})
+    llm = default_registry.create(settings)
+    assert isinstance(llm, OpenAICompatibleLLM)
+    assert (llm.remote_model, llm.base_url) == (name, "http://10.0.0.5:8000/v1")

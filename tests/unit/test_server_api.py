@@ -11,6 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gemma_chat import (
+    BackendOverloadedError,
+    BackendUnavailableError,
     InferenceService,
     LLMProtocol,
     LLMRegistry,
@@ -359,3 +361,57 @@ def test_cors_is_closed_unless_configured(llm: FakeLLM) -> None:
         allowed = {**preflight, "Origin": "https://app.example"}
         response = open_client.options("/v1/chat/completions", headers=allowed)
         assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+# -- a remote model's server behind this one ---------------------------------------------------
+
+INTERNAL = "http://10.0.0.5:8000/v1"
+
+
+def test_a_remote_servers_overload_is_a_429_with_its_retry_after(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    llm.fail_with = BackendOverloadedError(
+        f"The server at {INTERNAL} is overloaded", retry_after=2.2
+    )
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "backend_overloaded")
+    assert "10.0.0.5" not in response.text
+
+
+def test_an_unreachable_remote_server_is_a_503_without_its_address(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    llm.fail_with = BackendUnavailableError(f"Could not reach the server at {INTERNAL}")
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "backend_unavailable"
+    assert "10.0.0.5" not in response.text
+
+
+def test_a_remote_stream_that_breaks_ends_with_an_error_event_without_its_address(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    llm.fail_with = BackendUnavailableError(f"The connection to {INTERNAL} broke")
+    llm.fail_after_chunks = 2
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        events = sse_events(response.read().decode())
+    error = events[-1]["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "backend_unavailable")
+    assert "10.0.0.5" not in json.dumps(events)
+
+
+def test_top_k_and_repetition_penalty_reach_the_model_as_vllm_names_them(
+    client: TestClient, llm: FakeLLM
+) -> None:
+    body = {**CHAT, "top_k": 5, "repetition_penalty": 1.3}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert (llm.calls[-1].kwargs["top_k"], llm.calls[-1].kwargs["repetition_penalty"]) == (5, 1.3)
+    response = client.post("/v1/chat/completions", json={**CHAT, "top_k": -1})
+    assert response.status_code == 400
+    assert "top_k" in response.json()["error"]["message"]

@@ -229,3 +229,55 @@ def test_log_level_and_environment_accept_any_case(monkeypatch: pytest.MonkeyPat
     settings = get_settings()
     assert settings.log_level is LogLevel.DEBUG
     assert settings.environment is Environment.PRODUCTION
+
+
+# -- remote and vLLM backends ------------------------------------------------------------------
+
+
+def test_by_default_no_remote_server_is_configured() -> None:
+    remote = get_settings().remote
+    assert remote.base_url is None
+    assert remote.api_key is None
+    assert remote.max_retries == 3
+    assert remote.sampling_extras is False
+    assert get_settings().vllm.tensor_parallel_size == 1
+
+
+def test_remote_and_vllm_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMMA_REMOTE__BASE_URL", " http://vllm.internal:8000/v1/ ")
+    monkeypatch.setenv("GEMMA_REMOTE__API_KEY", "token-abc")
+    monkeypatch.setenv("GEMMA_REMOTE__TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("GEMMA_REMOTE__SAMPLING_EXTRAS", "true")
+    monkeypatch.setenv("GEMMA_VLLM__TENSOR_PARALLEL_SIZE", "4")
+    settings = get_settings()
+    assert settings.remote.base_url == "http://vllm.internal:8000/v1"
+    assert settings.remote.api_key is not None
+    assert settings.remote.api_key.get_secret_value() == "token-abc"
+    assert "token-abc" not in repr(settings)
+    assert settings.remote.timeout_seconds == 30
+    assert settings.remote.sampling_extras is True
+    assert settings.vllm.tensor_parallel_size == 4
+
+
+def test_an_empty_base_url_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMMA_REMOTE__BASE_URL", "")
+    assert get_settings().remote.base_url is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("GEMMA_REMOTE__BASE_URL", "vllm.internal:8000", "must be an http:// or https:// URL"),
+        ("GEMMA_REMOTE__MAX_RETRIES", "-1", "greater than or equal to 0"),
+        ("GEMMA_REMOTE__TIMEOUT_SECONDS", "0", "greater than 0"),
+        ("GEMMA_VLLM__GPU_MEMORY_UTILIZATION", "1.5", "less than or equal to 1"),
+    ],
+)
+def test_a_bad_remote_or_vllm_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        get_settings()
+    assert f"{variable}={value!r}" in str(info.value)
+    assert problem in str(info.value)

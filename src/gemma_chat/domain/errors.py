@@ -50,17 +50,40 @@ class SessionNotFoundError(GemmaChatError, KeyError):
 
 
 class ContextLengthExceededError(ValidationError):
-    """The conversation does not fit the model's context window."""
+    """The conversation does not fit the model's context window.
 
-    def __init__(self, *, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+    A remote server may not say how many tokens it counted or allows: the numbers it did not
+    give are None, and ``detail`` holds what it said.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt_tokens: int | None,
+        max_new_tokens: int,
+        context_length: int | None,
+        detail: str | None = None,
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.context_length = context_length
+        self.detail = detail
+        if prompt_tokens is not None and context_length is not None:
+            problem = (
+                f"The conversation needs {prompt_tokens} prompt tokens + {max_new_tokens} new "
+                f"tokens = {prompt_tokens + max_new_tokens} tokens, but the model's context "
+                f"window is {context_length} tokens."
+            )
+        else:
+            problem = "The conversation does not fit the model's context window."
+        truncate = "GEMMA_MODEL__TRUNCATE_HISTORY=true"
+        if context_length is None:  # truncation needs a known window
+            truncate = f"GEMMA_MODEL__CONTEXT_LENGTH to the server's window and {truncate}"
+        if detail:
+            problem += f" The model's server said: {detail}"
         super().__init__(
-            f"The conversation needs {prompt_tokens} prompt tokens + {max_new_tokens} new tokens = "
-            f"{prompt_tokens + max_new_tokens} tokens, but the model's context window is "
-            f"{context_length} tokens. Start a new session, shorten the history, lower "
-            "max_new_tokens, or set GEMMA_MODEL__TRUNCATE_HISTORY=true to drop the oldest turns."
+            f"{problem} Start a new session, shorten the history, lower max_new_tokens, or set "
+            f"{truncate} to drop the oldest turns."
         )
 
 

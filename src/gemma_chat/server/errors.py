@@ -6,6 +6,7 @@ No traceback or file path ever reaches a client; unexpected errors are logged he
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemma_chat.shared.exceptions import (
+    BackendOverloadedError,
+    BackendUnavailableError,
     ConfigurationError,
     ContextLengthExceededError,
     GemmaChatError,
@@ -24,7 +27,7 @@ from gemma_chat.shared.exceptions import (
     ValidationError,
 )
 
-__all__ = ["APIError", "error_response", "install_error_handlers"]
+__all__ = ["APIError", "PublicError", "error_response", "install_error_handlers", "public_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,12 @@ def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
         return 404, "not_found_error", "session_not_found"
     if isinstance(exc, ModelNotFoundError):
         return 404, "not_found_error", "model_not_found"
+    # A remote model's server (GEMMA_REMOTE__BASE_URL) is overloaded even after the retries:
+    # the same answer as our own overload, a 429 the client may retry after a while.
+    if isinstance(exc, BackendOverloadedError):
+        return 429, "rate_limit_error", "backend_overloaded"
+    if isinstance(exc, BackendUnavailableError):
+        return 503, "service_unavailable", "backend_unavailable"
     if isinstance(exc, ServiceStateError | OutOfMemoryError):
         return 503, "service_unavailable", None
     if isinstance(exc, GenerationTimeoutError):
@@ -76,6 +85,37 @@ def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
     if isinstance(exc, ConfigurationError):
         return 500, "server_error", "configuration_error"
     return 500, "server_error", None
+
+
+class PublicError:
+    """What a client is told about a domain error: status, OpenAI's type and code, a message
+    without anything internal (a remote server's address, a failure's details), headers."""
+
+    def __init__(self, exc: GemmaChatError) -> None:
+        self.status, self.kind, self.code = _status_of(exc)
+        self.headers: dict[str, str] | None = None
+        if isinstance(exc, BackendOverloadedError):
+            wait = exc.retry_after if exc.retry_after is not None else 1.0
+            self.message = "The model's server is overloaded; retry shortly."
+            self.headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+        elif isinstance(exc, BackendUnavailableError):
+            self.message = "The model's server is unavailable; retry later."
+            self.headers = {"Retry-After": "5"}
+        elif self.status < 500 or self.status in (503, 504):
+            self.message = str(exc)
+        else:
+            self.message = "The model failed; see the logs."
+
+
+def public_error(exc: GemmaChatError) -> PublicError:
+    """``exc`` as the client sees it; logged here when the client is not told the details."""
+    public = PublicError(exc)
+    if public.message != str(exc):
+        log = logger.warning if public.status in (429, 503) else logger.error
+        log("Request failed: %s: %s", type(exc).__name__, exc)
+    elif public.status >= 500:
+        logger.error("Request failed: %s: %s", type(exc).__name__, exc)
+    return public
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -87,13 +127,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GemmaChatError)
     async def domain_error(_: Request, exc: GemmaChatError) -> JSONResponse:
-        status, kind, code = _status_of(exc)
-        if status >= 500:
-            logger.error("Request failed: %s: %s", type(exc).__name__, exc)
-        message = (
-            str(exc) if status < 500 or status in (503, 504) else "The model failed; see the logs."
+        public = public_error(exc)
+        return error_response(
+            public.status, public.message, public.kind, code=public.code, headers=public.headers
         )
-        return error_response(status, message, kind, code=code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:

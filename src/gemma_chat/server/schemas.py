@@ -38,6 +38,9 @@ class _Generation(BaseModel):
     max_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    # Not in OpenAI's API; vLLM's names for them (gemma-chat's OpenAICompatibleLLM sends them).
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     stream: bool = False
 
     def generation_parameters(self, served_model: str) -> dict[str, Any]:
@@ -48,6 +51,8 @@ class _Generation(BaseModel):
             "max_new_tokens": self._max_new_tokens(),
             "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
             "seed": self.seed,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
         }
         if self.model and self.model != served_model:
             parameters["model"] = self.model

@@ -6,7 +6,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from gemma_chat.domain.errors import GemmaChatError
 from gemma_chat.domain.models import FinishReason, StreamChunk
+from gemma_chat.server.errors import public_error
 
 if TYPE_CHECKING:
     from gemma_chat.server.app import Admission
@@ -20,9 +22,10 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def error_event(exc: Exception) -> str:
+def error_event(exc: GemmaChatError) -> str:
     """An error after the stream started: the status line is sent already."""
-    return event({"error": {"message": str(exc), "type": "invalid_request_error"}})
+    public = public_error(exc)
+    return event({"error": {"message": public.message, "type": public.kind, "code": public.code}})
 
 
 def finish_name(reason: FinishReason | None) -> str:

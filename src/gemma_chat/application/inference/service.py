@@ -22,7 +22,12 @@ from typing import Any, Self
 from gemma_chat.application.inference.model_pool import ModelPool, footprint_mb
 from gemma_chat.application.inference.response_cache import ResponseCache
 from gemma_chat.application.inference.statistics import ServiceStatistics
-from gemma_chat.domain.interfaces import LLMProtocol, RawCompletionProtocol, SessionRepository
+from gemma_chat.domain.interfaces import (
+    HealthCheckProtocol,
+    LLMProtocol,
+    RawCompletionProtocol,
+    SessionRepository,
+)
 from gemma_chat.domain.models import (
     ChatMessage,
     ChatSession,
@@ -509,20 +514,37 @@ class InferenceService:
         return {**self.llm.get_model_info(), "other_models_loaded": self._pool.loaded}
 
     async def health_check(self) -> dict[str, Any]:
-        """``status`` is unhealthy when the model is not serving, degraded when at least half
-        of the recent requests failed, healthy otherwise."""
-        if self._state is not ServiceState.OPEN or not self.llm.is_loaded:
+        """``status`` is unhealthy when the model is not serving (for a remote model: its server
+        does not answer, said in ``backend_error``), degraded when at least half of the recent
+        requests failed, healthy otherwise."""
+        serving = self._state is ServiceState.OPEN and self.llm.is_loaded
+        backend_error = await _probe(self.llm) if serving else None
+        if not serving or backend_error is not None:
             status = "unhealthy"
         elif len(self._stats.recent_failures) >= 2 and self._stats.recent_error_rate >= 0.5:
             status = "degraded"
         else:
             status = "healthy"
-        return {
+        report = {
             "status": status,
             "service_state": self._state.value,
             "model_info": await self.get_model_info(),
             "statistics": await self.get_statistics(),
         }
+        if backend_error is not None:
+            report["backend_error"] = backend_error
+        return report
+
+
+async def _probe(llm: LLMProtocol) -> str | None:
+    """What is wrong with the model's backend, if it can tell (``HealthCheckProtocol``)."""
+    if not isinstance(llm, HealthCheckProtocol):
+        return None
+    try:
+        await llm.check_health()
+    except GemmaChatError as exc:
+        return str(exc)
+    return None
 
 
 def _count_tokens(llm: LLMProtocol, text: str) -> int | None:

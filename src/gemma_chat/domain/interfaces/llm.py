@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from gemma_chat.domain.models import ChatMessage, Completion, GenerationConfig, StreamChunk
 
-__all__ = ["LLMProtocol", "RawCompletionProtocol"]
+__all__ = ["HealthCheckProtocol", "LLMProtocol", "RawCompletionProtocol"]
 
 
 @runtime_checkable
@@ -50,3 +50,12 @@ class RawCompletionProtocol(Protocol):
     def stream_completion(
         self, prompt: str, config: GenerationConfig
     ) -> AsyncIterator[StreamChunk]: ...
+
+
+@runtime_checkable
+class HealthCheckProtocol(Protocol):
+    """An LLM behind a connection or another process (a remote server, vLLM's engine) that can
+    tell whether it still serves: ``check_health`` raises a ``GemmaChatError`` when it does not.
+    """
+
+    async def check_health(self) -> None: ...

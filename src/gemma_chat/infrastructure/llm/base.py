@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
@@ -62,6 +62,11 @@ class BaseLLM(ABC):
     (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``seed``,
     ``repetition_penalty``) and return the text, or a ``Completion`` with exact token counts.
     """
+
+    # An adapter of a chat API (a remote server formats the prompt itself) sets this to receive
+    # the conversation as ``messages`` among the keyword arguments of a chat request: the
+    # validated messages, after any history truncation.
+    takes_messages: ClassVar[bool] = False
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else get_settings()
@@ -170,16 +175,17 @@ class BaseLLM(ABC):
     async def generate(
         self, messages: Sequence[ChatMessage], config: GenerationConfig
     ) -> Completion:
-        prompt, prompt_tokens = self._prepare(messages, config)
-        return await self._generate_prompt(prompt, prompt_tokens, config, raw=False)
+        prompt, prompt_tokens, chat = self._prepare(messages, config)
+        return await self._generate_prompt(prompt, prompt_tokens, config, raw=False, chat=chat)
 
     async def stream(
         self, messages: Sequence[ChatMessage], config: GenerationConfig
     ) -> AsyncIterator[StreamChunk]:
-        prompt, prompt_tokens = self._prepare(messages, config)
+        prompt, prompt_tokens, chat = self._prepare(messages, config)
         # aclosing: a consumer that stops early closes the inner stream now, which stops the
         # generation, instead of whenever the garbage collector gets to it.
-        async with aclosing(self._stream_prompt(prompt, prompt_tokens, config, raw=False)) as inner:
+        inner_stream = self._stream_prompt(prompt, prompt_tokens, config, raw=False, chat=chat)
+        async with aclosing(inner_stream) as inner:
             async for chunk in inner:
                 yield chunk
 
@@ -197,10 +203,16 @@ class BaseLLM(ABC):
                 yield chunk
 
     async def _generate_prompt(
-        self, prompt: str, prompt_tokens: int, config: GenerationConfig, *, raw: bool
+        self,
+        prompt: str,
+        prompt_tokens: int,
+        config: GenerationConfig,
+        *,
+        raw: bool,
+        chat: list[ChatMessage] | None = None,
     ) -> Completion:
         try:
-            result = await self._generate_implementation(prompt, **self._kwargs(config, raw))
+            result = await self._generate_implementation(prompt, **self._kwargs(config, raw, chat))
         except GemmaChatError:
             raise
         except Exception as exc:
@@ -226,12 +238,18 @@ class BaseLLM(ABC):
         return completion
 
     async def _stream_prompt(
-        self, prompt: str, prompt_tokens: int, config: GenerationConfig, *, raw: bool
+        self,
+        prompt: str,
+        prompt_tokens: int,
+        config: GenerationConfig,
+        *,
+        raw: bool,
+        chat: list[ChatMessage] | None = None,
     ) -> AsyncGenerator[StreamChunk, None]:
         stops = StopSequenceFilter(config.stop)
         finish = FinishReason.STOP
         usage: TokenUsage | None = None
-        pieces = self._stream_implementation(prompt, **self._kwargs(config, raw))
+        pieces = self._stream_implementation(prompt, **self._kwargs(config, raw, chat))
         try:
             async for piece in pieces:
                 if isinstance(piece, StreamChunk):
@@ -295,15 +313,16 @@ class BaseLLM(ABC):
 
     def _prepare(
         self, messages: Sequence[ChatMessage], config: GenerationConfig
-    ) -> tuple[str, int]:
-        """Validate the conversation and fit it into the context window: (prompt, its tokens)."""
+    ) -> tuple[str, int, list[ChatMessage]]:
+        """Validate the conversation and fit it into the context window: (prompt, its tokens,
+        the messages it holds)."""
         self._require_loaded()
         chat = _validated(messages)
         prompt = self.format_prompt(chat)
         prompt_tokens = self.count_tokens(prompt)
         limit = self.context_length
         if limit is None or prompt_tokens + config.max_new_tokens <= limit:
-            return prompt, prompt_tokens
+            return prompt, prompt_tokens, chat
         if self.settings.model.truncate_history:
             system = [m for m in chat[:1] if m["role"] == Role.SYSTEM.value]
             turns = chat[len(system) :]
@@ -315,16 +334,22 @@ class BaseLLM(ABC):
                 prompt = self.format_prompt(system + turns)
                 prompt_tokens = self.count_tokens(prompt)
                 if prompt_tokens + config.max_new_tokens <= limit:
-                    return prompt, prompt_tokens
+                    return prompt, prompt_tokens, system + turns
         raise ContextLengthExceededError(
             prompt_tokens=prompt_tokens,
             max_new_tokens=config.max_new_tokens,
             context_length=limit,
         )
 
-    def _kwargs(self, config: GenerationConfig, raw: bool = False) -> dict[str, Any]:
-        # ``raw`` only when set, so that adapters written before it never see it.
-        return config.to_dict() | ({"raw": True} if raw else {})
+    def _kwargs(
+        self, config: GenerationConfig, raw: bool = False, chat: list[ChatMessage] | None = None
+    ) -> dict[str, Any]:
+        # ``raw`` and ``messages`` only when they apply, so that adapters written before them
+        # never see them.
+        kwargs = config.to_dict() | ({"raw": True} if raw else {})
+        if chat is not None and self.takes_messages:
+            kwargs["messages"] = chat
+        return kwargs
 
     def _prepare_raw(self, prompt: str, config: GenerationConfig) -> int:
         self._require_loaded()

@@ -8,9 +8,11 @@ from gemma_chat.shared.config.settings import (
     LogLevel,
     ModelSettings,
     PerformanceSettings,
+    RemoteSettings,
     ServerSettings,
     Settings,
     StorageSettings,
+    VLLMSettings,
     default_server_storage_url,
     get_settings,
 )
@@ -23,9 +25,11 @@ __all__ = [
     "LogLevel",
     "ModelSettings",
     "PerformanceSettings",
+    "RemoteSettings",
     "ServerSettings",
     "Settings",
     "StorageSettings",
+    "VLLMSettings",
     "default_server_storage_url",
     "get_settings",
 ]

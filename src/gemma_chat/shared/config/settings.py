@@ -25,9 +25,11 @@ __all__ = [
     "LogLevel",
     "ModelSettings",
     "PerformanceSettings",
+    "RemoteSettings",
     "ServerSettings",
     "Settings",
     "StorageSettings",
+    "VLLMSettings",
     "default_server_storage_url",
     "get_settings",
 ]
@@ -136,6 +138,46 @@ class StorageSettings(_Section):
     url: str | None = None
 
 
+class RemoteSettings(_Section):
+    """An OpenAI-compatible server as the model (vLLM, TGI, llama.cpp, Ollama, OpenAI, ...)."""
+
+    # The API root, usually ending in /v1. Set, it serves every model name without a backend
+    # prefix; None: only ``openai:<model>`` names are remote, on OpenAI's own API.
+    base_url: str | None = None
+    # None: OPENAI_API_KEY for OpenAI's own API, and no key for other servers.
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(120.0, gt=0)  # for one answer, or between streamed pieces
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    # Retries of a refused request (429, 5xx, unreachable) before an answer starts, waiting
+    # backoff_seconds * 2**attempt (with jitter, at least the server's Retry-After).
+    max_retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(0.5, ge=0)
+    max_backoff_seconds: float = Field(8.0, ge=0)
+    # Send top_k and repetition_penalty too (vLLM, SGLang and gemma-chat take them; OpenAI
+    # rejects them). Off: the server's own defaults apply.
+    sampling_extras: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        return value
+
+
+class VLLMSettings(_Section):
+    """vLLM's engine in this process (``vllm:<model>`` names, CUDA only)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)  # GPUs each layer is split across
+    pipeline_parallel_size: int = Field(1, ge=1)  # GPUs the layers are spread over
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    # vLLM's quantization method (awq, gptq, fp8, ...); None: what the checkpoint says.
+    quantization: str | None = None
+
+
 def default_server_storage_url() -> str:
     return f"sqlite://{Path(platformdirs.user_data_dir('gemma-chat')) / 'sessions.db'}"
 
@@ -163,6 +205,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
     @field_validator("log_level", "environment", mode="before")
     @classmethod

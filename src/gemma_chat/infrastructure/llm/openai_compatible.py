@@ -1,0 +1,478 @@
+"""``OpenAICompatibleLLM``: any OpenAI-compatible server as the model.
+
+vLLM, TGI, llama.cpp's server, Ollama, SGLang, OpenAI itself or another gemma-chat server: the
+remote engine owns the weights, the batching and the context window. This adapter sends the
+conversation as messages to ``/chat/completions`` (a raw prompt to ``/completions``) with the
+official ``openai`` client, streams the answer back and turns the server's failures into
+gemma-chat errors. A refused request (429, 5xx, unreachable) is retried with backoff, but never
+once an answer has started: a stream that breaks raises, and the service then records nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+
+from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
+from gemma_chat.infrastructure.llm.base import BaseLLM
+from gemma_chat.shared.config import Settings
+from gemma_chat.shared.exceptions import (
+    BackendOverloadedError,
+    BackendUnavailableError,
+    ConfigurationError,
+    ContextLengthExceededError,
+    GemmaChatError,
+    InferenceError,
+    InvalidGenerationConfigError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+)
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["OPENAI_BASE_URL", "PREFIX", "OpenAICompatibleLLM"]
+
+logger = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+PREFIX = "openai:"
+_T = TypeVar("_T")
+
+# How servers say a prompt is too long: OpenAI and vLLM ("maximum context length is N"), TGI
+# ("`inputs` tokens + `max_new_tokens` must be <= N"), llama.cpp ("exceeds the available context
+# size"), Ollama and gemma-chat ("context length", "context window").
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[ _](?:length|window|size)|`inputs` tokens|prompt is too long", re.IGNORECASE
+)
+_CONTEXT_LIMIT = re.compile(
+    r"(?:maximum context length|context window|context size|context length) is (\d+)"
+    r"|must be <= (\d+)",
+    re.IGNORECASE,
+)
+_PROMPT_TOKENS = re.compile(
+    r"\((\d+) in the messages|resulted in (\d+) tokens|needs (\d+) prompt tokens"
+    r"|Given: (\d+) `inputs` tokens",
+    re.IGNORECASE,
+)
+
+
+class OpenAICompatibleLLM(BaseLLM):
+    """The model behind ``GEMMA_REMOTE__BASE_URL`` (or OpenAI's API for ``openai:<model>``).
+
+    The server counts tokens and enforces its context window: its usage figures are reported
+    as they are, and its context error becomes ``ContextLengthExceededError``. Locally, token
+    counts are estimates (words and punctuation), used only when the server sends no usage and
+    for ``GEMMA_MODEL__CONTEXT_LENGTH`` if that is set.
+    """
+
+    takes_messages = True
+
+    def __init__(
+        self, settings: Settings | None = None, *, http_client: httpx2.AsyncClient | None = None
+    ) -> None:
+        """``http_client``: the HTTP client to send requests with, e.g.
+        ``openai.DefaultAsyncHttpxClient`` with a proxy, client certificates or a test
+        transport; its owner closes it."""
+        super().__init__(settings)
+        self._http_client = http_client
+        name = self.settings.model.name
+        self.remote_model = name[len(PREFIX) :] if name.lower().startswith(PREFIX) else name
+        if not self.remote_model.strip():
+            raise ConfigurationError(
+                f"GEMMA_MODEL__NAME={name!r} names no model: use openai:<model>, "
+                "e.g. openai:gpt-4o-mini."
+            )
+        self.base_url = self.settings.remote.base_url or OPENAI_BASE_URL
+        self._client: openai.AsyncOpenAI | None = None
+
+    # -- where and how ---------------------------------------------------------------------------
+
+    @property
+    def is_openai(self) -> bool:
+        """Whether the server is OpenAI's own API (its key and its parameter names apply)."""
+        return urlsplit(self.base_url).hostname == "api.openai.com"
+
+    @property
+    def where(self) -> str:
+        return f"the server at {_without_secrets(self.base_url)}"
+
+    @property
+    def server(self) -> str:
+        """``where``, to start a sentence."""
+        return f"The server at {_without_secrets(self.base_url)}"
+
+    def _api_key(self) -> str:
+        configured = self.settings.remote.api_key
+        if configured is not None:
+            return configured.get_secret_value()
+        if self.is_openai:
+            # OPENAI_API_KEY goes to OpenAI only: never to another server someone configured.
+            key = os.environ.get("OPENAI_API_KEY", "")
+            if not key:
+                raise ConfigurationError(
+                    f"{self.model_name!r} runs on OpenAI's API, which needs a key: set "
+                    "GEMMA_REMOTE__API_KEY or OPENAI_API_KEY."
+                )
+            return key
+        return "EMPTY"  # servers without authentication take any key; the client needs one
+
+    def _extra_model_info(self) -> dict[str, Any]:
+        remote = self.settings.remote
+        return {
+            "backend": "openai-compatible",
+            "base_url": _without_secrets(self.base_url),
+            "remote_model": self.remote_model,
+            "timeout_seconds": remote.timeout_seconds,
+            "max_retries": remote.max_retries,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _load_model_implementation(self) -> None:
+        remote = self.settings.remote
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key(),
+            timeout=openai.Timeout(remote.timeout_seconds, connect=remote.connect_timeout_seconds),
+            max_retries=0,  # retried here: with our backoff, and never once an answer started
+            http_client=self._http_client,
+        )
+        try:
+            page = await self._retrying(lambda: client.models.list())
+        except ModelNotFoundError as exc:
+            await self._close(client)
+            raise ConfigurationError(
+                f"{self.server} has no /models route (404): GEMMA_REMOTE__BASE_URL must be the "
+                "root of an OpenAI-compatible API, usually ending in /v1."
+            ) from exc
+        except BaseException:
+            await self._close(client)
+            raise
+        served = [model.id for model in page.data]
+        if served and self.remote_model not in served:
+            # Some servers (llama.cpp) answer under any name: a hint, not an error.
+            logger.warning(
+                "%s does not list the model %r (it lists %s)",
+                self.where,
+                self.remote_model,
+                ", ".join(served[:10]),
+            )
+        self._client = client
+
+    async def _unload_model_implementation(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await self._close(client)
+
+    async def _close(self, client: openai.AsyncOpenAI) -> None:
+        if self._http_client is None:  # a client passed in belongs to the caller
+            await client.close()
+
+    async def check_health(self) -> None:
+        """Ask the server for its models (``GET /models``), once, within 5 s at most."""
+        client = self._require_client()
+        timeout = min(5.0, self.settings.remote.timeout_seconds)
+        try:
+            await client.with_options(max_retries=0, timeout=timeout).models.list()
+        except openai.APIError as exc:
+            raise self._error(exc) from exc
+
+    def _require_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise ModelNotLoadedError(
+                f"Model {self.model_name!r} is not connected: call `await llm.load()` first."
+            )
+        return self._client
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def _params(self, kwargs: dict[str, Any], *, raw: bool) -> dict[str, Any]:
+        """The request body's generation parameters."""
+        params: dict[str, Any] = {
+            "model": self.remote_model,
+            "temperature": kwargs["temperature"],
+            "top_p": kwargs["top_p"],
+        }
+        # OpenAI's chat API wants max_completion_tokens (its reasoning models refuse max_tokens);
+        # every other server knows max_tokens, and /completions has nothing else.
+        tokens = "max_completion_tokens" if self.is_openai and not raw else "max_tokens"
+        params[tokens] = kwargs["max_new_tokens"]
+        if kwargs["stop"]:
+            params["stop"] = list(kwargs["stop"])
+        if kwargs["seed"] is not None:
+            params["seed"] = kwargs["seed"]
+        if self.settings.remote.sampling_extras:
+            # Not in OpenAI's API: vLLM's names, sent only when they change something.
+            extra: dict[str, Any] = {}
+            if kwargs["top_k"] > 0:
+                extra["top_k"] = kwargs["top_k"]
+            if kwargs["repetition_penalty"] != 1.0:
+                extra["repetition_penalty"] = kwargs["repetition_penalty"]
+            if extra:
+                params["extra_body"] = extra
+        return params
+
+    async def _send(self, prompt: str, kwargs: dict[str, Any], **extra: Any) -> Any:
+        """One request to /chat/completions (or /completions for a raw prompt), retried while
+        the server refuses it for a passing reason."""
+        client = self._require_client()
+        params = self._params(kwargs, raw=bool(kwargs.get("raw"))) | extra
+
+        async def send() -> Any:
+            if kwargs.get("raw"):
+                return await client.completions.create(prompt=prompt, **params)
+            return await client.chat.completions.create(messages=kwargs["messages"], **params)
+
+        return await self._retrying(send, max_new_tokens=kwargs["max_new_tokens"])
+
+    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> Completion:
+        answer = await self._send(prompt, kwargs)
+        if not answer.choices:
+            raise InferenceError(f"{self.server} answered without any choice.")
+        choice = answer.choices[0]
+        text: str = (choice.text if kwargs.get("raw") else choice.message.content) or ""
+        return Completion(
+            text, _finish(choice.finish_reason), self._usage(answer.usage, prompt, text)
+        )
+
+    async def _stream_implementation(
+        self, prompt: str, **kwargs: Any
+    ) -> AsyncIterator[StreamChunk]:
+        raw = bool(kwargs.get("raw"))
+        stream = await self._send(
+            prompt, kwargs, stream=True, stream_options={"include_usage": True}
+        )
+        finish: FinishReason | None = None
+        usage: Any = None
+        parts: list[str] = []
+        try:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices[:1]:
+                    text = choice.text if raw else choice.delta.content
+                    if text:
+                        parts.append(text)
+                        yield StreamChunk(text)
+                    if choice.finish_reason:
+                        finish = _finish(choice.finish_reason)
+        except openai.APIConnectionError as exc:
+            raise BackendUnavailableError(
+                f"The connection to {self.where} broke after {len(parts)} pieces of the answer "
+                f"({_cause(exc)}); the answer is incomplete and was dropped."
+            ) from exc
+        finally:
+            # Closing the response tells the server the reader is gone: it stops generating.
+            await stream.close()
+        if finish is None:
+            raise BackendUnavailableError(
+                f"{self.server} ended its stream before the answer was finished (no "
+                "finish_reason); the answer is incomplete and was dropped."
+            )
+        yield StreamChunk("", finish, self._usage(usage, prompt, "".join(parts)))
+
+    def _usage(self, usage: Any, prompt: str, text: str) -> TokenUsage:
+        """The server's token counts; estimates when it sent none."""
+        if usage is None:
+            return TokenUsage(self.count_tokens(prompt), self.count_tokens(text))
+        return TokenUsage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+
+    # -- retries and errors ----------------------------------------------------------------------
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]], *, max_new_tokens: int = 0) -> _T:
+        """``call()``, again after a backoff while the server refuses it for a passing reason."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except openai.APIError as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise self._error(exc, retries=attempt, max_new_tokens=max_new_tokens) from exc
+                attempt += 1
+                logger.warning(
+                    "Retry %d of %d in %.2f s: %s refused the request (%s)",
+                    attempt,
+                    self.settings.remote.max_retries,
+                    delay,
+                    self.where,
+                    _summary(exc),
+                )
+                await asyncio.sleep(delay)
+
+    def _retry_delay(self, exc: openai.APIError, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        remote = self.settings.remote
+        if attempt >= remote.max_retries or not _retryable(exc):
+            return None
+        backoff = min(remote.max_backoff_seconds, remote.backoff_seconds * 2.0**attempt)
+        delay = backoff * random.uniform(0.5, 1.0)  # jitter: clients refused together spread out
+        asked = _retry_after(exc)
+        if asked is not None:
+            if asked > remote.max_backoff_seconds:
+                return None  # longer than we may wait: say so now instead
+            delay = max(delay, asked)
+        return delay
+
+    def map_error(self, exc: Exception) -> GemmaChatError:
+        return self._error(exc)
+
+    def _error(
+        self, exc: Exception, *, retries: int = 0, max_new_tokens: int = 0
+    ) -> GemmaChatError:
+        after = f" after {retries} retries" if retries else ""
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendUnavailableError(
+                f"{self.server} did not answer within {self.settings.remote.timeout_seconds:g} s "
+                f"(GEMMA_REMOTE__TIMEOUT_SECONDS){after}: raise the limit for long answers, or "
+                "check the server's load."
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return BackendUnavailableError(
+                f"Could not reach {self.where}{after}: {_cause(exc)}. Check "
+                "GEMMA_REMOTE__BASE_URL and that the server is running."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc, after, max_new_tokens)
+        if isinstance(exc, openai.APIError):  # e.g. an error event in the middle of a stream
+            return InferenceError(f"{self.server} failed: {exc.message}")
+        return super().map_error(exc)
+
+    def _status_error(
+        self, exc: openai.APIStatusError, after: str, max_new_tokens: int
+    ) -> GemmaChatError:
+        status, message = exc.status_code, _message(exc)
+        said = f"{self.server} answered {status}: {message}"
+        if status in (401, 403) or (status == 429 and exc.code == "insufficient_quota"):
+            return ConfigurationError(
+                f"{said}. Check GEMMA_REMOTE__API_KEY (or OPENAI_API_KEY for OpenAI's API) and "
+                "the account behind it."
+            )
+        if status == 429:
+            return BackendOverloadedError(
+                f"{self.server} is overloaded (429: {message}){after}; retry later, or allow "
+                "more retries (GEMMA_REMOTE__MAX_RETRIES, GEMMA_REMOTE__MAX_BACKOFF_SECONDS).",
+                retry_after=_retry_after(exc),
+            )
+        if status in (400, 413, 422) and _is_context_overflow(exc, message):
+            return _context_error(exc, message, max_new_tokens)
+        if status in (400, 413, 422):
+            return InvalidGenerationConfigError(f"{self.server} rejected the request: {message}")
+        if status == 404:
+            return ModelNotFoundError(
+                self.model_name,
+                f"{said}.",
+                hints=(
+                    f"- Check the model name against the server's list (GET {self.base_url}"
+                    "/models); GEMMA_MODEL__NAME=openai:<model> names it.\n"
+                    "- GEMMA_REMOTE__BASE_URL must be the API root, usually ending in /v1."
+                ),
+            )
+        if status in (502, 503, 504):
+            return BackendUnavailableError(f"{said}{after}.")
+        return InferenceError(f"{said}{after}.")
+
+
+def _finish(reason: str | None) -> FinishReason:
+    return FinishReason.LENGTH if reason == "length" else FinishReason.STOP
+
+
+def _retryable(exc: openai.APIError) -> bool:
+    if isinstance(exc, openai.APITimeoutError):
+        return False  # the server may still be generating: a retry would double its work
+    if isinstance(exc, openai.APIConnectionError):
+        return True
+    if isinstance(exc, openai.RateLimitError):
+        return exc.code != "insufficient_quota"  # a quota does not come back by waiting
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def _retry_after(exc: openai.APIError) -> float | None:
+    """The server's Retry-After (seconds or an HTTP date; or retry-after-ms), in seconds."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    text = body.get("message") if isinstance(body, dict) else None
+    return str(text or exc.message)[:500]
+
+
+def _summary(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"{exc.status_code}: {_message(exc)[:120]}"
+    return _cause(exc)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+
+
+def _is_context_overflow(exc: openai.APIStatusError, message: str) -> bool:
+    if exc.code == "context_length_exceeded" or exc.type == "exceed_context_size_error":
+        return True
+    return bool(_CONTEXT_OVERFLOW.search(message))
+
+
+def _first_number(pattern: re.Pattern[str], text: str) -> int | None:
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return int(next(group for group in match.groups() if group is not None))
+
+
+def _context_error(
+    exc: openai.APIStatusError, message: str, max_new_tokens: int
+) -> ContextLengthExceededError:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    # llama.cpp sends the numbers as fields; the others only in the message.
+    prompt_tokens = body.get("n_prompt_tokens")
+    context_length = body.get("n_ctx")
+    return ContextLengthExceededError(
+        prompt_tokens=(
+            prompt_tokens
+            if isinstance(prompt_tokens, int)
+            else _first_number(_PROMPT_TOKENS, message)
+        ),
+        max_new_tokens=max_new_tokens,
+        context_length=(
+            context_length
+            if isinstance(context_length, int)
+            else _first_number(_CONTEXT_LIMIT, message)
+        ),
+        detail=message,
+    )
+
+
+def _without_secrets(url: str) -> str:
+    """``url`` without user, password, query or fragment: safe to log and to show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
