@@ -8,6 +8,7 @@ answer normally. What clients sent is kept in ``requests`` (generation bodies) a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import deque
@@ -45,6 +46,7 @@ class Reply:
     usage: bool = True  # and a stream sends it when asked for it
     finish_reason: str | None = "stop"  # None: a stream ends without saying why
     choices: bool = True  # False: an answer without any choice
+    delay: float = 0.0  # seconds before answering
 
 
 def error_reply(
@@ -107,6 +109,7 @@ class FakeOpenAIServer:
     async def _answer(self, request: Request, *, chat: bool) -> Any:
         body = await request.json()
         reply = self._next(request, body)
+        await asyncio.sleep(reply.delay)
         if reply.status >= 400:
             return _error(reply)
         if body.get("stream"):
