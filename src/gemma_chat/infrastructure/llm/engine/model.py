@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache"]
+__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache", "attention"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ class KVCache:
 
 
 class BlockDecoder(Protocol):
-    """Runs every block of a decode step at once (e.g. fused in C); returns x [B, 1, E]."""
+    """Runs every block at once (e.g. fused in C): x [B, S, E] -> [B, S, E]."""
 
     def __call__(
         self,
@@ -146,6 +146,7 @@ class BlockDecoder(Protocol):
         positions: torch.Tensor,
         slots: torch.Tensor,
         cache: KVCache,
+        decoding: bool,
     ) -> torch.Tensor: ...
 
 
@@ -225,7 +226,7 @@ class Block(nn.Module):
                 q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
             )
         else:
-            out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
+            out = attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
         out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
         x = x + self.post_attention_norm(out)
 
@@ -236,7 +237,7 @@ class Block(nn.Module):
         return result
 
 
-def _attention(
+def attention(
     q: torch.Tensor,  # [B, H, S, D]
     k: torch.Tensor,  # [B, H_kv, T, D]
     v: torch.Tensor,  # [B, H_kv, T, D]
@@ -276,7 +277,7 @@ class Gemma3Model(nn.Module):
         self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
         self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
-        self.block_decoder: BlockDecoder | None = None  # a faster decode step (q8.py)
+        self.block_decoder: BlockDecoder | None = None  # all blocks fused (q8.py)
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,8 +310,8 @@ class Gemma3Model(nn.Module):
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(dtype)
         x = x * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
-        if decoding and self.block_decoder is not None:
-            x = self.block_decoder(self, x, positions, slots, cache)
+        if self.block_decoder is not None:
+            x = self.block_decoder(self, x, positions, slots, cache, decoding)
         else:
             x = self._blocks(x, positions, slots, cache, length, decoding)
         if last_only:
@@ -336,7 +337,7 @@ class Gemma3Model(nn.Module):
         for local in set(self.config.sliding_layers):
             cos, sin = self.rope_tables(local, length)
             ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
-            masks[local] = self._mask(positions, length, local, dtype)
+            masks[local] = self.attention_mask(positions, length, local, dtype)
         first = int(slots[0])
         run = first if slots.tolist() == list(range(first, first + len(slots))) else None
         for block in self.blocks:
@@ -345,8 +346,12 @@ class Gemma3Model(nn.Module):
             x = block(x, ropes[local], slots, positions, cache, masks[local], length, run, decoding)
         return x
 
-    def _mask(
-        self, positions: torch.Tensor, length: int, local: bool, dtype: torch.dtype
+    def attention_mask(
+        self,
+        positions: torch.Tensor,
+        length: int,
+        local: bool,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Additive mask [B, 1, S, T]: a query sees keys at or before it (within the window)."""
         keys = torch.arange(length).view(1, 1, length)  # [1, 1, T]

@@ -176,12 +176,13 @@ void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float 
 }
 #endif
 
-/* ---- One Gemma 3 decoder block for decode steps (one new token per sequence) ---------------
+/* ---- One Gemma 3 decoder block, for decode steps and prefill --------------------------------
  *
  * The whole block in one call: a torch decode step of 18 blocks costs ~0.45 ms a block in small
  * operations (norms, rotary, cache writes, attention, activation) around the matrix products.
- * Every row (sequence) is computed on its own and in a fixed order, so a token's result does
- * not depend on the batch it decodes in.
+ * Each row is one token (of any sequence, at its own position); every row is computed on its
+ * own and in a fixed order, so a token's result does not depend on the rows beside it: batched
+ * decoding equals decoding alone, and a prompt prefilled whole equals one prefilled in pieces.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -330,23 +331,44 @@ static void gelu_tanh_mul(const float *gate, const float *up, float *out, int64_
     }
 }
 
-/* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
- * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float32. */
-void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
-                        const int64_t *positions, const float *cos_table, const float *sin_table,
-                        float *k_cache, float *v_cache, int64_t capacity) {
-    const int64_t E = blk->hidden, D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
-    const int64_t NQ = H * D, NKV = HKV * D, NQKV = NQ + 2 * NKV, I = blk->intermediate;
-    const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
-    float *h = malloc(sizeof(float) * B * (E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I)));
-    float *y = malloc(sizeof(float) * B * widest);
-    float *attn = malloc(sizeof(float) * B * NQ);
-    int8_t *xq = malloc((size_t)(B * widest));
-    float *xs = malloc(sizeof(float) * B * (widest / QK + 1));
+typedef struct {
+    float *h, *y, *attn, *xs;
+    int8_t *xq;
+} scratch;
 
-    /* attention: norm, q/k/v, per-head norms and rotary, cache write */
+static scratch scratch_for(const gemma_block *blk, int64_t B) {
+    const int64_t E = blk->hidden, NQ = blk->heads * blk->head_dim, I = blk->intermediate;
+    const int64_t NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
+    const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
+    const int64_t narrow = E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I);
+    scratch m = {malloc(sizeof(float) * B * narrow), malloc(sizeof(float) * B * widest),
+                 malloc(sizeof(float) * B * NQ), malloc(sizeof(float) * B * (widest / QK + 1)),
+                 malloc((size_t)(B * widest))};
+    return m;
+}
+
+static void scratch_free(scratch *m) {
+    free(m->h);
+    free(m->y);
+    free(m->attn);
+    free(m->xs);
+    free(m->xq);
+}
+
+/* Norm, q/k/v projection, q/k norms and rotary; keys and values written to the cache; the
+ * queries left in y [B, NQKV] (first NQ columns). */
+static void block_qkv(const gemma_block *blk, const float *x, int64_t B, const int64_t *slots,
+                      const int64_t *positions, const float *cos_table, const float *sin_table,
+                      float *k_cache, float *v_cache, int64_t capacity, scratch *m) {
+    const int64_t E = blk->hidden, D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
+    const int64_t NQ = H * D, NKV = HKV * D, NQKV = NQ + 2 * NKV;
+    float *h = m->h, *y = m->y;
+    int8_t *xq = m->xq;
+    float *xs = m->xs;
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++) rms_norm(x + b * E, blk->input_norm, h + b * E, E, blk->eps);
     project(&blk->qkv, h, y, B, xq, xs); /* [B, NQKV] */
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++) {
         float *row = y + b * NQKV;
         const float *c = cos_table + positions[b] * D, *s = sin_table + positions[b] * D;
@@ -363,6 +385,16 @@ void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64
             memcpy(v_cache + at, v, sizeof(float) * D);
         }
     }
+}
+
+/* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ] */
+static void block_attention(const gemma_block *blk, int64_t B, const int64_t *slots,
+                            const int64_t *positions, const float *k_cache,
+                            const float *v_cache, int64_t capacity, scratch *m) {
+    const int64_t D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
+    const int64_t NQ = H * D, NQKV = NQ + 2 * HKV * D;
+    const float *y = m->y;
+    float *attn = m->attn;
     /* Each task: one sequence's query heads that share a kv head (or half of them when there
      * are fewer tasks than threads), so every cached key and value is read once per task. */
     const int64_t group = H / HKV;
@@ -393,25 +425,63 @@ void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64
                 axpy_f32(scores[g * T + t], values + t * D, attn + b * NQ + (first + g) * D, D);
         free(scores);
     }
+}
+
+/* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ]. */
+static void block_out(const gemma_block *blk, float *x, const float *attn, int64_t B,
+                      scratch *m) {
+    const int64_t E = blk->hidden, I = blk->intermediate;
+    float *h = m->h, *y = m->y;
+    int8_t *xq = m->xq;
+    float *xs = m->xs;
     project(&blk->o, attn, y, B, xq, xs); /* [B, E] */
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++) {
         rms_norm(y + b * E, blk->post_attention_norm, h + b * E, E, blk->eps);
         for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
     }
 
     /* feed-forward */
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++)
         rms_norm(x + b * E, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
     project(&blk->gate_up, h, y, B, xq, xs); /* [B, 2I] */
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++) gelu_tanh_mul(y + b * 2 * I, y + b * 2 * I + I, h + b * I, I);
     project(&blk->down, h, y, B, xq, xs); /* [B, E] */
+#pragma omp parallel for if (B > 16)
     for (int64_t b = 0; b < B; b++) {
         rms_norm(y + b * E, blk->post_feedforward_norm, h + b * E, E, blk->eps);
         for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
     }
-    free(h);
-    free(y);
-    free(attn);
-    free(xq);
-    free(xs);
+}
+
+/* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
+ * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float32. */
+void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
+                        const int64_t *positions, const float *cos_table, const float *sin_table,
+                        float *k_cache, float *v_cache, int64_t capacity) {
+    scratch m = scratch_for(blk, B);
+    block_qkv(blk, x, B, slots, positions, cos_table, sin_table, k_cache, v_cache, capacity, &m);
+    block_attention(blk, B, slots, positions, k_cache, v_cache, capacity, &m);
+    block_out(blk, x, m.attn, B, &m);
+    scratch_free(&m);
+}
+
+/* The two halves around attention, for prefill, where torch computes attention as matrix
+ * products: q [B, NQ] out of the first; attn [B, NQ] into the second. */
+void gemma_block_qkv(const gemma_block *blk, const float *x, int64_t B, const int64_t *slots,
+                     const int64_t *positions, const float *cos_table, const float *sin_table,
+                     float *k_cache, float *v_cache, int64_t capacity, float *q) {
+    scratch m = scratch_for(blk, B);
+    block_qkv(blk, x, B, slots, positions, cos_table, sin_table, k_cache, v_cache, capacity, &m);
+    const int64_t NQ = blk->heads * blk->head_dim, NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
+    for (int64_t b = 0; b < B; b++) memcpy(q + b * NQ, m.y + b * NQKV, sizeof(float) * NQ);
+    scratch_free(&m);
+}
+
+void gemma_block_out(const gemma_block *blk, float *x, const float *attn, int64_t B) {
+    scratch m = scratch_for(blk, B);
+    block_out(blk, x, attn, B, &m);
+    scratch_free(&m);
 }
