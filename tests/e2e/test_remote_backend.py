@@ -346,3 +346,17 @@ async def test_nothing_listening_is_unavailable_after_the_retries() -> None:
     with pytest.raises(BackendUnavailableError, match=r"Could not reach .* after 2 retries"):
         async with InferenceService(settings):
             pass
+
+
+@pytest.mark.asyncio
+async def test_a_request_may_name_another_model_of_the_same_server(
+    fake: tuple[FakeOpenAIServer, str],
+) -> None:
+    server, url = fake
+    async with InferenceService(remote(url, model="openai:fake-remote")) as service:
+        other = await service.generate_response(ChatSession(), "Hi", model="other-model")
+        prefixed = await service.generate_response(ChatSession(), "Hi", model="openai:third")
+        loaded = (await service.get_model_info())["other_models_loaded"]
+    assert [r["model"] for r in server.requests] == ["other-model", "third"]
+    assert (other.model, prefixed.model) == ("other-model", "openai:third")
+    assert loaded == ["other-model", "openai:third"]
