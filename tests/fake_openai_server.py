@@ -47,6 +47,7 @@ class Reply:
     finish_reason: str | None = "stop"  # None: a stream ends without saying why
     choices: bool = True  # False: an answer without any choice
     delay: float = 0.0  # seconds before answering
+    pause: float = 0.0  # seconds between streamed pieces
 
 
 def error_reply(
@@ -165,6 +166,8 @@ async def _stream(reply: Reply, *, chat: bool, usage: bool) -> AsyncIterator[str
     for index, word in enumerate(words):
         if reply.break_after is not None and index == reply.break_after:
             raise _Disconnect("scripted disconnect")
+        if index:
+            await asyncio.sleep(reply.pause)
         yield chunk(word if index == 0 else " " + word, None)
     if reply.finish_reason is not None:
         yield chunk(None, reply.finish_reason)

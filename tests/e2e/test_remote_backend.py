@@ -341,6 +341,21 @@ async def test_a_server_slower_than_the_timeout_is_unavailable_not_a_hang(
 
 
 @pytest.mark.asyncio
+async def test_a_stream_that_stalls_midway_times_out_and_records_nothing(
+    fake: tuple[FakeOpenAIServer, str],
+) -> None:
+    server, url = fake
+    session = ChatSession()
+    settings = remote(url, model="openai:fake-remote", timeout_seconds=0.2)
+    async with InferenceService(settings) as service:
+        server.script(Reply(pause=1.0))
+        with pytest.raises(BackendUnavailableError, match=r"did not answer within 0\.2 s"):
+            async for _ in service.stream_response(session, "Hi"):
+                pass
+    assert not session.messages
+
+
+@pytest.mark.asyncio
 async def test_nothing_listening_is_unavailable_after_the_retries() -> None:
     settings = remote(f"http://127.0.0.1:{free_port()}", max_retries=2)
     with pytest.raises(BackendUnavailableError, match=r"Could not reach .* after 2 retries"):

@@ -266,10 +266,12 @@ class OpenAICompatibleLLM(BaseLLM):
                         yield StreamChunk(text)
                     if choice.finish_reason:
                         finish = _finish(choice.finish_reason)
+        except openai.APITimeoutError as exc:  # no piece within the timeout
+            raise self._error(exc) from exc
         except openai.APIConnectionError as exc:
             raise BackendUnavailableError(
                 f"The connection to {self.where} broke after {len(parts)} pieces of the answer "
-                f"({_cause(exc)}); the answer is incomplete and was dropped."
+                f"({_cause(exc)}); the answer is incomplete."
             ) from exc
         finally:
             # Closing the response tells the server the reader is gone: it stops generating.
@@ -277,7 +279,7 @@ class OpenAICompatibleLLM(BaseLLM):
         if finish is None:
             raise BackendUnavailableError(
                 f"{self.server} ended its stream before the answer was finished (no "
-                "finish_reason); the answer is incomplete and was dropped."
+                "finish_reason); the answer is incomplete."
             )
         yield StreamChunk("", finish, self._usage(usage, prompt, "".join(parts)))
 
