@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,13 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_the_product_is_close_to_the_float_product(kernels: Q8Kernels, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(n)
     w, x = torch.randn(n, k, generator=gen), torch.randn(5, k, generator=gen)
-    layer = Q8Linear(kernels, *quantize_weight(w))
+    layer = Q8Linear.from_weight(kernels, w)
     assert relative_error(layer(x), x @ w.T) < 0.015
 
 
 def test_a_row_gets_the_same_bits_alone_or_in_a_batch(kernels: Q8Kernels) -> None:
     gen = torch.Generator().manual_seed(1)
-    layer = Q8Linear(kernels, *quantize_weight(torch.randn(300, 640, generator=gen)))
+    layer = Q8Linear.from_weight(kernels, torch.randn(300, 640, generator=gen))
     x = torch.randn(9, 640, generator=gen)
     batched = layer(x)
     for i in range(9):
@@ -48,7 +49,7 @@ def test_a_row_gets_the_same_bits_alone_or_in_a_batch(kernels: Q8Kernels) -> Non
 
 
 def test_leading_dimensions_are_kept(kernels: Q8Kernels) -> None:
-    layer = Q8Linear(kernels, *quantize_weight(torch.randn(40, 64)))
+    layer = Q8Linear.from_weight(kernels, torch.randn(40, 64))
     assert layer(torch.randn(2, 3, 64)).shape == (2, 3, 40)
 
 
@@ -63,7 +64,7 @@ def test_quantized_weights_round_trip_within_half_a_step() -> None:
 
 def test_the_embedding_reads_rows_of_the_int8_table(kernels: Q8Kernels) -> None:
     w = torch.randn(50, 64)
-    table = Q8Linear(kernels, *quantize_weight(w))
+    table = Q8Linear.from_weight(kernels, w)
     rows = Q8Embedding(table)(torch.tensor([[3, 7]]))
     assert rows.shape == (1, 2, 64)
     assert relative_error(rows[0], w[[3, 7]]) < 0.01
@@ -172,3 +173,21 @@ def test_the_fused_decode_step_gives_a_row_the_same_bits_alone_or_in_a_batch(
     for i in range(3):
         alone = decode_logits(model, prompts[i : i + 1], [i], fused=True)
         assert torch.equal(alone[0], batched[i])
+
+
+def test_the_portable_kernel_gives_the_same_bits_as_the_vector_one(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    # CPUs without AVX-512 VNNI run the plain C loops: the same arithmetic in the same order.
+    portable = load_kernels(
+        tmp_path, march="x86-64" if platform.machine() == "x86_64" else "native"
+    )
+    assert portable is not None
+    gen = torch.Generator().manual_seed(4)
+    w, x = torch.randn(72, 96, generator=gen), torch.randn(5, 96, generator=gen)
+    fast = Q8Linear.from_weight(kernels, w)
+    plain = Q8Linear.from_weight(portable, w)
+    assert torch.equal(fast(x), plain(x))
+    assert torch.equal(
+        Q8Embedding(fast)(torch.tensor([0, 71])), Q8Embedding(plain)(torch.tensor([0, 71]))
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ __all__ = [
     "Q8Linear",
     "empty_q8_model",
     "load_kernels",
+    "pack_weight",
     "quantize_model",
     "quantize_weight",
 ]
@@ -38,13 +40,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
+LANES = 16  # output rows packed side by side (kernels/q8.c)
 _SOURCE = Path(__file__).parent / "kernels" / "q8.c"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm"]
+_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-lm"]
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
 class _WeightArgs(ctypes.Structure):
-    _fields_ = [("q", _P), ("s", _P), ("n", _I), ("k", _I)]
+    _fields_ = [("q", _P), ("s", _P), ("mult", ctypes.c_float), ("n", _I), ("k", _I)]
 
 
 class _BlockArgs(ctypes.Structure):
@@ -78,8 +81,10 @@ class Q8Kernels:
         self._lib = library
         library.q8_quantize_rows.argtypes = [_P, _P, _P, _I, _I]
         library.q8_quantize_rows.restype = None
-        library.q8_matmul.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I]
-        library.q8_matmul.restype = None
+        library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
+        library.q8p_matmul.restype = None
+        library.q8p_rows.argtypes = [_P, _P, ctypes.c_float, _P, _I, _I, _P]
+        library.q8p_rows.restype = None
         library.gemma_decode_block.argtypes = [
             ctypes.POINTER(_BlockArgs),
             _P,
@@ -119,17 +124,37 @@ class Q8Kernels:
         self._lib.q8_quantize_rows(x.data_ptr(), q.data_ptr(), s.data_ptr(), m, k)
         return q, s
 
-    def matmul(
-        self, xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor
-    ) -> torch.Tensor:
+    def matmul(self, xq: torch.Tensor, xs: torch.Tensor, w: Q8Linear) -> torch.Tensor:
         """[M, K] x [N, K]^T -> [M, N] float32."""
         m, k = xq.shape
-        n = wq.shape[0]
-        y = torch.empty((m, n), dtype=torch.float32)
-        self._lib.q8_matmul(
-            xq.data_ptr(), xs.data_ptr(), wq.data_ptr(), ws.data_ptr(), y.data_ptr(), m, n, k
+        y = torch.empty((m, w.out_features), dtype=torch.float32)
+        self._lib.q8p_matmul(
+            xq.data_ptr(),
+            xs.data_ptr(),
+            w.q.data_ptr(),
+            w.scale.data_ptr(),
+            w.mult,
+            y.data_ptr(),
+            m,
+            w.out_features,
+            k,
         )
         return y
+
+    def rows(self, w: Q8Linear, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``w`` as float32: [R] -> [R, K]."""
+        ids = ids.to(torch.int64).contiguous()
+        out = torch.empty((ids.numel(), w.in_features), dtype=torch.float32)
+        self._lib.q8p_rows(
+            w.q.data_ptr(),
+            w.scale.data_ptr(),
+            w.mult,
+            ids.data_ptr(),
+            ids.numel(),
+            w.in_features,
+            out.data_ptr(),
+        )
+        return out
 
     def decode_block(
         self,
@@ -190,14 +215,18 @@ class Q8Kernels:
         )
 
 
-def load_kernels(cache_dir: Path) -> Q8Kernels | None:
-    """The compiled kernels, built on first use; None when no C compiler can build them."""
+def load_kernels(cache_dir: Path, *, march: str = "native") -> Q8Kernels | None:
+    """The compiled kernels, built on first use; None when no C compiler can build them.
+
+    ``march`` is the target CPU: this machine's by default (its vector instructions); tests
+    build a generic one to check that the portable code gives the same results."""
+    flags = [f"-march={march}", *_FLAGS]
     source = _SOURCE.read_bytes()
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         logger.warning("No C compiler found: the int8 kernels are unavailable")
         return None
-    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode() + _cpu_id()).hexdigest()
+    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_id()).hexdigest()
     target = Path(cache_dir) / "kernels" / f"q8-{key[:16]}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +234,7 @@ def load_kernels(cache_dir: Path) -> Q8Kernels | None:
         os.close(fd)
         try:
             result = subprocess.run(
-                [compiler, str(_SOURCE), "-o", tmp, *_FLAGS], capture_output=True, text=True
+                [compiler, str(_SOURCE), "-o", tmp, *flags], capture_output=True, text=True
             )
             error = result.stderr.strip() if result.returncode else ""
         except OSError as exc:
@@ -245,27 +274,66 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(weight.shape), scale.contiguous()
 
 
+def pack_weight(
+    q: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int8 [N, K] and scales [N, K/32] -> the kernel's layout (``kernels/q8.c``): bytes q + 128
+    as [N/16, K/32, 8, 16, 4], float16 scales as [N/16, K/32, 16], and the factor [1] the
+    scales were divided by to sit well inside float16's range."""
+    n, k = q.shape
+    pad = -n % LANES
+    q = torch.cat([q, q.new_zeros((pad, k))]) if pad else q
+    scale = torch.cat([scale, scale.new_zeros((pad, k // BLOCK))]) if pad else scale
+    tiles, blocks = q.shape[0] // LANES, k // BLOCK
+    packed = (q.to(torch.int16) + 128).to(torch.uint8)
+    packed = packed.view(tiles, LANES, blocks, 8, 4).permute(0, 2, 3, 1, 4).contiguous()
+    largest = float(scale.max()) if scale.numel() else 0.0
+    exponent = math.floor(math.log2(2.0**14 / largest)) if largest > 0 else 0
+    mult = 2.0**-exponent
+    halves = (scale / mult).to(torch.float16)
+    halves = halves.view(tiles, LANES, blocks).permute(0, 2, 1).contiguous()
+    return packed, halves, torch.tensor([mult], dtype=torch.float32)
+
+
 class Q8Linear(nn.Module):
     """``y = x W^T`` with W in int8 blocks; activations are quantized per row as they come."""
 
     q: torch.Tensor
     scale: torch.Tensor
+    scale_factor: torch.Tensor
 
-    def __init__(self, kernels: Q8Kernels, q: torch.Tensor, scale: torch.Tensor) -> None:
+    def __init__(
+        self,
+        kernels: Q8Kernels,
+        packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        out_features: int,
+    ) -> None:
         super().__init__()
         self.kernels = kernels
-        self.register_buffer("q", q)  # [N, K] int8
-        self.register_buffer("scale", scale)  # [N, K/32] float32
+        q, scale, factor = packed
+        self.register_buffer("q", q)  # [N/16, K/32, 8, 16, 4] uint8
+        self.register_buffer("scale", scale)  # [N/16, K/32, 16] float16
+        self.register_buffer("scale_factor", factor)  # [1] float32
+        self.out_features = out_features
+        self.in_features = int(q.shape[1]) * BLOCK
+        self._mult: float | None = None
+
+    @classmethod
+    def from_weight(cls, kernels: Q8Kernels, weight: torch.Tensor) -> Q8Linear:
+        """Quantize a float weight [N, K]."""
+        return cls(kernels, pack_weight(*quantize_weight(weight.detach())), int(weight.shape[0]))
 
     @property
-    def out_features(self) -> int:
-        return int(self.q.shape[0])
+    def mult(self) -> float:
+        if self._mult is None:  # read once: the buffer is assigned after construction
+            self._mult = float(self.scale_factor)
+        return self._mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()  # [M, K]
         xq, xs = self.kernels.quantize(rows)
-        y = self.kernels.matmul(xq, xs, self.q, self.scale)  # [M, N]
+        y = self.kernels.matmul(xq, xs, self)  # [M, N]
         return y.view(*shape[:-1], self.out_features)
 
 
@@ -278,9 +346,8 @@ class Q8Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         table = self._table[0]
-        q = table.q[ids].float()  # [..., K]
-        scale = table.scale[ids].repeat_interleave(BLOCK, dim=-1)  # [..., K]
-        return q * scale
+        rows = table.kernels.rows(table, ids.reshape(-1))  # [R, K]
+        return rows.view(*ids.shape, table.in_features)
 
 
 _LINEARS = ("qkv", "o", "gate_up", "down")
@@ -337,8 +404,13 @@ class Q8BlockDecoder:
     def _weight(self, linear: nn.Module) -> _WeightArgs:
         assert isinstance(linear, Q8Linear)
         self._alive += [linear.q, linear.scale]
-        n, k = linear.q.shape
-        return _WeightArgs(linear.q.data_ptr(), linear.scale.data_ptr(), n, k)
+        return _WeightArgs(
+            linear.q.data_ptr(),
+            linear.scale.data_ptr(),
+            linear.mult,
+            linear.out_features,
+            linear.in_features,
+        )
 
     def __call__(
         self,
@@ -388,36 +460,35 @@ def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> Non
     for block in model.blocks:
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, Q8Linear(kernels, *quantize_weight(linear.weight)))
+            setattr(block, name, Q8Linear.from_weight(kernels, linear.weight))
     weight: torch.Tensor = model.lm_head.weight  # type: ignore[assignment]
-    head = Q8Linear(kernels, *quantize_weight(weight))
-    model.lm_head = head
-    if tied:  # one int8 table for both lookup and projection: the float table goes
-        model.embed_lookup = Q8Embedding(head)
-        model.embed = None  # type: ignore[assignment]
-    model.compute_dtype = torch.float32
-    model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
+    _install(model, kernels, Q8Linear.from_weight(kernels, weight), tied=tied)
 
 
 def empty_q8_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:
     """Give a meta-device model int8 projections of the right shapes, to load a state dict into."""
 
     def empty(out_features: int, in_features: int) -> Q8Linear:
-        return Q8Linear(
-            kernels,
-            torch.empty((out_features, in_features), dtype=torch.int8, device="meta"),
-            torch.empty((out_features, in_features // BLOCK), device="meta"),
+        tiles, blocks = -(-out_features // LANES), in_features // BLOCK
+        packed = (
+            torch.empty((tiles, blocks, 8, LANES, 4), dtype=torch.uint8, device="meta"),
+            torch.empty((tiles, blocks, LANES), dtype=torch.float16, device="meta"),
+            torch.empty(1, device="meta"),
         )
+        return Q8Linear(kernels, packed, out_features)
 
     for block in model.blocks:
         for name in _LINEARS:
             linear = getattr(block, name)
             setattr(block, name, empty(linear.out_features, linear.in_features))
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
-    table = empty(head.out_features, head.in_features)
-    model.lm_head = table
-    if tied:
-        model.embed_lookup = Q8Embedding(table)
+    _install(model, kernels, empty(head.out_features, head.in_features), tied=tied)
+
+
+def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool) -> None:
+    model.lm_head = head
+    if tied:  # one int8 table for both lookup and projection: the float table goes
+        model.embed_lookup = Q8Embedding(head)
         model.embed = None  # type: ignore[assignment]
     model.compute_dtype = torch.float32
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)

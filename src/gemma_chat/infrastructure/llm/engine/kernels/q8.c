@@ -1,12 +1,16 @@
-/* int8 x int8 matrix products in blocks of 32 along K, as llama.cpp's Q8_0.
+/* int8 x int8 matrix products in blocks of 32 along K, as llama.cpp's Q8_0, and the Gemma 3
+ * decoder block built on them.
  *
- * Weights and activations are quantized per block of 32 values with one float scale each.
- * Every output element is reduced in the same order whatever M is, so a row's result does not
- * depend on how many rows are computed together (batched decoding stays equal to unbatched).
- * Built at first use by q8_linear.py with the system's C compiler; AVX2 where available.
+ * Weights and activations are quantized per block of 32 values with one scale each. Every
+ * output element is reduced in the same order whatever M is, so a row's result does not depend
+ * on how many rows are computed together (batched decoding stays equal to unbatched).
+ * Built at first use by q8.py with the system's C compiler, for the CPU it runs on (AVX-512
+ * VNNI where available; portable C otherwise).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -32,149 +36,164 @@ void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K)
     }
 }
 
-static inline float dot_row_avx2(const int8_t *xq, const float *xs, const int8_t *wq,
-                                 const float *ws, int64_t nb);
+/* ---- Matrix products on packed weights ------------------------------------------------------
+ *
+ * Weights are stored for VNNI's dpbusd: as unsigned bytes w + 128, 16 output rows side by side
+ * four k at a time: [N/16][K/32][8][16][4], with one float16 scale per row and block of 32:
+ * [N/16][K/32][16]. One dpbusd then adds 4 products to each of 16 outputs, with the 4 int8
+ * activations broadcast, and the float work (one conversion, one multiply and one FMA) is per
+ * 16 outputs and block, not per output and block: ~4x fewer instructions than a dot product
+ * per output. The +128 comes back out as 128 * sum(x) per row and block.
+ *
+ * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
+ * row's result does not depend on the rows computed beside it.
+ */
+#define LANES 16
+#define MR 4 /* activation rows per register tile */
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* Two blocks per step: 64 products per dpbusd instruction. */
-static inline float dot_row(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws,
-                            int64_t nb) {
-    __m512 acc = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        const __m512i x = _mm512_loadu_si512((const void *)(xq + b * QK));
-        const __m512i w = _mm512_loadu_si512((const void *)(wq + b * QK));
-        const __mmask64 negative = _mm512_movepi8_mask(x);
-        const __m512i ax = _mm512_abs_epi8(x);
-        const __m512i sw = _mm512_mask_sub_epi8(w, negative, zero, w); /* w * sign(x) */
-        const __m512i p = _mm512_dpbusd_epi32(zero, ax, sw); /* lanes 0-7: block b; 8-15: b+1 */
-        const __m512 d = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(xs[b] * ws[b]),
-                                              _mm512_set1_ps(xs[b + 1] * ws[b + 1]));
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        uint32_t m = man;
+        do {
+            e++;
+            m <<= 1;
+        } while ((m & 0x400) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
     }
-    float sum = _mm512_reduce_add_ps(acc);
-    if (b < nb) sum += dot_row_avx2(xq + b * QK, xs + b, wq + b * QK, ws + b, nb - b);
-    return sum;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
-#else
-#define dot_row dot_row_avx2
-#endif
 
-static inline float dot_row_avx2(const int8_t *xq, const float *xs, const int8_t *wq,
-                                 const float *ws, int64_t nb) {
-#ifdef __AVX2__
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < nb; b++) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-        const __m256i w = _mm256_loadu_si256((const __m256i *)(wq + b * QK));
-        /* maddubs needs unsigned x signed: |x| times w with x's sign */
-        const __m256i ax = _mm256_sign_epi8(x, x);
-        const __m256i sw = _mm256_sign_epi8(w, x);
-        const __m256i p16 = _mm256_maddubs_epi16(ax, sw);
-        const __m256i p32 = _mm256_madd_epi16(p16, ones);
-        const __m256 d = _mm256_set1_ps(xs[b] * ws[b]);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p32), acc);
+/* 128 * sum of each row's int8 block: the correction for the weights' +128 */
+static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
+    const int64_t nb = K / QK;
+    int32_t *c = malloc(sizeof(int32_t) * M * nb);
+    for (int64_t r = 0; r < M * nb; r++) {
+        int32_t sum = 0;
+        for (int i = 0; i < QK; i++) sum += xq[r * QK + i];
+        c[r] = 128 * sum;
     }
-    /* fixed-order horizontal sum */
-    __m128 lo = _mm256_castps256_ps128(acc), hi = _mm256_extractf128_ps(acc, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-#else
-    float sum = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        int32_t acc = 0;
-        for (int i = 0; i < QK; i++) acc += (int32_t)xq[b * QK + i] * (int32_t)wq[b * QK + i];
-        sum += xs[b] * ws[b] * (float)acc;
-    }
-    return sum;
-#endif
+    return c;
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#include <stdlib.h>
-#define MR 8 /* x rows computed against each weight row while it is in registers */
-
-/* Rows m0..m0+mr of x against weight row n, two blocks per step; exact integer dot products
- * (x + 128 is unsigned for dpbusd; 128 * sum(w) is subtracted back), one float FMA per block
- * pair and row. xu: x + 128 as bytes; sx2: per row and block pair, the two scales spread over
- * 8 lanes each. */
-static inline void rows_times_weight(const uint8_t *xu, const float *sx2, const int8_t *w,
-                                     const float *ws, float *y, int64_t mr, int64_t N,
-                                     int64_t nb, int64_t K) {
-    __m512 acc[MR];
-    for (int64_t m = 0; m < mr; m++) acc[m] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (int64_t b = 0; b + 1 < nb; b += 2) {
-        const __m512i wv = _mm512_loadu_si512((const void *)(w + b * QK));
-        const __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, wv), 7);
-        const __m512 sw = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(ws[b]),
-                                               _mm512_set1_ps(ws[b + 1]));
-        for (int64_t m = 0; m < mr; m++) {
-            const __m512i xv = _mm512_loadu_si512((const void *)(xu + m * K + b * QK));
-            const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv, wv), wsum);
-            const __m512 d = _mm512_mul_ps(_mm512_loadu_ps(sx2 + (m * (nb / 2) + b / 2) * 16), sw);
-            acc[m] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc[m]);
-        }
-    }
-    for (int64_t m = 0; m < mr; m++) y[m * N] = _mm512_reduce_add_ps(acc[m]);
-}
-
-/* y[m, n] = sum_k x[m, k] w[n, k]; xq/xs: [M, K], [M, K/QK]; wq/ws: [N, K], [N, K/QK]; y: [M, N] */
-void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws, float *y,
-               int64_t M, int64_t N, int64_t K) {
+/* Rows m0..m0+mr of x against the 16 output rows of tile t (and t+1 when two). */
+static inline __attribute__((always_inline)) void tile_product(
+    const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
+    float mult, float *y, int64_t m0, int mr, int64_t t, int two, int64_t N, int64_t K) {
     const int64_t nb = K / QK;
-    if (nb % 2) { /* the blocked kernel takes block pairs; odd counts take the simple path */
-#pragma omp parallel for schedule(static)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t m = 0; m < M; m++)
-                y[m * N + n] = dot_row(xq + m * K, xs + m * nb, wq + n * K, ws + n * nb, nb);
-        return;
-    }
-    uint8_t *xu = (uint8_t *)malloc((size_t)(M * K));
-    float *sx2 = (float *)malloc((size_t)(M * (nb / 2) * 16) * sizeof(float));
-    for (int64_t i = 0; i < M * K; i++) xu[i] = (uint8_t)(xq[i] ^ 0x80);
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t p = 0; p < nb / 2; p++)
-            for (int l = 0; l < 16; l++)
-                sx2[(m * (nb / 2) + p) * 16 + l] = xs[m * nb + 2 * p + (l >= 8)];
-    const int64_t tile = 16; /* weight rows kept in cache while every x row uses them */
-#pragma omp parallel for schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += tile) {
-        const int64_t n1 = n0 + tile < N ? n0 + tile : N;
-        for (int64_t m0 = 0; m0 < M; m0 += MR) {
-            const int64_t mr = M - m0 < MR ? M - m0 : MR;
-            for (int64_t n = n0; n < n1; n++)
-                rows_times_weight(xu + m0 * K, sx2 + m0 * (nb / 2) * 16, wq + n * K,
-                                  ws + n * nb, y + m0 * N + n, mr, N, nb, K);
-        }
-    }
-    free(xu);
-    free(sx2);
-}
-#else
-/* y[m, n] = sum_k x[m, k] w[n, k]; xq/xs: [M, K], [M, K/QK]; wq/ws: [N, K], [N, K/QK]; y: [M, N] */
-void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float *ws, float *y,
-               int64_t M, int64_t N, int64_t K) {
-    const int64_t nb = K / QK;
-    const int64_t tile = 16; /* weight rows kept hot in cache while every x row uses them */
-#pragma omp parallel for schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += tile) {
-        const int64_t n1 = n0 + tile < N ? n0 + tile : N;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xr = xq + m * K;
-            const float *xsr = xs + m * nb;
-            for (int64_t n = n0; n < n1; n++) {
-                y[m * N + n] = dot_row(xr, xsr, wq + n * K, ws + n * nb, nb);
+    __m512 f[MR][2];
+    for (int m = 0; m < MR; m++) f[m][0] = f[m][1] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i acc[MR][2];
+        for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+        const uint8_t *w0 = wq + (t * nb + b) * (8 * 64), *w1 = w0 + nb * 8 * 64;
+        for (int kq = 0; kq < 8; kq++) {
+            const __m512i a0 = _mm512_loadu_si512((const void *)(w0 + kq * 64));
+            const __m512i a1 = two ? _mm512_loadu_si512((const void *)(w1 + kq * 64)) : a0;
+            for (int m = 0; m < mr; m++) {
+                int32_t quad;
+                memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
+                const __m512i xb = _mm512_set1_epi32(quad);
+                acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], a0, xb);
+                if (two) acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], a1, xb);
             }
         }
+        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + (t * nb + b) * LANES)));
+        const __m512 s1 = two ? _mm512_cvtph_ps(_mm256_loadu_si256(
+                                    (const __m256i *)(ws + ((t + 1) * nb + b) * LANES)))
+                              : s0;
+        for (int m = 0; m < mr; m++) {
+            const __m512i c = _mm512_set1_epi32(xc[(m0 + m) * nb + b]);
+            const __m512 dx = _mm512_set1_ps(xs[(m0 + m) * nb + b]);
+            f[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][0], c)),
+                                      _mm512_mul_ps(dx, s0), f[m][0]);
+            if (two)
+                f[m][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][1], c)),
+                                          _mm512_mul_ps(dx, s1), f[m][1]);
+        }
+    }
+    const __m512 scale = _mm512_set1_ps(mult);
+    for (int m = 0; m < mr; m++)
+        for (int j = 0; j <= two; j++) {
+            const int64_t n0 = (t + j) * LANES;
+            const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+            _mm512_mask_storeu_ps(y + (m0 + m) * N + n0, keep, _mm512_mul_ps(f[m][j], scale));
+        }
+}
+
+static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
+                          const uint8_t *wq, const uint16_t *ws, float mult, float *y, int64_t M,
+                          int64_t t, int two, int64_t N, int64_t K) {
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+        switch (M - m0 < MR ? M - m0 : MR) { /* constant row counts: fully unrolled tiles */
+        case 1: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 1, t, two, N, K); break;
+        case 2: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 2, t, two, N, K); break;
+        case 3: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 3, t, two, N, K); break;
+        default: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 4, t, two, N, K); break;
+        }
     }
 }
+#else
+/* The same arithmetic, one output at a time (scalar FMAs give the same bits as the lanes). */
+static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
+                          const uint8_t *wq, const uint16_t *ws, float mult, float *y, int64_t M,
+                          int64_t t, int two, int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    for (int64_t tt = t; tt <= t + two; tt++)
+        for (int lane = 0; lane < LANES && tt * LANES + lane < N; lane++)
+            for (int64_t m = 0; m < M; m++) {
+                float f = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *w = wq + (tt * nb + b) * (8 * 64) + lane * 4;
+                    const int8_t *x = xq + m * K + b * QK;
+                    int32_t acc = 0;
+                    for (int kq = 0; kq < 8; kq++)
+                        for (int j = 0; j < 4; j++) acc += (int32_t)w[kq * 64 + j] * x[kq * 4 + j];
+                    const float d = xs[m * nb + b] * half_to_float(ws[(tt * nb + b) * LANES + lane]);
+                    f = fmaf((float)(acc - xc[m * nb + b]), d, f);
+                }
+                y[m * N + tt * LANES + lane] = f * mult;
+            }
+}
 #endif
+
+/* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. */
+void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                float mult, float *y, int64_t M, int64_t N, int64_t K) {
+    int32_t *xc = block_sums(xq, M, K);
+    const int64_t tiles = (N + LANES - 1) / LANES;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tiles; t += 2)
+        tiles_product(xq, xs, xc, wq, ws, mult, y, M, t, t + 1 < tiles, N, K);
+    free(xc);
+}
+
+/* Rows ids[r] of the packed table, as floats: out [R, K] (the embedding lookup). */
+void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
+              int64_t K, float *out) {
+    const int64_t nb = K / QK;
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t t = ids[r] / LANES, lane = ids[r] % LANES;
+        for (int64_t b = 0; b < nb; b++) {
+            const float d = half_to_float(ws[(t * nb + b) * LANES + lane]) * mult;
+            const uint8_t *w = wq + (t * nb + b) * (8 * 64) + lane * 4;
+            for (int kq = 0; kq < 8; kq++)
+                for (int j = 0; j < 4; j++)
+                    out[r * K + b * QK + kq * 4 + j] = (float)((int32_t)w[kq * 64 + j] - 128) * d;
+        }
+    }
+}
 
 /* ---- One Gemma 3 decoder block, for decode steps and prefill --------------------------------
  *
@@ -184,12 +203,10 @@ void q8_matmul(const int8_t *xq, const float *xs, const int8_t *wq, const float 
  * own and in a fixed order, so a token's result does not depend on the rows beside it: batched
  * decoding equals decoding alone, and a prompt prefilled whole equals one prefilled in pieces.
  */
-#include <omp.h>
-#include <stdlib.h>
-
 typedef struct {
-    const int8_t *q; /* [N, K] */
-    const float *s;  /* [N, K / QK] */
+    const uint8_t *q;  /* packed: [N/16][K/32][8][16][4] */
+    const uint16_t *s; /* float16: [N/16][K/32][16] */
+    float mult;        /* scales are stored times 1 / mult (float16 range) */
     int64_t n, k;
 } q8_weight;
 
@@ -214,7 +231,7 @@ static void rms_norm(const float *x, const float *scale, float *out, int64_t n, 
 static void project(const q8_weight *w, const float *x, float *y, int64_t M, int8_t *xq,
                     float *xs) {
     q8_quantize_rows(x, xq, xs, M, w->k);
-    q8_matmul(xq, xs, w->q, w->s, y, M, w->n, w->k);
+    q8p_matmul(xq, xs, w->q, w->s, w->mult, y, M, w->n, w->k);
 }
 
 static void rope(float *v, const float *cos, const float *sin, int64_t d) {
