@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 BLOCK = 32
 LANES = 16  # output rows packed side by side (kernels/q8.c)
 _SOURCE = Path(__file__).parent / "kernels" / "q8.c"
-_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-lm"]
+_FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-lm"]
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -79,6 +79,10 @@ class _BlockArgs(ctypes.Structure):
 class Q8Kernels:
     def __init__(self, library: ctypes.CDLL) -> None:
         self._lib = library
+        library.gemma_set_threads.argtypes = [ctypes.c_int]
+        library.gemma_set_threads.restype = None
+        # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
+        library.gemma_set_threads(torch.get_num_threads())
         library.q8_quantize_rows.argtypes = [_P, _P, _P, _I, _I]
         library.q8_quantize_rows.restype = None
         library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]

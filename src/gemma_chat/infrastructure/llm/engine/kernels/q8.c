@@ -7,8 +7,8 @@
  * Built at first use by q8.py with the system's C compiler, for the CPU it runs on (AVX-512
  * VNNI where available; portable C otherwise).
  */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,22 +18,161 @@
 
 #define QK 32
 
+/* ---- A small thread pool --------------------------------------------------------------------
+ *
+ * Instead of OpenMP: libgomp, shared with torch, stops spinning between parallel regions as soon
+ * as more of its threads exist (in any thread's team) than there are CPUs, which is the case in
+ * a server that has run torch on more than one thread; every region then waits for sleeping
+ * threads to wake, and a decode step (~90 regions) took twice as long. Our workers spin for a
+ * short while after each region, then sleep until the next.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+typedef void (*item_fn)(void *ctx, int64_t item);
+
+#define MAX_THREADS 64
+#define SPIN_ROUNDS 20000 /* ~100 us of pause instructions before a worker sleeps */
+
+static struct {
+    pthread_mutex_t lock, run;
+    pthread_cond_t wake;
+    atomic_uint_fast64_t generation;
+    atomic_int sleepers, finished;
+    atomic_int_fast64_t next;
+    int workers, started;
+    int64_t count, grain;
+    item_fn fn;
+    void *ctx;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .run = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER};
+
+static int wanted_threads = 0; /* 0: one per CPU this process may use */
+
+/* Threads to use (the caller's own included), before the first product; 0: one per CPU. */
+void gemma_set_threads(int n) { wanted_threads = n; }
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void run_items(void) {
+    for (;;) {
+        const int64_t first = atomic_fetch_add(&pool.next, pool.grain);
+        if (first >= pool.count) return;
+        const int64_t last = first + pool.grain < pool.count ? first + pool.grain : pool.count;
+        for (int64_t i = first; i < last; i++) pool.fn(pool.ctx, i);
+    }
+}
+
+static void *worker(void *unused) {
+    (void)unused;
+    uint_fast64_t seen = 0;
+    for (;;) {
+        uint_fast64_t now;
+        int spins = 0;
+        while ((now = atomic_load(&pool.generation)) == seen) {
+            if (++spins < SPIN_ROUNDS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = now;
+        run_items();
+        atomic_fetch_add(&pool.finished, 1);
+    }
+    return NULL;
+}
+
+static void start_pool(void) {
+    int n = wanted_threads;
+#ifdef CPU_COUNT
+    if (n <= 0) {
+        cpu_set_t cpus;
+        n = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    }
+#endif
+    if (n <= 0) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    pool.started = 1;
+    for (int i = 0; i < n - 1; i++) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&thread, &attr, worker, NULL) == 0) pool.workers++;
+        pthread_attr_destroy(&attr);
+    }
+}
+
+static int pool_threads(void) { return pool.started ? pool.workers + 1 : 1; }
+
+/* fn(ctx, i) for i in [0, count), in chunks of grain items, on every thread. One caller at a
+ * time: another thread calling meanwhile runs its loop alone. */
+static void parallel_for(int64_t count, int64_t grain, item_fn fn, void *ctx) {
+    if (count <= 0) return;
+    if (grain < 1) grain = 1;
+    if (count <= grain || pthread_mutex_trylock(&pool.run) != 0) {
+        for (int64_t i = 0; i < count; i++) fn(ctx, i);
+        return;
+    }
+    if (!pool.started) start_pool();
+    if (pool.workers == 0) {
+        pthread_mutex_unlock(&pool.run);
+        for (int64_t i = 0; i < count; i++) fn(ctx, i);
+        return;
+    }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.count = count;
+    pool.grain = grain;
+    atomic_store(&pool.next, 0);
+    atomic_store(&pool.finished, 0);
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    run_items();
+    while (atomic_load(&pool.finished) < pool.workers) cpu_relax();
+    pthread_mutex_unlock(&pool.run);
+}
+
+
+typedef struct {
+    const float *x;
+    int8_t *q;
+    float *s;
+} quantize_job;
+
+static void quantize_block(void *ctx, int64_t r) {
+    const quantize_job *job = ctx;
+    const float *xb = job->x + r * QK;
+    float amax = 0.0f;
+    for (int i = 0; i < QK; i++) {
+        float a = fabsf(xb[i]);
+        if (a > amax) amax = a;
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    job->s[r] = d;
+    for (int i = 0; i < QK; i++) job->q[r * QK + i] = (int8_t)lrintf(xb[i] * id);
+}
+
 /* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/QK] float32 */
 void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K) {
-    const int64_t nb = K / QK;
-#pragma omp parallel for schedule(static) if (M * K > 65536)
-    for (int64_t r = 0; r < M * nb; r++) {
-        const float *xb = x + r * QK;
-        float amax = 0.0f;
-        for (int i = 0; i < QK; i++) {
-            float a = fabsf(xb[i]);
-            if (a > amax) amax = a;
-        }
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        s[r] = d;
-        for (int i = 0; i < QK; i++) q[r * QK + i] = (int8_t)lrintf(xb[i] * id);
-    }
+    quantize_job job = {x, q, s};
+    const int64_t blocks = M * (K / QK);
+    parallel_for(blocks, M * K > 65536 ? 64 : blocks, quantize_block, &job);
 }
 
 /* ---- Matrix products on packed weights ------------------------------------------------------
@@ -168,14 +307,31 @@ static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
 }
 #endif
 
+typedef struct {
+    const int8_t *xq;
+    const float *xs;
+    const int32_t *xc;
+    const uint8_t *wq;
+    const uint16_t *ws;
+    float mult;
+    float *y;
+    int64_t M, N, K, tiles;
+} matmul_job;
+
+static void matmul_tile_pair(void *ctx, int64_t pair) {
+    const matmul_job *j = ctx;
+    const int64_t t = 2 * pair;
+    tiles_product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t, t + 1 < j->tiles,
+                  j->N, j->K);
+}
+
 /* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. */
 void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                 float mult, float *y, int64_t M, int64_t N, int64_t K) {
     int32_t *xc = block_sums(xq, M, K);
-    const int64_t tiles = (N + LANES - 1) / LANES;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tiles; t += 2)
-        tiles_product(xq, xs, xc, wq, ws, mult, y, M, t, t + 1 < tiles, N, K);
+    const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
+    matmul_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
+    parallel_for(pairs, pairs / (8 * MAX_THREADS) + 1, matmul_tile_pair, &job);
     free(xc);
 }
 
@@ -372,23 +528,41 @@ static void scratch_free(scratch *m) {
     free(m->xq);
 }
 
-/* Norm, q/k/v projection, q/k norms and rotary; keys and values written to the cache; the
- * queries left in y [B, NQKV] (first NQ columns). */
-static void block_qkv(const gemma_block *blk, const float *x, int64_t B, const int64_t *slots,
-                      const int64_t *positions, const float *cos_table, const float *sin_table,
-                      float *k_cache, float *v_cache, int64_t capacity, scratch *m) {
+/* What one block's row loops need, passed to the pool as one context. */
+typedef struct {
+    const gemma_block *blk;
+    float *x;
+    const float *attn_in;
+    const int64_t *slots, *positions;
+    const float *cos_table, *sin_table;
+    float *k_cache, *v_cache;
+    int64_t capacity, split;
+    scratch *m;
+} block_job;
+
+enum { ROW_INPUT_NORM, ROW_QK_ROTARY, ROW_ATTENTION_RESIDUAL, ROW_FFN_NORM, ROW_GELU,
+       ROW_FFN_RESIDUAL };
+
+typedef struct {
+    block_job *job;
+    int stage;
+} row_job;
+
+static void row_stage(void *ctx, int64_t b) {
+    const row_job *r = ctx;
+    const block_job *j = r->job;
+    const gemma_block *blk = j->blk;
     const int64_t E = blk->hidden, D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
-    const int64_t NQ = H * D, NKV = HKV * D, NQKV = NQ + 2 * NKV;
-    float *h = m->h, *y = m->y;
-    int8_t *xq = m->xq;
-    float *xs = m->xs;
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++) rms_norm(x + b * E, blk->input_norm, h + b * E, E, blk->eps);
-    project(&blk->qkv, h, y, B, xq, xs); /* [B, NQKV] */
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++) {
+    const int64_t NQ = H * D, NKV = HKV * D, NQKV = NQ + 2 * NKV, I = blk->intermediate;
+    float *h = j->m->h, *y = j->m->y, *x = j->x;
+    switch (r->stage) {
+    case ROW_INPUT_NORM:
+        rms_norm(x + b * E, blk->input_norm, h + b * E, E, blk->eps);
+        break;
+    case ROW_QK_ROTARY: {
         float *row = y + b * NQKV;
-        const float *c = cos_table + positions[b] * D, *s = sin_table + positions[b] * D;
+        const float *c = j->cos_table + j->positions[b] * D;
+        const float *s = j->sin_table + j->positions[b] * D;
         for (int64_t hd = 0; hd < H; hd++) {
             rms_norm(row + hd * D, blk->q_norm, row + hd * D, D, blk->eps);
             rope(row + hd * D, c, s, D);
@@ -397,80 +571,97 @@ static void block_qkv(const gemma_block *blk, const float *x, int64_t B, const i
             float *k = row + NQ + hd * D, *v = row + NQ + NKV + hd * D;
             rms_norm(k, blk->k_norm, k, D, blk->eps);
             rope(k, c, s, D);
-            const int64_t at = ((slots[b] * HKV + hd) * capacity + positions[b]) * D;
-            memcpy(k_cache + at, k, sizeof(float) * D);
-            memcpy(v_cache + at, v, sizeof(float) * D);
+            const int64_t at = ((j->slots[b] * HKV + hd) * j->capacity + j->positions[b]) * D;
+            memcpy(j->k_cache + at, k, sizeof(float) * D);
+            memcpy(j->v_cache + at, v, sizeof(float) * D);
         }
+        break;
     }
+    case ROW_ATTENTION_RESIDUAL:
+        rms_norm(y + b * E, blk->post_attention_norm, h + b * E, E, blk->eps);
+        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
+        break;
+    case ROW_FFN_NORM:
+        rms_norm(x + b * E, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
+        break;
+    case ROW_GELU:
+        gelu_tanh_mul(y + b * 2 * I, y + b * 2 * I + I, h + b * I, I);
+        break;
+    case ROW_FFN_RESIDUAL:
+        rms_norm(y + b * E, blk->post_feedforward_norm, h + b * E, E, blk->eps);
+        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
+        break;
+    }
+}
+
+/* Each row on its own; in parallel only when there are many (prefill): a decode step's few
+ * rows cost less than waking the pool. */
+static void rows(block_job *job, int stage, int64_t B) {
+    row_job r = {job, stage};
+    parallel_for(B, B > 16 ? 8 : B, row_stage, &r);
+}
+
+/* Norm, q/k/v projection, q/k norms and rotary; keys and values written to the cache; the
+ * queries left in y [B, NQKV] (first NQ columns). */
+static void block_qkv(block_job *job, int64_t B) {
+    scratch *m = job->m;
+    rows(job, ROW_INPUT_NORM, B);
+    project(&job->blk->qkv, m->h, m->y, B, m->xq, m->xs); /* [B, NQKV] */
+    rows(job, ROW_QK_ROTARY, B);
+}
+
+/* One task: one sequence's query heads that share a kv head (or half of them when there are
+ * fewer tasks than threads), so every cached key and value is read once per task. */
+static void attention_task(void *ctx, int64_t task) {
+    const block_job *j = ctx;
+    const gemma_block *blk = j->blk;
+    const int64_t D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
+    const int64_t NQ = H * D, NQKV = NQ + 2 * HKV * D, group = H / HKV;
+    const int64_t split = j->split, per_task = group / split;
+    const float *y = j->m->y;
+    float *attn = j->m->attn;
+    const int64_t b = task / (HKV * split), kv = (task / split) % HKV;
+    const int64_t first = kv * group + (task % split) * per_task, p = j->positions[b];
+    const int64_t lo = blk->window > 0 && p + 1 > blk->window ? p + 1 - blk->window : 0;
+    const int64_t T = p + 1 - lo;
+    const float *keys = j->k_cache + ((j->slots[b] * HKV + kv) * j->capacity + lo) * D;
+    const float *values = j->v_cache + ((j->slots[b] * HKV + kv) * j->capacity + lo) * D;
+    float *scores = malloc(sizeof(float) * per_task * T); /* [heads, T] */
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < per_task; g++)
+            scores[g * T + t] =
+                dot_f32(y + b * NQKV + (first + g) * D, keys + t * D, D) * blk->scaling;
+    for (int64_t g = 0; g < per_task; g++) {
+        float top = -INFINITY;
+        for (int64_t t = 0; t < T; t++) top = scores[g * T + t] > top ? scores[g * T + t] : top;
+        const float total = exp_shifted(scores + g * T, T, top);
+        for (int64_t t = 0; t < T; t++) scores[g * T + t] /= total;
+        memset(attn + b * NQ + (first + g) * D, 0, sizeof(float) * D);
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < per_task; g++)
+            axpy_f32(scores[g * T + t], values + t * D, attn + b * NQ + (first + g) * D, D);
+    free(scores);
 }
 
 /* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ] */
-static void block_attention(const gemma_block *blk, int64_t B, const int64_t *slots,
-                            const int64_t *positions, const float *k_cache,
-                            const float *v_cache, int64_t capacity, scratch *m) {
-    const int64_t D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
-    const int64_t NQ = H * D, NQKV = NQ + 2 * HKV * D;
-    const float *y = m->y;
-    float *attn = m->attn;
-    /* Each task: one sequence's query heads that share a kv head (or half of them when there
-     * are fewer tasks than threads), so every cached key and value is read once per task. */
-    const int64_t group = H / HKV;
-    const int64_t split = (B * HKV < omp_get_max_threads() && group % 2 == 0) ? 2 : 1;
-    const int64_t per_task = group / split;
-#pragma omp parallel for schedule(dynamic, 1) if (B * HKV * split > 1)
-    for (int64_t task = 0; task < B * HKV * split; task++) {
-        const int64_t b = task / (HKV * split), kv = (task / split) % HKV;
-        const int64_t first = kv * group + (task % split) * per_task, p = positions[b];
-        const int64_t lo = blk->window > 0 && p + 1 > blk->window ? p + 1 - blk->window : 0;
-        const int64_t T = p + 1 - lo;
-        const float *keys = k_cache + ((slots[b] * HKV + kv) * capacity + lo) * D;
-        const float *values = v_cache + ((slots[b] * HKV + kv) * capacity + lo) * D;
-        float *scores = malloc(sizeof(float) * per_task * T); /* [heads, T] */
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t g = 0; g < per_task; g++)
-                scores[g * T + t] =
-                    dot_f32(y + b * NQKV + (first + g) * D, keys + t * D, D) * blk->scaling;
-        for (int64_t g = 0; g < per_task; g++) {
-            float top = -INFINITY;
-            for (int64_t t = 0; t < T; t++) top = scores[g * T + t] > top ? scores[g * T + t] : top;
-            const float total = exp_shifted(scores + g * T, T, top);
-            for (int64_t t = 0; t < T; t++) scores[g * T + t] /= total;
-            memset(attn + b * NQ + (first + g) * D, 0, sizeof(float) * D);
-        }
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t g = 0; g < per_task; g++)
-                axpy_f32(scores[g * T + t], values + t * D, attn + b * NQ + (first + g) * D, D);
-        free(scores);
-    }
+static void block_attention(block_job *job, int64_t B) {
+    const int64_t HKV = job->blk->kv_heads, group = job->blk->heads / HKV;
+    job->split = (B * HKV < pool_threads() && group % 2 == 0) ? 2 : 1;
+    parallel_for(B * HKV * job->split, 1, attention_task, job);
 }
 
 /* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ]. */
-static void block_out(const gemma_block *blk, float *x, const float *attn, int64_t B,
-                      scratch *m) {
-    const int64_t E = blk->hidden, I = blk->intermediate;
-    float *h = m->h, *y = m->y;
-    int8_t *xq = m->xq;
-    float *xs = m->xs;
-    project(&blk->o, attn, y, B, xq, xs); /* [B, E] */
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++) {
-        rms_norm(y + b * E, blk->post_attention_norm, h + b * E, E, blk->eps);
-        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
-    }
-
-    /* feed-forward */
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++)
-        rms_norm(x + b * E, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
-    project(&blk->gate_up, h, y, B, xq, xs); /* [B, 2I] */
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++) gelu_tanh_mul(y + b * 2 * I, y + b * 2 * I + I, h + b * I, I);
-    project(&blk->down, h, y, B, xq, xs); /* [B, E] */
-#pragma omp parallel for if (B > 16)
-    for (int64_t b = 0; b < B; b++) {
-        rms_norm(y + b * E, blk->post_feedforward_norm, h + b * E, E, blk->eps);
-        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
-    }
+static void block_out(block_job *job, int64_t B) {
+    scratch *m = job->m;
+    const gemma_block *blk = job->blk;
+    project(&blk->o, job->attn_in, m->y, B, m->xq, m->xs); /* [B, E] */
+    rows(job, ROW_ATTENTION_RESIDUAL, B);
+    rows(job, ROW_FFN_NORM, B);
+    project(&blk->gate_up, m->h, m->y, B, m->xq, m->xs); /* [B, 2I] */
+    rows(job, ROW_GELU, B);
+    project(&blk->down, m->h, m->y, B, m->xq, m->xs); /* [B, E] */
+    rows(job, ROW_FFN_RESIDUAL, B);
 }
 
 /* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
@@ -479,9 +670,11 @@ void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64
                         const int64_t *positions, const float *cos_table, const float *sin_table,
                         float *k_cache, float *v_cache, int64_t capacity) {
     scratch m = scratch_for(blk, B);
-    block_qkv(blk, x, B, slots, positions, cos_table, sin_table, k_cache, v_cache, capacity, &m);
-    block_attention(blk, B, slots, positions, k_cache, v_cache, capacity, &m);
-    block_out(blk, x, m.attn, B, &m);
+    block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
+                     k_cache, v_cache, capacity, 1, &m};
+    block_qkv(&job, B);
+    block_attention(&job, B);
+    block_out(&job, B);
     scratch_free(&m);
 }
 
@@ -491,7 +684,9 @@ void gemma_block_qkv(const gemma_block *blk, const float *x, int64_t B, const in
                      const int64_t *positions, const float *cos_table, const float *sin_table,
                      float *k_cache, float *v_cache, int64_t capacity, float *q) {
     scratch m = scratch_for(blk, B);
-    block_qkv(blk, x, B, slots, positions, cos_table, sin_table, k_cache, v_cache, capacity, &m);
+    block_job job = {blk, (float *)x, NULL, slots, positions, cos_table, sin_table,
+                     k_cache, v_cache, capacity, 1, &m};
+    block_qkv(&job, B);
     const int64_t NQ = blk->heads * blk->head_dim, NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
     for (int64_t b = 0; b < B; b++) memcpy(q + b * NQ, m.y + b * NQKV, sizeof(float) * NQ);
     scratch_free(&m);
@@ -499,6 +694,7 @@ void gemma_block_qkv(const gemma_block *blk, const float *x, int64_t B, const in
 
 void gemma_block_out(const gemma_block *blk, float *x, const float *attn, int64_t B) {
     scratch m = scratch_for(blk, B);
-    block_out(blk, x, attn, B, &m);
+    block_job job = {blk, x, attn, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1, &m};
+    block_out(&job, B);
     scratch_free(&m);
 }
