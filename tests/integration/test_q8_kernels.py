@@ -191,3 +191,28 @@ def test_the_portable_kernel_gives_the_same_bits_as_the_vector_one(
     assert torch.equal(
         Q8Embedding(fast)(torch.tensor([0, 71])), Q8Embedding(plain)(torch.tensor([0, 71]))
     )
+
+
+def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bits(
+    kernels: Q8Kernels,
+) -> None:
+    model = small_q8_model(kernels)
+    prompt = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(5))
+    rows = torch.tensor([1])
+
+    def run(pieces: list[tuple[int, int, bool]]) -> tuple[torch.Tensor, KVCache]:
+        cache = KVCache(model.config, slots=2, dtype=torch.float32)
+        logits = torch.empty(0)
+        with torch.inference_mode():
+            for start, end, decoding in pieces:
+                positions = torch.arange(start, end).view(1, -1)
+                logits = model(prompt[:, start:end], positions, rows, cache, decoding=decoding)
+        return logits, cache
+
+    whole, whole_cache = run([(0, 20, False)])
+    pieces, pieces_cache = run([(0, 12, False), (12, 19, False), (19, 20, True)])
+    one_by_one, one_cache = run([(0, 1, False)] + [(i, i + 1, True) for i in range(1, 20)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(whole, one_by_one)
+    assert torch.equal(whole_cache.k, pieces_cache.k)
+    assert torch.equal(whole_cache.v, one_cache.v)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, KVCache, attention
+from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, KVCache
 
 __all__ = [
     "BLOCK",
@@ -102,22 +102,6 @@ class Q8Kernels:
             _I,
         ]
         library.gemma_decode_block.restype = None
-        library.gemma_block_qkv.argtypes = [
-            ctypes.POINTER(_BlockArgs),
-            _P,
-            _I,
-            _P,
-            _P,
-            _P,
-            _P,
-            _P,
-            _P,
-            _I,
-            _P,
-        ]
-        library.gemma_block_qkv.restype = None
-        library.gemma_block_out.argtypes = [ctypes.POINTER(_BlockArgs), _P, _P, _I]
-        library.gemma_block_out.restype = None
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [M, K] float32 -> int8 values [M, K] and float32 scales [M, K/32]."""
@@ -160,7 +144,7 @@ class Q8Kernels:
         )
         return out
 
-    def decode_block(
+    def block(
         self,
         block: _BlockArgs,
         x: torch.Tensor,  # [R, E] float32 rows (tokens), updated in place
@@ -169,7 +153,6 @@ class Q8Kernels:
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [P, D] float32
         cache: tuple[torch.Tensor, torch.Tensor],  # this layer's keys, values: [slots, H, T, D]
     ) -> None:
-        """The whole block, attention included."""
         keys, values = cache
         self._lib.gemma_decode_block(
             ctypes.byref(block),
@@ -182,40 +165,6 @@ class Q8Kernels:
             keys.data_ptr(),
             values.data_ptr(),
             keys.shape[2],
-        )
-
-    def block_qkv(
-        self,
-        block: _BlockArgs,
-        x: torch.Tensor,  # [R, E]
-        slots: torch.Tensor,
-        positions: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: tuple[torch.Tensor, torch.Tensor],
-        queries: int,
-    ) -> torch.Tensor:
-        """The block up to attention: keys and values cached, queries returned [R, queries]."""
-        keys, values = cache
-        q = torch.empty((x.shape[0], queries), dtype=torch.float32)
-        self._lib.gemma_block_qkv(
-            ctypes.byref(block),
-            x.data_ptr(),
-            x.shape[0],
-            slots.data_ptr(),
-            positions.data_ptr(),
-            rope[0].data_ptr(),
-            rope[1].data_ptr(),
-            keys.data_ptr(),
-            values.data_ptr(),
-            keys.shape[2],
-            q.data_ptr(),
-        )
-        return q
-
-    def block_out(self, block: _BlockArgs, x: torch.Tensor, attention: torch.Tensor) -> None:
-        """The block after attention: x [R, E] updated from the attention output [R, NQ]."""
-        self._lib.gemma_block_out(
-            ctypes.byref(block), x.data_ptr(), attention.data_ptr(), x.shape[0]
         )
 
 
@@ -423,13 +372,15 @@ class Q8BlockDecoder:
         positions: torch.Tensor,  # [B, S]
         slots: torch.Tensor,  # [B]
         cache: KVCache,
-        decoding: bool,
+        decoding: bool,  # the same computation either way
     ) -> torch.Tensor:
         if not self._args:
             self._build()
         b, s, e = x.shape
         # Every token is a row of its own, with its slot and position: a prompt's tokens are
-        # written to the cache first, then each attends to the positions up to its own.
+        # written to the cache first, then each attends to the positions up to its own. Prefill
+        # and decode are the same computation, so a token's keys and values are the same bits
+        # whether it was prefilled whole, in pieces, or decoded.
         rows = x.reshape(b * s, e).float().contiguous()  # [B*S, E], updated block by block
         at = positions.reshape(b * s).to(torch.int64).contiguous()
         row_slots = slots.to(torch.int64).repeat_interleave(s).contiguous()
@@ -437,25 +388,10 @@ class Q8BlockDecoder:
         ropes = {
             local: model.rope_tables(local, length) for local in set(model.config.sliding_layers)
         }
-        masks: dict[bool, torch.Tensor] = {}
         for layer, (block, args) in enumerate(zip(self._blocks, self._args, strict=True)):
             assert isinstance(block, Block)
             rope = ropes[block.sliding]
-            layer_cache = (cache.k[layer], cache.v[layer])
-            if decoding:  # one query per sequence: attention in C too
-                self.kernels.decode_block(args, rows, row_slots, at, rope, layer_cache)
-                continue
-            # Prefill: attention of many queries is a matrix product, which torch does best; and
-            # each query row is computed the same way however the prompt is split, so a prompt
-            # prefilled after a reused prefix equals one prefilled whole.
-            q = self.kernels.block_qkv(args, rows, row_slots, at, rope, layer_cache, block.n_q)
-            q = q.view(b, s, block.heads, block.head_dim).transpose(1, 2)  # [B, H, S, D]
-            keys = layer_cache[0][slots, :, :length]  # [B, H_kv, T, D]
-            values = layer_cache[1][slots, :, :length]
-            if block.sliding not in masks:
-                masks[block.sliding] = model.attention_mask(positions, length, block.sliding)
-            out = attention(q, keys, values, masks[block.sliding], block.scaling)  # [B, H, S, D]
-            self.kernels.block_out(args, rows, out.transpose(1, 2).reshape(b * s, block.n_q))
+            self.kernels.block(args, rows, row_slots, at, rope, (cache.k[layer], cache.v[layer]))
         return rows.view(b, s, e)
 
 

@@ -471,15 +471,44 @@ static float exp_shifted(float *v, int64_t n, float shift) {
     return total;
 }
 
-/* y += a x */
-static inline void axpy_f32(float a, const float *restrict x, float *restrict y, int64_t n) {
-    int64_t i = 0;
+/* outs[i][d] = sum over t of w[i * T + t] * v[t * D + d], for nq <= 16 rows of weights. Each
+ * output is accumulated in t order, one FMA per t, whatever nq is. */
 #if defined(__AVX512F__)
-    const __m512 va = _mm512_set1_ps(a);
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+static inline __attribute__((always_inline)) void weighted_sums_n(
+    const float *w, int64_t T, int nq, const float *v, int64_t D, float **outs) {
+    for (int64_t d = 0; d + 16 <= D; d += 16) {
+        __m512 acc[16];
+        for (int i = 0; i < nq; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < T; t++) {
+            const __m512 value = _mm512_loadu_ps(v + t * D + d);
+            for (int i = 0; i < nq; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w[i * T + t]), value, acc[i]);
+        }
+        for (int i = 0; i < nq; i++) _mm512_storeu_ps(outs[i] + d, acc[i]);
+    }
+}
 #endif
-    for (; i < n; i++) y[i] += a * x[i];
+
+static void weighted_sums(const float *w, int64_t T, int64_t nq, const float *v, int64_t D,
+                          float **outs) {
+    int64_t done = 0;
+#if defined(__AVX512F__)
+    switch (nq) { /* constant counts keep the accumulators in registers */
+    case 1: weighted_sums_n(w, T, 1, v, D, outs); break;
+    case 2: weighted_sums_n(w, T, 2, v, D, outs); break;
+    case 4: weighted_sums_n(w, T, 4, v, D, outs); break;
+    case 8: weighted_sums_n(w, T, 8, v, D, outs); break;
+    case 16: weighted_sums_n(w, T, 16, v, D, outs); break;
+    default: weighted_sums_n(w, T, (int)nq, v, D, outs); break;
+    }
+    done = D - D % 16;
+#endif
+    for (int64_t i = 0; i < nq; i++)
+        for (int64_t d = done; d < D; d++) {
+            float acc = 0.0f;
+            for (int64_t t = 0; t < T; t++) acc = fmaf(w[i * T + t], v[t * D + d], acc);
+            outs[i][d] = acc;
+        }
 }
 
 /* out[i] = gelu_tanh(gate[i]) * up[i], with 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): scalar
@@ -537,6 +566,7 @@ typedef struct {
     const float *cos_table, *sin_table;
     float *k_cache, *v_cache;
     int64_t capacity, split;
+    const int64_t *runs; /* attention tasks' first rows (block_attention) */
     scratch *m;
 } block_job;
 
@@ -610,45 +640,72 @@ static void block_qkv(block_job *job, int64_t B) {
     rows(job, ROW_QK_ROTARY, B);
 }
 
-/* One task: one sequence's query heads that share a kv head (or half of them when there are
- * fewer tasks than threads), so every cached key and value is read once per task. */
+/* Attention tasks: a run of up to ROWS_PER_TASK consecutive rows of one sequence (a prompt's
+ * tokens; in a decode step, one row) and the query heads of one kv head, so that each cached
+ * key and value is read once for all of them. Every (row, head) is computed the same way
+ * whatever the task holds (dot products over the head dimension, then weights and values
+ * accumulated in position order; zero weights outside the row's window add nothing), so a
+ * token's result is the same prefilled whole, prefilled in pieces, or decoded. */
+#define ROWS_PER_TASK 8
+
 static void attention_task(void *ctx, int64_t task) {
     const block_job *j = ctx;
     const gemma_block *blk = j->blk;
     const int64_t D = blk->head_dim, H = blk->heads, HKV = blk->kv_heads;
     const int64_t NQ = H * D, NQKV = NQ + 2 * HKV * D, group = H / HKV;
     const int64_t split = j->split, per_task = group / split;
-    const float *y = j->m->y;
-    float *attn = j->m->attn;
-    const int64_t b = task / (HKV * split), kv = (task / split) % HKV;
-    const int64_t first = kv * group + (task % split) * per_task, p = j->positions[b];
-    const int64_t lo = blk->window > 0 && p + 1 > blk->window ? p + 1 - blk->window : 0;
-    const int64_t T = p + 1 - lo;
-    const float *keys = j->k_cache + ((j->slots[b] * HKV + kv) * j->capacity + lo) * D;
-    const float *values = j->v_cache + ((j->slots[b] * HKV + kv) * j->capacity + lo) * D;
-    float *scores = malloc(sizeof(float) * per_task * T); /* [heads, T] */
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t g = 0; g < per_task; g++)
-            scores[g * T + t] =
-                dot_f32(y + b * NQKV + (first + g) * D, keys + t * D, D) * blk->scaling;
-    for (int64_t g = 0; g < per_task; g++) {
-        float top = -INFINITY;
-        for (int64_t t = 0; t < T; t++) top = scores[g * T + t] > top ? scores[g * T + t] : top;
-        const float total = exp_shifted(scores + g * T, T, top);
-        for (int64_t t = 0; t < T; t++) scores[g * T + t] /= total;
-        memset(attn + b * NQ + (first + g) * D, 0, sizeof(float) * D);
+    const int64_t run = task / (HKV * split), kv = (task / split) % HKV;
+    const int64_t first_head = kv * group + (task % split) * per_task;
+    const int64_t r0 = j->runs[run], r1 = j->runs[run + 1], slot = j->slots[r0];
+    const int64_t window = blk->window;
+    int64_t t0 = INT64_MAX, t1 = 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t p = j->positions[r], lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+        t0 = lo < t0 ? lo : t0;
+        t1 = p + 1 > t1 ? p + 1 : t1;
     }
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t g = 0; g < per_task; g++)
-            axpy_f32(scores[g * T + t], values + t * D, attn + b * NQ + (first + g) * D, D);
-    free(scores);
+    const int64_t T = t1 - t0, queries = (r1 - r0) * per_task;
+    const float *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
+    const float *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
+    float *weights = calloc((size_t)(queries * T), sizeof(float)); /* [queries, T] from t0 */
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t p = j->positions[r], lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+        for (int64_t g = 0; g < per_task; g++) {
+            const float *q = j->m->y + r * NQKV + (first_head + g) * D;
+            float *w = weights + ((r - r0) * per_task + g) * T + (lo - t0);
+            for (int64_t t = lo; t <= p; t++) w[t - lo] = dot_f32(q, keys + t * D, D) * blk->scaling;
+            float top = -INFINITY;
+            for (int64_t t = 0; t <= p - lo; t++) top = w[t] > top ? w[t] : top;
+            const float total = exp_shifted(w, p + 1 - lo, top);
+            for (int64_t t = 0; t <= p - lo; t++) w[t] /= total;
+        }
+    }
+    /* out[query] = sum over t of weight[query, t] * value[t], 16 queries at a time */
+    for (int64_t q0 = 0; q0 < queries; q0 += 16) {
+        const int64_t nq = queries - q0 < 16 ? queries - q0 : 16;
+        float *outs[16];
+        for (int64_t i = 0; i < nq; i++) {
+            const int64_t r = r0 + (q0 + i) / per_task, g = (q0 + i) % per_task;
+            outs[i] = j->m->attn + r * NQ + (first_head + g) * D;
+        }
+        weighted_sums(weights + q0 * T, T, nq, values + t0 * D, D, outs);
+    }
+    free(weights);
 }
 
 /* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ] */
 static void block_attention(block_job *job, int64_t B) {
     const int64_t HKV = job->blk->kv_heads, group = job->blk->heads / HKV;
-    job->split = (B * HKV < pool_threads() && group % 2 == 0) ? 2 : 1;
-    parallel_for(B * HKV * job->split, 1, attention_task, job);
+    int64_t *runs = malloc(sizeof(int64_t) * (B + 1)), count = 0;
+    for (int64_t r = 0; r < B; r++) /* a new task at a new sequence or a full one */
+        if (r == 0 || job->slots[r] != job->slots[r - 1] ||
+            job->positions[r] != job->positions[r - 1] + 1 || r - runs[count - 1] == ROWS_PER_TASK)
+            runs[count++] = r;
+    runs[count] = B;
+    job->runs = runs;
+    job->split = (count * HKV < pool_threads() && group % 2 == 0) ? 2 : 1;
+    parallel_for(count * HKV * job->split, 1, attention_task, job);
+    free(runs);
 }
 
 /* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ]. */
@@ -671,30 +728,9 @@ void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64
                         float *k_cache, float *v_cache, int64_t capacity) {
     scratch m = scratch_for(blk, B);
     block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
-                     k_cache, v_cache, capacity, 1, &m};
+                     k_cache, v_cache, capacity, 1, NULL, &m};
     block_qkv(&job, B);
     block_attention(&job, B);
-    block_out(&job, B);
-    scratch_free(&m);
-}
-
-/* The two halves around attention, for prefill, where torch computes attention as matrix
- * products: q [B, NQ] out of the first; attn [B, NQ] into the second. */
-void gemma_block_qkv(const gemma_block *blk, const float *x, int64_t B, const int64_t *slots,
-                     const int64_t *positions, const float *cos_table, const float *sin_table,
-                     float *k_cache, float *v_cache, int64_t capacity, float *q) {
-    scratch m = scratch_for(blk, B);
-    block_job job = {blk, (float *)x, NULL, slots, positions, cos_table, sin_table,
-                     k_cache, v_cache, capacity, 1, &m};
-    block_qkv(&job, B);
-    const int64_t NQ = blk->heads * blk->head_dim, NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
-    for (int64_t b = 0; b < B; b++) memcpy(q + b * NQ, m.y + b * NQKV, sizeof(float) * NQ);
-    scratch_free(&m);
-}
-
-void gemma_block_out(const gemma_block *blk, float *x, const float *attn, int64_t B) {
-    scratch m = scratch_for(blk, B);
-    block_job job = {blk, x, attn, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1, &m};
     block_out(&job, B);
     scratch_free(&m);
 }
