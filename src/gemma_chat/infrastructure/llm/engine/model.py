@@ -137,7 +137,8 @@ class KVCache:
 
 
 class BlockDecoder(Protocol):
-    """Runs every block at once (e.g. fused in C): x [B, S, E] -> [B, S, E]."""
+    """Runs every block at once (e.g. fused in C): x [B, S, E] -> [B, S, E], or on rows of
+    tokens of any sequences: x [R, E] -> [R, E]."""
 
     def __call__(
         self,
@@ -147,6 +148,15 @@ class BlockDecoder(Protocol):
         slots: torch.Tensor,
         cache: KVCache,
         decoding: bool,
+    ) -> torch.Tensor: ...
+
+    def rows(
+        self,
+        model: Gemma3Model,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
     ) -> torch.Tensor: ...
 
 
@@ -318,6 +328,35 @@ class Gemma3Model(nn.Module):
             x = x[:, -1]  # [B, E]
         x = self.norm(x)
         logits: torch.Tensor = self.lm_head(x).float()
+        softcap = self.config.final_logit_softcapping
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    @property
+    def takes_rows(self) -> bool:
+        """Whether ``forward_rows`` works: several sequences' prompts and next tokens in one
+        batch (with the fused blocks)."""
+        return self.block_decoder is not None
+
+    def forward_rows(
+        self,
+        input_ids: torch.Tensor,  # [R] tokens of any sequences
+        positions: torch.Tensor,  # [R]
+        slots: torch.Tensor,  # [R] cache rows
+        cache: KVCache,
+        wanted: list[int],  # rows whose next-token logits are needed (each sequence's last)
+    ) -> torch.Tensor:
+        """Logits [len(wanted), V]: prompts being prefilled and sequences being decoded, in one
+        pass over the weights."""
+        assert self.block_decoder is not None, "forward_rows needs the fused blocks"
+        length = int(positions.max().item()) + 1
+        cache.ensure(int(slots.max().item()) + 1, length)
+        lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
+        x = lookup(input_ids).to(self.compute_dtype)
+        x = x * torch.tensor(self.embed_scale, dtype=self.compute_dtype)  # [R, E]
+        x = self.block_decoder.rows(self, x, positions, slots, cache)
+        logits: torch.Tensor = self.lm_head(self.norm(x[wanted])).float()  # [W, V]
         softcap = self.config.final_logit_softcapping
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

@@ -377,13 +377,29 @@ class Q8BlockDecoder:
         if not self._args:
             self._build()
         b, s, e = x.shape
-        # Every token is a row of its own, with its slot and position: a prompt's tokens are
-        # written to the cache first, then each attends to the positions up to its own. Prefill
-        # and decode are the same computation, so a token's keys and values are the same bits
-        # whether it was prefilled whole, in pieces, or decoded.
-        rows = x.reshape(b * s, e).float().contiguous()  # [B*S, E], updated block by block
-        at = positions.reshape(b * s).to(torch.int64).contiguous()
-        row_slots = slots.to(torch.int64).repeat_interleave(s).contiguous()
+        at = positions.reshape(b * s)
+        rows = self.rows(model, x.reshape(b * s, e), at, slots.repeat_interleave(s), cache)
+        return rows.view(b, s, e)
+
+    def rows(
+        self,
+        model: Gemma3Model,
+        x: torch.Tensor,  # [R, E]: one row per token, of any sequences
+        positions: torch.Tensor,  # [R]
+        slots: torch.Tensor,  # [R]
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Every block on rows of tokens: x [R, E] -> [R, E].
+
+        Each row has its slot and position: the rows' keys and values are written to the cache
+        first, then each row attends to its sequence's positions up to its own. Prefill and
+        decode are the same computation, so a token's keys and values are the same bits whether
+        it was prefilled whole, in pieces, decoded, or beside other sequences' tokens."""
+        if not self._args:
+            self._build()
+        rows = x.float().contiguous()  # updated in place, block by block
+        at = positions.to(torch.int64).contiguous()
+        row_slots = slots.to(torch.int64).contiguous()
         length = int(at.max()) + 1
         ropes = {
             local: model.rope_tables(local, length) for local in set(model.config.sliding_layers)
@@ -392,7 +408,7 @@ class Q8BlockDecoder:
             assert isinstance(block, Block)
             rope = ropes[block.sliding]
             self.kernels.block(args, rows, row_slots, at, rope, (cache.k[layer], cache.v[layer]))
-        return rows.view(b, s, e)
+        return rows
 
 
 def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:

@@ -108,6 +108,9 @@ class BatchScheduler:
                 admitted = self._next_jobs()
                 if admitted is None:
                     return
+                if self.model.takes_rows:
+                    self._step(admitted)
+                    continue
                 for job in admitted:
                     self._prefill(job)
                 self._decode_step()
@@ -135,6 +138,79 @@ class BatchScheduler:
 
     def _has_active(self) -> bool:
         return any(s.job is not None for s in self._slots)
+
+    def _step(self, admitted: list[GenerationJob]) -> None:
+        """One pass over the weights for everything: the running sequences' next tokens and
+        the new requests' prompts (beyond their cached prefix), as rows of one batch."""
+        decoding = [s for s in self._slots if s.job is not None and s.next_token is not None]
+        ids = [s.next_token for s in decoding]
+        positions = [len(s.tokens) for s in decoding]
+        rows = [s.index for s in decoding]
+        prefilling: list[tuple[_Slot, int]] = []
+        for job in admitted:
+            slot, reused = self._choose_slot(job.prompt_ids)
+            slot.job, slot.sampler = job, TokenSampler(job.sampling)
+            prompt = job.prompt_ids
+            # Room for the whole answer now: growing the cache later copies it, mid-answer or
+            # in the next turn's time to first token.
+            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens)
+            ids += prompt[reused:]
+            positions += range(reused, len(prompt))
+            rows += [slot.index] * (len(prompt) - reused)
+            prefilling.append((slot, reused))
+        if not ids:
+            return
+        ends, at = [], len(decoding)
+        for slot, reused in prefilling:
+            assert slot.job is not None
+            at += len(slot.job.prompt_ids) - reused
+            ends.append(at - 1)
+        wanted = list(range(len(decoding))) + ends
+        try:
+            logits = self.model.forward_rows(
+                torch.tensor(ids, dtype=torch.long),
+                torch.tensor(positions, dtype=torch.long),
+                torch.tensor(rows, dtype=torch.long),
+                self.cache,
+                wanted,
+            )  # [W, V]
+        except Exception as exc:
+            logger.exception("step failed")
+            for slot in [*decoding, *(s for s, _ in prefilling)]:
+                slot.tokens = []
+                if slot.job is not None:
+                    slot.job.fail(exc)
+                self._release(slot, None)
+            return
+        if decoding:
+            self.stats.steps += 1
+            self.stats.decoded_tokens += len(decoding)
+            self.stats.max_batch = max(self.stats.max_batch, len(decoding))
+        greedy = self._greedy_tokens(logits, [*decoding, *(s for s, _ in prefilling)])
+        for i, slot in enumerate(decoding):
+            assert slot.next_token is not None
+            slot.tokens.append(slot.next_token)
+            self._advance(slot, logits[i], greedy[i])
+        for j, (slot, reused) in enumerate(prefilling):
+            assert slot.job is not None
+            slot.tokens = list(slot.job.prompt_ids)
+            self.stats.prefilled_tokens += len(slot.tokens) - reused
+            self.stats.reused_tokens += reused
+            self._advance(slot, logits[len(decoding) + j], greedy[len(decoding) + j])
+
+    @staticmethod
+    def _greedy_tokens(logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
+        """Each greedy row's token from one argmax over the batch; None where a row samples."""
+        plain = [
+            s.sampler is not None
+            and s.sampler.params.temperature == 0.0
+            and s.sampler.params.repetition_penalty == 1.0
+            for s in slots
+        ]
+        if not any(plain):
+            return [None] * len(slots)
+        best = logits.argmax(dim=-1).tolist()  # [W]
+        return [token if ok else None for token, ok in zip(best, plain, strict=True)]
 
     def _prefill(self, job: GenerationJob) -> None:
         slot, reused = self._choose_slot(job.prompt_ids)
@@ -184,17 +260,19 @@ class BatchScheduler:
             slot.tokens.append(slot.next_token)
             self._advance(slot, logits[i])
 
-    def _advance(self, slot: _Slot, logits: torch.Tensor) -> None:
-        """Sample the slot's next token from ``logits`` [V] and hand it to its job."""
+    def _advance(self, slot: _Slot, logits: torch.Tensor, token: int | None = None) -> None:
+        """Sample the slot's next token from ``logits`` [V] (unless already chosen: ``token``)
+        and hand it to its job."""
         job, sampler = slot.job, slot.sampler
         assert job is not None
         assert sampler is not None
-        seen = (
-            torch.tensor(slot.tokens, dtype=torch.long)
-            if sampler.params.repetition_penalty != 1.0
-            else _NO_TOKENS
-        )
-        token = sampler(logits, seen)
+        if token is None:
+            seen = (
+                torch.tensor(slot.tokens, dtype=torch.long)
+                if sampler.params.repetition_penalty != 1.0
+                else _NO_TOKENS
+            )
+            token = sampler(logits, seen)
         if job.accept(token):
             slot.next_token = token
         else:

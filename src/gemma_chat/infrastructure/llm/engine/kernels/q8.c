@@ -157,6 +157,19 @@ typedef struct {
 static void quantize_block(void *ctx, int64_t r) {
     const quantize_job *job = ctx;
     const float *xb = job->x + r * QK;
+#if defined(__AVX512F__)
+    /* the same values as the loop below: max |x|, then x / d rounded to nearest even */
+    const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
+    const float amax16 = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    const float d16 = amax16 / 127.0f, id16 = d16 != 0.0f ? 1.0f / d16 : 0.0f;
+    job->s[r] = d16;
+    const __m512 inv = _mm512_set1_ps(id16);
+    _mm_storeu_si128((__m128i *)(job->q + r * QK),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inv))));
+    _mm_storeu_si128((__m128i *)(job->q + r * QK + 16),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inv))));
+    return;
+#endif
     float amax = 0.0f;
     for (int i = 0; i < QK; i++) {
         float a = fabsf(xb[i]);
@@ -234,8 +247,8 @@ static inline __attribute__((always_inline)) void tile_product(
     __m512 f[MR][2];
     for (int m = 0; m < MR; m++) f[m][0] = f[m][1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i acc[MR][2];
-        for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+        __m512i acc[MR][2]; /* start at -128 sum(x): the weights' +128 taken back out */
+        for (int m = 0; m < mr; m++) acc[m][0] = acc[m][1] = _mm512_set1_epi32(-xc[(m0 + m) * nb + b]);
         const uint8_t *w0 = wq + (t * nb + b) * (8 * 64), *w1 = w0 + nb * 8 * 64;
         for (int kq = 0; kq < 8; kq++) {
             const __m512i a0 = _mm512_loadu_si512((const void *)(w0 + kq * 64));
@@ -253,13 +266,11 @@ static inline __attribute__((always_inline)) void tile_product(
                                     (const __m256i *)(ws + ((t + 1) * nb + b) * LANES)))
                               : s0;
         for (int m = 0; m < mr; m++) {
-            const __m512i c = _mm512_set1_epi32(xc[(m0 + m) * nb + b]);
             const __m512 dx = _mm512_set1_ps(xs[(m0 + m) * nb + b]);
-            f[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][0], c)),
-                                      _mm512_mul_ps(dx, s0), f[m][0]);
+            f[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][0]), _mm512_mul_ps(dx, s0), f[m][0]);
             if (two)
-                f[m][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][1], c)),
-                                          _mm512_mul_ps(dx, s1), f[m][1]);
+                f[m][1] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][1]), _mm512_mul_ps(dx, s1), f[m][1]);
         }
     }
     const __m512 scale = _mm512_set1_ps(mult);
