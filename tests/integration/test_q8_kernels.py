@@ -216,3 +216,13 @@ def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bit
     assert torch.equal(whole, one_by_one)
     assert torch.equal(whole_cache.k, pieces_cache.k)
     assert torch.equal(whole_cache.v, one_cache.v)
+
+
+def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) -> None:
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(6))
+    logits[1, 700] = logits[1, 900] = 50.0  # a tie: the first one
+    logits[2, 999] = 60.0  # in the tail after the last full vector
+    logits[3, :] = 1.0  # all equal
+    logits[4, 3] = 70.0
+    assert kernels.argmax(logits) == logits.argmax(dim=-1).tolist()
+    assert kernels.argmax(logits[:, :7]) == logits[:, :7].argmax(dim=-1).tolist()

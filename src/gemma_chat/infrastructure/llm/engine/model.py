@@ -9,6 +9,7 @@ several sequences at different positions decode in one batched step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -117,7 +118,11 @@ class KVCache:
         # Doubling stops at the model's window (unless asked for more), and never shrinks.
         limit = max(length, self.config.max_position_embeddings)
         new_length = max(self.capacity, min(new_length, limit))
-        shape = (self.k.shape[0], max(slots, self.slots), self.k.shape[2], new_length)
+        # Rows double too (up to the maximum): each growth copies the whole cache.
+        rows = (
+            self.slots if slots <= self.slots else min(max(slots, 2 * self.slots), self.max_slots)
+        )
+        shape = (self.k.shape[0], rows, self.k.shape[2], new_length)
         grown_k = self.k.new_zeros((*shape, self.k.shape[4]))
         grown_v = self.v.new_zeros(grown_k.shape)
         grown_k[:, : self.slots, :, : self.capacity] = self.k
@@ -266,6 +271,10 @@ def attention(
     return torch.matmul(weights, v).view(b, h, s, d)
 
 
+def _torch_argmax(logits: torch.Tensor) -> list[int]:
+    return [int(i) for i in logits.argmax(dim=-1).tolist()]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -288,6 +297,8 @@ class Gemma3Model(nn.Module):
         self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
         self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
         self.block_decoder: BlockDecoder | None = None  # all blocks fused (q8.py)
+        # Greedy tokens of a batch of logits [W, V]; q8.py brings a faster one.
+        self.argmax: Callable[[torch.Tensor], list[int]] = _torch_argmax
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,6 +87,8 @@ class Q8Kernels:
         library.q8_quantize_rows.restype = None
         library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
         library.q8p_matmul.restype = None
+        library.q8_argmax_rows.argtypes = [_P, _I, _I, _P]
+        library.q8_argmax_rows.restype = None
         library.q8p_rows.argtypes = [_P, _P, ctypes.c_float, _P, _I, _I, _P]
         library.q8p_rows.restype = None
         library.gemma_decode_block.argtypes = [
@@ -128,6 +130,13 @@ class Q8Kernels:
             k,
         )
         return y
+
+    def argmax(self, logits: torch.Tensor) -> list[int]:
+        """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints."""
+        x = logits.float().contiguous()
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self._lib.q8_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+        return [int(i) for i in out.tolist()]
 
     def rows(self, w: Q8Linear, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of ``w`` as float32: [R] -> [R, K]."""
@@ -448,3 +457,4 @@ def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bo
         model.embed = None  # type: ignore[assignment]
     model.compute_dtype = torch.float32
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
+    model.argmax = kernels.argmax

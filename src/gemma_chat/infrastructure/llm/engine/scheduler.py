@@ -198,8 +198,7 @@ class BatchScheduler:
             self.stats.reused_tokens += reused
             self._advance(slot, logits[len(decoding) + j], greedy[len(decoding) + j])
 
-    @staticmethod
-    def _greedy_tokens(logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
+    def _greedy_tokens(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
         """Each greedy row's token from one argmax over the batch; None where a row samples."""
         plain = [
             s.sampler is not None
@@ -209,7 +208,7 @@ class BatchScheduler:
         ]
         if not any(plain):
             return [None] * len(slots)
-        best = logits.argmax(dim=-1).tolist()  # [W]
+        best = self.model.argmax(logits)  # [W]
         return [token if ok else None for token, ok in zip(best, plain, strict=True)]
 
     def _prefill(self, job: GenerationJob) -> None:

@@ -745,3 +745,55 @@ void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64
     block_out(&job, B);
     scratch_free(&m);
 }
+
+/* ---- Greedy decoding: each row's first largest value ------------------------------------ */
+typedef struct {
+    const float *x;
+    int64_t N;
+    int64_t *out;
+} argmax_job;
+
+static void argmax_row(void *ctx, int64_t r) {
+    const argmax_job *j = ctx;
+    const float *x = j->x + r * j->N;
+    int64_t i = 0, best_i = 0;
+    float best = -INFINITY;
+#if defined(__AVX512F__)
+    if (j->N >= 16) {
+        __m512 top = _mm512_loadu_ps(x);
+        __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i step = _mm512_set1_epi32(16);
+        __m512i index = at;
+        for (i = 16; i + 16 <= j->N && i < INT32_MAX - 16; i += 16) {
+            index = _mm512_add_epi32(index, step);
+            const __m512 v = _mm512_loadu_ps(x + i);
+            const __mmask16 higher = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ); /* first wins */
+            top = _mm512_mask_blend_ps(higher, top, v);
+            at = _mm512_mask_blend_epi32(higher, at, index);
+        }
+        float values[16];
+        int32_t where[16];
+        _mm512_storeu_ps(values, top);
+        _mm512_storeu_si512((void *)where, at);
+        best = values[0];
+        best_i = where[0];
+        for (int l = 1; l < 16; l++)
+            if (values[l] > best || (values[l] == best && where[l] < best_i)) {
+                best = values[l];
+                best_i = where[l];
+            }
+    }
+#endif
+    for (; i < j->N; i++)
+        if (x[i] > best || (i == 0 && best == -INFINITY)) {
+            best = x[i];
+            best_i = i;
+        }
+    j->out[r] = best_i;
+}
+
+/* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax). */
+void q8_argmax_rows(const float *x, int64_t R, int64_t N, int64_t *out) {
+    argmax_job job = {x, N, out};
+    parallel_for(R, 1, argmax_row, &job);
+}
