@@ -89,6 +89,7 @@ class KVCache:
         self.config = config
         self.dtype = dtype
         self.max_slots = slots
+        capacity = -(-capacity // 16) * 16  # whole blocks of 16 positions (the C attention)
         shape = (config.num_layers, 1, config.num_kv_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype)  # [L, B, H_kv, T, D]
         self.v = torch.zeros(shape, dtype=dtype)
@@ -118,6 +119,7 @@ class KVCache:
         # Doubling stops at the model's window (unless asked for more), and never shrinks.
         limit = max(length, self.config.max_position_embeddings)
         new_length = max(self.capacity, min(new_length, limit))
+        new_length = -(-new_length // 16) * 16  # whole blocks of 16 positions
         # Rows double too (up to the maximum): each growth copies the whole cache.
         rows = (
             self.slots if slots <= self.slots else min(max(slots, 2 * self.slots), self.max_slots)

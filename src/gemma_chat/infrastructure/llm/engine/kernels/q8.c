@@ -461,6 +461,60 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
+#if defined(__AVX512F__)
+/* Lane i of the result: the sum of the lanes of a[i] (a fixed tree of adds). */
+static inline __m512 sum_lanes16(const __m512 *a) {
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88),
+                         _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
+}
+#endif
+
+/* out[i] = q . keys[i] for 16 consecutive keys [16, D] (D a multiple of 16 on AVX-512): one
+ * reduction tree for 16 dot products instead of one per product. */
+static inline void dots16(const float *q, const float *keys, int64_t D, float *out) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0) {
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            const __m512 qc = _mm512_loadu_ps(q + c);
+            for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(keys + i * D + c), acc[i]);
+        }
+        _mm512_storeu_ps(out, sum_lanes16(acc));
+        return;
+    }
+#endif
+    for (int i = 0; i < 16; i++) out[i] = dot_f32(q, keys + i * D, D);
+}
+
+/* the largest of v[0..n) (exact, whatever the order) */
+static inline float max_f32(const float *v, int64_t n) {
+    int64_t i = 0;
+    float top = -INFINITY;
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        __m512 m = _mm512_loadu_ps(v);
+        for (i = 16; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(v + i));
+        top = _mm512_reduce_max_ps(m);
+    }
+#endif
+    for (; i < n; i++) top = v[i] > top ? v[i] : top;
+    return top;
+}
+
 /* v[i] = exp(v[i] - shift); returns the sum, added in a fixed order */
 static float exp_shifted(float *v, int64_t n, float shift) {
     int64_t i = 0;
@@ -679,14 +733,28 @@ static void attention_task(void *ctx, int64_t task) {
     const float *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
     const float *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
     float *weights = calloc((size_t)(queries * T), sizeof(float)); /* [queries, T] from t0 */
+    /* Scores 16 keys at a time, in blocks aligned to multiples of 16 positions, so that a
+     * key's score is computed the same way in every call (keys past a row's own position are
+     * computed and ignored: the cache always has room up to the next multiple of 16). */
+    float block[16];
+    for (int64_t tb = t0 - t0 % 16; tb < t1; tb += 16)
+        for (int64_t r = r0; r < r1; r++) {
+            const int64_t p = j->positions[r];
+            const int64_t lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+            if (tb > p || tb + 16 <= lo) continue;
+            for (int64_t g = 0; g < per_task; g++) {
+                const float *q = j->m->y + r * NQKV + (first_head + g) * D;
+                float *w = weights + ((r - r0) * per_task + g) * T - t0;
+                dots16(q, keys + tb * D, D, block);
+                for (int64_t t = tb > lo ? tb : lo; t < tb + 16 && t <= p; t++)
+                    w[t] = block[t - tb] * blk->scaling;
+            }
+        }
     for (int64_t r = r0; r < r1; r++) {
         const int64_t p = j->positions[r], lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
         for (int64_t g = 0; g < per_task; g++) {
-            const float *q = j->m->y + r * NQKV + (first_head + g) * D;
             float *w = weights + ((r - r0) * per_task + g) * T + (lo - t0);
-            for (int64_t t = lo; t <= p; t++) w[t - lo] = dot_f32(q, keys + t * D, D) * blk->scaling;
-            float top = -INFINITY;
-            for (int64_t t = 0; t <= p - lo; t++) top = w[t] > top ? w[t] : top;
+            const float top = max_f32(w, p + 1 - lo);
             const float total = exp_shifted(w, p + 1 - lo, top);
             for (int64_t t = 0; t <= p - lo; t++) w[t] /= total;
         }
@@ -714,7 +782,10 @@ static void block_attention(block_job *job, int64_t B) {
             runs[count++] = r;
     runs[count] = B;
     job->runs = runs;
-    job->split = (count * HKV < pool_threads() && group % 2 == 0) ? 2 : 1;
+    /* fewer tasks than a few per thread: split each kv head's query heads over more tasks */
+    job->split = 1;
+    while (count * HKV * job->split < 4 * pool_threads() && group % (2 * job->split) == 0)
+        job->split *= 2;
     parallel_for(count * HKV * job->split, 1, attention_task, job);
     free(runs);
 }
