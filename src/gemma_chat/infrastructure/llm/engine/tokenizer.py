@@ -26,6 +26,7 @@ class FastTokenizer:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        _release_freed_memory()
         config_path = directory / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         template = directory / "chat_template.jinja"
@@ -79,6 +80,18 @@ class FastTokenizer:
             eos_token=self.eos_token or "",
         )
         return rendered
+
+
+def _release_freed_memory() -> None:
+    """Give the heap freed after parsing back to the system: parsing the embedded model's 33 MB
+    tokenizer.json leaves ~190 MB freed but still counted in the process's memory (glibc keeps
+    it for later allocations that never come)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _token_text(value: object) -> str | None:
