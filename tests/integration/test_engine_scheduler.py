@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,27 @@ async def test_a_timed_out_request_frees_its_batch_slot(tiny_model_dir: Path) ->
         assert scheduler_info(service.llm)["active"] == 0  # type: ignore[arg-type]
         answer = await service.generate_response(ChatSession(), "short", max_new_tokens=3)
     assert answer.token_usage.completion_tokens <= 3
+
+
+@pytest.mark.asyncio
+async def test_a_new_conversion_removes_the_entries_older_versions_wrote(
+    tiny_model_dir: Path,
+) -> None:
+    llm = engine_llm(tiny_model_dir)
+    await llm.load()
+    directory = Path(llm.get_model_info()["converted_cache"])
+    await llm.unload()
+    stem = directory.name.rsplit("-v", 1)[0]
+    older = directory.parent / f"{stem}-v0"
+    other_format = directory.parent / f"{stem}x-v0"
+    older.mkdir()
+    other_format.mkdir()
+    shutil.rmtree(directory)  # converted again below
+    again = engine_llm(tiny_model_dir)
+    await again.load()
+    # the new entry is there, the older version's is gone, another model's or format's is kept
+    assert present(directory, older, other_format) == [True, False, True]
+
+
+def present(*paths: Path) -> list[bool]:
+    return [path.exists() for path in paths]

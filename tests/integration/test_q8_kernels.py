@@ -73,10 +73,10 @@ def test_the_embedding_reads_rows_of_the_int8_table(kernels: Q8Kernels) -> None:
 
 def test_the_build_is_cached_and_reused(tmp_path: Path) -> None:
     assert load_kernels(tmp_path) is not None
-    built = list((tmp_path / "kernels").glob("q8-*.so"))
+    built = list((tmp_path / "kernels").glob("native-*.so"))
     stamp = built[0].stat().st_mtime_ns
     assert load_kernels(tmp_path) is not None
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("q8-*.so")] == [stamp]
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("native-*.so")] == [stamp]
 
 
 def test_without_a_compiler_the_kernels_are_reported_unavailable(
@@ -85,7 +85,7 @@ def test_without_a_compiler_the_kernels_are_reported_unavailable(
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with caplog.at_level(logging.WARNING):
         assert load_kernels(tmp_path) is None
-    assert "Could not build the int8 kernels" in caplog.text
+    assert "Could not build the native kernels" in caplog.text
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
+from gemma_chat.infrastructure.llm.engine.bpe import open_tokenizer, write_vocabulary
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
 from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
@@ -40,7 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: int8 weights packed for the VNNI kernel, float16 scales
+# 2: int8 weights packed for the VNNI kernel, float16 scales; 3: the native tokenizer's file
+FORMAT_VERSION = 3
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -100,9 +102,7 @@ class ConvertedModelStore:
         # The tokenizer parses on another thread (without the GIL) while the weights load; it may
         # have started already, before torch was imported (tokenizer_prefetch).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(
-                FastTokenizer.from_dir, directory
-            )
+            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(open_tokenizer, directory)
             verify(directory)
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
@@ -149,6 +149,7 @@ class ConvertedModelStore:
                 kwargs["gguf_file"] = source.gguf_file
             steps.set_postfix_str("tokenizer")
             AutoTokenizer.from_pretrained(source.directory, **kwargs).save_pretrained(tmp)
+            write_vocabulary(tmp)  # the native tokenizer's copy, where it applies
             steps.update()
             steps.set_postfix_str("weights")
             # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
@@ -173,10 +174,18 @@ class ConvertedModelStore:
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
             write_manifest(tmp)
             os.replace(tmp, directory)
+            self._remove_other_versions(directory)
             steps.update()
         finally:
             steps.close()
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_other_versions(self, directory: Path) -> None:
+        """Entries of the same model and format written by other versions of gemma-chat."""
+        stem = directory.name.rsplit("-v", 1)[0]
+        for other in self.root.glob(f"{stem}-v*"):
+            if other != directory and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
 
 
 def write_manifest(directory: Path) -> None:

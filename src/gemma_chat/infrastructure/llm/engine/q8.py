@@ -2,7 +2,7 @@
 
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
 DEVELOPMENT.md), so the kernel is ours: ``kernels/q8.c``, compiled once with the system's C
-compiler for the machine it runs on and cached beside the converted models. Its rows are
+compiler for the machine it runs on and cached beside the converted models (native.py). Its rows are
 reduced in a fixed order, so results do not depend on the batch size. Perplexity on the
 embedded model: +0.3 % over float32 (benchmarks/engine_benchmark.py).
 """
@@ -10,19 +10,15 @@ embedded model: +0.3 % over float32 (benchmarks/engine_benchmark.py).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import math
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, KVCache
+from gemma_chat.infrastructure.llm.engine.native import load_library
 
 __all__ = [
     "BLOCK",
@@ -41,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 BLOCK = 32
 LANES = 16  # output rows packed side by side (kernels/q8.c)
-_SOURCE = Path(__file__).parent / "kernels" / "q8.c"
-_FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-lm"]
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -178,53 +172,9 @@ class Q8Kernels:
 
 
 def load_kernels(cache_dir: Path, *, march: str = "native") -> Q8Kernels | None:
-    """The compiled kernels, built on first use; None when no C compiler can build them.
-
-    ``march`` is the target CPU: this machine's by default (its vector instructions); tests
-    build a generic one to check that the portable code gives the same results."""
-    flags = [f"-march={march}", *_FLAGS]
-    source = _SOURCE.read_bytes()
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        logger.warning("No C compiler found: the int8 kernels are unavailable")
-        return None
-    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_id()).hexdigest()
-    target = Path(cache_dir) / "kernels" / f"q8-{key[:16]}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            result = subprocess.run(
-                [compiler, str(_SOURCE), "-o", tmp, *flags], capture_output=True, text=True
-            )
-            error = result.stderr.strip() if result.returncode else ""
-        except OSError as exc:
-            error = str(exc)
-        if error:
-            os.unlink(tmp)
-            logger.warning("Could not build the int8 kernels: %s", error[:500])
-            return None
-        os.replace(tmp, target)
-    try:
-        return Q8Kernels(ctypes.CDLL(str(target)))
-    except OSError as exc:  # a stale or foreign build
-        logger.warning("Could not load the int8 kernels (%s); rebuilding next time", exc)
-        target.unlink(missing_ok=True)
-        return None
-
-
-def _cpu_id() -> bytes:
-    # -march=native builds for this CPU: a different CPU needs its own build.
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        flags = ""
-    return flags.encode()
+    """The compiled kernels (``native.load_library``); None when no C compiler can build them."""
+    library = load_library(cache_dir, march=march)
+    return Q8Kernels(library) if library is not None else None
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

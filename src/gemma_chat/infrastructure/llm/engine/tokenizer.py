@@ -27,12 +27,19 @@ class FastTokenizer:
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         _release_freed_memory()
+        return cls(tokenizer, cls.read_config(directory))
+
+    @staticmethod
+    def read_config(directory: Path) -> dict[str, Any]:
+        """tokenizer_config.json (special tokens, chat template) of a saved tokenizer."""
         config_path = directory / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config: dict[str, Any] = {}
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
         template = directory / "chat_template.jinja"
         if "chat_template" not in config and template.is_file():
             config["chat_template"] = template.read_text()
-        return cls(tokenizer, config)
+        return config
 
     @property
     def vocab_size(self) -> int:

@@ -1,8 +1,8 @@
 """Start parsing a cached tokenizer before torch is even imported.
 
-Parsing the embedded model's 33 MB tokenizer takes about a second and does not hold the GIL,
-and so does importing torch: started first, on another thread, the two overlap. Nothing here
-imports torch.
+Reading the embedded model's native tokenizer (bpe.py) takes ~0.15 s in C, without the GIL,
+while importing torch takes about a second: started first, on another thread, the two overlap.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from gemma_chat.infrastructure.llm.engine.bpe import open_tokenizer
 from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
 from gemma_chat.infrastructure.llm.model_source import resolve_model_source, source_digest
 from gemma_chat.shared.config import Settings
@@ -39,10 +40,15 @@ def start(settings: Settings) -> None:
     if digest is None:
         return
     models = Path(settings.cache_dir) / "models"
-    for tokenizer in sorted(models.glob(f"{digest[:20]}-*/tokenizer.json")):
+    # Entries with the native tokenizer's file first: it is what their loads use.
+    candidates = [
+        *sorted(models.glob(f"{digest[:20]}-*/tokenizer.bpe")),
+        *sorted(models.glob(f"{digest[:20]}-*/tokenizer.json")),
+    ]
+    for tokenizer in candidates:
         key = _key(tokenizer.parent)
         if key not in _pending:
-            _pending[key] = _workers.submit(FastTokenizer.from_dir, tokenizer.parent)
+            _pending[key] = _workers.submit(open_tokenizer, tokenizer.parent)
         return
 
 
