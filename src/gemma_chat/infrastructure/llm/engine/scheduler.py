@@ -151,9 +151,9 @@ class BatchScheduler:
             slot, reused = self._choose_slot(job.prompt_ids)
             slot.job, slot.sampler = job, TokenSampler(job.sampling)
             prompt = job.prompt_ids
-            # Room for the whole answer now: growing the cache later copies it, mid-answer or
-            # in the next turn's time to first token.
-            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens)
+            # Room for the whole answer and a next turn's message now: growing the cache later
+            # copies all of it, mid-answer or in the next turn's time to first token.
+            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens + _NEXT_TURN)
             ids += prompt[reused:]
             positions += range(reused, len(prompt))
             rows += [slot.index] * (len(prompt) - reused)
@@ -217,9 +217,9 @@ class BatchScheduler:
         slot.sampler = TokenSampler(job.sampling)
         try:
             prompt = job.prompt_ids
-            # Room for the whole answer now: growing the cache later copies it, mid-answer or
-            # in the next turn's time to first token.
-            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens)
+            # Room for the whole answer and a next turn's message now: growing the cache later
+            # copies all of it, mid-answer or in the next turn's time to first token.
+            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens + _NEXT_TURN)
             new = prompt[reused:]
             ids = torch.tensor([new], dtype=torch.long)  # [1, S]
             positions = torch.arange(reused, len(prompt)).view(1, -1)  # [1, S]
@@ -330,3 +330,5 @@ class BatchScheduler:
 _NO_TOKENS = torch.empty(0, dtype=torch.long)
 # Fewer tokens than this are cheaper to prefill again than to copy around.
 _WORTH_KEEPING = 32
+# Cache positions reserved beyond an answer, for the conversation's next message.
+_NEXT_TURN = 256
