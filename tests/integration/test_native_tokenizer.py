@@ -150,3 +150,17 @@ def test_the_embedded_models_tokenizer_is_native_and_equal_to_tokenizers(
         license_text.read_text() if license_text.is_file() else "no licence here",
     ]
     assert_same(loop.tokenizer, reference, texts)
+
+
+def test_a_library_without_the_tokenizer_falls_back_instead_of_failing(
+    small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gemma_chat.infrastructure.llm.engine.bpe as bpe_module
+
+    class Stale:  # a build of older sources: no bpe_* functions
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(name)
+
+    monkeypatch.setattr(bpe_module, "load_library", lambda *a, **k: Stale())
+    assert NativeTokenizer.load(small, small.parent) is None
+    assert type(open_tokenizer(small)) is FastTokenizer

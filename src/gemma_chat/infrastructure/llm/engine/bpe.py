@@ -115,7 +115,11 @@ class NativeTokenizer(FastTokenizer):
         library = load_library(cache_dir)
         if library is None:
             return None
-        _declare(library)
+        try:
+            _declare(library)
+        except AttributeError as exc:  # a library without the tokenizer: not the entry's fault
+            logger.warning("The native tokenizer is unavailable (%s); using tokenizer.json", exc)
+            return None
         handle = library.bpe_load(str(path).encode())
         if not handle:
             logger.warning("Could not read %s; using tokenizer.json", path)
