@@ -75,18 +75,26 @@ async def ours() -> dict[str, Any]:
         # Warm up (first calls allocate buffers).
         await service.generate_response(ChatSession(), "Hello", **greedy(8))
 
-        figures["single_stream_tok_s"] = await our_decode_rate(service, STORY, DECODE_TOKENS)
+        # Best of two runs for every timing, here and for llama.cpp (noisy machines).
+        figures["single_stream_tok_s"] = max(
+            [await our_decode_rate(service, STORY, DECODE_TOKENS) for _ in range(2)]
+        )
 
         prompts = [f"Tell me story number {i} about a dragon." for i in range(8)]
-        started = time.perf_counter()
-        for p in prompts:
-            await service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS))
-        sequential = time.perf_counter() - started
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *(service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS)) for p in prompts)
-        )
-        concurrent = time.perf_counter() - started
+        sequential = concurrent = float("inf")
+        for _ in range(2):  # the two kinds interleaved
+            started = time.perf_counter()
+            for p in prompts:
+                await service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS))
+            sequential = min(sequential, time.perf_counter() - started)
+            started = time.perf_counter()
+            results = await asyncio.gather(
+                *(
+                    service.generate_response(ChatSession(), p, **greedy(DECODE_TOKENS))
+                    for p in prompts
+                )
+            )
+            concurrent = min(concurrent, time.perf_counter() - started)
         tokens = sum(r.token_usage.completion_tokens for r in results)
         figures["aggregate_8_sessions_tok_s"] = tokens / concurrent
         figures["concurrent_vs_sequential_8"] = sequential / concurrent
@@ -220,15 +228,18 @@ def llama_cpp() -> dict[str, Any] | None:
     llm = Llama(model_path=path, n_threads=os.cpu_count() or 2, n_ctx=2048, verbose=False)
     figures: dict[str, Any] = {"load_s": time.perf_counter() - started}
     llm.create_completion(STORY, max_tokens=8, temperature=0)
-    llm.reset()
-    first = last = 0.0
-    count = 0
-    for _ in llm.create_completion(STORY, max_tokens=DECODE_TOKENS, temperature=0, stream=True):
-        now = time.perf_counter()
-        first = first or now
-        last = now
-        count += 1
-    figures["single_stream_tok_s"] = (count - 1) / (last - first)
+    rates = []
+    for _ in range(2):  # best of two, as for ours
+        llm.reset()
+        first = last = 0.0
+        count = 0
+        for _ in llm.create_completion(STORY, max_tokens=DECODE_TOKENS, temperature=0, stream=True):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            count += 1
+        rates.append((count - 1) / (last - first))
+    figures["single_stream_tok_s"] = max(rates)
     tokens = llm.tokenize(fixed_text().encode())[:1024]
     llm.reset()
     started = time.perf_counter()
