@@ -26,10 +26,11 @@ PROMPTS = [
 ]
 
 
-def engine_llm(directory: Path, **performance: Any) -> GemmaLLM:
+def engine_llm(directory: Path, quantization: str = "auto", **performance: Any) -> GemmaLLM:
+    model = {"name": str(directory), "dtype": "float32", "context_length": 4096}
     return GemmaLLM(
         get_settings(
-            model={"name": str(directory), "dtype": "float32", "context_length": 4096},
+            model={**model, "quantization": quantization},
             performance={"engine": "native", **performance},
         )
     )
@@ -45,14 +46,16 @@ def scheduler_info(llm: GemmaLLM) -> dict[str, Any]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("quantization", ["auto", "none"])  # int8 (fused rows) and float32
 async def test_concurrent_requests_share_decode_steps_and_answer_as_they_would_alone(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, quantization: str
 ) -> None:
-    alone_llm = engine_llm(tiny_model_dir, max_batch_size=1)
+    alone_llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
     await alone_llm.load()
     alone = [(await alone_llm.generate(chat(p), GREEDY)).text for p in PROMPTS]
-    llm = engine_llm(tiny_model_dir, max_batch_size=8)
+    llm = engine_llm(tiny_model_dir, max_batch_size=8, quantization=quantization)
     await llm.load()
+    assert llm.get_model_info()["weights"] == ("q8" if quantization == "auto" else "float32")
     together = await asyncio.gather(*(llm.generate(chat(p), GREEDY) for p in PROMPTS))
     assert [c.text for c in together] == alone
     assert scheduler_info(llm)["max_batch"] > 1
@@ -60,8 +63,9 @@ async def test_concurrent_requests_share_decode_steps_and_answer_as_they_would_a
 
 
 @pytest.mark.asyncio
-async def test_requests_join_and_leave_mid_flight(tiny_model_dir: Path) -> None:
-    llm = engine_llm(tiny_model_dir)
+@pytest.mark.parametrize("quantization", ["auto", "none"])
+async def test_requests_join_and_leave_mid_flight(tiny_model_dir: Path, quantization: str) -> None:
+    llm = engine_llm(tiny_model_dir, quantization)
     await llm.load()
     long_config = GenerationConfig(temperature=0, max_new_tokens=150)
     short_config = GenerationConfig(temperature=0, max_new_tokens=5)
@@ -128,11 +132,17 @@ async def test_a_slow_consumer_does_not_stall_the_others(tiny_model_dir: Path) -
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("quantization", ["auto", "none"])
 async def test_the_next_turn_reuses_the_cached_conversation_and_answers_the_same(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, quantization: str
 ) -> None:
     settings = get_settings(
-        model={"name": str(tiny_model_dir), "dtype": "float32", "temperature": 0},
+        model={
+            "name": str(tiny_model_dir),
+            "dtype": "float32",
+            "temperature": 0,
+            "quantization": quantization,
+        },
         performance={"engine": "native"},
         cache={"enabled": False},
     )
@@ -143,7 +153,7 @@ async def test_the_next_turn_reuses_the_cached_conversation_and_answers_the_same
         second = await service.generate_response(session, "second one", max_new_tokens=20)
         reused = scheduler_info(service.llm)["reused_tokens"] - before  # type: ignore[arg-type]
     history = session.to_chat_messages()[:-1]
-    fresh = engine_llm(tiny_model_dir)
+    fresh = engine_llm(tiny_model_dir, quantization)
     await fresh.load()
     recomputed = await fresh.generate(history, GenerationConfig(temperature=0, max_new_tokens=20))
     # At least the whole first prompt; the answer too where it re-tokenizes the same way.
