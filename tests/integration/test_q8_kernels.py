@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import signal
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,3 +230,24 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
     logits[4, 3] = 70.0
     assert kernels.argmax(logits) == logits.argmax(dim=-1).tolist()
     assert kernels.argmax(logits[:, :7]) == logits[:, :7].argmax(dim=-1).tolist()
+
+
+def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels) -> None:
+    layer = Q8Linear.from_weight(kernels, torch.randn(4096, 640))
+    x = torch.randn(8, 640)
+    expected = layer(x)  # the parent's thread pool is running now
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code
+        os._exit(0 if torch.equal(layer(x), expected) else 1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    pytest.fail("the forked child hung in the kernels")

@@ -92,7 +92,24 @@ static void *worker(void *unused) {
     return NULL;
 }
 
+/* A forked child has none of the parent's workers: start afresh there on first use (else the
+ * first parallel loop would wait for workers that do not exist). */
+static void pool_forget_after_fork(void) {
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.run, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.finished, 0);
+    pool.workers = 0;
+    pool.started = 0;
+}
+
 static void start_pool(void) {
+    static int fork_handler = 0;
+    if (!fork_handler) {
+        pthread_atfork(NULL, NULL, pool_forget_after_fork);
+        fork_handler = 1;
+    }
     int n = wanted_threads;
 #ifdef CPU_COUNT
     if (n <= 0) {
