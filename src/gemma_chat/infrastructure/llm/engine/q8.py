@@ -1,10 +1,11 @@
-"""int8 weights and activations in blocks of 32 (llama.cpp's Q8_0), computed by a small C kernel.
+"""int8 weights and activations in blocks of 32 (llama.cpp's Q8_0), computed by our C kernels.
 
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
-DEVELOPMENT.md), so the kernel is ours: ``kernels/q8.c``, compiled once with the system's C
-compiler for the machine it runs on and cached beside the converted models (native.py). Its rows are
-reduced in a fixed order, so results do not depend on the batch size. Perplexity on the
-embedded model: +0.3 % over float32 (benchmarks/engine_benchmark.py).
+DEVELOPMENT.md), so the kernels are ours: ``kernels/q8.c``, compiled once with the system's C
+compiler for the machine it runs on (native.py). Weights are packed for AVX-512 VNNI; every
+output is reduced in a fixed order, so results do not depend on the batch size, and each
+decoder block runs in one C call (``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 %
+over float32 (benchmarks/engine_benchmark.py).
 """
 
 from __future__ import annotations
