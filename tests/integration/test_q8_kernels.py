@@ -115,6 +115,30 @@ async def test_the_engine_uses_int8_by_default_and_bfloat16_without_a_compiler(
         await llm(quantization="int8").load()
 
 
+def test_without_vnni_the_default_is_bfloat16_and_int8_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gemma_chat.infrastructure.llm.engine.loop as loop_module
+    from gemma_chat import get_settings
+    from gemma_chat.infrastructure.llm.precision import PrecisionPlan
+
+    portable = load_kernels(
+        tmp_path, march="x86-64" if platform.machine() == "x86_64" else "native"
+    )
+    assert portable is not None
+    if platform.machine() == "x86_64":
+        assert not portable.vectorized  # plain loops: no AVX-512 VNNI in a generic build
+    portable.vectorized = False
+    monkeypatch.setattr(loop_module, "load_kernels", lambda *a, **k: portable)
+    settings = get_settings()
+
+    def plan(quantization: str) -> PrecisionPlan:
+        return PrecisionPlan(device="cpu", dtype=torch.bfloat16, quantization=quantization)
+
+    assert loop_module.weight_format(settings, plan("auto")).name == "bfloat16"
+    assert loop_module.weight_format(settings, plan("int8")).name == "q8"
+
+
 def small_q8_model(kernels: Q8Kernels) -> Gemma3Model:
     config = Gemma3Config(
         vocab_size=96,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["EngineLoop", "supports"]
+
+logger = logging.getLogger(__name__)
 
 _ARCHITECTURES = {"gemma3_text", "gemma3"}
 
@@ -49,11 +52,15 @@ def _gguf_architecture(path: Path) -> str | None:
 
 
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
-    """int8 blocks when asked for (or by default) and the kernels build here; else the dtype."""
+    """int8 blocks when asked for, or by default where the kernels build with AVX-512 VNNI
+    (their portable loops are slower than bfloat16); else the dtype."""
     if plan.quantization in ("auto", "int8"):
         kernels = load_kernels(settings.cache_dir)
-        if kernels is not None:
+        if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
             return WeightFormat.q8(kernels)
+        if kernels is not None:
+            logger.info("No AVX-512 VNNI on this CPU: bfloat16 weights (faster here than int8)")
+            return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":
             raise ConfigurationError(
                 "GEMMA_MODEL__QUANTIZATION=int8 on the native engine needs a C compiler to "

@@ -78,6 +78,9 @@ class Q8Kernels:
         library.gemma_set_threads.restype = None
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         library.gemma_set_threads(torch.get_num_threads())
+        library.q8_vector_kernels.argtypes = []
+        library.q8_vector_kernels.restype = ctypes.c_int
+        self.vectorized = bool(library.q8_vector_kernels())
         library.q8_quantize_rows.argtypes = [_P, _P, _P, _I, _I]
         library.q8_quantize_rows.restype = None
         library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]

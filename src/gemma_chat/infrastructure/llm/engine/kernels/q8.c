@@ -924,3 +924,13 @@ void q8_argmax_rows(const float *x, int64_t R, int64_t N, int64_t *out) {
     argmax_job job = {x, N, out};
     parallel_for(R, 1, argmax_row, &job);
 }
+
+/* 1 when the int8 products run on AVX-512 VNNI here; 0 for the portable loops (correct, but
+ * slower than bfloat16: the engine then uses int8 only when asked to). */
+int q8_vector_kernels(void) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return 1;
+#else
+    return 0;
+#endif
+}
