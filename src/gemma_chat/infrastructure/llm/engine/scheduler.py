@@ -142,30 +142,25 @@ class BatchScheduler:
     def _step(self, admitted: list[GenerationJob]) -> None:
         """One pass over the weights for everything: the running sequences' next tokens and
         the new requests' prompts (beyond their cached prefix), as rows of one batch."""
-        decoding = [s for s in self._slots if s.job is not None and s.next_token is not None]
+        decoding = self._decoding_slots()
         ids = [s.next_token for s in decoding]
         positions = [len(s.tokens) for s in decoding]
         rows = [s.index for s in decoding]
+        wanted = list(range(len(decoding)))  # the rows whose logits are needed
         prefilling: list[tuple[_Slot, int]] = []
         for job in admitted:
-            slot, reused = self._choose_slot(job.prompt_ids)
-            slot.job, slot.sampler = job, TokenSampler(job.sampling)
+            admission = self._admit(job)
+            if admission is None:
+                continue
+            slot, reused = admission
             prompt = job.prompt_ids
-            # Room for the whole answer and a next turn's message now: growing the cache later
-            # copies all of it, mid-answer or in the next turn's time to first token.
-            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens + _NEXT_TURN)
             ids += prompt[reused:]
             positions += range(reused, len(prompt))
             rows += [slot.index] * (len(prompt) - reused)
+            wanted.append(len(ids) - 1)  # the prompt's last token
             prefilling.append((slot, reused))
         if not ids:
             return
-        ends, at = [], len(decoding)
-        for slot, reused in prefilling:
-            assert slot.job is not None
-            at += len(slot.job.prompt_ids) - reused
-            ends.append(at - 1)
-        wanted = list(range(len(decoding))) + ends
         try:
             logits = self.model.forward_rows(
                 torch.tensor(ids, dtype=torch.long),
@@ -176,27 +171,13 @@ class BatchScheduler:
             )  # [W, V]
         except Exception as exc:
             logger.exception("step failed")
-            for slot in [*decoding, *(s for s, _ in prefilling)]:
-                slot.tokens = []
-                if slot.job is not None:
-                    slot.job.fail(exc)
-                self._release(slot, None)
+            self._fail([*decoding, *(s for s, _ in prefilling)], exc)
             return
-        if decoding:
-            self.stats.steps += 1
-            self.stats.decoded_tokens += len(decoding)
-            self.stats.max_batch = max(self.stats.max_batch, len(decoding))
         greedy = self._greedy_tokens(logits, [*decoding, *(s for s, _ in prefilling)])
-        for i, slot in enumerate(decoding):
-            assert slot.next_token is not None
-            slot.tokens.append(slot.next_token)
-            self._advance(slot, logits[i], greedy[i])
+        self._decoded(decoding, logits, greedy)
         for j, (slot, reused) in enumerate(prefilling):
-            assert slot.job is not None
-            slot.tokens = list(slot.job.prompt_ids)
-            self.stats.prefilled_tokens += len(slot.tokens) - reused
-            self.stats.reused_tokens += reused
-            self._advance(slot, logits[len(decoding) + j], greedy[len(decoding) + j])
+            at = len(decoding) + j
+            self._prefilled(slot, reused, logits[at], greedy[at])
 
     def _greedy_tokens(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
         """Each greedy row's token from one argmax over the batch; None where a row samples."""
@@ -212,30 +193,25 @@ class BatchScheduler:
         return [token if ok else None for token, ok in zip(best, plain, strict=True)]
 
     def _prefill(self, job: GenerationJob) -> None:
-        slot, reused = self._choose_slot(job.prompt_ids)
-        slot.job = job
-        slot.sampler = TokenSampler(job.sampling)
+        """A new request's prompt alone (models without ``forward_rows``)."""
+        admission = self._admit(job)
+        if admission is None:
+            return
+        slot, reused = admission
+        prompt = job.prompt_ids
         try:
-            prompt = job.prompt_ids
-            # Room for the whole answer and a next turn's message now: growing the cache later
-            # copies all of it, mid-answer or in the next turn's time to first token.
-            self.cache.ensure(slot.index + 1, len(prompt) + job.max_new_tokens + _NEXT_TURN)
-            new = prompt[reused:]
-            ids = torch.tensor([new], dtype=torch.long)  # [1, S]
+            ids = torch.tensor([prompt[reused:]], dtype=torch.long)  # [1, S]
             positions = torch.arange(reused, len(prompt)).view(1, -1)  # [1, S]
             logits = self.model(ids, positions, torch.tensor([slot.index]), self.cache)  # [1, V]
-            slot.tokens = list(prompt)
-            self.stats.prefilled_tokens += len(new)
-            self.stats.reused_tokens += reused
-            self._advance(slot, logits[0])
         except Exception as exc:  # a failure here belongs to this request alone
             logger.exception("prefill failed")
-            slot.tokens = []
-            job.fail(exc)
-            self._release(slot, None)
+            self._fail([slot], exc)
+            return
+        self._prefilled(slot, reused, logits[0])
 
     def _decode_step(self) -> None:
-        running = [s for s in self._slots if s.job is not None and s.next_token is not None]
+        """The running requests' next tokens (models without ``forward_rows``)."""
+        running = self._decoding_slots()
         if not running:
             return
         ids = torch.tensor([[s.next_token] for s in running], dtype=torch.long)  # [B, 1]
@@ -245,19 +221,58 @@ class BatchScheduler:
             logits = self.model(ids, positions, rows, self.cache, decoding=True)  # [B, V]
         except Exception as exc:
             logger.exception("decode step failed")
-            for slot in running:
-                slot.tokens = []
-                if slot.job is not None:
-                    slot.job.fail(exc)
-                self._release(slot, None)
+            self._fail(running, exc)
+            return
+        self._decoded(running, logits, [None] * len(running))
+
+    def _decoding_slots(self) -> list[_Slot]:
+        """Slots whose request has a sampled token to feed the model."""
+        return [s for s in self._slots if s.job is not None and s.next_token is not None]
+
+    def _admit(self, job: GenerationJob) -> tuple[_Slot, int] | None:
+        """A slot for a new request, and how many of its prompt's tokens are cached there; None
+        when the cache cannot make room (that request fails alone)."""
+        slot, reused = self._choose_slot(job.prompt_ids)
+        slot.job, slot.sampler = job, TokenSampler(job.sampling)
+        try:
+            # Room for the whole answer and a next turn's message now: growing the cache later
+            # copies all of it, mid-answer or in the next turn's time to first token.
+            self.cache.ensure(slot.index + 1, len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN)
+        except Exception as exc:
+            logger.exception("no room in the cache")
+            self._fail([slot], exc)
+            return None
+        return slot, reused
+
+    def _prefilled(
+        self, slot: _Slot, reused: int, logits: torch.Tensor, token: int | None = None
+    ) -> None:
+        """The slot's prompt is in the cache: its first token comes from ``logits`` [V]."""
+        assert slot.job is not None
+        slot.tokens = list(slot.job.prompt_ids)
+        self.stats.prefilled_tokens += len(slot.tokens) - reused
+        self.stats.reused_tokens += reused
+        self._advance(slot, logits, token)
+
+    def _decoded(self, slots: list[_Slot], logits: torch.Tensor, tokens: list[int | None]) -> None:
+        """A decode step fed the slots' tokens: their next ones come from ``logits`` [B, V]."""
+        if not slots:
             return
         self.stats.steps += 1
-        self.stats.decoded_tokens += len(running)
-        self.stats.max_batch = max(self.stats.max_batch, len(running))
-        for i, slot in enumerate(running):
+        self.stats.decoded_tokens += len(slots)
+        self.stats.max_batch = max(self.stats.max_batch, len(slots))
+        for i, slot in enumerate(slots):
             assert slot.next_token is not None
             slot.tokens.append(slot.next_token)
-            self._advance(slot, logits[i])
+            self._advance(slot, logits[i], tokens[i])
+
+    def _fail(self, slots: list[_Slot], error: BaseException) -> None:
+        """A failed pass: its requests fail, and their slots' caches are no longer trusted."""
+        for slot in slots:
+            slot.tokens = []
+            if slot.job is not None:
+                slot.job.fail(error)
+            self._release(slot, None)
 
     def _advance(self, slot: _Slot, logits: torch.Tensor, token: int | None = None) -> None:
         """Sample the slot's next token from ``logits`` [V] (unless already chosen: ``token``)
