@@ -144,18 +144,8 @@ class KVCache:
 
 
 class BlockDecoder(Protocol):
-    """Runs every block at once (e.g. fused in C): x [B, S, E] -> [B, S, E], or on rows of
-    tokens of any sequences: x [R, E] -> [R, E]."""
-
-    def __call__(
-        self,
-        model: Gemma3Model,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        slots: torch.Tensor,
-        cache: KVCache,
-        decoding: bool,
-    ) -> torch.Tensor: ...
+    """Runs every block at once (e.g. fused in C) on rows of tokens of any sequences, each with
+    its position and cache slot: x [R, E] -> [R, E]."""
 
     def rows(
         self,
@@ -333,8 +323,12 @@ class Gemma3Model(nn.Module):
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(dtype)
         x = x * torch.tensor(self.embed_scale, dtype=dtype)  # [B, S, E]
-        if self.block_decoder is not None:
-            x = self.block_decoder(self, x, positions, slots, cache, decoding)
+        if self.block_decoder is not None:  # every token a row: [B*S, E]
+            b, n = input_ids.shape
+            rows = self.block_decoder.rows(
+                self, x.reshape(b * n, -1), positions.reshape(-1), slots.repeat_interleave(n), cache
+            )
+            x = rows.view(b, n, -1)
         else:
             x = self._blocks(x, positions, slots, cache, length, decoding)
         if last_only:

@@ -41,27 +41,26 @@ LANES = 16  # output rows packed side by side (kernels/q8.c)
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
+_LINEARS = ("qkv", "o", "gate_up", "down")
+_NORMS = (
+    "input_norm",
+    "q_norm",
+    "k_norm",
+    "post_attention_norm",
+    "pre_feedforward_norm",
+    "post_feedforward_norm",
+)
+
+
+# The C structs of kernels/q8.c (q8_weight, gemma_block), field for field.
 class _WeightArgs(ctypes.Structure):
     _fields_ = [("q", _P), ("s", _P), ("mult", ctypes.c_float), ("n", _I), ("k", _I)]
 
 
 class _BlockArgs(ctypes.Structure):
     _fields_ = [
-        ("qkv", _WeightArgs),
-        ("o", _WeightArgs),
-        ("gate_up", _WeightArgs),
-        ("down", _WeightArgs),
-        *(
-            (name, _P)
-            for name in (
-                "input_norm",
-                "q_norm",
-                "k_norm",
-                "post_attention_norm",
-                "pre_feedforward_norm",
-                "post_feedforward_norm",
-            )
-        ),
+        *((name, _WeightArgs) for name in _LINEARS),
+        *((name, _P) for name in _NORMS),
         *(
             (name, _I)
             for name in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "window")
@@ -266,17 +265,6 @@ class Q8Embedding(nn.Module):
         return rows.view(*ids.shape, table.in_features)
 
 
-_LINEARS = ("qkv", "o", "gate_up", "down")
-_NORMS = (
-    "input_norm",
-    "q_norm",
-    "k_norm",
-    "post_attention_norm",
-    "pre_feedforward_norm",
-    "post_feedforward_norm",
-)
-
-
 class Q8BlockDecoder:
     """Every block in one C call (``gemma_decode_block``) instead of ~40 torch operations: at one
     token per sequence those small operations, not the matrix products, were most of a decode
@@ -327,22 +315,6 @@ class Q8BlockDecoder:
             linear.out_features,
             linear.in_features,
         )
-
-    def __call__(
-        self,
-        model: Gemma3Model,
-        x: torch.Tensor,  # [B, S, E]
-        positions: torch.Tensor,  # [B, S]
-        slots: torch.Tensor,  # [B]
-        cache: KVCache,
-        decoding: bool,  # the same computation either way
-    ) -> torch.Tensor:
-        if not self._args:
-            self._build()
-        b, s, e = x.shape
-        at = positions.reshape(b * s)
-        rows = self.rows(model, x.reshape(b * s, e), at, slots.repeat_interleave(s), cache)
-        return rows.view(b, s, e)
 
     def rows(
         self,
