@@ -118,6 +118,20 @@ class BaseLLM(ABC):
         """Tokens the model attends to (prompt plus answer); None when unknown or unlimited."""
         return self.settings.model.context_length
 
+    async def _completion_from_stream(self, prompt: str, **kwargs: Any) -> Completion:
+        """``_generate_implementation`` for adapters whose natural form is the stream (they write
+        ``_stream_implementation``): its pieces joined, with the final chunk's finish reason and
+        usage."""
+        parts: list[str] = []
+        async for chunk in self._stream_implementation(prompt, **kwargs):
+            text = chunk.text if isinstance(chunk, StreamChunk) else chunk
+            parts.append(text)
+            if isinstance(chunk, StreamChunk) and chunk.finish_reason is not None:
+                return Completion(
+                    "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
+                )
+        raise InferenceError(f"{type(self).__name__}'s stream ended without a final chunk")
+
     def map_error(self, exc: Exception) -> GemmaChatError:
         """Turn a backend failure into a gemma-chat error; adapters add their own cases."""
         return InferenceError(

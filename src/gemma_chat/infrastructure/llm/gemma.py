@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk, TokenUsage
+from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
 from gemma_chat.infrastructure.llm.base import BaseLLM
 from gemma_chat.infrastructure.llm.chat_format import ChatFormat, choose_chat_format
 from gemma_chat.infrastructure.llm.decoding import SamplingParams
@@ -193,13 +193,7 @@ class GemmaLLM(BaseLLM):
     # -- generation ----------------------------------------------------------------------------
 
     async def _generate_implementation(self, prompt: str, **kwargs: Any) -> Completion:
-        parts: list[str] = []
-        async for chunk in self._stream_implementation(prompt, **kwargs):
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                usage = chunk.token_usage or TokenUsage()
-                return Completion("".join(parts), chunk.finish_reason, usage)
-        raise RuntimeError("the generation ended without a final chunk")  # pragma: no cover
+        return await self._completion_from_stream(prompt, **kwargs)
 
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any

@@ -213,13 +213,7 @@ class VLLMLLM(BaseLLM):
     # -- generation ------------------------------------------------------------------------------
 
     async def _generate_implementation(self, prompt: str, **kwargs: Any) -> Completion:
-        parts: list[str] = []
-        async for chunk in self._stream_implementation(prompt, **kwargs):
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                usage = chunk.token_usage or TokenUsage()
-                return Completion("".join(parts), chunk.finish_reason, usage)
-        raise RuntimeError("vLLM's stream ended without a final output")  # pragma: no cover
+        return await self._completion_from_stream(prompt, **kwargs)
 
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
