@@ -98,12 +98,10 @@ class NativeTokenizer(FastTokenizer):
         super().__init__(None, config)
         self._lib = library
         self._handle = ctypes.c_void_p(handle)
-        self._special = frozenset(
-            text
-            for i in range(library.bpe_vocab_size(self._handle))
-            if library.bpe_is_special(self._handle, i)
-            for text in [self._token(i)]
-        )
+        room = library.bpe_vocab_size(self._handle)
+        ids = (ctypes.c_int32 * room)()
+        count = library.bpe_special_ids(self._handle, ids, room)
+        self._special = frozenset(self._token(i) for i in ids[:count])
 
     @classmethod
     def load(cls, directory: Path, cache_dir: Path) -> NativeTokenizer | None:
@@ -178,7 +176,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.bpe_load.argtypes, library.bpe_load.restype = [ctypes.c_char_p], p
     library.bpe_free.argtypes, library.bpe_free.restype = [p], None
     library.bpe_vocab_size.argtypes, library.bpe_vocab_size.restype = [p], i32
-    library.bpe_is_special.argtypes, library.bpe_is_special.restype = [p, i32], i32
+    library.bpe_special_ids.argtypes = [p, ctypes.POINTER(i32), i32]
+    library.bpe_special_ids.restype = i32
     library.bpe_token_id.argtypes, library.bpe_token_id.restype = [p, ctypes.c_char_p, i64], i32
     library.bpe_token_bytes.argtypes = [p, i32, ctypes.POINTER(ctypes.c_char_p)]
     library.bpe_token_bytes.restype = i64

@@ -217,8 +217,15 @@ bpe *bpe_load(const char *path) {
 
 int32_t bpe_vocab_size(const bpe *t) { return t->n_vocab; }
 
-int32_t bpe_is_special(const bpe *t, int32_t id) {
-    return id >= 0 && id < t->n_vocab && t->special[id];
+/* The ids of the special tokens (skipped when decoding) into out[cap]; returns how many. */
+int32_t bpe_special_ids(const bpe *t, int32_t *out, int32_t cap) {
+    int32_t count = 0;
+    for (int32_t id = 0; id < t->n_vocab; id++)
+        if (t->special[id]) {
+            if (count < cap) out[count] = id;
+            count++;
+        }
+    return count;
 }
 
 /* One token's bytes: returns the length, *s points into the vocabulary. */
