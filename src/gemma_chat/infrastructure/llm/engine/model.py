@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache", "attention"]
+__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +233,7 @@ class Block(nn.Module):
                 q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
             )
         else:
-            out = attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
+            out = _attention(q, keys, values, mask, self.scaling)  # [B, H, S, D]
         out = self.o(out.transpose(1, 2).reshape(b, s, self.n_q))
         x = x + self.post_attention_norm(out)
 
@@ -244,7 +244,7 @@ class Block(nn.Module):
         return result
 
 
-def attention(
+def _attention(
     q: torch.Tensor,  # [B, H, S, D]
     k: torch.Tensor,  # [B, H_kv, T, D]
     v: torch.Tensor,  # [B, H_kv, T, D]
@@ -383,7 +383,7 @@ class Gemma3Model(nn.Module):
         for local in set(self.config.sliding_layers):
             cos, sin = self.rope_tables(local, length)
             ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
-            masks[local] = self.attention_mask(positions, length, local, dtype)
+            masks[local] = self._mask(positions, length, local, dtype)
         first = int(slots[0])
         run = first if slots.tolist() == list(range(first, first + len(slots))) else None
         for block in self.blocks:
@@ -392,12 +392,8 @@ class Gemma3Model(nn.Module):
             x = block(x, ropes[local], slots, positions, cache, masks[local], length, run, decoding)
         return x
 
-    def attention_mask(
-        self,
-        positions: torch.Tensor,
-        length: int,
-        local: bool,
-        dtype: torch.dtype = torch.float32,
+    def _mask(
+        self, positions: torch.Tensor, length: int, local: bool, dtype: torch.dtype
     ) -> torch.Tensor:
         """Additive mask [B, 1, S, T]: a query sees keys at or before it (within the window)."""
         keys = torch.arange(length).view(1, 1, length)  # [1, 1, T]
