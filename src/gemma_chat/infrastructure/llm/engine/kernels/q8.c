@@ -256,15 +256,16 @@ static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* Rows m0..m0+mr of x against the 16 output rows of tile t (and t+1 when two). */
+/* Rows m0..m0+mr of x against the 16 output rows of tile t (and t+1 when two): up to MR rows
+ * with two tiles, or 8 rows with one. */
 static inline __attribute__((always_inline)) void tile_product(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int two, int64_t N, int64_t K) {
     const int64_t nb = K / QK;
-    __m512 f[MR][2];
-    for (int m = 0; m < MR; m++) f[m][0] = f[m][1] = _mm512_setzero_ps();
+    __m512 f[8][2]; /* up to MR rows x 2 tiles, or 8 rows x 1 tile */
+    for (int m = 0; m < mr; m++) f[m][0] = f[m][1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        __m512i acc[MR][2]; /* start at -128 sum(x): the weights' +128 taken back out */
+        __m512i acc[8][2]; /* start at -128 sum(x): the weights' +128 taken back out */
         for (int m = 0; m < mr; m++) acc[m][0] = acc[m][1] = _mm512_set1_epi32(-xc[(m0 + m) * nb + b]);
         const uint8_t *w0 = wq + (t * nb + b) * (8 * 64), *w1 = w0 + nb * 8 * 64;
         for (int kq = 0; kq < 8; kq++) {
@@ -299,47 +300,15 @@ static inline __attribute__((always_inline)) void tile_product(
         }
 }
 
-/* Eight rows against one tile: each weight byte loaded from memory serves eight rows at once
- * (two passes of four rows read it twice, the first pass from memory). The same arithmetic in
- * the same order as tile_product, so the same bits. */
-static void eight_rows_one_tile(const int8_t *xq, const float *xs, const int32_t *xc,
-                                const uint8_t *wq, const uint16_t *ws, float mult, float *y,
-                                int64_t m0, int64_t t, int64_t N, int64_t K) {
-    const int64_t nb = K / QK;
-    __m512 f[8];
-    for (int m = 0; m < 8; m++) f[m] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m512i acc[8];
-        for (int m = 0; m < 8; m++) acc[m] = _mm512_set1_epi32(-xc[(m0 + m) * nb + b]);
-        const uint8_t *w = wq + (t * nb + b) * (8 * 64);
-        for (int kq = 0; kq < 8; kq++) {
-            const __m512i v = _mm512_loadu_si512((const void *)(w + kq * 64));
-            for (int m = 0; m < 8; m++) {
-                int32_t quad;
-                memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
-                acc[m] = _mm512_dpbusd_epi32(acc[m], v, _mm512_set1_epi32(quad));
-            }
-        }
-        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + (t * nb + b) * LANES)));
-        for (int m = 0; m < 8; m++) {
-            const __m512 dx = _mm512_set1_ps(xs[(m0 + m) * nb + b]);
-            f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), _mm512_mul_ps(dx, s0), f[m]);
-        }
-    }
-    const __m512 scale = _mm512_set1_ps(mult);
-    const int64_t n0 = t * LANES;
-    const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
-    for (int m = 0; m < 8; m++)
-        _mm512_mask_storeu_ps(y + (m0 + m) * N + n0, keep, _mm512_mul_ps(f[m], scale));
-}
-
 static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
                           const uint8_t *wq, const uint16_t *ws, float mult, float *y, int64_t M,
                           int64_t t, int two, int64_t N, int64_t K) {
     int64_t m0 = 0;
     for (; M - m0 >= 8; m0 += 8) {
-        eight_rows_one_tile(xq, xs, xc, wq, ws, mult, y, m0, t, N, K);
-        if (two) eight_rows_one_tile(xq, xs, xc, wq, ws, mult, y, m0, t + 1, N, K);
+        /* eight rows against one tile: each weight byte fetched from memory serves eight rows
+         * in one pass (two passes of four fetched it twice) */
+        tile_product(xq, xs, xc, wq, ws, mult, y, m0, 8, t, 0, N, K);
+        if (two) tile_product(xq, xs, xc, wq, ws, mult, y, m0, 8, t + 1, 0, N, K);
     }
     for (; m0 < M; m0 += MR) {
         switch (M - m0 < MR ? M - m0 : MR) { /* constant row counts: fully unrolled tiles */
