@@ -363,7 +363,12 @@ class Gemma3Model(nn.Module):
         x = lookup(input_ids).to(self.compute_dtype)
         x = x * torch.tensor(self.embed_scale, dtype=self.compute_dtype)  # [R, E]
         x = self.block_decoder.rows(self, x, positions, slots, cache)
-        logits: torch.Tensor = self.lm_head(self.norm(x[wanted])).float()  # [W, V]
+        if wanted != list(range(x.shape[0])):
+            # index_select, not x[wanted]: indexing by a list started torch's OpenMP threads,
+            # whose spinning afterwards took a core from the int8 kernels' own threads (a
+            # batch-8 decode step went from ~19 to ~25 ms).
+            x = x.index_select(0, torch.tensor(wanted, dtype=torch.long))  # [W, E]
+        logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
         softcap = self.config.final_logit_softcapping
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
