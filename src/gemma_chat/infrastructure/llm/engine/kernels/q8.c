@@ -373,7 +373,9 @@ void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint
     int32_t *xc = block_sums(xq, M, K);
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
     matmul_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
-    parallel_for(pairs, pairs / (8 * MAX_THREADS) + 1, matmul_tile_pair, &job);
+    /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
+     * (prefetched), and several per thread still even out a thread that falls behind */
+    parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
     free(xc);
 }
 
@@ -720,11 +722,12 @@ static void row_stage(void *ctx, int64_t b) {
     }
 }
 
-/* Each row on its own; in parallel only when there are many (prefill): a decode step's few
- * rows cost less than waking the pool. */
+/* Each row on its own; in parallel from 4 rows (at 8, ~0.3 ms of a decode step's ~12): one
+ * to three rows cost less than a hand-over to the pool. */
 static void rows(block_job *job, int stage, int64_t B) {
     row_job r = {job, stage};
-    parallel_for(B, B > 16 ? 8 : B, row_stage, &r);
+    const int64_t half = (B + 1) / 2;
+    parallel_for(B, B < 4 ? B : half > 8 ? 8 : half, row_stage, &r);
 }
 
 /* Norm, q/k/v projection, q/k norms and rotary; keys and values written to the cache; the
