@@ -64,6 +64,31 @@ async def test_concurrent_requests_share_decode_steps_and_answer_as_they_would_a
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("quantization", ["auto", "none"])
+async def test_seeded_sampling_answers_the_same_batched_or_alone(
+    tiny_model_dir: Path, quantization: str
+) -> None:
+    # Rows that sample from their top k get their candidates from one batched top-k.
+    configs = [
+        GenerationConfig(temperature=0.9, top_k=k, top_p=p, seed=s, max_new_tokens=24)
+        for k, p, s in [(64, 0.95, 1), (5, 1.0, 2), (0, 0.9, 3), (0, 1.0, 4), (64, 0.95, 5)]
+    ]
+    alone_llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
+    await alone_llm.load()
+    alone = [
+        (await alone_llm.generate(chat(p), c)).text for p, c in zip(PROMPTS, configs, strict=True)
+    ]
+    llm = engine_llm(tiny_model_dir, max_batch_size=8, quantization=quantization)
+    await llm.load()
+    together = await asyncio.gather(
+        *(llm.generate(chat(p), c) for p, c in zip(PROMPTS, configs, strict=True))
+    )
+    assert [c.text for c in together] == alone
+    assert scheduler_info(llm)["max_batch"] > 1
+    assert len(set(alone)) > 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("quantization", ["auto", "none"])
 async def test_requests_join_and_leave_mid_flight(tiny_model_dir: Path, quantization: str) -> None:
     llm = engine_llm(tiny_model_dir, quantization)
     await llm.load()

@@ -256,6 +256,31 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
     assert kernels.argmax(logits[:, :7]) == logits[:, :7].argmax(dim=-1).tolist()
 
 
+def test_top_k_gives_each_rows_largest_values_in_order_as_torch_does(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(7))
+    logits[1, 4999] = 40.0  # in the tail after the last full vector
+    logits[2, 10:20] = 30.0  # ties: the lower index first
+    logits[3, :] = -float("inf")
+    logits[3, 17] = 1.0
+    portable = load_kernels(
+        tmp_path, march="x86-64" if platform.machine() == "x86_64" else "native"
+    )
+    assert portable is not None
+    for k in (1, 5, 64):
+        values, ids = kernels.top_k(logits, k)
+        expected = torch.topk(logits, k)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(logits.gather(1, ids), values)  # each id is where its value is
+        assert ids[1, 0] == 4999
+        assert ids[3, 0] == 17
+        assert ids[2, : min(k, 10)].tolist() == list(range(10, 10 + min(k, 10)))
+        plain_values, plain_ids = portable.top_k(logits, k)
+        assert torch.equal(plain_values, values)
+        assert torch.equal(plain_ids, ids)
+
+
 def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels) -> None:
     layer = Q8Linear.from_weight(kernels, torch.randn(4096, 640))
     x = torch.randn(8, 640)

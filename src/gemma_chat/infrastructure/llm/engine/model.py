@@ -267,6 +267,11 @@ def _torch_argmax(logits: torch.Tensor) -> list[int]:
     return [int(i) for i in logits.argmax(dim=-1).tolist()]
 
 
+def _torch_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, ids = torch.topk(logits.float(), k, dim=-1)
+    return values, ids
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -289,8 +294,10 @@ class Gemma3Model(nn.Module):
         self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
         self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
         self.block_decoder: BlockDecoder | None = None  # all blocks fused (q8.py)
-        # Greedy tokens of a batch of logits [W, V]; q8.py brings a faster one.
+        # Greedy tokens, and sampling candidates (each row's k largest logits, largest first),
+        # of a batch of logits [W, V]; q8.py brings faster ones.
         self.argmax: Callable[[torch.Tensor], list[int]] = _torch_argmax
+        self.top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] = _torch_top_k
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,6 +86,8 @@ class Q8Kernels:
         library.q8p_matmul.restype = None
         library.q8_argmax_rows.argtypes = [_P, _I, _I, _P]
         library.q8_argmax_rows.restype = None
+        library.q8_top_k_rows.argtypes = [_P, _I, _I, _I, _P, _P]
+        library.q8_top_k_rows.restype = None
         library.q8p_rows.argtypes = [_P, _P, ctypes.c_float, _P, _I, _I, _P]
         library.q8p_rows.restype = None
         library.gemma_decode_block.argtypes = [
@@ -134,6 +136,17 @@ class Q8Kernels:
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self._lib.q8_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
         return [int(i) for i in out.tolist()]
+
+    def top_k(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's ``k`` largest values, largest first, and their indices (as
+        ``torch.topk``): [R, N] -> values [R, k], ids [R, k]."""
+        x = logits.float().contiguous()
+        values = torch.empty((x.shape[0], k), dtype=torch.float32)
+        ids = torch.empty((x.shape[0], k), dtype=torch.int64)
+        self._lib.q8_top_k_rows(
+            x.data_ptr(), x.shape[0], x.shape[1], k, values.data_ptr(), ids.data_ptr()
+        )
+        return values, ids
 
     def rows(self, w: Q8Linear, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of ``w`` as float32: [R] -> [R, K]."""
@@ -384,3 +397,4 @@ def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bo
     model.compute_dtype = torch.float32
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
     model.argmax = kernels.argmax
+    model.top_k = kernels.top_k

@@ -173,24 +173,45 @@ class BatchScheduler:
             logger.exception("step failed")
             self._fail([*decoding, *(s for s, _ in prefilling)], exc)
             return
-        greedy = self._greedy_tokens(logits, [*decoding, *(s for s, _ in prefilling)])
-        self._decoded(decoding, logits, greedy)
+        chosen = self._chosen_tokens(logits, [*decoding, *(s for s, _ in prefilling)])
+        self._decoded(decoding, logits, chosen)
         for j, (slot, reused) in enumerate(prefilling):
             at = len(decoding) + j
-            self._prefilled(slot, reused, logits[at], greedy[at])
+            self._prefilled(slot, reused, logits[at], chosen[at])
 
-    def _greedy_tokens(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
-        """Each greedy row's token from one argmax over the batch; None where a row samples."""
-        plain = [
-            s.sampler is not None
-            and s.sampler.params.temperature == 0.0
-            and s.sampler.params.repetition_penalty == 1.0
-            for s in slots
-        ]
-        if not any(plain):
-            return [None] * len(slots)
-        best = self.model.argmax(logits)  # [W]
-        return [token if ok else None for token, ok in zip(best, plain, strict=True)]
+    def _chosen_tokens(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
+        """The rows' next tokens, from one argmax over the greedy rows and one top-k over the
+        rows that sample from their top k; None where a row needs the whole-row sampler (a
+        repetition penalty, or no top-k)."""
+        tokens: list[int | None] = [None] * len(slots)
+        greedy: list[int] = []
+        top: list[int] = []
+        for i, slot in enumerate(slots):
+            params = slot.sampler.params if slot.sampler is not None else None
+            if params is None or params.repetition_penalty != 1.0:
+                continue
+            if params.temperature == 0.0:
+                greedy.append(i)
+            elif 0 < params.top_k <= _TOP_K_ROWS and params.top_k < logits.shape[-1]:
+                top.append(i)
+        if greedy:
+            for i, token in zip(greedy, self.model.argmax(self._rows(logits, greedy)), strict=True):
+                tokens[i] = token
+        if top:
+            k = max(slots[i].sampler.params.top_k for i in top)  # type: ignore[union-attr]
+            values, ids = self.model.top_k(self._rows(logits, top), k)  # [R, k], largest first
+            for row, i in enumerate(top):
+                sampler = slots[i].sampler
+                assert sampler is not None
+                own = sampler.params.top_k
+                tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
+        return tokens
+
+    @staticmethod
+    def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        if rows == list(range(logits.shape[0])):
+            return logits
+        return logits.index_select(0, torch.tensor(rows, dtype=torch.long))
 
     def _prefill(self, job: GenerationJob) -> None:
         """A new request's prompt alone (models without ``forward_rows``)."""
@@ -347,3 +368,6 @@ _NO_TOKENS = torch.empty(0, dtype=torch.long)
 _WORTH_KEEPING = 32
 # Cache positions reserved beyond an answer, for the conversation's next message.
 _NEXT_TURN = 256
+# Rows sampling from at most this many candidates get them from the model's batched top-k;
+# larger top_k values go through the sampler's own torch.topk.
+_TOP_K_ROWS = 1024
