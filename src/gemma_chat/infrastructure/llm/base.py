@@ -40,6 +40,7 @@ from gemma_chat.shared.exceptions import (
     InvalidMessageError,
     ModelLoadError,
     ModelNotLoadedError,
+    OutOfMemoryError,
 )
 
 __all__ = ["BaseLLM", "LLMState"]
@@ -134,6 +135,9 @@ class BaseLLM(ABC):
 
     def map_error(self, exc: Exception) -> GemmaChatError:
         """Turn a backend failure into a gemma-chat error; adapters add their own cases."""
+        torch = sys.modules.get("torch")  # only when loaded: adapters without torch need none
+        if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+            return OutOfMemoryError(str(exc).splitlines()[0] if str(exc) else "")
         return InferenceError(
             f"{type(self).__name__} failed while generating with {self.model_name!r}: "
             f"{type(exc).__name__}: {exc}"

@@ -30,9 +30,7 @@ from gemma_chat.infrastructure.llm.token_loop import TokenLoop
 from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import (
     ConfigurationError,
-    GemmaChatError,
     ModelNotLoadedError,
-    OutOfMemoryError,
 )
 
 __all__ = ["GemmaLLM"]
@@ -184,11 +182,6 @@ class GemmaLLM(BaseLLM):
         if self.load_seconds is not None:
             info["load_seconds"] = round(self.load_seconds, 2)
         return info
-
-    def map_error(self, exc: Exception) -> GemmaChatError:
-        if isinstance(exc, torch.OutOfMemoryError):
-            return OutOfMemoryError(str(exc).splitlines()[0] if str(exc) else "")
-        return super().map_error(exc)
 
     # -- generation ----------------------------------------------------------------------------
 

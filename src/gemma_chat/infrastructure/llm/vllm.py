@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -34,7 +33,6 @@ from gemma_chat.shared.exceptions import (
     ConfigurationError,
     GemmaChatError,
     ModelNotLoadedError,
-    OutOfMemoryError,
 )
 
 __all__ = ["PREFIX", "VLLMLLM", "cuda_available", "sampling_arguments"]
@@ -203,12 +201,6 @@ class VLLMLLM(BaseLLM):
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
             "chat_format": self._chat_format.name if self._chat_format else "template",
         }
-
-    def map_error(self, exc: Exception) -> GemmaChatError:
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(exc, torch.OutOfMemoryError):
-            return OutOfMemoryError(str(exc).splitlines()[0] if str(exc) else "CUDA")
-        return super().map_error(exc)
 
     # -- generation ------------------------------------------------------------------------------
 
