@@ -203,19 +203,28 @@ def test_the_fused_decode_step_gives_a_row_the_same_bits_alone_or_in_a_batch(
         assert torch.equal(alone[0], batched[i])
 
 
-def test_the_portable_kernel_gives_the_same_bits_as_the_vector_one(
-    kernels: Q8Kernels, tmp_path: Path
+@pytest.mark.parametrize("march", ["x86-64", "haswell"])
+def test_the_portable_and_avx2_kernels_give_the_same_bits_as_the_native_one(
+    kernels: Q8Kernels, tmp_path: Path, march: str
 ) -> None:
-    # CPUs without AVX-512 VNNI run the plain C loops: the same arithmetic in the same order.
-    portable = load_kernels(
-        tmp_path, march="x86-64" if platform.machine() == "x86_64" else "native"
-    )
+    # CPUs without AVX-512 VNNI run AVX2 (maddubs on |x| and signed weights) or plain C loops:
+    # the same int32 sums and the same float work, in the same order.
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 builds")
+    if march == "haswell" and " avx2 " not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX2")
+    portable = load_kernels(tmp_path, march=march)
     assert portable is not None
+    assert portable.vectorized == (march == "haswell")
     gen = torch.Generator().manual_seed(4)
-    w, x = torch.randn(72, 96, generator=gen), torch.randn(5, 96, generator=gen)
+    for n, k, m in [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8)]:
+        w, x = torch.randn(n, k, generator=gen), torch.randn(m, k, generator=gen)
+        assert torch.equal(
+            Q8Linear.from_weight(kernels, w)(x), Q8Linear.from_weight(portable, w)(x)
+        )
+    w = torch.randn(72, 96, generator=gen)
     fast = Q8Linear.from_weight(kernels, w)
     plain = Q8Linear.from_weight(portable, w)
-    assert torch.equal(fast(x), plain(x))
     assert torch.equal(
         Q8Embedding(fast)(torch.tensor([0, 71])), Q8Embedding(plain)(torch.tensor([0, 71]))
     )

@@ -52,14 +52,15 @@ def _gguf_architecture(path: Path) -> str | None:
 
 
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
-    """int8 blocks when asked for, or by default where the kernels build with AVX-512 VNNI
-    (their portable loops are slower than bfloat16); else the dtype."""
+    """int8 blocks when asked for, or by default where the kernels build with vector int8
+    products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
+    dtype."""
     if plan.quantization in ("auto", "int8"):
         kernels = load_kernels(settings.cache_dir)
         if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
             return WeightFormat.q8(kernels)
         if kernels is not None:
-            logger.info("No AVX-512 VNNI on this CPU: bfloat16 weights (faster here than int8)")
+            logger.info("No AVX2 on this CPU: bfloat16 weights (faster here than int8)")
             return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":
             raise ConfigurationError(

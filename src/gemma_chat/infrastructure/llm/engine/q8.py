@@ -2,10 +2,11 @@
 
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
 DEVELOPMENT.md), so the kernels are ours: ``kernels/q8.c``, compiled once with the system's C
-compiler for the machine it runs on (native.py). Weights are packed for AVX-512 VNNI; every
-output is reduced in a fixed order, so results do not depend on the batch size, and each
-decoder block runs in one C call (``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 %
-over float32 (benchmarks/engine_benchmark.py).
+compiler for the machine it runs on (native.py). Weights are packed for AVX-512 VNNI (AVX2
+reads the same layout, with the same results); every output is reduced in a fixed order, so
+results do not depend on the batch size, and each decoder block runs in one C call
+(``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 % over float32
+(benchmarks/engine_benchmark.py).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Q8Kernels:
         library.gemma_set_threads(torch.get_num_threads())
         library.q8_vector_kernels.argtypes = []
         library.q8_vector_kernels.restype = ctypes.c_int
-        self.vectorized = bool(library.q8_vector_kernels())
+        self.vectorized = bool(library.q8_vector_kernels())  # AVX-512 VNNI or AVX2
         library.q8_quantize_rows.argtypes = [_P, _P, _P, _I, _I]
         library.q8_quantize_rows.restype = None
         library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
