@@ -178,8 +178,8 @@ def perplexity(llm: GemmaLLM) -> tuple[float, float]:
     loop: Any = llm._loop
     ids = torch.tensor([[2, *loop.tokenizer.encode(fixed_text())[:1023]]])  # [1, 1024]
 
-    def score(model: Any, dtype: torch.dtype) -> float:
-        cache = KVCache(model.config, slots=1, dtype=dtype)
+    def score(model: Any) -> float:
+        cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
         with torch.inference_mode():
             logits = model(
                 ids,
@@ -193,11 +193,11 @@ def perplexity(llm: GemmaLLM) -> tuple[float, float]:
             loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
         return float(torch.exp(loss))
 
-    served = score(loop.model, loop.model.compute_dtype)
+    served = score(loop.model)
     store = ConvertedModelStore(llm.settings.cache_dir)
     float32 = WeightFormat.floating(torch.float32)
     reference = store.load_or_convert(resolve_model_source(llm.model_name), float32)
-    return served, score(reference.model, torch.float32)
+    return served, score(reference.model)
 
 
 def cold_start_and_memory() -> dict[str, Any]:

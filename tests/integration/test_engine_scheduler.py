@@ -271,9 +271,9 @@ async def test_a_timed_out_request_frees_its_batch_slot(tiny_model_dir: Path) ->
     )
     async with InferenceService(settings) as service:
         with pytest.raises(GenerationTimeoutError):
-            # Greedy on this seeded model: 4,000 tokens without an end of turn (~8 s).
+            # Greedy on this seeded model: 4,000 tokens without an end of turn (~1 s).
             await service.generate_response(
-                ChatSession(), "go on", temperature=0, max_new_tokens=4000
+                ChatSession(), "keep going", temperature=0, max_new_tokens=4000
             )
         await asyncio.sleep(0.2)
         assert scheduler_info(service.llm)["active"] == 0  # type: ignore[arg-type]

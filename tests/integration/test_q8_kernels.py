@@ -171,7 +171,7 @@ def decode_logits(
     """Prefill ``prompts`` [B, S] into ``slots``, then one decode step: logits [B, V]."""
     decoder = model.block_decoder
     b, s = prompts.shape
-    cache = KVCache(model.config, slots=4, dtype=torch.float32)
+    cache = KVCache(model.config, slots=4, dtype=model.kv_dtype)
     rows = torch.tensor(slots)
     with torch.inference_mode():
         model(prompts, torch.arange(s).repeat(b, 1), rows, cache)
@@ -230,6 +230,22 @@ def test_the_portable_and_avx2_kernels_give_the_same_bits_as_the_native_one(
     )
 
 
+def test_the_fused_blocks_keep_keys_and_values_in_float16_and_refuse_another_cache(
+    kernels: Q8Kernels,
+) -> None:
+    model = small_q8_model(kernels)
+    assert model.kv_dtype == torch.float16  # half of float32's memory, as llama.cpp's cache
+    prompt = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(8))
+    positions = torch.arange(6).view(1, -1)
+    cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
+    with torch.inference_mode():
+        model(prompt, positions, torch.tensor([0]), cache)
+        assert cache.k[:, 0, :, :6].abs().sum() > 0  # written, as float16
+        with pytest.raises(ValueError, match="float16 KV cache"):
+            wrong = KVCache(model.config, slots=1, dtype=torch.float32)
+            model(prompt, positions, torch.tensor([0]), wrong)
+
+
 def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bits(
     kernels: Q8Kernels,
 ) -> None:
@@ -238,7 +254,7 @@ def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bit
     rows = torch.tensor([1])
 
     def run(pieces: list[tuple[int, int, bool]]) -> tuple[torch.Tensor, KVCache]:
-        cache = KVCache(model.config, slots=2, dtype=torch.float32)
+        cache = KVCache(model.config, slots=2, dtype=model.kv_dtype)
         logits = torch.empty(0)
         with torch.inference_mode():
             for start, end, decoding in pieces:

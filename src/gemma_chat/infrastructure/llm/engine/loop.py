@@ -86,7 +86,7 @@ class EngineLoop:
         self.scheduler = BatchScheduler(
             self.model,
             max_batch_size=settings.performance.max_batch_size,
-            dtype=self.model.compute_dtype,
+            dtype=self.model.kv_dtype,
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
         )
 

@@ -228,6 +228,7 @@ class Block(nn.Module):
         else:
             keys = layer_k[slots, :, :length]  # a copy, for scattered slots
             values = layer_v[slots, :, :length]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # a cache may hold a narrower dtype
         if decoding:  # one query per sequence: the fused kernel, the same for every step
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
@@ -293,6 +294,7 @@ class Gemma3Model(nn.Module):
         self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.embed_lookup: nn.Module | None = None  # an int8 table instead of embed (q8.py)
         self.compute_dtype = torch.bfloat16  # activations and KV cache; set by the loader
+        self.cache_dtype: torch.dtype | None = None  # the KV cache's, if not compute_dtype
         self.block_decoder: BlockDecoder | None = None  # all blocks fused (q8.py)
         # Greedy tokens, and sampling candidates (each row's k largest logits, largest first),
         # of a batch of logits [W, V]; q8.py brings faster ones.
@@ -346,6 +348,11 @@ class Gemma3Model(nn.Module):
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The dtype of the keys and values a ``KVCache`` for this model holds."""
+        return self.cache_dtype or self.compute_dtype
 
     @property
     def takes_rows(self) -> bool:

@@ -344,6 +344,8 @@ class Q8BlockDecoder:
         first, then each row attends to its sequence's positions up to its own. Prefill and
         decode are the same computation, so a token's keys and values are the same bits whether
         it was prefilled whole, in pieces, decoded, or beside other sequences' tokens."""
+        if cache.k.dtype != torch.float16:
+            raise ValueError(f"the fused blocks need a float16 KV cache, not {cache.k.dtype}")
         if not self._args:
             self._build()
         rows = x.float().contiguous()  # updated in place, block by block
@@ -396,6 +398,7 @@ def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bo
         model.embed_lookup = Q8Embedding(head)
         model.embed = None  # type: ignore[assignment]
     model.compute_dtype = torch.float32
+    model.cache_dtype = torch.float16  # the fused blocks keep keys and values in float16
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k

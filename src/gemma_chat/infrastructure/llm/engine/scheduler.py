@@ -357,8 +357,8 @@ class BatchScheduler:
             **self.stats.to_dict(),
             "active": self.active_count,
             "queued": self.queue_depth,
-            "kv_cache_mb": round(self.cache.nbytes / 2**20, 1),
-            "prefix_store_mb": round(self.store.nbytes / 2**20, 1),
+            "kv_cache_mb": round(self.cache.nbytes / 2**20, 2),
+            "prefix_store_mb": round(self.store.nbytes / 2**20, 2),
             "prefix_store_entries": len(self.store),
         }
 

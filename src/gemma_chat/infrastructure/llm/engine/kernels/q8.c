@@ -244,6 +244,24 @@ static inline float half_to_float(uint16_t h) {
     return f;
 }
 
+/* float -> float16, rounding to nearest even (as vcvtps2ph does); overflow gives infinity */
+static inline uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
+    if (abs >= 0x7f800000) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 | ((abs >> 13) & 0x3ff) : 0));
+    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds past 65504 */
+    if (abs < 0x38800000) { /* a float16 subnormal (or zero): units of 2^-24 */
+        const uint32_t man = (abs & 0x7fffff) | 0x800000, shift = 126 - (abs >> 23);
+        if (shift > 24) return (uint16_t)sign;
+        const uint32_t half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        return (uint16_t)(sign | (half + (rest > mid || (rest == mid && (half & 1)))));
+    }
+    const uint32_t rest = abs & 0x1fff, h = ((abs - 0x38000000) >> 13);
+    return (uint16_t)(sign | (h + (rest > 0x1000 || (rest == 0x1000 && (h & 1)))));
+}
+
 /* 128 * sum of each row's int8 block: the correction for the weights' +128 */
 static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
     const int64_t nb = K / QK;
@@ -511,6 +529,21 @@ static void rope(float *v, const float *cos, const float *sin, int64_t d) {
     }
 }
 
+/* out[0..n) = x[0..n) as float16 (the same bits on every path) */
+static void store_halves(uint16_t *out, const float *x, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) out[i] = float_to_half(x[i]);
+}
+
 /* a fixed-order float dot product (the same result for a row whatever the batch) */
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
@@ -582,9 +615,9 @@ static inline __m512 sum_lanes16(const __m512 *a) {
 }
 #endif
 
-/* out[i] = q . keys[i] for 16 consecutive keys [16, D] (D a multiple of 16 on AVX-512): one
- * reduction tree for 16 dot products instead of one per product. */
-static inline void dots16(const float *q, const float *keys, int64_t D, float *out) {
+/* out[i] = q . keys[i] for 16 consecutive float16 keys [16, D] (D a multiple of 16 on
+ * AVX-512): one reduction tree for 16 dot products instead of one per product. */
+static inline void dots16(const float *q, const uint16_t *keys, int64_t D, float *out) {
 #if defined(__AVX512F__)
     if (D % 16 == 0) {
         __m512 acc[16];
@@ -592,13 +625,19 @@ static inline void dots16(const float *q, const float *keys, int64_t D, float *o
         for (int64_t c = 0; c < D; c += 16) {
             const __m512 qc = _mm512_loadu_ps(q + c);
             for (int i = 0; i < 16; i++)
-                acc[i] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(keys + i * D + c), acc[i]);
+                acc[i] = _mm512_fmadd_ps(
+                    qc, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(keys + i * D + c))),
+                    acc[i]);
         }
         _mm512_storeu_ps(out, sum_lanes16(acc));
         return;
     }
 #endif
-    for (int i = 0; i < 16; i++) out[i] = dot_f32(q, keys + i * D, D);
+    for (int i = 0; i < 16; i++) {
+        float key[D];
+        for (int64_t c = 0; c < D; c++) key[c] = half_to_float(keys[i * D + c]);
+        out[i] = dot_f32(q, key, D);
+    }
 }
 
 /* the largest of v[0..n) (exact, whatever the order) */
@@ -641,12 +680,13 @@ static float exp_shifted(float *v, int64_t n, float shift) {
  * output is accumulated in t order, one FMA per t, whatever nq is. */
 #if defined(__AVX512F__)
 static inline __attribute__((always_inline)) void weighted_sums_n(
-    const float *w, int64_t T, int nq, const float *v, int64_t D, float **outs) {
+    const float *w, int64_t T, int nq, const uint16_t *v, int64_t D, float **outs) {
     for (int64_t d = 0; d + 16 <= D; d += 16) {
         __m512 acc[16];
         for (int i = 0; i < nq; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t t = 0; t < T; t++) {
-            const __m512 value = _mm512_loadu_ps(v + t * D + d);
+            const __m512 value =
+                _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + t * D + d)));
             for (int i = 0; i < nq; i++)
                 acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w[i * T + t]), value, acc[i]);
         }
@@ -655,7 +695,7 @@ static inline __attribute__((always_inline)) void weighted_sums_n(
 }
 #endif
 
-static void weighted_sums(const float *w, int64_t T, int64_t nq, const float *v, int64_t D,
+static void weighted_sums(const float *w, int64_t T, int64_t nq, const uint16_t *v, int64_t D,
                           float **outs) {
     int64_t done = 0;
 #if defined(__AVX512F__)
@@ -672,7 +712,8 @@ static void weighted_sums(const float *w, int64_t T, int64_t nq, const float *v,
     for (int64_t i = 0; i < nq; i++)
         for (int64_t d = done; d < D; d++) {
             float acc = 0.0f;
-            for (int64_t t = 0; t < T; t++) acc = fmaf(w[i * T + t], v[t * D + d], acc);
+            for (int64_t t = 0; t < T; t++)
+                acc = fmaf(w[i * T + t], half_to_float(v[t * D + d]), acc);
             outs[i][d] = acc;
         }
 }
@@ -730,7 +771,7 @@ typedef struct {
     const float *attn_in;
     const int64_t *slots, *positions;
     const float *cos_table, *sin_table;
-    float *k_cache, *v_cache;
+    uint16_t *k_cache, *v_cache; /* float16 */
     int64_t capacity, split;
     const int64_t *runs; /* attention tasks' first rows (block_attention) */
     scratch *m;
@@ -768,8 +809,8 @@ static void row_stage(void *ctx, int64_t b) {
             rms_norm(k, blk->k_norm, k, D, blk->eps);
             rope(k, c, s, D);
             const int64_t at = ((j->slots[b] * HKV + hd) * j->capacity + j->positions[b]) * D;
-            memcpy(j->k_cache + at, k, sizeof(float) * D);
-            memcpy(j->v_cache + at, v, sizeof(float) * D);
+            store_halves(j->k_cache + at, k, D);
+            store_halves(j->v_cache + at, v, D);
         }
         break;
     }
@@ -832,8 +873,8 @@ static void attention_task(void *ctx, int64_t task) {
         t1 = p + 1 > t1 ? p + 1 : t1;
     }
     const int64_t T = t1 - t0, queries = (r1 - r0) * per_task;
-    const float *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
-    const float *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
+    const uint16_t *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
+    const uint16_t *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
     float *weights = calloc((size_t)(queries * T), sizeof(float)); /* [queries, T] from t0 */
     /* Scores 16 keys at a time, in blocks aligned to multiples of 16 positions, so that a
      * key's score is computed the same way in every call (keys past a row's own position are
@@ -906,10 +947,11 @@ static void block_out(block_job *job, int64_t B) {
 }
 
 /* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
- * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float32. */
+ * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float16 (half the
+ * memory and reads of float32, as llama.cpp's default cache; perplexity unchanged). */
 void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
                         const int64_t *positions, const float *cos_table, const float *sin_table,
-                        float *k_cache, float *v_cache, int64_t capacity) {
+                        uint16_t *k_cache, uint16_t *v_cache, int64_t capacity) {
     scratch m = scratch_for(blk, B);
     block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
                      k_cache, v_cache, capacity, 1, NULL, &m};
