@@ -101,6 +101,35 @@ def test_top_p_keeps_the_tokens_that_reach_the_mass() -> None:
     assert set(sample_many(sampler, logits, 200)) == {0, 1}
 
 
+def test_top_p_over_a_large_vocabulary_keeps_exactly_the_nucleus() -> None:
+    # The nucleus (~500 of 5,000 tokens) is larger than the first top-k the sampler tries.
+    logits = torch.linspace(4.0, -4.0, 5000)
+    probs = torch.softmax(logits, dim=-1)
+    nucleus = int(((probs.cumsum(-1) - probs) < 0.6).sum())
+    assert nucleus > 64
+    sampler = TokenSampler(SamplingParams(temperature=1.0, top_p=0.6, seed=5))
+    drawn = sample_many(sampler, logits, 400)
+    assert max(drawn) < nucleus
+    assert max(drawn) > 64
+
+
+def test_sampling_follows_the_softmax_of_the_logits() -> None:
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    sampler = TokenSampler(SamplingParams(temperature=1.0, seed=2))
+    counts = Counter(sample_many(sampler, logits, 3000))
+    assert [round(counts[i] / 3000, 1) for i in range(3)] == [0.6, 0.3, 0.1]
+
+
+def test_choose_from_the_top_k_candidates_draws_as_the_whole_row_would() -> None:
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(9)) * 2
+    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=4)
+    whole, candidates = TokenSampler(params), TokenSampler(params)
+    values, ids = torch.topk(logits, 40)
+    assert [whole(logits, NO_HISTORY) for _ in range(50)] == [
+        candidates.choose(values, ids) for _ in range(50)
+    ]
+
+
 def test_repetition_penalty_steers_greedy_decoding_away_from_seen_tokens() -> None:
     logits = torch.tensor([2.0, 1.9, 0.0])
     seen = torch.tensor([0])

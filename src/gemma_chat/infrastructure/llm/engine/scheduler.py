@@ -185,25 +185,23 @@ class BatchScheduler:
         repetition penalty, or no top-k)."""
         tokens: list[int | None] = [None] * len(slots)
         greedy: list[int] = []
-        top: list[int] = []
+        top: list[tuple[int, TokenSampler]] = []
         for i, slot in enumerate(slots):
-            params = slot.sampler.params if slot.sampler is not None else None
-            if params is None or params.repetition_penalty != 1.0:
+            sampler = slot.sampler
+            if sampler is None or sampler.params.repetition_penalty != 1.0:
                 continue
-            if params.temperature == 0.0:
+            if sampler.params.temperature == 0.0:
                 greedy.append(i)
-            elif 0 < params.top_k <= _TOP_K_ROWS and params.top_k < logits.shape[-1]:
-                top.append(i)
+            elif 0 < sampler.params.top_k <= min(_TOP_K_ROWS, logits.shape[-1] - 1):
+                top.append((i, sampler))
         if greedy:
             for i, token in zip(greedy, self.model.argmax(self._rows(logits, greedy)), strict=True):
                 tokens[i] = token
         if top:
-            k = max(slots[i].sampler.params.top_k for i in top)  # type: ignore[union-attr]
-            values, ids = self.model.top_k(self._rows(logits, top), k)  # [R, k], largest first
-            for row, i in enumerate(top):
-                sampler = slots[i].sampler
-                assert sampler is not None
-                own = sampler.params.top_k
+            k = max(sampler.params.top_k for _, sampler in top)
+            values, ids = self.model.top_k(self._rows(logits, [i for i, _ in top]), k)  # [R, k]
+            for row, (i, sampler) in enumerate(top):
+                own = sampler.params.top_k  # the first ``own`` of the k, largest first
                 tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
         return tokens
 
