@@ -69,18 +69,31 @@ async def test_seeded_sampling_answers_the_same_batched_or_alone(
 ) -> None:
     # Rows that sample from their top k get their candidates from one batched top-k.
     configs = [
-        GenerationConfig(temperature=0.9, top_k=k, top_p=p, seed=s, max_new_tokens=24)
-        for k, p, s in [(64, 0.95, 1), (5, 1.0, 2), (0, 0.9, 3), (0, 1.0, 4), (64, 0.95, 5)]
+        GenerationConfig(
+            temperature=t, top_k=k, top_p=p, repetition_penalty=r, seed=s, max_new_tokens=24
+        )
+        for t, k, p, r, s in [
+            (0.9, 64, 0.95, 1.0, 1),
+            (0.9, 5, 1.0, 1.0, 2),
+            (0.9, 0, 0.9, 1.0, 3),
+            (0.9, 0, 1.0, 1.0, 4),
+            (0.9, 64, 0.95, 1.3, 5),  # the penalty applied to the batch's logits rows
+            (0.0, 64, 1.0, 1.3, 6),
+        ]
     ]
     alone_llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
     await alone_llm.load()
     alone = [
-        (await alone_llm.generate(chat(p), c)).text for p, c in zip(PROMPTS, configs, strict=True)
+        (await alone_llm.generate(chat(p), c)).text
+        for p, c in zip([*PROMPTS, "One more prompt"], configs, strict=True)
     ]
     llm = engine_llm(tiny_model_dir, max_batch_size=8, quantization=quantization)
     await llm.load()
     together = await asyncio.gather(
-        *(llm.generate(chat(p), c) for p, c in zip(PROMPTS, configs, strict=True))
+        *(
+            llm.generate(chat(p), c)
+            for p, c in zip([*PROMPTS, "One more prompt"], configs, strict=True)
+        )
     )
     assert [c.text for c in together] == alone
     assert scheduler_info(llm)["max_batch"] > 1

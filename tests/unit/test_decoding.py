@@ -120,12 +120,18 @@ def test_sampling_follows_the_softmax_of_the_logits() -> None:
     assert [round(counts[i] / 3000, 1) for i in range(3)] == [0.6, 0.3, 0.1]
 
 
-def test_choose_from_the_top_k_candidates_draws_as_the_whole_row_would() -> None:
+@pytest.mark.parametrize("penalty", [1.0, 1.5])
+def test_choose_from_the_top_k_candidates_draws_as_the_whole_row_would(penalty: float) -> None:
+    # The engine penalises its logits rows in place, takes their top k, then chooses.
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(9)) * 2
-    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=4)
+    seen = torch.topk(logits, 30).indices[::3]  # some of the likeliest tokens were seen
+    params = SamplingParams(
+        temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=penalty, seed=4
+    )
     whole, candidates = TokenSampler(params), TokenSampler(params)
-    values, ids = torch.topk(logits, 40)
-    assert [whole(logits, NO_HISTORY) for _ in range(50)] == [
+    row = candidates.penalise_(logits.clone(), seen)
+    values, ids = torch.topk(row, 40)
+    assert [whole(logits, seen) for _ in range(50)] == [
         candidates.choose(values, ids) for _ in range(50)
     ]
 

@@ -66,15 +66,21 @@ class TokenSampler:
 
     def penalised(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """``logits`` [V] with the repetition penalty applied to the ``seen`` tokens."""
+        if self.params.repetition_penalty == 1.0 or not seen.numel():
+            return logits
+        return self.penalise_(logits.clone(), seen)
+
+    def penalise_(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """``penalised`` in place: only the ``seen`` entries of ``logits`` [V] are touched."""
         p = self.params
         if p.repetition_penalty == 1.0 or not seen.numel():
             return logits
         # As in CTRL / transformers: make every token already seen less likely.
-        previous = logits.gather(0, seen)
-        penalised = torch.where(
+        previous = logits[seen]
+        logits[seen] = torch.where(
             previous > 0, previous / p.repetition_penalty, previous * p.repetition_penalty
         )
-        return logits.scatter(0, seen, penalised)
+        return logits
 
     def choose(self, values: torch.Tensor, ids: torch.Tensor) -> int:
         """A token from the row's ``top_k`` largest logits (``values`` [k], largest first, and

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,27 +174,42 @@ class BatchScheduler:
             logger.exception("step failed")
             self._fail([*decoding, *(s for s, _ in prefilling)], exc)
             return
-        chosen = self._chosen_tokens(logits, [*decoding, *(s for s, _ in prefilling)])
+
+        def seen(row: int) -> list[int]:  # the tokens before row's next one
+            if row < len(decoding):
+                slot = decoding[row]
+                assert slot.next_token is not None
+                return [*slot.tokens, slot.next_token]
+            job = prefilling[row - len(decoding)][0].job
+            return job.prompt_ids if job is not None else []
+
+        chosen = self._chosen_tokens(logits, [*decoding, *(s for s, _ in prefilling)], seen)
         self._decoded(decoding, logits, chosen)
         for j, (slot, reused) in enumerate(prefilling):
             at = len(decoding) + j
             self._prefilled(slot, reused, logits[at], chosen[at])
 
-    def _chosen_tokens(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int | None]:
+    def _chosen_tokens(
+        self, logits: torch.Tensor, slots: list[_Slot], seen: Callable[[int], list[int]]
+    ) -> list[int | None]:
         """The rows' next tokens, from one argmax over the greedy rows and one top-k over the
-        rows that sample from their top k; None where a row needs the whole-row sampler (a
-        repetition penalty, or no top-k)."""
+        rows that sample from their top k (a repetition penalty applied to their ``logits``
+        rows in place first); None where a row needs the whole-row sampler (no top-k)."""
         tokens: list[int | None] = [None] * len(slots)
         greedy: list[int] = []
         top: list[tuple[int, TokenSampler]] = []
         for i, slot in enumerate(slots):
             sampler = slot.sampler
-            if sampler is None or sampler.params.repetition_penalty != 1.0:
+            if sampler is None:
                 continue
             if sampler.params.temperature == 0.0:
                 greedy.append(i)
             elif 0 < sampler.params.top_k <= min(_TOP_K_ROWS, logits.shape[-1] - 1):
                 top.append((i, sampler))
+            else:
+                continue
+            if sampler.params.repetition_penalty != 1.0:
+                sampler.penalise_(logits[i], torch.tensor(seen(i), dtype=torch.long))
         if greedy:
             for i, token in zip(greedy, self.model.argmax(self._rows(logits, greedy)), strict=True):
                 tokens[i] = token
