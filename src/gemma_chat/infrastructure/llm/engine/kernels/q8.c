@@ -255,7 +255,8 @@ static inline uint16_t float_to_half(float f) {
     if (abs < 0x38800000) { /* a float16 subnormal (or zero): units of 2^-24 */
         const uint32_t man = (abs & 0x7fffff) | 0x800000, shift = 126 - (abs >> 23);
         if (shift > 24) return (uint16_t)sign;
-        const uint32_t half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        const uint32_t half = man >> shift, rest = man & ((1u << shift) - 1);
+        const uint32_t mid = 1u << (shift - 1);
         return (uint16_t)(sign | (half + (rest > mid || (rest == mid && (half & 1)))));
     }
     const uint32_t rest = abs & 0x1fff, h = ((abs - 0x38000000) >> 13);
@@ -371,8 +372,10 @@ static inline __attribute__((always_inline)) void tile_product8(
                 memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
                 const __m256i x = _mm256_set1_epi32(quad);
                 const __m256i ax = _mm256_abs_epi8(x);
-                const __m256i plo = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_xor_si256(lo, flip), x));
-                const __m256i phi = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_xor_si256(hi, flip), x));
+                const __m256i slo = _mm256_sign_epi8(_mm256_xor_si256(lo, flip), x);
+                const __m256i shi = _mm256_sign_epi8(_mm256_xor_si256(hi, flip), x);
+                const __m256i plo = _mm256_maddubs_epi16(ax, slo);
+                const __m256i phi = _mm256_maddubs_epi16(ax, shi);
                 acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(plo, ones));
                 acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(phi, ones));
             }
@@ -382,8 +385,9 @@ static inline __attribute__((always_inline)) void tile_product8(
         const __m256 s1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8)));
         for (int m = 0; m < mr; m++) {
             const __m256 dx = _mm256_set1_ps(xs[(m0 + m) * nb + b]);
-            f[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][0]), _mm256_mul_ps(dx, s0), f[m][0]);
-            f[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][1]), _mm256_mul_ps(dx, s1), f[m][1]);
+            const __m256 d0 = _mm256_mul_ps(dx, s0), d1 = _mm256_mul_ps(dx, s1);
+            f[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][0]), d0, f[m][0]);
+            f[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][1]), d1, f[m][1]);
         }
     }
     const __m256 scale = _mm256_set1_ps(mult);
@@ -407,7 +411,8 @@ static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
                           int64_t t, int two, int64_t N, int64_t K) {
     for (int64_t tt = t; tt <= t + two; tt++) {
         int64_t m0 = 0;
-        for (; M - m0 >= MR2; m0 += MR2) tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K);
+        for (; M - m0 >= MR2; m0 += MR2)
+            tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K);
         if (m0 < M) tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 1, tt, N, K);
     }
 }
