@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from gemma_chat import ChatSession, GemmaLLM, GenerationConfig, InferenceService, get_settings
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import common_prefix_length
+from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=40)
 PROMPTS = [
@@ -65,9 +67,11 @@ async def test_concurrent_requests_share_decode_steps_and_answer_as_they_would_a
 @pytest.mark.asyncio
 @pytest.mark.parametrize("quantization", ["auto", "none"])
 async def test_seeded_sampling_answers_the_same_batched_or_alone(
-    tiny_model_dir: Path, quantization: str
+    tiny_model_dir: Path, quantization: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Rows that sample from their top k get their candidates from one batched top-k.
+    # Batched, rows that sample from their top k get their candidates from one top-k over the
+    # batch, with their repetition penalty applied in place first; the reference runs alone
+    # with every row through the sampler's own whole-row path.
     configs = [
         GenerationConfig(
             temperature=t, top_k=k, top_p=p, repetition_penalty=r, seed=s, max_new_tokens=24
@@ -81,12 +85,18 @@ async def test_seeded_sampling_answers_the_same_batched_or_alone(
             (0.0, 64, 1.0, 1.3, 6),
         ]
     ]
-    alone_llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
-    await alone_llm.load()
-    alone = [
-        (await alone_llm.generate(chat(p), c)).text
-        for p, c in zip([*PROMPTS, "One more prompt"], configs, strict=True)
-    ]
+    whole_rows = monkeypatch.context()
+    with whole_rows as patch:
+        patch.setattr(
+            BatchScheduler, "_chosen_tokens", lambda self, logits, slots, seen: [None] * len(slots)
+        )
+        alone_llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
+        await alone_llm.load()
+        alone = [
+            (await alone_llm.generate(chat(p), c)).text
+            for p, c in zip([*PROMPTS, "One more prompt"], configs, strict=True)
+        ]
+        await alone_llm.unload()
     llm = engine_llm(tiny_model_dir, max_batch_size=8, quantization=quantization)
     await llm.load()
     together = await asyncio.gather(
@@ -98,6 +108,40 @@ async def test_seeded_sampling_answers_the_same_batched_or_alone(
     assert [c.text for c in together] == alone
     assert scheduler_info(llm)["max_batch"] > 1
     assert len(set(alone)) > 1
+
+
+@pytest.mark.asyncio
+async def test_a_request_whose_logits_are_broken_fails_alone(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat import InferenceError
+
+    llm = engine_llm(tiny_model_dir, max_batch_size=8)
+    await llm.load()
+    forward_rows = Gemma3Model.forward_rows
+
+    def broken_first_row(self: Gemma3Model, *args: Any) -> Any:
+        logits = forward_rows(self, *args)
+        if logits.shape[0] == 2:  # the first step of the two requests: break the sampled one's
+            logits[1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(Gemma3Model, "forward_rows", broken_first_row)
+    sampled = GenerationConfig(temperature=0.8, top_k=20, seed=1, max_new_tokens=8)
+    greedy, broken = await asyncio.gather(
+        llm.generate(chat(PROMPTS[0]), GREEDY),
+        llm.generate(chat(PROMPTS[1]), sampled),
+        return_exceptions=True,
+    )
+    assert isinstance(broken, InferenceError)
+    assert "no finite probability" in str(broken)
+    assert not isinstance(greedy, BaseException)
+    assert greedy.token_usage.completion_tokens > 0
+    for _ in range(100):  # the slot is released just after the final chunk is handed over
+        if scheduler_info(llm)["active"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert scheduler_info(llm)["active"] == 0
 
 
 @pytest.mark.asyncio

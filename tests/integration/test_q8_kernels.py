@@ -246,6 +246,29 @@ def test_the_fused_blocks_keep_keys_and_values_in_float16_and_refuse_another_cac
             model(prompt, positions, torch.tensor([0]), wrong)
 
 
+def test_the_portable_build_writes_the_same_float16_keys_and_values(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    # The first layer's keys and values are the same floats in both builds (int8 products,
+    # norms and rotary add in the same order); their float16 bits come from the CPU's
+    # conversion in one and from float_to_half in the other.
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 builds")
+    portable = load_kernels(tmp_path, march="x86-64")
+    assert portable is not None
+    prompt = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(10))
+    caches = []
+    for built in (kernels, portable):
+        model = small_q8_model(built)
+        cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
+        with torch.inference_mode():
+            model(prompt, torch.arange(24).view(1, -1), torch.tensor([0]), cache)
+        caches.append(cache)
+    assert torch.equal(caches[0].k[0], caches[1].k[0])
+    assert torch.equal(caches[0].v[0], caches[1].v[0])
+    assert caches[0].k[0, 0, :, :24].abs().sum() > 0
+
+
 def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bits(
     kernels: Q8Kernels,
 ) -> None:
@@ -304,6 +327,10 @@ def test_top_k_gives_each_rows_largest_values_in_order_as_torch_does(
         plain_values, plain_ids = portable.top_k(logits, k)
         assert torch.equal(plain_values, values)
         assert torch.equal(plain_ids, ids)
+    values, ids = kernels.top_k(logits, 5000)  # k = N: the whole row, sorted
+    assert torch.equal(values[0], torch.sort(logits[0], descending=True).values)
+    with pytest.raises(ValueError, match="top_k"):
+        kernels.top_k(logits, 5001)
 
 
 def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels) -> None:

@@ -136,6 +136,42 @@ def test_choose_from_the_top_k_candidates_draws_as_the_whole_row_would(penalty: 
     ]
 
 
+def reference_probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution as the sampler computed it before it drew from top-k candidates: mask
+    below the k-th logit, sort the whole row for top-p, softmax."""
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= params.top_p
+        logits = logits.scatter(0, order, ordered.masked_fill(drop, float("-inf")))
+    return torch.softmax(logits, dim=-1)
+
+
+@pytest.mark.parametrize("vocabulary", [10, 300, 5000])
+@pytest.mark.parametrize("top_k", [0, 1, 5, 64, 10**6])
+@pytest.mark.parametrize("top_p", [1.0, 0.95, 0.5, 1e-9])
+def test_the_distribution_is_the_masked_softmax_of_temperature_top_k_then_top_p(
+    vocabulary: int, top_k: int, top_p: float
+) -> None:
+    logits = torch.randn(vocabulary, generator=torch.Generator().manual_seed(vocabulary)) * 3
+    params = SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p, seed=1)
+    weights, ids = TokenSampler(params).distribution(logits, NO_HISTORY)
+    probs = torch.zeros(vocabulary)
+    probs[ids if ids is not None else torch.arange(vocabulary)] = weights / weights.sum()
+    assert torch.allclose(probs, reference_probabilities(logits, params), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_sampling_from_logits_without_a_finite_probability_is_an_error(bad: float) -> None:
+    sampler = TokenSampler(SamplingParams(temperature=1.0, seed=1))
+    with pytest.raises(ValueError, match="no finite probability"):
+        sampler(torch.full((50,), bad), NO_HISTORY)
+
+
 def test_repetition_penalty_steers_greedy_decoding_away_from_seen_tokens() -> None:
     logits = torch.tensor([2.0, 1.9, 0.0])
     seen = torch.tensor([0])

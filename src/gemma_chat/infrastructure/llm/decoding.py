@@ -44,16 +44,27 @@ class TokenSampler:
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
         """``logits``: [V] for the next position; ``seen``: [T] token ids so far."""
+        if self.params.temperature == 0.0:
+            return int(torch.argmax(self.penalised(logits.float(), seen)).item())
+        weights, ids = self.distribution(logits, seen)
+        index = self._draw(weights)
+        return int(ids[index]) if ids is not None else index
+
+    def distribution(
+        self, logits: torch.Tensor, seen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What a sampled token is drawn from: weights [N] proportional to the probabilities
+        (temperature, then top-k, then top-p on what is left), and the tokens they belong to
+        (None: the whole row, in order)."""
         p = self.params
         logits = self.penalised(logits.float(), seen)
-        if p.temperature == 0.0:
-            return int(torch.argmax(logits).item())
         if 0 < p.top_k < logits.numel():
+            # Exactly k candidates (of logits tied with the k-th, the first ones).
             values, ids = torch.topk(logits, p.top_k)  # [k], largest first
-            return self.choose(values, ids)
+            return self._candidates(values), ids
         probs = torch.softmax(logits / p.temperature, dim=-1)  # [V]
         if p.top_p >= 1.0:
-            return self._draw(probs)
+            return probs, None
         # The fewest most likely tokens that reach top_p, from a top-k large enough to hold
         # them (sorting the whole vocabulary took ~20 ms a token).
         k = 64
@@ -62,7 +73,7 @@ class TokenSampler:
             if ids.numel() == probs.numel() or float(top.sum()) >= p.top_p:
                 break
             k *= 8
-        return int(ids[self._draw(self._nucleus(top))])
+        return self._nucleus(top), ids
 
     def penalised(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """``logits`` [V] with the repetition penalty applied to the ``seen`` tokens."""
@@ -85,8 +96,11 @@ class TokenSampler:
     def choose(self, values: torch.Tensor, ids: torch.Tensor) -> int:
         """A token from the row's ``top_k`` largest logits (``values`` [k], largest first, and
         their ``ids`` [k]): the same distribution as sampling from the whole row."""
-        probs = torch.softmax(values.float() / self.params.temperature, dim=-1)  # [k]
-        return int(ids[self._draw(self._nucleus(probs))])
+        return int(ids[self._draw(self._candidates(values))])
+
+    def _candidates(self, values: torch.Tensor) -> torch.Tensor:
+        """Weights [k] for the top-k logits ``values`` [k] (largest first)."""
+        return self._nucleus(torch.softmax(values.float() / self.params.temperature, dim=-1))
 
     def _nucleus(self, probs: torch.Tensor) -> torch.Tensor:
         """``probs`` [k] (largest first) without the tokens past the top_p mass: a token is
@@ -99,6 +113,12 @@ class TokenSampler:
         """An index drawn with probability proportional to ``weights`` [N] (by inverse CDF:
         ``torch.multinomial`` took ~6 ms over a whole vocabulary)."""
         cdf = weights.cumsum(dim=-1)  # [N]
+        total = float(cdf[-1])
+        if not 0.0 < total < float("inf"):  # NaN, or no token left with a probability
+            raise ValueError(
+                f"Cannot sample: the model's next-token scores have no finite probability "
+                f"(total {total}); its output is broken (NaN or infinite logits)."
+            )
         u = torch.rand(1, generator=self.generator, device=cdf.device) * cdf[-1]
         index = torch.searchsorted(cdf, u, right=True)
         return min(int(index.item()), weights.numel() - 1)

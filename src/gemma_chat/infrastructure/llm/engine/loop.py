@@ -60,7 +60,10 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
         if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
             return WeightFormat.q8(kernels)
         if kernels is not None:
-            logger.info("No AVX2 on this CPU: bfloat16 weights (faster here than int8)")
+            logger.info(
+                "No vector int8 kernels for this CPU (neither AVX-512 VNNI nor AVX2 with FMA "
+                "and F16C): bfloat16 weights, faster here than int8"
+            )
             return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":
             raise ConfigurationError(

@@ -3,7 +3,7 @@
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
 DEVELOPMENT.md), so the kernels are ours: ``kernels/q8.c``, compiled once with the system's C
 compiler for the machine it runs on (native.py). Weights are packed for AVX-512 VNNI (AVX2
-reads the same layout, with the same results); every output is reduced in a fixed order, so
+reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
 (``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 % over float32
 (benchmarks/engine_benchmark.py).
@@ -142,6 +142,8 @@ class Q8Kernels:
         """Each row's ``k`` largest values, largest first, and their indices (as
         ``torch.topk``): [R, N] -> values [R, k], ids [R, k]."""
         x = logits.float().contiguous()
+        if not 0 < k <= x.shape[1]:
+            raise ValueError(f"top_k needs 0 < k <= {x.shape[1]}, got {k}")
         values = torch.empty((x.shape[0], k), dtype=torch.float32)
         ids = torch.empty((x.shape[0], k), dtype=torch.int64)
         self._lib.q8_top_k_rows(

@@ -218,7 +218,10 @@ class BatchScheduler:
             values, ids = self.model.top_k(self._rows(logits, [i for i, _ in top]), k)  # [R, k]
             for row, (i, sampler) in enumerate(top):
                 own = sampler.params.top_k  # the first ``own`` of the k, largest first
-                tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
+                try:
+                    tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
+                except ValueError:  # left to _advance, which fails this request alone
+                    tokens[i] = None
         return tokens
 
     @staticmethod
@@ -315,14 +318,20 @@ class BatchScheduler:
         job, sampler = slot.job, slot.sampler
         assert job is not None
         assert sampler is not None
-        if token is None:
-            seen = (
-                torch.tensor(slot.tokens, dtype=torch.long)
-                if sampler.params.repetition_penalty != 1.0
-                else _NO_TOKENS
-            )
-            token = sampler(logits, seen)
-        if job.accept(token):
+        try:
+            if token is None:
+                seen = (
+                    torch.tensor(slot.tokens, dtype=torch.long)
+                    if sampler.params.repetition_penalty != 1.0
+                    else _NO_TOKENS
+                )
+                token = sampler(logits, seen)
+            accepted = job.accept(token)
+        except Exception as exc:  # e.g. logits without a finite probability: this request alone
+            logger.exception("choosing or handing over the next token failed")
+            self._fail([slot], exc)
+            return
+        if accepted:
             slot.next_token = token
         else:
             self._release(slot, None)

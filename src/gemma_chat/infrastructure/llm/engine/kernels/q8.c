@@ -221,6 +221,12 @@ void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K)
 #define MR 4 /* activation rows per register tile */
 #define PREFETCH_AHEAD 8192 /* bytes of packed weights */
 
+/* PREFETCH_AHEAD bytes past p, computed as an integer: near the end of the weights the address
+ * is past their end, which a prefetch may name (it never faults) but pointer arithmetic may not */
+static inline const char *ahead(const uint8_t *p) {
+    return (const char *)((uintptr_t)p + PREFETCH_AHEAD);
+}
+
 static inline float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     uint32_t bits;
@@ -276,6 +282,7 @@ static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define USES_BLOCK_SUMS 1
 /* Rows m0..m0+mr of x against the 16 output rows of tile t (and t+1 when two): up to MR rows
  * with two tiles, or 8 rows with one. */
 static inline __attribute__((always_inline)) void tile_product(
@@ -294,8 +301,8 @@ static inline __attribute__((always_inline)) void tile_product(
             /* into L2, 8 KB ahead: with the hardware prefetchers alone, the products with 8
              * rows waited for memory instead of overlapping it (prefetching made the batch-8
              * output projection ~20 % faster, measured) */
-            _mm_prefetch((const char *)(w0 + kq * 64 + PREFETCH_AHEAD), _MM_HINT_T1);
-            if (two) _mm_prefetch((const char *)(w1 + kq * 64 + PREFETCH_AHEAD), _MM_HINT_T1);
+            _mm_prefetch(ahead(w0 + kq * 64), _MM_HINT_T1);
+            if (two) _mm_prefetch(ahead(w1 + kq * 64), _MM_HINT_T1);
             for (int m = 0; m < mr; m++) {
                 int32_t quad;
                 memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
@@ -345,6 +352,7 @@ static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
     }
 }
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#define USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
 /* AVX2 (256-bit registers): each 64-byte group of the packed layout is two halves of 8 outputs.
  * maddubs multiplies |x| (unsigned) by the weights carrying x's signs; its 16-bit pair sums stay
  * within 2 * 127 * 127, so nothing saturates, and madd widens them to 32 bits: the same int32
@@ -366,7 +374,7 @@ static inline __attribute__((always_inline)) void tile_product8(
         for (int kq = 0; kq < 8; kq++) {
             const __m256i lo = _mm256_loadu_si256((const __m256i *)(w + kq * 64));
             const __m256i hi = _mm256_loadu_si256((const __m256i *)(w + kq * 64 + 32));
-            _mm_prefetch((const char *)(w + kq * 64 + PREFETCH_AHEAD), _MM_HINT_T1);
+            _mm_prefetch(ahead(w + kq * 64), _MM_HINT_T1);
             for (int m = 0; m < mr; m++) {
                 int32_t quad;
                 memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
@@ -417,6 +425,7 @@ static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
     }
 }
 #else
+#define USES_BLOCK_SUMS 1
 /* The same arithmetic, one output at a time (scalar FMAs give the same bits as the lanes). */
 static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
                           const uint8_t *wq, const uint16_t *ws, float mult, float *y, int64_t M,
@@ -461,7 +470,7 @@ static void matmul_tile_pair(void *ctx, int64_t pair) {
 /* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. */
 void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                 float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    int32_t *xc = block_sums(xq, M, K);
+    int32_t *xc = USES_BLOCK_SUMS ? block_sums(xq, M, K) : NULL;
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
     matmul_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
     /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
@@ -638,11 +647,12 @@ static inline void dots16(const float *q, const uint16_t *keys, int64_t D, float
         return;
     }
 #endif
+    float *key = malloc(sizeof(float) * (size_t)(D > 0 ? D : 1));
     for (int i = 0; i < 16; i++) {
-        float key[D];
         for (int64_t c = 0; c < D; c++) key[c] = half_to_float(keys[i * D + c]);
         out[i] = dot_f32(q, key, D);
     }
+    free(key);
 }
 
 /* the largest of v[0..n) (exact, whatever the order) */
