@@ -145,6 +145,31 @@ async def test_a_request_whose_logits_are_broken_fails_alone(
 
 
 @pytest.mark.asyncio
+async def test_an_unexpected_error_in_a_step_fails_its_requests_and_the_engine_goes_on(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat import InferenceError
+
+    llm = engine_llm(tiny_model_dir, max_batch_size=8)
+    await llm.load()
+    chosen_tokens = BatchScheduler._chosen_tokens
+    calls = 0
+
+    def fails_once(self: BatchScheduler, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the step")
+        return chosen_tokens(self, *args)
+
+    monkeypatch.setattr(BatchScheduler, "_chosen_tokens", fails_once)
+    with pytest.raises(InferenceError, match="a bug in the step"):
+        await asyncio.wait_for(llm.generate(chat(PROMPTS[0]), GREEDY), timeout=30)
+    again = await asyncio.wait_for(llm.generate(chat(PROMPTS[0]), GREEDY), timeout=30)
+    assert again.token_usage.completion_tokens > 0
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("quantization", ["auto", "none"])
 async def test_requests_join_and_leave_mid_flight(tiny_model_dir: Path, quantization: str) -> None:
     llm = engine_llm(tiny_model_dir, quantization)

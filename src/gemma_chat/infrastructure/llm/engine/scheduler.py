@@ -109,12 +109,18 @@ class BatchScheduler:
                 admitted = self._next_jobs()
                 if admitted is None:
                     return
-                if self.model.takes_rows:
-                    self._step(admitted)
-                    continue
-                for job in admitted:
-                    self._prefill(job)
-                self._decode_step()
+                try:
+                    if self.model.takes_rows:
+                        self._step(admitted)
+                        continue
+                    for job in admitted:
+                        self._prefill(job)
+                    self._decode_step()
+                except Exception as exc:  # a bug of ours: fail the requests, keep the thread
+                    logger.exception("engine step failed")
+                    self._fail([s for s in self._slots if s.job is not None], exc)
+                    for job in admitted:
+                        job.fail(exc)
 
     def _next_jobs(self) -> list[GenerationJob] | None:
         """Wait for work; the jobs to admit now (None: shut down)."""
