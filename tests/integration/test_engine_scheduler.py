@@ -111,8 +111,9 @@ async def test_seeded_sampling_answers_the_same_batched_or_alone(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("temperature", [0.8, 0.0])  # batched top-k, batched argmax
 async def test_a_request_whose_logits_are_broken_fails_alone(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, temperature: float
 ) -> None:
     from gemma_chat import InferenceError
 
@@ -127,10 +128,10 @@ async def test_a_request_whose_logits_are_broken_fails_alone(
         return logits
 
     monkeypatch.setattr(Gemma3Model, "forward_rows", broken_first_row)
-    sampled = GenerationConfig(temperature=0.8, top_k=20, seed=1, max_new_tokens=8)
+    config = GenerationConfig(temperature=temperature, top_k=20, seed=1, max_new_tokens=8)
     greedy, broken = await asyncio.gather(
         llm.generate(chat(PROMPTS[0]), GREEDY),
-        llm.generate(chat(PROMPTS[1]), sampled),
+        llm.generate(chat(PROMPTS[1]), config),
         return_exceptions=True,
     )
     assert isinstance(broken, InferenceError)

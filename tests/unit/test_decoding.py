@@ -165,9 +165,10 @@ def test_the_distribution_is_the_masked_softmax_of_temperature_top_k_then_top_p(
     assert torch.allclose(probs, reference_probabilities(logits, params), atol=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
-def test_sampling_from_logits_without_a_finite_probability_is_an_error(bad: float) -> None:
-    sampler = TokenSampler(SamplingParams(temperature=1.0, seed=1))
+def test_logits_without_a_finite_probability_are_an_error(bad: float, temperature: float) -> None:
+    sampler = TokenSampler(SamplingParams(temperature=temperature, seed=1))
     with pytest.raises(ValueError, match="no finite probability"):
         sampler(torch.full((50,), bad), NO_HISTORY)
 

@@ -45,7 +45,13 @@ class TokenSampler:
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
         """``logits``: [V] for the next position; ``seen``: [T] token ids so far."""
         if self.params.temperature == 0.0:
-            return int(torch.argmax(self.penalised(logits.float(), seen)).item())
+            best, at = self.penalised(logits.float(), seen).max(dim=-1)  # a NaN is the max
+            if not bool(best.isfinite()):
+                raise ValueError(
+                    "Cannot decode greedily: the model's next-token scores have no finite "
+                    "probability (NaN or infinite logits); its output is broken."
+                )
+            return int(at.item())
         weights, ids = self.distribution(logits, seen)
         index = self._draw(weights)
         return int(ids[index]) if ids is not None else index

@@ -265,7 +265,11 @@ def _attention(
 
 
 def _torch_argmax(logits: torch.Tensor) -> list[int]:
-    return [int(i) for i in logits.argmax(dim=-1).tolist()]
+    """Each row's first largest value's index; -1 for a row with a NaN or an infinite top."""
+    best, at = logits.float().max(dim=-1)  # a NaN is the max
+    return [
+        int(i) if ok else -1 for i, ok in zip(at.tolist(), best.isfinite().tolist(), strict=True)
+    ]
 
 
 def _torch_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

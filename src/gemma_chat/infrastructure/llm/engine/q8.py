@@ -132,7 +132,8 @@ class Q8Kernels:
         return y
 
     def argmax(self, logits: torch.Tensor) -> list[int]:
-        """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints."""
+        """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints (-1 for
+        a row with a NaN or an infinite top: a broken model's output)."""
         x = logits.float().contiguous()
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self._lib.q8_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())

@@ -325,6 +325,8 @@ class BatchScheduler:
         assert job is not None
         assert sampler is not None
         try:
+            if token is not None and token < 0:  # the batched argmax found no finite top
+                raise ValueError(_NO_FINITE_TOP)
             if token is None:
                 seen = (
                     torch.tensor(slot.tokens, dtype=torch.long)
@@ -393,6 +395,10 @@ class BatchScheduler:
 
 
 _NO_TOKENS = torch.empty(0, dtype=torch.long)
+_NO_FINITE_TOP = (
+    "Cannot decode greedily: the model's next-token scores have no finite probability "
+    "(NaN or infinite logits); its output is broken."
+)
 # Fewer tokens than this are cheaper to prefill again than to copy around.
 _WORTH_KEEPING = 32
 # Cache positions reserved beyond an answer, for the conversation's next message.

@@ -988,19 +988,23 @@ static void argmax_row(void *ctx, int64_t r) {
     const float *x = j->x + r * j->N;
     int64_t i = 0, best_i = 0;
     float best = -INFINITY;
+    int broken = 0; /* a NaN seen */
 #if defined(__AVX512F__)
     if (j->N >= 16) {
         __m512 top = _mm512_loadu_ps(x);
+        __mmask16 nan = _mm512_cmp_ps_mask(top, top, _CMP_UNORD_Q);
         __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         const __m512i step = _mm512_set1_epi32(16);
         __m512i index = at;
         for (i = 16; i + 16 <= j->N && i < INT32_MAX - 16; i += 16) {
             index = _mm512_add_epi32(index, step);
             const __m512 v = _mm512_loadu_ps(x + i);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
             const __mmask16 higher = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ); /* first wins */
             top = _mm512_mask_blend_ps(higher, top, v);
             at = _mm512_mask_blend_epi32(higher, at, index);
         }
+        broken = nan != 0;
         float values[16];
         int32_t where[16];
         _mm512_storeu_ps(values, top);
@@ -1014,15 +1018,18 @@ static void argmax_row(void *ctx, int64_t r) {
             }
     }
 #endif
-    for (; i < j->N; i++)
+    for (; i < j->N; i++) {
+        if (x[i] != x[i]) broken = 1;
         if (x[i] > best || (i == 0 && best == -INFINITY)) {
             best = x[i];
             best_i = i;
         }
-    j->out[r] = best_i;
+    }
+    j->out[r] = broken || isinf(best) ? -1 : best_i;
 }
 
-/* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax). */
+/* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax), or -1
+ * when the row holds a NaN or its largest value is infinite (a broken model's output). */
 void q8_argmax_rows(const float *x, int64_t R, int64_t N, int64_t *out) {
     argmax_job job = {x, N, out};
     parallel_for(R, 1, argmax_row, &job);
