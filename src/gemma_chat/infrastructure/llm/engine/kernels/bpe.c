@@ -270,7 +270,8 @@ static merge_entry heap_pop(merge_entry *h, int64_t *n) {
 }
 
 static int64_t utf8_length(uint8_t lead) {
-    return lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+    if (lead < 0x80) return 1;
+    return (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
 }
 
 /* BPE of one stretch of text without added tokens; appends ids to out (up to cap). */

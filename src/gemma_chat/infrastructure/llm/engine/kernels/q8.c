@@ -293,7 +293,8 @@ static inline __attribute__((always_inline)) void tile_product(
     for (int m = 0; m < mr; m++) f[m][0] = f[m][1] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m512i acc[8][2]; /* start at -128 sum(x): the weights' +128 taken back out */
-        for (int m = 0; m < mr; m++) acc[m][0] = acc[m][1] = _mm512_set1_epi32(-xc[(m0 + m) * nb + b]);
+        for (int m = 0; m < mr; m++)
+            acc[m][0] = acc[m][1] = _mm512_set1_epi32(-xc[(m0 + m) * nb + b]);
         const uint8_t *w0 = wq + (t * nb + b) * (8 * 64), *w1 = w0 + nb * 8 * 64;
         for (int kq = 0; kq < 8; kq++) {
             const __m512i a0 = _mm512_loadu_si512((const void *)(w0 + kq * 64));
@@ -311,13 +312,15 @@ static inline __attribute__((always_inline)) void tile_product(
                 if (two) acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], a1, xb);
             }
         }
-        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + (t * nb + b) * LANES)));
+        const __m512 s0 =
+            _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ws + (t * nb + b) * LANES)));
         const __m512 s1 = two ? _mm512_cvtph_ps(_mm256_loadu_si256(
                                     (const __m256i *)(ws + ((t + 1) * nb + b) * LANES)))
                               : s0;
         for (int m = 0; m < mr; m++) {
             const __m512 dx = _mm512_set1_ps(xs[(m0 + m) * nb + b]);
-            f[m][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][0]), _mm512_mul_ps(dx, s0), f[m][0]);
+            f[m][0] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][0]), _mm512_mul_ps(dx, s0), f[m][0]);
             if (two)
                 f[m][1] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][1]), _mm512_mul_ps(dx, s1), f[m][1]);
@@ -441,7 +444,8 @@ static void tiles_product(const int8_t *xq, const float *xs, const int32_t *xc,
                     int32_t acc = 0;
                     for (int kq = 0; kq < 8; kq++)
                         for (int j = 0; j < 4; j++) acc += (int32_t)w[kq * 64 + j] * x[kq * 4 + j];
-                    const float d = xs[m * nb + b] * half_to_float(ws[(tt * nb + b) * LANES + lane]);
+                    const float d =
+                        xs[m * nb + b] * half_to_float(ws[(tt * nb + b) * LANES + lane]);
                     f = fmaf((float)(acc - xc[m * nb + b]), d, f);
                 }
                 y[m * N + tt * LANES + lane] = f * mult;
