@@ -634,8 +634,10 @@ static inline __m512 sum_lanes16(const __m512 *a) {
 #endif
 
 /* out[i] = q . keys[i] for 16 consecutive float16 keys [16, D] (D a multiple of 16 on
- * AVX-512): one reduction tree for 16 dot products instead of one per product. */
-static inline void dots16(const float *q, const uint16_t *keys, int64_t D, float *out) {
+ * AVX-512): one reduction tree for 16 dot products instead of one per product. ``key`` [D] is
+ * the caller's room for one key as floats (the portable path). */
+static inline void dots16(const float *q, const uint16_t *keys, int64_t D, float *out,
+                          float *key) {
 #if defined(__AVX512F__)
     if (D % 16 == 0) {
         __m512 acc[16];
@@ -651,12 +653,10 @@ static inline void dots16(const float *q, const uint16_t *keys, int64_t D, float
         return;
     }
 #endif
-    float *key = malloc(sizeof(float) * (size_t)(D > 0 ? D : 1));
     for (int i = 0; i < 16; i++) {
         for (int64_t c = 0; c < D; c++) key[c] = half_to_float(keys[i * D + c]);
         out[i] = dot_f32(q, key, D);
     }
-    free(key);
 }
 
 /* the largest of v[0..n) (exact, whatever the order) */
@@ -895,6 +895,7 @@ static void attention_task(void *ctx, int64_t task) {
     const uint16_t *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
     const uint16_t *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
     float *weights = calloc((size_t)(queries * T), sizeof(float)); /* [queries, T] from t0 */
+    float *key = malloc(sizeof(float) * (size_t)D);                /* dots16's room */
     /* Scores 16 keys at a time, in blocks aligned to multiples of 16 positions, so that a
      * key's score is computed the same way in every call (keys past a row's own position are
      * computed and ignored: the cache always has room up to the next multiple of 16). */
@@ -907,7 +908,7 @@ static void attention_task(void *ctx, int64_t task) {
             for (int64_t g = 0; g < per_task; g++) {
                 const float *q = j->m->y + r * NQKV + (first_head + g) * D;
                 float *w = weights + ((r - r0) * per_task + g) * T - t0;
-                dots16(q, keys + tb * D, D, block);
+                dots16(q, keys + tb * D, D, block, key);
                 for (int64_t t = tb > lo ? tb : lo; t < tb + 16 && t <= p; t++)
                     w[t] = block[t - tb] * blk->scaling;
             }
@@ -932,6 +933,7 @@ static void attention_task(void *ctx, int64_t task) {
         weighted_sums(weights + q0 * T, T, nq, values + t0 * D, D, outs);
     }
     free(weights);
+    free(key);
 }
 
 /* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ] */
