@@ -307,7 +307,7 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
 def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(
     kernels: Q8Kernels,
 ) -> None:
-    from gemma_chat.infrastructure.llm.engine.model import _torch_argmax
+    from gemma_chat.infrastructure.llm.decoding import finite_argmax
 
     logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(11))
     logits[0, 999] = float("nan")  # in the tail
@@ -315,11 +315,11 @@ def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(
     logits[2, :] = float("-inf")
     logits[3, 5] = float("inf")
     assert kernels.argmax(logits) == [-1, -1, -1, -1]
-    assert _torch_argmax(logits) == [-1, -1, -1, -1]
+    assert finite_argmax(logits) == [-1, -1, -1, -1]
     short = logits[:, :7]  # the scalar loop only
     expected = [int(short[0].argmax()), -1, -1, -1]
     assert kernels.argmax(short) == expected
-    assert _torch_argmax(short) == expected
+    assert finite_argmax(short) == expected
 
 
 def test_top_k_gives_each_rows_largest_values_in_order_as_torch_does(

@@ -14,15 +14,36 @@ from typing import Any
 import torch
 
 __all__ = [
+    "BrokenLogitsError",
     "IncrementalDetokenizer",
     "SamplingParams",
     "TokenSampler",
     "decode_one_token",
+    "finite_argmax",
     "generate_tokens",
     "prefill",
 ]
 
 Forward = Callable[..., Any]
+
+
+class BrokenLogitsError(ValueError):
+    """The model's next-token scores hold a NaN or an infinite top: nothing to choose from."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Cannot choose the next token: the model's next-token scores have no finite "
+            "probability (NaN or infinite logits); its output is broken."
+        )
+
+
+def finite_argmax(logits: torch.Tensor) -> list[int]:
+    """Each row's first largest value's index (as ``torch.argmax``) for logits [R, V]; -1 for
+    a row with a NaN or an infinite top."""
+    best, at = logits.float().max(dim=-1)  # a NaN is the max
+    return [
+        int(i) if ok else -1 for i, ok in zip(at.tolist(), best.isfinite().tolist(), strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +66,10 @@ class TokenSampler:
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
         """``logits``: [V] for the next position; ``seen``: [T] token ids so far."""
         if self.params.temperature == 0.0:
-            best, at = self.penalised(logits.float(), seen).max(dim=-1)  # a NaN is the max
-            if not bool(best.isfinite()):
-                raise ValueError(
-                    "Cannot decode greedily: the model's next-token scores have no finite "
-                    "probability (NaN or infinite logits); its output is broken."
-                )
-            return int(at.item())
+            (token,) = finite_argmax(self.penalised(logits.float(), seen).view(1, -1))
+            if token < 0:
+                raise BrokenLogitsError()
+            return token
         weights, ids = self.distribution(logits, seen)
         index = self._draw(weights)
         return int(ids[index]) if ids is not None else index
@@ -119,12 +137,8 @@ class TokenSampler:
         """An index drawn with probability proportional to ``weights`` [N] (by inverse CDF:
         ``torch.multinomial`` took ~6 ms over a whole vocabulary)."""
         cdf = weights.cumsum(dim=-1)  # [N]
-        total = float(cdf[-1])
-        if not 0.0 < total < float("inf"):  # NaN, or no token left with a probability
-            raise ValueError(
-                f"Cannot sample: the model's next-token scores have no finite probability "
-                f"(total {total}); its output is broken (NaN or infinite logits)."
-            )
+        if not 0.0 < float(cdf[-1]) < float("inf"):  # NaN, or no token left with a probability
+            raise BrokenLogitsError()
         u = torch.rand(1, generator=self.generator, device=cdf.device) * cdf[-1]
         index = torch.searchsorted(cdf, u, right=True)
         return min(int(index.item()), weights.numel() - 1)

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache"]
+from gemma_chat.infrastructure.llm.decoding import finite_argmax
+
+__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache", "select_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,12 +266,15 @@ def _attention(
     return torch.matmul(weights, v).view(b, h, s, d)
 
 
-def _torch_argmax(logits: torch.Tensor) -> list[int]:
-    """Each row's first largest value's index; -1 for a row with a NaN or an infinite top."""
-    best, at = logits.float().max(dim=-1)  # a NaN is the max
-    return [
-        int(i) if ok else -1 for i, ok in zip(at.tolist(), best.isfinite().tolist(), strict=True)
-    ]
+def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Rows ``rows`` of ``x`` [R, ...] (``x`` itself when they are all of them, in order).
+
+    index_select, not x[rows]: indexing by a list started torch's OpenMP threads, whose spinning
+    afterwards took a core from the int8 kernels' own threads (a batch-8 decode step went from
+    ~19 to ~25 ms)."""
+    if rows == list(range(x.shape[0])):
+        return x
+    return x.index_select(0, torch.tensor(rows, dtype=torch.long))
 
 
 def _torch_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +307,7 @@ class Gemma3Model(nn.Module):
         self.block_decoder: BlockDecoder | None = None  # all blocks fused (q8.py)
         # Greedy tokens, and sampling candidates (each row's k largest logits, largest first),
         # of a batch of logits [W, V]; q8.py brings faster ones.
-        self.argmax: Callable[[torch.Tensor], list[int]] = _torch_argmax
+        self.argmax: Callable[[torch.Tensor], list[int]] = finite_argmax
         self.top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] = _torch_top_k
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -380,12 +385,7 @@ class Gemma3Model(nn.Module):
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(self.compute_dtype)
         x = x * torch.tensor(self.embed_scale, dtype=self.compute_dtype)  # [R, E]
-        x = self.block_decoder.rows(self, x, positions, slots, cache)
-        if wanted != list(range(x.shape[0])):
-            # index_select, not x[wanted]: indexing by a list started torch's OpenMP threads,
-            # whose spinning afterwards took a core from the int8 kernels' own threads (a
-            # batch-8 decode step went from ~19 to ~25 ms).
-            x = x.index_select(0, torch.tensor(wanted, dtype=torch.long))  # [W, E]
+        x = select_rows(self.block_decoder.rows(self, x, positions, slots, cache), wanted)
         logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
         softcap = self.config.final_logit_softcapping
         if softcap:

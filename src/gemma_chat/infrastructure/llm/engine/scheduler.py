@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.decoding import TokenSampler
+from gemma_chat.infrastructure.llm.decoding import BrokenLogitsError, TokenSampler
 from gemma_chat.infrastructure.llm.engine.job import GenerationJob
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, KVCache
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, KVCache, select_rows
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
 
 __all__ = ["BatchScheduler", "SchedulerStats"]
@@ -200,7 +200,8 @@ class BatchScheduler:
     ) -> list[int | None]:
         """The rows' next tokens, from one argmax over the greedy rows and one top-k over the
         rows that sample from their top k (a repetition penalty applied to their ``logits``
-        rows in place first); None where a row needs the whole-row sampler (no top-k)."""
+        rows in place first); None where a row needs the whole-row sampler (no top-k), -1 where
+        its logits are broken."""
         tokens: list[int | None] = [None] * len(slots)
         greedy: list[int] = []
         top: list[tuple[int, TokenSampler]] = []
@@ -217,24 +218,20 @@ class BatchScheduler:
             if sampler.params.repetition_penalty != 1.0:
                 sampler.penalise_(logits[i], torch.tensor(seen(i), dtype=torch.long))
         if greedy:
-            for i, token in zip(greedy, self.model.argmax(self._rows(logits, greedy)), strict=True):
-                tokens[i] = token
+            for i, token in zip(
+                greedy, self.model.argmax(select_rows(logits, greedy)), strict=True
+            ):
+                tokens[i] = token  # -1: broken logits, failed by _advance
         if top:
             k = max(sampler.params.top_k for _, sampler in top)
-            values, ids = self.model.top_k(self._rows(logits, [i for i, _ in top]), k)  # [R, k]
+            values, ids = self.model.top_k(select_rows(logits, [i for i, _ in top]), k)  # [R, k]
             for row, (i, sampler) in enumerate(top):
                 own = sampler.params.top_k  # the first ``own`` of the k, largest first
                 try:
                     tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
-                except ValueError:  # left to _advance, which fails this request alone
-                    tokens[i] = None
+                except BrokenLogitsError:
+                    tokens[i] = -1  # failed by _advance, for this request alone
         return tokens
-
-    @staticmethod
-    def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        if rows == list(range(logits.shape[0])):
-            return logits
-        return logits.index_select(0, torch.tensor(rows, dtype=torch.long))
 
     def _prefill(self, job: GenerationJob) -> None:
         """A new request's prompt alone (models without ``forward_rows``)."""
@@ -325,8 +322,8 @@ class BatchScheduler:
         assert job is not None
         assert sampler is not None
         try:
-            if token is not None and token < 0:  # the batched argmax found no finite top
-                raise ValueError(_NO_FINITE_TOP)
+            if token is not None and token < 0:  # no finite probability in the row
+                raise BrokenLogitsError()
             if token is None:
                 seen = (
                     torch.tensor(slot.tokens, dtype=torch.long)
@@ -395,10 +392,6 @@ class BatchScheduler:
 
 
 _NO_TOKENS = torch.empty(0, dtype=torch.long)
-_NO_FINITE_TOP = (
-    "Cannot decode greedily: the model's next-token scores have no finite probability "
-    "(NaN or infinite logits); its output is broken."
-)
 # Fewer tokens than this are cheaper to prefill again than to copy around.
 _WORTH_KEEPING = 32
 # Cache positions reserved beyond an answer, for the conversation's next message.
