@@ -875,6 +875,11 @@ static void block_qkv(block_job *job, int64_t B) {
  * token's result is the same prefilled whole, prefilled in pieces, or decoded. */
 #define ROWS_PER_TASK 8
 
+/* the first position a query at position p sees (0 without a window) */
+static inline int64_t first_key(int64_t p, int64_t window) {
+    return window > 0 && p + 1 > window ? p + 1 - window : 0;
+}
+
 static void attention_task(void *ctx, int64_t task) {
     const block_job *j = ctx;
     const gemma_block *blk = j->blk;
@@ -887,7 +892,7 @@ static void attention_task(void *ctx, int64_t task) {
     const int64_t window = blk->window;
     int64_t t0 = INT64_MAX, t1 = 0;
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t p = j->positions[r], lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+        const int64_t p = j->positions[r], lo = first_key(p, window);
         t0 = lo < t0 ? lo : t0;
         t1 = p + 1 > t1 ? p + 1 : t1;
     }
@@ -903,7 +908,7 @@ static void attention_task(void *ctx, int64_t task) {
     for (int64_t tb = t0 - t0 % 16; tb < t1; tb += 16)
         for (int64_t r = r0; r < r1; r++) {
             const int64_t p = j->positions[r];
-            const int64_t lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+            const int64_t lo = first_key(p, window);
             if (tb > p || tb + 16 <= lo) continue;
             for (int64_t g = 0; g < per_task; g++) {
                 const float *q = j->m->y + r * NQKV + (first_head + g) * D;
@@ -914,7 +919,7 @@ static void attention_task(void *ctx, int64_t task) {
             }
         }
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t p = j->positions[r], lo = window > 0 && p + 1 > window ? p + 1 - window : 0;
+        const int64_t p = j->positions[r], lo = first_key(p, window);
         for (int64_t g = 0; g < per_task; g++) {
             float *w = weights + ((r - r0) * per_task + g) * T + (lo - t0);
             const float top = max_f32(w, p + 1 - lo);
