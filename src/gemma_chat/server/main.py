@@ -20,6 +20,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     import uvicorn
 
     from gemma_chat.server.app import create_app
+    from gemma_chat.server.connections import bounded_http_protocol
 
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again; this handler
     # (restored by uvicorn before it does) turns that into a clean exit 0.
@@ -30,6 +31,11 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         port=port or settings.server.port,
         log_level=settings.log_level.value.lower(),
         timeout_graceful_shutdown=max(1, round(settings.server.shutdown_timeout_seconds)),
+        http=bounded_http_protocol(
+            max_connections=settings.server.max_connections,
+            header_timeout=settings.server.header_timeout_seconds,
+        ),
+        timeout_keep_alive=settings.server.keep_alive_seconds,
     )
 
 

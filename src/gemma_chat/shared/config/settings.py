@@ -119,6 +119,13 @@ class ServerSettings(_Section):
     max_pending_requests: int = Field(64, ge=1)
     # On SIGTERM: stop accepting, give requests in flight this long, then cancel them.
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
+    # Open connections; a new one beyond it closes the longest-idle one (server/connections.py).
+    max_connections: int = Field(1000, ge=1)
+    # A connection that has not sent a whole request head this long after connecting (or after
+    # its previous response) is closed: slow or silent clients cannot hold connections open.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    # A kept-alive connection idle this long between requests is closed.
+    keep_alive_seconds: int = Field(5, ge=1)
 
 
 class LimitsSettings(_Section):
