@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage
-from gemma_chat.infrastructure.llm.decoding import IncrementalDetokenizer, SamplingParams
-from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter
+from gemma_chat.infrastructure.llm.generation.detokenizer import IncrementalDetokenizer
+from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
+from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter
 
 __all__ = ["Emit", "GenerationJob"]
 

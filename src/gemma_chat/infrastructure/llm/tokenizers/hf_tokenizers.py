@@ -9,10 +9,10 @@ from typing import Any
 
 from gemma_chat.domain.models import ChatMessage
 
-__all__ = ["FastTokenizer"]
+__all__ = ["HFTokenizersTokenizer"]
 
 
-class FastTokenizer:
+class HFTokenizersTokenizer:
     """Encodes without adding special tokens (prompts carry their own) and decodes without them."""
 
     def __init__(self, tokenizer: Any, config: dict[str, Any]) -> None:
@@ -22,7 +22,7 @@ class FastTokenizer:
         self.chat_template: str | None = config.get("chat_template")
 
     @classmethod
-    def from_dir(cls, directory: Path) -> FastTokenizer:
+    def from_dir(cls, directory: Path) -> HFTokenizersTokenizer:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
