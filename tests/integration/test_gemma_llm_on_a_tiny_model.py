@@ -33,7 +33,7 @@ GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=24)
 
 @pytest.fixture(params=["native", "transformers"])
 def engine(request: pytest.FixtureRequest) -> str:
-    """Most behaviour must hold on both token loops."""
+    """Most behaviour must hold on both generators."""
     return str(request.param)
 
 
@@ -122,7 +122,7 @@ async def test_stop_sequences_cut_the_answer_streamed_or_not(
 
 
 def count_forward_calls(llm: GemmaLLM) -> list[int]:
-    """Count the model's forward passes, whichever token loop runs it."""
+    """Count the model's forward passes, whichever generator runs it."""
     calls = [0]
     loop: Any = llm._generator
     owner = loop if hasattr(loop, "forward") else loop.model

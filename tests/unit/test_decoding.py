@@ -1,4 +1,4 @@
-"""The token loop: sampling, prefill/decode steps and incremental detokenization."""
+"""Generation: sampling, prefill/decode steps and incremental detokenization."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class TransformersGenerator:
         self._executor.submit(self._run, job)
 
     def wake(self) -> None:
-        """Nothing to do: the loop checks for cancellation at every token."""
+        """Nothing to do: generation checks for cancellation at every token."""
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -119,7 +119,7 @@ class TransformersGenerator:
                 for token in tokens:
                     if not job.accept(token):
                         break
-                job.finish(FinishReason.LENGTH)  # no-op unless the loop ran out first
+                job.finish(FinishReason.LENGTH)  # no-op unless the tokens ran out first
         except BaseException as exc:
             job.fail(exc)
         finally:

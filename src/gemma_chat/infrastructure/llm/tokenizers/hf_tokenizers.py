@@ -1,4 +1,5 @@
-"""A tokenizer on the ``tokenizers`` library alone: loads in a fraction of transformers' time."""
+"""``HFTokenizersTokenizer``: a saved tokenizer (``tokenizer.json``) on Hugging Face's
+``tokenizers`` library alone, without transformers (which takes far longer to load)."""
 
 from __future__ import annotations
 

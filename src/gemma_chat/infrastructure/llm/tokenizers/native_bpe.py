@@ -1,10 +1,11 @@
-"""The native tokenizer: ``kernels/bpe.c`` on a compact copy of a BPE ``tokenizer.json``.
+"""The native tokenizer: ``engine/kernels/bpe.c`` on a compact copy of a BPE ``tokenizer.json``.
 
 ``write_vocabulary`` writes ``tokenizer.bpe`` beside ``tokenizer.json`` when a model is
 converted, if the tokenizer is of the kind the C code reproduces exactly (SentencePiece-style
-BPE with byte fallback, spaces as U+2581, added tokens matched as they are); ``NativeBPETokenizer``
-loads it in ~50 ms instead of ~1 s, without holding the GIL, in ~25 MB instead of ~300 MB.
-Nothing here imports torch.
+BPE with byte fallback, spaces as U+2581, added tokens matched as they are);
+``NativeBPETokenizer`` loads it faster than ``tokenizers`` does ``tokenizer.json``, without
+holding the GIL, in a fraction of the memory (figures in DEVELOPMENT.md). Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def write_vocabulary(directory: Path) -> bool:
 
 
 class NativeBPETokenizer(HFTokenizersTokenizer):
-    """The ``HFTokenizersTokenizer`` interface on ``kernels/bpe.c``."""
+    """The ``HFTokenizersTokenizer`` interface on ``engine/kernels/bpe.c``."""
 
     def __init__(self, library: ctypes.CDLL, handle: int, config: dict[str, Any]) -> None:
         super().__init__(None, config)
