@@ -146,7 +146,7 @@ async def ours() -> dict[str, Any]:
 
         # Prefill of 1,024 tokens.
         engine: Any = cold.llm
-        tokenizer = engine._loop.tokenizer
+        tokenizer = engine._generator.tokenizer
         text_ids = tokenizer.encode(fixed_text())[:1023]
         prompt = tokenizer.decode(text_ids)
         started = time.perf_counter()
@@ -168,10 +168,10 @@ def perplexity(llm: GemmaLLM) -> tuple[float, float]:
         ConvertedModelStore,
         WeightFormat,
     )
-    from gemma_chat.infrastructure.llm.engine.model import KVCache
-    from gemma_chat.infrastructure.llm.model_source import resolve_model_source
+    from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
 
-    loop: Any = llm._loop
+    loop: Any = llm._generator
     ids = torch.tensor([[2, *loop.tokenizer.encode(fixed_text())[:1023]]])  # [1, 1024]
 
     def score(model: Any) -> float:

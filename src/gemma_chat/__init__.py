@@ -29,7 +29,7 @@ from gemma_chat.domain.models import (
     StreamChunk,
     TokenUsage,
 )
-from gemma_chat.infrastructure.llm.base import BaseLLM, LLMState
+from gemma_chat.infrastructure.llm.adapters.base import BaseLLM, LLMState
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry, register_llm
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME, LogLevel, Settings, get_settings
@@ -54,9 +54,9 @@ from gemma_chat.shared.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from gemma_chat.infrastructure.llm.gemma import GemmaLLM
-    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
-    from gemma_chat.infrastructure.llm.vllm import VLLMLLM
+    from gemma_chat.infrastructure.llm.adapters.local_model import GemmaLLM
+    from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM
 
 __version__ = "0.1.0"
 
@@ -114,15 +114,15 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Adapters import heavy libraries (torch, openai): only when asked for.
     if name == "GemmaLLM":
-        from gemma_chat.infrastructure.llm.gemma import GemmaLLM
+        from gemma_chat.infrastructure.llm.adapters.local_model import GemmaLLM
 
         return GemmaLLM
     if name == "OpenAICompatibleLLM":
-        from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+        from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
 
         return OpenAICompatibleLLM
     if name == "VLLMLLM":
-        from gemma_chat.infrastructure.llm.vllm import VLLMLLM
+        from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM
 
         return VLLMLLM
     raise AttributeError(f"module 'gemma_chat' has no attribute {name!r}")

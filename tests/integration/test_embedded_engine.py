@@ -149,7 +149,7 @@ def test_a_corrupt_copy_of_the_converted_model_is_detected(
 ) -> None:
     # Rebuilding converts the GGUF again (~50 s): the tiny model's test covers the rebuild;
     # here, detection on the real entry's files.
-    loop: Any = embedded_llm._loop
+    loop: Any = embedded_llm._generator
     copy = tmp_path / "entry"
     shutil.copytree(loop.directory, copy)
     verify(copy)

@@ -46,7 +46,7 @@ async def test_token_counts_match_the_tokenizer(embedded_llm: GemmaLLM) -> None:
     config = GenerationConfig(temperature=0, max_new_tokens=12)
     messages = [{"role": "user", "content": "Tell me a long story about a dragon."}]
     completion = await embedded_llm.generate(messages, config)
-    tokenizer = embedded_llm._loop.tokenizer  # type: ignore[union-attr]
+    tokenizer = embedded_llm._generator.tokenizer  # type: ignore[union-attr]
     prompt = embedded_llm.format_prompt(messages)
     ids = tokenizer.encode(prompt)
     assert completion.token_usage.prompt_tokens == len(ids)

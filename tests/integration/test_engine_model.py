@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, KVCache
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 
 

@@ -282,7 +282,7 @@ async def test_an_edited_history_reuses_only_the_unchanged_prefix(tiny_model_dir
     reused = scheduler_info(llm)["reused_tokens"] - before
     fresh = engine_llm(tiny_model_dir)
     await fresh.load()
-    tokenizer: Any = llm._loop.tokenizer  # type: ignore[union-attr]
+    tokenizer: Any = llm._generator.tokenizer  # type: ignore[union-attr]
     common = common_prefix_length(
         tokenizer.encode(llm.format_prompt(edited + follow_up)),
         tokenizer.encode(llm.format_prompt(original + follow_up)),

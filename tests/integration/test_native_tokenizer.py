@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from gemma_chat.infrastructure.llm.engine.bpe import (
+from gemma_chat.infrastructure.llm.adapters.local_model import GemmaLLM
+from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
+from gemma_chat.infrastructure.llm.tokenizers.native_bpe import (
     VOCABULARY,
-    NativeTokenizer,
+    NativeBPETokenizer,
     open_tokenizer,
     write_vocabulary,
 )
-from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
-from gemma_chat.infrastructure.llm.gemma import GemmaLLM
 from gemma_chat.testing.tiny_gemma import build_tiny_gemma
 
 PIECES = [
@@ -81,7 +81,7 @@ def sentencepiece_style_tokenizer(directory: Path) -> Path:
     return directory
 
 
-def assert_same(native: NativeTokenizer, reference: Any, texts: list[str]) -> None:
+def assert_same(native: NativeBPETokenizer, reference: Any, texts: list[str]) -> None:
     for text in texts:
         ids = reference.encode(text, add_special_tokens=False).ids
         assert native.encode(text) == ids, text
@@ -98,7 +98,7 @@ def small(tmp_path: Path) -> Path:
 def test_a_sentencepiece_style_tokenizer_encodes_and_decodes_as_tokenizers_does(
     small: Path,
 ) -> None:
-    native = NativeTokenizer.load(small, small.parent)
+    native = NativeBPETokenizer.load(small, small.parent)
     assert native is not None
     reference = Tokenizer.from_file(str(small / "tokenizer.json"))
     assert_same(native, reference, ["the thing is", "  a  b  ", "zebra 😀 <bos>x\n\n\ny"])
@@ -111,7 +111,7 @@ def test_a_sentencepiece_style_tokenizer_encodes_and_decodes_as_tokenizers_does(
 
 
 def test_bytes_of_an_incomplete_character_decode_as_replacement_characters(small: Path) -> None:
-    native = NativeTokenizer.load(small, small.parent)
+    native = NativeBPETokenizer.load(small, small.parent)
     assert native is not None
     reference = Tokenizer.from_file(str(small / "tokenizer.json"))
     ids = reference.encode("日", add_special_tokens=False).ids  # three byte tokens
@@ -121,10 +121,10 @@ def test_bytes_of_an_incomplete_character_decode_as_replacement_characters(small
 
 
 def test_open_tokenizer_falls_back_to_tokenizers_without_the_native_file(small: Path) -> None:
-    assert isinstance(open_tokenizer(small), NativeTokenizer)
+    assert isinstance(open_tokenizer(small), NativeBPETokenizer)
     (small / VOCABULARY).unlink()
     fallback = open_tokenizer(small)
-    assert type(fallback) is FastTokenizer
+    assert type(fallback) is HFTokenizersTokenizer
     reference = Tokenizer.from_file(str(small / "tokenizer.json"))
     assert fallback.encode("the thing") == reference.encode("the thing").ids
 
@@ -138,8 +138,8 @@ def test_tokenizers_the_c_code_does_not_reproduce_get_no_native_file(tmp_path: P
 def test_the_embedded_models_tokenizer_is_native_and_equal_to_tokenizers(
     embedded_llm: GemmaLLM,
 ) -> None:
-    loop: Any = embedded_llm._loop
-    assert isinstance(loop.tokenizer, NativeTokenizer)
+    loop: Any = embedded_llm._generator
+    assert isinstance(loop.tokenizer, NativeBPETokenizer)
     reference = Tokenizer.from_file(str(loop.directory / "tokenizer.json"))
     license_text = Path(json.__file__).parent.parent.joinpath("LICENSE.txt")
     texts = [
@@ -155,12 +155,12 @@ def test_the_embedded_models_tokenizer_is_native_and_equal_to_tokenizers(
 def test_a_library_without_the_tokenizer_falls_back_instead_of_failing(
     small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gemma_chat.infrastructure.llm.engine.bpe as bpe_module
+    import gemma_chat.infrastructure.llm.tokenizers.native_bpe as bpe_module
 
     class Stale:  # a build of older sources: no bpe_* functions
         def __getattr__(self, name: str) -> Any:
             raise AttributeError(name)
 
     monkeypatch.setattr(bpe_module, "load_library", lambda *a, **k: Stale())
-    assert NativeTokenizer.load(small, small.parent) is None
-    assert type(open_tokenizer(small)) is FastTokenizer
+    assert NativeBPETokenizer.load(small, small.parent) is None
+    assert type(open_tokenizer(small)) is HFTokenizersTokenizer

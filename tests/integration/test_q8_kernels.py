@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model, KVCache
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import (
     Q8Embedding,
     Q8Kernels,
@@ -118,9 +120,9 @@ async def test_the_engine_uses_int8_by_default_and_bfloat16_without_a_compiler(
 def test_without_vnni_the_default_is_bfloat16_and_int8_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gemma_chat.infrastructure.llm.engine.loop as loop_module
+    import gemma_chat.infrastructure.llm.engine.generator as generator_module
     from gemma_chat import get_settings
-    from gemma_chat.infrastructure.llm.precision import PrecisionPlan
+    from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
 
     portable = load_kernels(
         tmp_path, march="x86-64" if platform.machine() == "x86_64" else "native"
@@ -129,14 +131,14 @@ def test_without_vnni_the_default_is_bfloat16_and_int8_only_when_asked(
     if platform.machine() == "x86_64":
         assert not portable.vectorized  # plain loops: no AVX-512 VNNI in a generic build
     portable.vectorized = False
-    monkeypatch.setattr(loop_module, "load_kernels", lambda *a, **k: portable)
+    monkeypatch.setattr(generator_module, "load_kernels", lambda *a, **k: portable)
     settings = get_settings()
 
     def plan(quantization: str) -> PrecisionPlan:
         return PrecisionPlan(device="cpu", dtype=torch.bfloat16, quantization=quantization)
 
-    assert loop_module.weight_format(settings, plan("auto")).name == "bfloat16"
-    assert loop_module.weight_format(settings, plan("int8")).name == "q8"
+    assert generator_module.weight_format(settings, plan("auto")).name == "bfloat16"
+    assert generator_module.weight_format(settings, plan("int8")).name == "q8"
 
 
 def small_q8_model(kernels: Q8Kernels) -> Gemma3Model:
@@ -307,7 +309,7 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
 def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(
     kernels: Q8Kernels,
 ) -> None:
-    from gemma_chat.infrastructure.llm.decoding import finite_argmax
+    from gemma_chat.infrastructure.llm.generation.sampling import finite_argmax
 
     logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(11))
     logits[0, 999] = float("nan")  # in the tail

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from gemma_chat import ChatSession, FinishReason, GenerationConfig, InferenceService, get_settings
-from gemma_chat.infrastructure.llm.vllm import VLLMLLM, cuda_available
+from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM, cuda_available
 
 
 def _vllm_runs_here() -> bool:

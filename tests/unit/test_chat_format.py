@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gemma_chat.domain.models import ChatMessage
-from gemma_chat.infrastructure.llm.chat_format import (
+from gemma_chat.infrastructure.llm.generation.chat_format import (
     DEFAULT_PREAMBLE,
     GEMMA_TURNS,
     TRANSCRIPT,
     choose_chat_format,
 )
-from gemma_chat.infrastructure.llm.stop_sequences import cut_at_stop
+from gemma_chat.infrastructure.llm.generation.stop_sequences import cut_at_stop
 from gemma_chat.shared.exceptions import ConfigurationError
 
 BOS = "<bos>"

@@ -1,4 +1,4 @@
-"""The token loop: sampling, prefill/decode steps and incremental detokenization."""
+"""Generation: sampling, prefill/decode steps and incremental detokenization."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma_chat.infrastructure.llm.decoding import (
-    IncrementalDetokenizer,
-    SamplingParams,
-    TokenSampler,
+from gemma_chat.infrastructure.llm.generation.decoding import (
     decode_one_token,
     generate_tokens,
     prefill,
 )
+from gemma_chat.infrastructure.llm.generation.detokenizer import IncrementalDetokenizer
+from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams, TokenSampler
 
 NO_HISTORY = torch.tensor([], dtype=torch.long)
 FLAT = torch.tensor([1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.02, 0.98])  # 8 near-equal logits

@@ -7,7 +7,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
-from gemma_chat.infrastructure.llm.model_source import ModelSource, resolve_model_source
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, resolve_model_source
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME
 from gemma_chat.shared.exceptions import ModelNotFoundError
 

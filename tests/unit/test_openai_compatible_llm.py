@@ -28,7 +28,10 @@ from gemma_chat import (
     TokenUsage,
     get_settings,
 )
-from gemma_chat.infrastructure.llm.openai_compatible import OPENAI_BASE_URL, OpenAICompatibleLLM
+from gemma_chat.infrastructure.llm.adapters.openai_compatible import (
+    OPENAI_BASE_URL,
+    OpenAICompatibleLLM,
+)
 from tests.fake_openai_server import ANSWER, CONTEXT_TOO_LONG, FakeOpenAIServer, Reply, error_reply
 
 BASE_URL = "http://fake.test/v1"

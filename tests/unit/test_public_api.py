@@ -55,7 +55,7 @@ def test_importing_the_package_or_the_vllm_adapter_loads_neither_openai_nor_vllm
 
 
 def test_the_remote_adapter_is_exported_on_first_use() -> None:
-    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
 
     assert gemma_chat.OpenAICompatibleLLM is OpenAICompatibleLLM
 

@@ -175,7 +175,7 @@ def test_a_prefix_must_be_a_string() -> None:
 
 
 def test_the_default_registry_sends_openai_names_to_the_remote_adapter() -> None:
-    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
 
     register_llm("gemma", factory("user-gemma"), name="user-gemma")
     try:
@@ -187,7 +187,7 @@ def test_the_default_registry_sends_openai_names_to_the_remote_adapter() -> None
 
 
 def test_the_default_registry_sends_vllm_names_to_vllm_in_process() -> None:
-    from gemma_chat.infrastructure.llm.vllm import VLLMLLM
+    from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM
 
     llm = default_registry.create(get_settings(model={"name": "vllm:google/gemma-3-1b-it"}))
     assert isinstance(llm, VLLMLLM)
@@ -196,7 +196,7 @@ def test_the_default_registry_sends_vllm_names_to_vllm_in_process() -> None:
 
 @pytest.mark.parametrize("name", ["google/gemma-3-1b-it", "Qwen/Qwen2.5-7B-Instruct"])
 def test_with_a_remote_base_url_every_unprefixed_name_is_served_there(name: str) -> None:
-    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
 
     settings = get_settings(model={"name": name}, remote={"base_url": "http://10.0.0.5:8000/v1"})
     llm = default_registry.create(settings)

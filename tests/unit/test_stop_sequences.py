@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter, cut_at_stop
+from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter, cut_at_stop
 
 
 def stream_through(stops: Sequence[str], deltas: Sequence[str]) -> tuple[list[str], bool]:

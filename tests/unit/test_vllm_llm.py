@@ -23,8 +23,8 @@ from gemma_chat import (
     TokenUsage,
     get_settings,
 )
-from gemma_chat.infrastructure.llm import vllm as adapter
-from gemma_chat.infrastructure.llm.vllm import VLLMLLM, sampling_arguments
+from gemma_chat.infrastructure.llm.adapters import vllm as adapter
+from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM, sampling_arguments
 
 HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gemma_chat.domain.models import ChatMessage, GenerationConfig
-from gemma_chat.infrastructure.llm.base import BaseLLM
+from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.shared.config import Settings, get_settings
 
 __all__ = ["FakeLLM", "GenerationCall", "create_mock_llm"]

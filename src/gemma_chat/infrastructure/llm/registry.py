@@ -96,20 +96,20 @@ def _transformers_llm(settings: Settings) -> LLMProtocol:
     # Overlaps the tokenizer's parsing with importing torch (cold start).
     tokenizer_prefetch.start(settings)
     # Imported here so that importing gemma_chat does not import torch.
-    from gemma_chat.infrastructure.llm.gemma import GemmaLLM
+    from gemma_chat.infrastructure.llm.adapters.local_model import GemmaLLM
 
     return GemmaLLM(settings)
 
 
 def _openai_compatible_llm(settings: Settings) -> LLMProtocol:
     # Imported here so that importing gemma_chat does not import openai.
-    from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
+    from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
 
     return OpenAICompatibleLLM(settings)
 
 
 def _vllm_llm(settings: Settings) -> LLMProtocol:
-    from gemma_chat.infrastructure.llm.vllm import VLLMLLM  # imports vllm itself on load()
+    from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM  # imports vllm itself on load()
 
     return VLLMLLM(settings)
 

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
-from gemma_chat.infrastructure.llm.engine.bpe import open_tokenizer, write_vocabulary
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
-from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
-from gemma_chat.infrastructure.llm.model_source import ModelSource, source_digest
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
+from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
+from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer, write_vocabulary
 
 __all__ = [
     "FORMAT_VERSION",
@@ -70,7 +71,9 @@ class WeightFormat:
 
 
 class ConvertedModel:
-    def __init__(self, directory: Path, model: Gemma3Model, tokenizer: FastTokenizer) -> None:
+    def __init__(
+        self, directory: Path, model: Gemma3Model, tokenizer: HFTokenizersTokenizer
+    ) -> None:
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer

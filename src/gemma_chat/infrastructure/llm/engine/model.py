@@ -2,7 +2,7 @@
 
 The same weights as transformers' ``Gemma3ForCausalLM``, with fewer operations per step:
 q/k/v and gate/up projections fused into one matmul each, RMSNorm scales precomputed, rotary
-tables precomputed, and a preallocated KV cache with one row ("slot") per sequence, so that
+tables precomputed, and a KV cache (``kv_cache.py``) with one row ("slot") per sequence, so that
 several sequences at different positions decode in one batched step.
 """
 
@@ -10,139 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_chat.infrastructure.llm.decoding import finite_argmax
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.generation.sampling import finite_argmax
 
-__all__ = ["BlockDecoder", "Gemma3Config", "Gemma3Model", "KVCache", "select_rows"]
-
-
-@dataclass(frozen=True, slots=True)
-class Gemma3Config:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    sliding_window: int
-    sliding_layers: tuple[bool, ...]  # per layer: sliding-window (local) attention?
-    rope_theta_global: float
-    rope_theta_local: float
-    query_pre_attn_scalar: float
-    max_position_embeddings: int
-    final_logit_softcapping: float | None = None
-
-    @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> Gemma3Config:
-        """From a transformers ``Gemma3TextConfig`` as a dict (``config.json``)."""
-        layers = int(config["num_hidden_layers"])
-        layer_types = config.get("layer_types") or [
-            (
-                "full_attention"
-                if (i + 1) % config.get("sliding_window_pattern", 6) == 0
-                else "sliding_attention"
-            )
-            for i in range(layers)
-        ]
-        rope = config.get("rope_parameters") or {}
-        global_theta = (rope.get("full_attention") or {}).get(
-            "rope_theta", config.get("rope_theta", 1_000_000.0)
-        )
-        local_theta = (rope.get("sliding_attention") or {}).get(
-            "rope_theta", config.get("rope_local_base_freq", 10_000.0)
-        )
-        return cls(
-            vocab_size=int(config["vocab_size"]),
-            hidden_size=int(config["hidden_size"]),
-            intermediate_size=int(config["intermediate_size"]),
-            num_layers=layers,
-            num_heads=int(config["num_attention_heads"]),
-            num_kv_heads=int(config["num_key_value_heads"]),
-            head_dim=int(config["head_dim"]),
-            rms_norm_eps=float(config["rms_norm_eps"]),
-            sliding_window=int(config["sliding_window"]),
-            sliding_layers=tuple(t == "sliding_attention" for t in layer_types),
-            rope_theta_global=float(global_theta),
-            rope_theta_local=float(local_theta),
-            query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
-            max_position_embeddings=int(config["max_position_embeddings"]),
-            final_logit_softcapping=config.get("final_logit_softcapping"),
-        )
-
-
-class KVCache:
-    """Keys and values of every layer for up to ``slots`` sequences: [L, B, H_kv, T, D] each.
-
-    Both the slot axis and the time axis grow on demand (the time axis doubling), so one short
-    conversation holds one small row, not ``slots`` rows of the longest one.
-    """
-
-    def __init__(
-        self, config: Gemma3Config, slots: int, dtype: torch.dtype, capacity: int = 256
-    ) -> None:
-        self.config = config
-        self.dtype = dtype
-        self.max_slots = slots
-        capacity = -(-capacity // 16) * 16  # whole blocks of 16 positions (the C attention)
-        shape = (config.num_layers, 1, config.num_kv_heads, capacity, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)  # [L, B, H_kv, T, D]
-        self.v = torch.zeros(shape, dtype=dtype)
-
-    @property
-    def slots(self) -> int:
-        """Rows allocated so far."""
-        return self.k.shape[1]
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
-
-    def ensure(self, slots: int, length: int) -> None:
-        """Make room for rows [0, slots) and positions [0, length)."""
-        if slots <= self.slots and length <= self.capacity:
-            return
-        if slots > self.max_slots:
-            raise ValueError(f"slot {slots - 1} is beyond the cache's {self.max_slots} slots")
-        new_length = self.capacity
-        while new_length < length:
-            new_length *= 2
-        # Doubling stops at the model's window (unless asked for more), and never shrinks.
-        limit = max(length, self.config.max_position_embeddings)
-        new_length = max(self.capacity, min(new_length, limit))
-        new_length = -(-new_length // 16) * 16  # whole blocks of 16 positions
-        # Rows double too (up to the maximum): each growth copies the whole cache.
-        rows = (
-            self.slots if slots <= self.slots else min(max(slots, 2 * self.slots), self.max_slots)
-        )
-        shape = (self.k.shape[0], rows, self.k.shape[2], new_length)
-        grown_k = self.k.new_zeros((*shape, self.k.shape[4]))
-        grown_v = self.v.new_zeros(grown_k.shape)
-        grown_k[:, : self.slots, :, : self.capacity] = self.k
-        grown_v[:, : self.slots, :, : self.capacity] = self.v
-        self.k, self.v = grown_k, grown_v
-
-    def read(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A copy of one slot's first ``length`` positions: [L, H_kv, length, D] each."""
-        return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()
-
-    def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Put a saved prefix (from ``read``) back into ``slot``."""
-        length = k.shape[2]
-        self.ensure(slot + 1, length)
-        self.k[:, slot, :, :length] = k
-        self.v[:, slot, :, :length] = v
+__all__ = ["Block", "BlockDecoder", "Gemma3Model", "select_rows"]
 
 
 class BlockDecoder(Protocol):

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, KVCache
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
 from gemma_chat.infrastructure.llm.engine.native import load_library
 
 __all__ = [

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.decoding import BrokenLogitsError, TokenSampler
-from gemma_chat.infrastructure.llm.engine.job import GenerationJob
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, KVCache, select_rows
+from gemma_chat.infrastructure.llm.engine.batch_sampling import choose_tokens
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
+from gemma_chat.infrastructure.llm.generation.job import GenerationJob
+from gemma_chat.infrastructure.llm.generation.sampling import BrokenLogitsError, TokenSampler
 
 __all__ = ["BatchScheduler", "SchedulerStats"]
 
@@ -198,40 +200,8 @@ class BatchScheduler:
     def _chosen_tokens(
         self, logits: torch.Tensor, slots: list[_Slot], seen: Callable[[int], list[int]]
     ) -> list[int | None]:
-        """The rows' next tokens, from one argmax over the greedy rows and one top-k over the
-        rows that sample from their top k (a repetition penalty applied to their ``logits``
-        rows in place first); None where a row needs the whole-row sampler (no top-k), -1 where
-        its logits are broken."""
-        tokens: list[int | None] = [None] * len(slots)
-        greedy: list[int] = []
-        top: list[tuple[int, TokenSampler]] = []
-        for i, slot in enumerate(slots):
-            sampler = slot.sampler
-            if sampler is None:
-                continue
-            if sampler.params.temperature == 0.0:
-                greedy.append(i)
-            elif 0 < sampler.params.top_k <= min(_TOP_K_ROWS, logits.shape[-1] - 1):
-                top.append((i, sampler))
-            else:
-                continue
-            if sampler.params.repetition_penalty != 1.0:
-                sampler.penalise_(logits[i], torch.tensor(seen(i), dtype=torch.long))
-        if greedy:
-            for i, token in zip(
-                greedy, self.model.argmax(select_rows(logits, greedy)), strict=True
-            ):
-                tokens[i] = token  # -1: broken logits, failed by _advance
-        if top:
-            k = max(sampler.params.top_k for _, sampler in top)
-            values, ids = self.model.top_k(select_rows(logits, [i for i, _ in top]), k)  # [R, k]
-            for row, (i, sampler) in enumerate(top):
-                own = sampler.params.top_k  # the first ``own`` of the k, largest first
-                try:
-                    tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
-                except BrokenLogitsError:
-                    tokens[i] = -1  # failed by _advance, for this request alone
-        return tokens
+        """The rows' next tokens, chosen for the whole batch at once (``choose_tokens``)."""
+        return choose_tokens(self.model, logits, [s.sampler for s in slots], seen)
 
     def _prefill(self, job: GenerationJob) -> None:
         """A new request's prompt alone (models without ``forward_rows``)."""
@@ -396,6 +366,3 @@ _NO_TOKENS = torch.empty(0, dtype=torch.long)
 _WORTH_KEEPING = 32
 # Cache positions reserved beyond an answer, for the conversation's next message.
 _NEXT_TURN = 256
-# Rows sampling from at most this many candidates get them from the model's batched top-k;
-# larger top_k values go through the sampler's own torch.topk.
-_TOP_K_ROWS = 1024

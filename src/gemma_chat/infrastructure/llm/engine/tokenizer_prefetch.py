@@ -1,7 +1,8 @@
 """Start parsing a cached tokenizer before torch is even imported.
 
-Reading the embedded model's native tokenizer (bpe.py) takes ~0.15 s in C, without the GIL,
-while importing torch takes about a second: started first, on another thread, the two overlap.
+Reading the embedded model's native tokenizer (``tokenizers/native_bpe.py``) takes ~0.15 s in C,
+without the GIL, while importing torch takes about a second: started first, on another thread,
+the two overlap.
 Nothing here imports torch.
 """
 
@@ -11,16 +12,16 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from gemma_chat.infrastructure.llm.engine.bpe import open_tokenizer
-from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
-from gemma_chat.infrastructure.llm.model_source import resolve_model_source, source_digest
+from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source, source_digest
+from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
+from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer
 from gemma_chat.shared.config import Settings
 
 __all__ = ["start", "take"]
 
 logger = logging.getLogger(__name__)
 
-_pending: dict[str, Future[FastTokenizer]] = {}
+_pending: dict[str, Future[HFTokenizersTokenizer]] = {}
 _workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-tokenizer")
 
 
@@ -52,6 +53,6 @@ def start(settings: Settings) -> None:
         return
 
 
-def take(directory: Path) -> Future[FastTokenizer] | None:
+def take(directory: Path) -> Future[HFTokenizersTokenizer] | None:
     """The prefetched tokenizer for this converted model, if one was started."""
     return _pending.pop(_key(directory), None)

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Config, Gemma3Model
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 
 __all__ = ["load_hf_state_dict"]
 

@@ -9,18 +9,19 @@ from typing import Any
 import torch
 
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN
-from gemma_chat.infrastructure.llm.decoding import Forward, TokenSampler, generate_tokens
-from gemma_chat.infrastructure.llm.engine.job import GenerationJob
-from gemma_chat.infrastructure.llm.model_source import ModelSource
-from gemma_chat.infrastructure.llm.precision import PrecisionPlan
-from gemma_chat.infrastructure.llm.token_loop import HFTokenizer
+from gemma_chat.infrastructure.llm.generation.chat_format import END_OF_TURN
+from gemma_chat.infrastructure.llm.generation.decoding import Forward, generate_tokens
+from gemma_chat.infrastructure.llm.generation.job import GenerationJob
+from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
+from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
+from gemma_chat.infrastructure.llm.tokenizers.transformers_tokenizer import TransformersTokenizer
 from gemma_chat.shared.config import Settings
 
-__all__ = ["TransformersLoop"]
+__all__ = ["TransformersGenerator"]
 
 
-class TransformersLoop:
+class TransformersGenerator:
     def __init__(
         self, settings: Settings, plan: PrecisionPlan, source: ModelSource, attention: str | None
     ) -> None:
@@ -56,7 +57,7 @@ class TransformersLoop:
         if plan.cpu_dynamic_int8:
             model = _quantize_dynamic_int8(model)
         self.model = model
-        self.tokenizer = HFTokenizer(hf_tokenizer)
+        self.tokenizer = TransformersTokenizer(hf_tokenizer)
         self.forward: Forward = (
             torch.compile(model.forward, dynamic=True)
             if settings.performance.compile
@@ -79,7 +80,7 @@ class TransformersLoop:
         self._executor.submit(self._run, job)
 
     def wake(self) -> None:
-        """Nothing to do: the loop checks for cancellation at every token."""
+        """Nothing to do: generation checks for cancellation at every token."""
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -118,7 +119,7 @@ class TransformersLoop:
                 for token in tokens:
                     if not job.accept(token):
                         break
-                job.finish(FinishReason.LENGTH)  # no-op unless the loop ran out first
+                job.finish(FinishReason.LENGTH)  # no-op unless the tokens ran out first
         except BaseException as exc:
             job.fail(exc)
         finally:
@@ -129,7 +130,7 @@ class TransformersLoop:
                 torch.cuda.empty_cache()
 
 
-def _end_of_turn_ids(tokenizer: HFTokenizer, model: Any) -> frozenset[int]:
+def _end_of_turn_ids(tokenizer: TransformersTokenizer, model: Any) -> frozenset[int]:
     ids: set[int] = set()
     configured = getattr(model.generation_config, "eos_token_id", None)
     if isinstance(configured, int):

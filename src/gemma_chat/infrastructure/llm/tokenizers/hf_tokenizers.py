@@ -1,4 +1,5 @@
-"""A tokenizer on the ``tokenizers`` library alone: loads in a fraction of transformers' time."""
+"""``HFTokenizersTokenizer``: a saved tokenizer (``tokenizer.json``) on Hugging Face's
+``tokenizers`` library alone, without transformers (which takes far longer to load)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 
 from gemma_chat.domain.models import ChatMessage
 
-__all__ = ["FastTokenizer"]
+__all__ = ["HFTokenizersTokenizer"]
 
 
-class FastTokenizer:
+class HFTokenizersTokenizer:
     """Encodes without adding special tokens (prompts carry their own) and decodes without them."""
 
     def __init__(self, tokenizer: Any, config: dict[str, Any]) -> None:
@@ -22,7 +23,7 @@ class FastTokenizer:
         self.chat_template: str | None = config.get("chat_template")
 
     @classmethod
-    def from_dir(cls, directory: Path) -> FastTokenizer:
+    def from_dir(cls, directory: Path) -> HFTokenizersTokenizer:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))

@@ -26,8 +26,8 @@ from gemma_chat.domain.models import (
     StreamChunk,
     TokenUsage,
 )
-from gemma_chat.infrastructure.llm.base import BaseLLM
-from gemma_chat.infrastructure.llm.chat_format import ChatFormat, choose_chat_format
+from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
+from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
 from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import (
     ConfigurationError,

@@ -31,13 +31,13 @@ from gemma_chat.domain.models import (
     TokenUsage,
 )
 from gemma_chat.domain.models.message import validate_content
-from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter, cut_at_stop
+from gemma_chat.infrastructure.llm.adapters.conversation import fit_to_context, validated_messages
+from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter, cut_at_stop
 from gemma_chat.shared.config import Settings, get_settings
 from gemma_chat.shared.exceptions import (
     ContextLengthExceededError,
     GemmaChatError,
     InferenceError,
-    InvalidMessageError,
     ModelLoadError,
     ModelNotLoadedError,
     OutOfMemoryError,
@@ -335,28 +335,9 @@ class BaseLLM(ABC):
         """Validate the conversation and fit it into the context window: (prompt, its tokens,
         the messages it holds)."""
         self._require_loaded()
-        chat = _validated(messages)
-        prompt = self.format_prompt(chat)
-        prompt_tokens = self.count_tokens(prompt)
-        limit = self.context_length
-        if limit is None or prompt_tokens + config.max_new_tokens <= limit:
-            return prompt, prompt_tokens, chat
-        if self.settings.model.truncate_history:
-            system = [m for m in chat[:1] if m["role"] == Role.SYSTEM.value]
-            turns = chat[len(system) :]
-            # Drop the oldest messages, keeping the system prompt and the newest message.
-            while len(turns) > 1:
-                turns = turns[1:]
-                while len(turns) > 1 and turns[0]["role"] != Role.USER.value:
-                    turns = turns[1:]
-                prompt = self.format_prompt(system + turns)
-                prompt_tokens = self.count_tokens(prompt)
-                if prompt_tokens + config.max_new_tokens <= limit:
-                    return prompt, prompt_tokens, system + turns
-        raise ContextLengthExceededError(
-            prompt_tokens=prompt_tokens,
-            max_new_tokens=config.max_new_tokens,
-            context_length=limit,
+        chat = validated_messages(messages)
+        return fit_to_context(
+            self, chat, config.max_new_tokens, truncate=self.settings.model.truncate_history
         )
 
     def _kwargs(
@@ -385,24 +366,3 @@ class BaseLLM(ABC):
     def _record(self, usage: TokenUsage) -> None:
         self.inference_count += 1
         self.total_tokens_generated += usage.completion_tokens
-
-
-def _validated(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
-        raise InvalidMessageError("messages must be a list of {'role', 'content'} dicts.")
-    if not messages:
-        raise InvalidMessageError("messages must not be empty.")
-    chat: list[ChatMessage] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) - {"role", "content"}:
-            raise InvalidMessageError(
-                f"messages[{index}] must be a dict with 'role' and 'content', got {message!r:.80}."
-            )
-        role = Role.parse(message.get("role"))
-        content = validate_content(
-            message.get("content"),
-            what=f"messages[{index}].content",
-            model_output=role is Role.ASSISTANT,
-        )
-        chat.append({"role": role.value, "content": content})
-    return chat

@@ -4,7 +4,7 @@ Loads the embedded Gemma 3 270M GGUF by default, a local directory or .gguf file
 already in the local cache. Gemma 3 text models on CPU run on the native engine (lean model,
 continuous batching, KV reuse between turns, converted weights cached on disk); everything
 else runs through transformers. Model work happens on a worker thread, so the event loop stays
-free; the token loops check for cancellation at every step.
+free; the generators check for cancellation at every step.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ from typing import Any
 import torch
 
 from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
-from gemma_chat.infrastructure.llm.base import BaseLLM
-from gemma_chat.infrastructure.llm.chat_format import ChatFormat, choose_chat_format
-from gemma_chat.infrastructure.llm.decoding import SamplingParams
-from gemma_chat.infrastructure.llm.engine.job import GenerationJob
-from gemma_chat.infrastructure.llm.model_source import ModelSource, resolve_model_source
-from gemma_chat.infrastructure.llm.precision import PrecisionPlan, check_attention, plan_precision
-from gemma_chat.infrastructure.llm.token_loop import TokenLoop
+from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
+from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
+from gemma_chat.infrastructure.llm.generation.job import GenerationJob
+from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
+from gemma_chat.infrastructure.llm.generation.token_generator import TokenGenerator
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, resolve_model_source
+from gemma_chat.infrastructure.llm.loading.precision import (
+    PrecisionPlan,
+    check_attention,
+    plan_precision,
+)
 from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import (
     ConfigurationError,
@@ -42,7 +46,7 @@ class GemmaLLM(BaseLLM):
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-load")
-        self._loop: TokenLoop | None = None
+        self._generator: TokenGenerator | None = None
         self._plan: PrecisionPlan | None = None
         self._source: ModelSource | None = None
         self._chat_format: ChatFormat | None = None  # None: the tokenizer's chat template
@@ -63,28 +67,30 @@ class GemmaLLM(BaseLLM):
         source = resolve_model_source(settings.model.name, settings.model.revision)
         if settings.performance.num_threads:
             torch.set_num_threads(settings.performance.num_threads)
-        loop: TokenLoop
+        generator: TokenGenerator
         if self._use_engine(plan, source):
-            from gemma_chat.infrastructure.llm.engine.loop import EngineLoop
+            from gemma_chat.infrastructure.llm.engine.generator import NativeGenerator
 
-            loop = EngineLoop(settings, source, plan)
+            generator = NativeGenerator(settings, source, plan)
         else:
-            from gemma_chat.infrastructure.llm.transformers_loop import TransformersLoop
+            from gemma_chat.infrastructure.llm.generation.transformers_generator import (
+                TransformersGenerator,
+            )
 
-            loop = TransformersLoop(settings, plan, source, attention)
+            generator = TransformersGenerator(settings, plan, source, attention)
         self._chat_format = choose_chat_format(
             settings.model.chat_format,
-            has_template=bool(loop.tokenizer.chat_template),
+            has_template=bool(generator.tokenizer.chat_template),
             model_name=f"{settings.model.name} {source.gguf_file or ''}",
         )
         self._control_tokens = None  # for this tokenizer, compiled on first need
         self._last_encoded = None
-        self._loop, self._plan, self._source = loop, plan, source
+        self._generator, self._plan, self._source = generator, plan, source
         self.load_seconds = time.perf_counter() - started
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
 
     def _use_engine(self, plan: PrecisionPlan, source: ModelSource) -> bool:
-        from gemma_chat.infrastructure.llm.engine.loop import supports
+        from gemma_chat.infrastructure.llm.engine.generator import supports
 
         choice = self.settings.performance.engine
         if choice == "transformers":
@@ -109,21 +115,21 @@ class GemmaLLM(BaseLLM):
         return not reasons
 
     async def _unload_model_implementation(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            await asyncio.get_running_loop().run_in_executor(self._loader, loop.close)
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            await asyncio.get_running_loop().run_in_executor(self._loader, generator.close)
 
     # -- formats and sizes ---------------------------------------------------------------------
 
-    def _require_loop(self) -> TokenLoop:
-        if self._loop is None:
+    def _require_generator(self) -> TokenGenerator:
+        if self._generator is None:
             raise ModelNotLoadedError(
                 f"Model {self.model_name!r} is not loaded: call `await llm.load()` first."
             )
-        return self._loop
+        return self._generator
 
     def format_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        tokenizer = self._require_loop().tokenizer
+        tokenizer = self._require_generator().tokenizer
         # Text that spells a control token ("<start_of_turn>", "<bos>") must stay text: a
         # zero-width space after its "<" keeps the tokenizer from reading it as the token.
         safe: list[ChatMessage] = [
@@ -138,7 +144,11 @@ class GemmaLLM(BaseLLM):
             return text
         if self._control_tokens is None:  # compiled on first need: ~0.1 s for Gemma's 6k tokens
             specials = sorted(
-                (t for t in self._require_loop().tokenizer.special_tokens if t.startswith("<")),
+                (
+                    t
+                    for t in self._require_generator().tokenizer.special_tokens
+                    if t.startswith("<")
+                ),
                 key=len,
                 reverse=True,
             )
@@ -154,16 +164,16 @@ class GemmaLLM(BaseLLM):
         last = self._last_encoded
         if last is not None and last[0] == text:
             return last[1]
-        ids = self._require_loop().tokenizer.encode(text)
+        ids = self._require_generator().tokenizer.encode(text)
         self._last_encoded = (text, ids)
         return ids
 
     @property
     def context_length(self) -> int | None:
         configured = self.settings.model.context_length
-        if configured is not None or self._loop is None:
+        if configured is not None or self._generator is None:
             return configured
-        return self._loop.context_length
+        return self._generator.context_length
 
     def _extra_model_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -177,8 +187,8 @@ class GemmaLLM(BaseLLM):
             info.update(self._plan.describe())
         if self._source is not None:
             info["source"] = str(self._source.gguf_path or self._source.directory)
-        if self._loop is not None:
-            info.update(self._loop.info())
+        if self._generator is not None:
+            info.update(self._generator.info())
         if self.load_seconds is not None:
             info["load_seconds"] = round(self.load_seconds, 2)
         return info
@@ -191,7 +201,7 @@ class GemmaLLM(BaseLLM):
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
     ) -> AsyncIterator[StreamChunk]:
-        token_loop = self._require_loop()
+        generator = self._require_generator()
         event_loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
         # A raw completion continues the prompt as it is: no chat format, no turn markers.
@@ -214,12 +224,12 @@ class GemmaLLM(BaseLLM):
             ),
             max_new_tokens=kwargs["max_new_tokens"],
             stop=(*kwargs["stop"], *(chat_format.stop if chat_format else ())),
-            end_ids=token_loop.end_ids,
-            decode=token_loop.tokenizer.decode,
+            end_ids=generator.end_ids,
+            decode=generator.tokenizer.decode,
             emit=emit,
             strip_leading_space=chat_format is not None and chat_format.strip_leading_space,
         )
-        token_loop.submit(job)
+        generator.submit(job)
         try:
             while True:
                 item = await queue.get()
@@ -231,4 +241,4 @@ class GemmaLLM(BaseLLM):
         finally:
             # The consumer stopped (finished, broke off or was cancelled): free the slot.
             job.cancel.set()
-            token_loop.wake()
+            generator.wake()

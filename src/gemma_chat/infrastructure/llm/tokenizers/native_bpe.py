@@ -1,10 +1,11 @@
-"""The native tokenizer: ``kernels/bpe.c`` on a compact copy of a BPE ``tokenizer.json``.
+"""The native tokenizer: ``engine/kernels/bpe.c`` on a compact copy of a BPE ``tokenizer.json``.
 
 ``write_vocabulary`` writes ``tokenizer.bpe`` beside ``tokenizer.json`` when a model is
 converted, if the tokenizer is of the kind the C code reproduces exactly (SentencePiece-style
-BPE with byte fallback, spaces as U+2581, added tokens matched as they are); ``NativeTokenizer``
-loads it in ~50 ms instead of ~1 s, without holding the GIL, in ~25 MB instead of ~300 MB.
-Nothing here imports torch.
+BPE with byte fallback, spaces as U+2581, added tokens matched as they are);
+``NativeBPETokenizer`` loads it faster than ``tokenizers`` does ``tokenizer.json``, without
+holding the GIL, in a fraction of the memory (figures in DEVELOPMENT.md). Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gemma_chat.infrastructure.llm.engine.native import load_library
-from gemma_chat.infrastructure.llm.engine.tokenizer import FastTokenizer
+from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 
-__all__ = ["VOCABULARY", "NativeTokenizer", "open_tokenizer", "write_vocabulary"]
+__all__ = ["VOCABULARY", "NativeBPETokenizer", "open_tokenizer", "write_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def write_vocabulary(directory: Path) -> bool:
     return True
 
 
-class NativeTokenizer(FastTokenizer):
-    """The ``FastTokenizer`` interface on ``kernels/bpe.c``."""
+class NativeBPETokenizer(HFTokenizersTokenizer):
+    """The ``HFTokenizersTokenizer`` interface on ``engine/kernels/bpe.c``."""
 
     def __init__(self, library: ctypes.CDLL, handle: int, config: dict[str, Any]) -> None:
         super().__init__(None, config)
@@ -104,7 +105,7 @@ class NativeTokenizer(FastTokenizer):
         self._special = frozenset(self._token(i) for i in ids[:count])
 
     @classmethod
-    def load(cls, directory: Path, cache_dir: Path) -> NativeTokenizer | None:
+    def load(cls, directory: Path, cache_dir: Path) -> NativeBPETokenizer | None:
         """The tokenizer of a converted model, if it has ``tokenizer.bpe`` and the C code
         builds here."""
         path = directory / VOCABULARY
@@ -122,7 +123,7 @@ class NativeTokenizer(FastTokenizer):
         if not handle:
             logger.warning("Could not read %s; using tokenizer.json", path)
             return None
-        return cls(library, handle, FastTokenizer.read_config(directory))
+        return cls(library, handle, HFTokenizersTokenizer.read_config(directory))
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -187,9 +188,9 @@ def _declare(library: ctypes.CDLL) -> None:
     library.bpe_decode.restype = i64
 
 
-def open_tokenizer(directory: Path) -> FastTokenizer:
+def open_tokenizer(directory: Path) -> HFTokenizersTokenizer:
     """A converted model's tokenizer: the native one when it has ``tokenizer.bpe`` (and the C
     code builds here), else ``tokenizers`` on ``tokenizer.json``."""
     # <cache_dir>/models/<entry>: the compiled library lives in <cache_dir>/kernels.
-    native = NativeTokenizer.load(directory, directory.parent.parent)
-    return native if native is not None else FastTokenizer.from_dir(directory)
+    native = NativeBPETokenizer.load(directory, directory.parent.parent)
+    return native if native is not None else HFTokenizersTokenizer.from_dir(directory)

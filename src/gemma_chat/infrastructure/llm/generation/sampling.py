@@ -1,30 +1,14 @@
-"""The token loop: prefill the prompt once, then decode one token at a time.
-
-Written as explicit steps (in the spirit of gpt-fast) rather than ``model.generate()`` so that a
-step boundary is where streaming, stop sequences and cancellation are checked.
-"""
+"""Choosing the next token from logits: greedy (``finite_argmax``) or sampled (``TokenSampler``
+with temperature, top-k, top-p and a repetition penalty), for every generator."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-__all__ = [
-    "BrokenLogitsError",
-    "IncrementalDetokenizer",
-    "SamplingParams",
-    "TokenSampler",
-    "decode_one_token",
-    "finite_argmax",
-    "generate_tokens",
-    "prefill",
-]
-
-Forward = Callable[..., Any]
+__all__ = ["BrokenLogitsError", "SamplingParams", "TokenSampler", "finite_argmax"]
 
 
 class BrokenLogitsError(ValueError):
@@ -142,82 +126,3 @@ class TokenSampler:
         u = torch.rand(1, generator=self.generator, device=cdf.device) * cdf[-1]
         index = torch.searchsorted(cdf, u, right=True)
         return min(int(index.item()), weights.numel() - 1)
-
-
-def prefill(forward: Forward, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Run the prompt ``input_ids`` [1, S] through the model: the last position's logits [V]."""
-    out = forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-    logits: torch.Tensor = out.logits[0, -1]  # [V]
-    return logits
-
-
-def decode_one_token(forward: Forward, token: torch.Tensor, cache: Any) -> torch.Tensor:
-    """One step for ``token`` [1, 1] with the cache of everything before it; logits [V]."""
-    out = forward(input_ids=token, cache=cache, use_cache=True)
-    logits: torch.Tensor = out.logits[0, -1]  # [V]
-    return logits
-
-
-def generate_tokens(
-    forward: Forward,
-    input_ids: torch.Tensor,
-    cache: Any,
-    sampler: TokenSampler,
-    max_new_tokens: int,
-) -> Iterator[int]:
-    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel."""
-    seen = input_ids[0]  # [S]
-    logits = prefill(forward, input_ids, cache)  # [V]
-    for step in range(max_new_tokens):
-        token = sampler(logits, seen)
-        yield token
-        if step + 1 == max_new_tokens:
-            return  # no forward pass for a token that would never be used
-        next_ids = torch.tensor([[token]], device=input_ids.device)  # [1, 1]
-        if sampler.params.repetition_penalty != 1.0:
-            seen = torch.cat([seen, next_ids[0]])
-        logits = decode_one_token(forward, next_ids, cache)
-
-
-class IncrementalDetokenizer:
-    """Turns a growing list of token ids into text deltas, never splitting a UTF-8 character.
-
-    A token can hold part of a multi-byte character; its text is held back until a later token
-    completes the character (the decoded text then no longer ends in U+FFFD). Each step decodes
-    only a short window of recent tokens (as TGI and vLLM do), not the whole answer again: the
-    window starts a token before the new ones, so that a leading space the tokenizer drops at
-    the start of a text is kept.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self._ids: list[int] = []
-        self._emitted = ""
-        self._prefix = 0  # the window's first token
-        self._read = 0  # tokens before this one have been emitted
-
-    @property
-    def text(self) -> str:
-        return self._emitted
-
-    def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        return self._advance(final=False)
-
-    def flush(self) -> str:
-        """What is left when generation ends; an incomplete last character is dropped."""
-        return self._advance(final=True)
-
-    def _advance(self, *, final: bool) -> str:
-        before = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        if final:
-            text = text.rstrip("\ufffd")
-        elif text.endswith("\ufffd"):
-            return ""  # a character still incomplete: wait for the next token
-        if len(text) <= len(before) or not text.startswith(before):
-            return ""
-        delta = text[len(before) :]
-        self._emitted += delta
-        self._prefix, self._read = self._read, len(self._ids)
-        return delta

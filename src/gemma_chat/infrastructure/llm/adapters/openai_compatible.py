@@ -14,26 +14,29 @@ import asyncio
 import logging
 import os
 import random
-import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import openai
 
 from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
-from gemma_chat.infrastructure.llm.base import BaseLLM
+from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
+from gemma_chat.infrastructure.llm.adapters.openai_errors import (
+    RemoteServer,
+    describe_cause,
+    error_from_openai,
+    retry_after,
+    retryable,
+    summary,
+    without_secrets,
+)
 from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import (
-    BackendOverloadedError,
     BackendUnavailableError,
     ConfigurationError,
-    ContextLengthExceededError,
     GemmaChatError,
     InferenceError,
-    InvalidGenerationConfigError,
     ModelNotFoundError,
     ModelNotLoadedError,
 )
@@ -48,23 +51,6 @@ logger = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 PREFIX = "openai:"
 _T = TypeVar("_T")
-
-# How servers say a prompt is too long: OpenAI and vLLM ("maximum context length is N"), TGI
-# ("`inputs` tokens + `max_new_tokens` must be <= N"), llama.cpp ("exceeds the available context
-# size"), Ollama and gemma-chat ("context length", "context window").
-_CONTEXT_OVERFLOW = re.compile(
-    r"context[ _](?:length|window|size)|`inputs` tokens|prompt is too long", re.IGNORECASE
-)
-_CONTEXT_LIMIT = re.compile(
-    r"(?:maximum context length|context window|context size|context length) is (\d+)"
-    r"|must be <= (\d+)",
-    re.IGNORECASE,
-)
-_PROMPT_TOKENS = re.compile(
-    r"\((\d+) in the messages|resulted in (\d+) tokens|needs (\d+) prompt tokens"
-    r"|Given: (\d+) `inputs` tokens",
-    re.IGNORECASE,
-)
 
 
 class OpenAICompatibleLLM(BaseLLM):
@@ -104,13 +90,17 @@ class OpenAICompatibleLLM(BaseLLM):
         return urlsplit(self.base_url).hostname == "api.openai.com"
 
     @property
+    def remote_server(self) -> RemoteServer:
+        return RemoteServer(self.base_url, self.model_name, self.settings.remote.timeout_seconds)
+
+    @property
     def where(self) -> str:
-        return f"the server at {_without_secrets(self.base_url)}"
+        return self.remote_server.where
 
     @property
     def server(self) -> str:
         """``where``, to start a sentence."""
-        return f"The server at {_without_secrets(self.base_url)}"
+        return self.remote_server.server
 
     def _api_key(self) -> str:
         configured = self.settings.remote.api_key
@@ -131,7 +121,7 @@ class OpenAICompatibleLLM(BaseLLM):
         remote = self.settings.remote
         return {
             "backend": "openai-compatible",
-            "base_url": _without_secrets(self.base_url),
+            "base_url": without_secrets(self.base_url),
             "remote_model": self.remote_model,
             "timeout_seconds": remote.timeout_seconds,
             "max_retries": remote.max_retries,
@@ -271,7 +261,7 @@ class OpenAICompatibleLLM(BaseLLM):
         except openai.APIConnectionError as exc:
             raise BackendUnavailableError(
                 f"The connection to {self.where} broke after {len(parts)} pieces of the answer "
-                f"({_cause(exc)}); the answer is incomplete."
+                f"({describe_cause(exc)}); the answer is incomplete."
             ) from exc
         finally:
             # Closing the response tells the server the reader is gone: it stops generating.
@@ -308,18 +298,18 @@ class OpenAICompatibleLLM(BaseLLM):
                     self.settings.remote.max_retries,
                     delay,
                     self.where,
-                    _summary(exc),
+                    summary(exc),
                 )
                 await asyncio.sleep(delay)
 
     def _retry_delay(self, exc: openai.APIError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
         remote = self.settings.remote
-        if attempt >= remote.max_retries or not _retryable(exc):
+        if attempt >= remote.max_retries or not retryable(exc):
             return None
         backoff = min(remote.max_backoff_seconds, remote.backoff_seconds * 2.0**attempt)
         delay = backoff * random.uniform(0.5, 1.0)  # jitter: clients refused together spread out
-        asked = _retry_after(exc)
+        asked = retry_after(exc)
         if asked is not None:
             if asked > remote.max_backoff_seconds:
                 return None  # longer than we may wait: say so now instead
@@ -332,149 +322,12 @@ class OpenAICompatibleLLM(BaseLLM):
     def _error(
         self, exc: Exception, *, retries: int = 0, max_new_tokens: int = 0
     ) -> GemmaChatError:
-        after = f" after {retries} retries" if retries else ""
-        if isinstance(exc, openai.APITimeoutError):
-            return BackendUnavailableError(
-                f"{self.server} did not answer within {self.settings.remote.timeout_seconds:g} s "
-                f"(GEMMA_REMOTE__TIMEOUT_SECONDS){after}: raise the limit for long answers, or "
-                "check the server's load."
+        if isinstance(exc, openai.APIError):
+            return error_from_openai(
+                exc, self.remote_server, retries=retries, max_new_tokens=max_new_tokens
             )
-        if isinstance(exc, openai.APIConnectionError):
-            return BackendUnavailableError(
-                f"Could not reach {self.where}{after}: {_cause(exc)}. Check "
-                "GEMMA_REMOTE__BASE_URL and that the server is running."
-            )
-        if isinstance(exc, openai.APIStatusError):
-            return self._status_error(exc, after, max_new_tokens)
-        if isinstance(exc, openai.APIError):  # e.g. an error event in the middle of a stream
-            return InferenceError(f"{self.server} failed: {exc.message}")
         return super().map_error(exc)
-
-    def _status_error(
-        self, exc: openai.APIStatusError, after: str, max_new_tokens: int
-    ) -> GemmaChatError:
-        status, message = exc.status_code, _message(exc)
-        said = f"{self.server} answered {status}: {message}"
-        if status in (401, 403) or (status == 429 and exc.code == "insufficient_quota"):
-            return ConfigurationError(
-                f"{said}. Check GEMMA_REMOTE__API_KEY (or OPENAI_API_KEY for OpenAI's API) and "
-                "the account behind it."
-            )
-        if status == 429:
-            return BackendOverloadedError(
-                f"{self.server} is overloaded (429: {message}){after}; retry later, or allow "
-                "more retries (GEMMA_REMOTE__MAX_RETRIES, GEMMA_REMOTE__MAX_BACKOFF_SECONDS).",
-                retry_after=_retry_after(exc),
-            )
-        if status in (400, 413, 422) and _is_context_overflow(exc, message):
-            return _context_error(exc, message, max_new_tokens)
-        if status in (400, 413, 422):
-            return InvalidGenerationConfigError(f"{self.server} rejected the request: {message}")
-        if status == 404:
-            return ModelNotFoundError(
-                self.model_name,
-                f"{said}.",
-                hints=(
-                    f"- Check the model name against the server's list (GET {self.base_url}"
-                    "/models); GEMMA_MODEL__NAME=openai:<model> names it.\n"
-                    "- GEMMA_REMOTE__BASE_URL must be the API root, usually ending in /v1."
-                ),
-            )
-        if status in (502, 503, 504):
-            return BackendUnavailableError(f"{said}{after}.")
-        return InferenceError(f"{said}{after}.")
 
 
 def _finish(reason: str | None) -> FinishReason:
     return FinishReason.LENGTH if reason == "length" else FinishReason.STOP
-
-
-def _retryable(exc: openai.APIError) -> bool:
-    if isinstance(exc, openai.APITimeoutError):
-        return False  # the server may still be generating: a retry would double its work
-    if isinstance(exc, openai.APIConnectionError):
-        return True
-    if isinstance(exc, openai.RateLimitError):
-        return exc.code != "insufficient_quota"  # a quota does not come back by waiting
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
-
-
-def _retry_after(exc: openai.APIError) -> float | None:
-    """The server's Retry-After (seconds or an HTTP date; or retry-after-ms), in seconds."""
-    if not isinstance(exc, openai.APIStatusError):
-        return None
-    headers = exc.response.headers
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (ValueError, TypeError, OverflowError):
-        return None
-
-
-def _message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    text = body.get("message") if isinstance(body, dict) else None
-    return str(text or exc.message)[:500]
-
-
-def _summary(exc: openai.APIError) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"{exc.status_code}: {_message(exc)[:120]}"
-    return _cause(exc)
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-
-
-def _is_context_overflow(exc: openai.APIStatusError, message: str) -> bool:
-    if exc.code == "context_length_exceeded" or exc.type == "exceed_context_size_error":
-        return True
-    return bool(_CONTEXT_OVERFLOW.search(message))
-
-
-def _first_number(pattern: re.Pattern[str], text: str) -> int | None:
-    match = pattern.search(text)
-    if match is None:
-        return None
-    return int(next(group for group in match.groups() if group is not None))
-
-
-def _context_error(
-    exc: openai.APIStatusError, message: str, max_new_tokens: int
-) -> ContextLengthExceededError:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    # llama.cpp sends the numbers as fields; the others only in the message.
-    prompt_tokens = body.get("n_prompt_tokens")
-    context_length = body.get("n_ctx")
-    return ContextLengthExceededError(
-        prompt_tokens=(
-            prompt_tokens
-            if isinstance(prompt_tokens, int)
-            else _first_number(_PROMPT_TOKENS, message)
-        ),
-        max_new_tokens=max_new_tokens,
-        context_length=(
-            context_length
-            if isinstance(context_length, int)
-            else _first_number(_CONTEXT_LIMIT, message)
-        ),
-        detail=message,
-    )
-
-
-def _without_secrets(url: str) -> str:
-    """``url`` without user, password, query or fragment: safe to log and to show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))

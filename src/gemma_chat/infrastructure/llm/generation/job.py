@@ -1,7 +1,7 @@
-"""One generation request as the token loops see it: tokens in, text deltas out.
+"""One generation request as the generators see it: tokens in, text deltas out.
 
 The text side (detokenizing, stop sequences, the chat format's leading space, end-of-turn
-tokens, cancellation) is the same whichever loop produces the tokens, so it lives here.
+tokens, cancellation) is the same whichever generator produces the tokens, so it lives here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage
-from gemma_chat.infrastructure.llm.decoding import IncrementalDetokenizer, SamplingParams
-from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter
+from gemma_chat.infrastructure.llm.generation.detokenizer import IncrementalDetokenizer
+from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
+from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter
 
 __all__ = ["Emit", "GenerationJob"]
 
@@ -43,7 +44,7 @@ class GenerationJob:
         return self.finish_reason is not None
 
     def accept(self, token: int) -> bool:
-        """Take the next token; False once the job is finished (the token loop drops it)."""
+        """Take the next token; False once the job is finished (the generator drops it)."""
         if self.done:
             return False
         if token in self.end_ids:

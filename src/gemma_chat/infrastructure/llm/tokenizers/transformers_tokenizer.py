@@ -1,60 +1,16 @@
-"""What ``GemmaLLM`` needs from the code that turns prompts into tokens.
-
-Two implementations: ``TransformersLoop`` (any transformers causal LM, CPU or CUDA, one request
-at a time) and ``EngineLoop`` (the lean Gemma 3 CPU engine with continuous batching and KV
-reuse). Both take ``GenerationJob``s and feed them tokens from their own worker thread.
-"""
+"""A transformers tokenizer (``AutoTokenizer``) behind ``TextTokenizer``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from gemma_chat.domain.models import ChatMessage
-from gemma_chat.infrastructure.llm.engine.job import GenerationJob
 
-__all__ = ["HFTokenizer", "TextTokenizer", "TokenLoop"]
-
-
-class TextTokenizer(Protocol):
-    bos_token: str | None
-    chat_template: str | None
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-    def token_id(self, token: str | None) -> int | None: ...
-
-    @property
-    def eos_token_id(self) -> int | None: ...
-
-    @property
-    def special_tokens(self) -> frozenset[str]: ...
-
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str: ...
+__all__ = ["TransformersTokenizer"]
 
 
-class TokenLoop(Protocol):
-    @property
-    def tokenizer(self) -> TextTokenizer: ...
-
-    @property
-    def context_length(self) -> int | None: ...
-
-    @property
-    def end_ids(self) -> frozenset[int]: ...
-
-    def submit(self, job: GenerationJob) -> None: ...
-
-    def wake(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def info(self) -> dict[str, Any]: ...
-
-
-class HFTokenizer:
+class TransformersTokenizer:
     """A transformers tokenizer behind ``TextTokenizer``."""
 
     def __init__(self, tokenizer: Any) -> None:

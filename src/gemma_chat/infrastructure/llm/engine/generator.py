@@ -1,4 +1,6 @@
-"""The CPU engine behind ``TokenLoop``: lean Gemma 3, continuous batching, KV reuse, cached load."""
+"""``NativeGenerator``: the native engine behind ``TokenGenerator`` (lean Gemma 3, continuous
+batching, KV reuse, converted weights cached on disk); ``supports`` says which checkpoints it runs.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +11,17 @@ from typing import Any
 
 import torch
 
-from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
-from gemma_chat.infrastructure.llm.engine.job import GenerationJob
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
-from gemma_chat.infrastructure.llm.model_source import ModelSource
-from gemma_chat.infrastructure.llm.precision import PrecisionPlan
+from gemma_chat.infrastructure.llm.generation.chat_format import END_OF_TURN
+from gemma_chat.infrastructure.llm.generation.job import GenerationJob
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
+from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
 from gemma_chat.shared.exceptions import ConfigurationError
 
-__all__ = ["EngineLoop", "supports"]
+__all__ = ["NativeGenerator", "supports"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
     return WeightFormat.floating(plan.dtype)
 
 
-class EngineLoop:
+class NativeGenerator:
+    """Loads (or converts) the model and hands jobs to the ``BatchScheduler``'s thread."""
+
     def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
         self.weights = weight_format(settings, plan)

@@ -1,0 +1,2 @@
+"""Loading a model: where its weights come from (``model_source``) and the device, dtype and
+quantization it runs with (``precision``)."""
