@@ -11,6 +11,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gemma_chat.application.inference import InferenceService, ServiceState
+from gemma_chat.domain.errors import (
+    BackendOverloadedError,
+    BackendUnavailableError,
+    BrokenLogitsError,
+    ConfigurationError,
+    ContextLengthExceededError,
+    CorruptEntryError,
+    GemmaChatError,
+    GenerationCancelledError,
+    GenerationTimeoutError,
+    InferenceError,
+    InvalidGenerationConfigError,
+    InvalidMessageError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+    OutOfMemoryError,
+    ServiceStateError,
+    SessionNotFoundError,
+    ValidationError,
+)
 from gemma_chat.domain.interfaces import (
     HealthCheckProtocol,
     LLMProtocol,
@@ -33,25 +54,6 @@ from gemma_chat.infrastructure.llm.base import BaseLLM, LLMState
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry, register_llm
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME, LogLevel, Settings, get_settings
-from gemma_chat.shared.exceptions import (
-    BackendOverloadedError,
-    BackendUnavailableError,
-    ConfigurationError,
-    ContextLengthExceededError,
-    GemmaChatError,
-    GenerationCancelledError,
-    GenerationTimeoutError,
-    InferenceError,
-    InvalidGenerationConfigError,
-    InvalidMessageError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelNotLoadedError,
-    OutOfMemoryError,
-    ServiceStateError,
-    SessionNotFoundError,
-    ValidationError,
-)
 
 if TYPE_CHECKING:
     from gemma_chat.infrastructure.llm.gemma import GemmaLLM
@@ -66,11 +68,13 @@ __all__ = [
     "BackendOverloadedError",
     "BackendUnavailableError",
     "BaseLLM",
+    "BrokenLogitsError",
     "ChatMessage",
     "ChatSession",
     "Completion",
     "ConfigurationError",
     "ContextLengthExceededError",
+    "CorruptEntryError",
     "FinishReason",
     "GemmaChatError",
     "GemmaLLM",

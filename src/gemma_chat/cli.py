@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 
 from gemma_chat.application.inference import InferenceService
+from gemma_chat.domain.errors import ConfigurationError, GemmaChatError
 from gemma_chat.domain.models import ChatSession
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import ConfigurationError, GemmaChatError
 
 __all__ = ["app", "main"]
 

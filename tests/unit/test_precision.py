@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import BitsAndBytesConfig
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm import precision
 from gemma_chat.infrastructure.llm.precision import check_attention, plan_precision, select_device
 from gemma_chat.shared.config import ModelSettings, PerformanceSettings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 
 def always(value: bool) -> Callable[[], bool]:

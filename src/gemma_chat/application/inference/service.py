@@ -23,6 +23,15 @@ from typing import Any, Self
 from gemma_chat.application.inference.model_pool import ModelPool, footprint_mb
 from gemma_chat.application.inference.response_cache import ResponseCache
 from gemma_chat.application.inference.statistics import ServiceStatistics
+from gemma_chat.domain.errors import (
+    GemmaChatError,
+    GenerationTimeoutError,
+    InferenceError,
+    InvalidGenerationConfigError,
+    InvalidMessageError,
+    ServiceStateError,
+    ValidationError,
+)
 from gemma_chat.domain.interfaces import (
     HealthCheckProtocol,
     LLMProtocol,
@@ -44,15 +53,6 @@ from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry
 from gemma_chat.infrastructure.repositories import create_session_repository
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import (
-    GemmaChatError,
-    GenerationTimeoutError,
-    InferenceError,
-    InvalidGenerationConfigError,
-    InvalidMessageError,
-    ServiceStateError,
-    ValidationError,
-)
 
 __all__ = ["InferenceService", "ServiceState"]
 

@@ -21,6 +21,15 @@ from typing import Any, ClassVar
 
 import psutil
 
+from gemma_chat.domain.errors import (
+    ContextLengthExceededError,
+    GemmaChatError,
+    InferenceError,
+    InvalidMessageError,
+    ModelLoadError,
+    ModelNotLoadedError,
+    OutOfMemoryError,
+)
 from gemma_chat.domain.models import (
     ChatMessage,
     Completion,
@@ -33,15 +42,6 @@ from gemma_chat.domain.models import (
 from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.stop_sequences import StopSequenceFilter, cut_at_stop
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import (
-    ContextLengthExceededError,
-    GemmaChatError,
-    InferenceError,
-    InvalidMessageError,
-    ModelLoadError,
-    ModelNotLoadedError,
-    OutOfMemoryError,
-)
 
 __all__ = ["BaseLLM", "LLMState"]
 

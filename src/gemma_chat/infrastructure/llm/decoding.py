@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import BrokenLogitsError
+
 __all__ = [
-    "BrokenLogitsError",
     "IncrementalDetokenizer",
     "SamplingParams",
     "TokenSampler",
@@ -25,16 +26,6 @@ __all__ = [
 ]
 
 Forward = Callable[..., Any]
-
-
-class BrokenLogitsError(ValueError):
-    """The model's next-token scores hold a NaN or an infinite top: nothing to choose from."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Cannot choose the next token: the model's next-token scores have no finite "
-            "probability (NaN or infinite logits); its output is broken."
-        )
 
 
 def finite_argmax(logits: torch.Tensor) -> list[int]:

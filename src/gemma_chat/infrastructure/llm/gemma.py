@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import (
+    ConfigurationError,
+    ModelNotLoadedError,
+)
 from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
 from gemma_chat.infrastructure.llm.base import BaseLLM
 from gemma_chat.infrastructure.llm.chat_format import ChatFormat, choose_chat_format
@@ -28,10 +32,6 @@ from gemma_chat.infrastructure.llm.model_source import ModelSource, resolve_mode
 from gemma_chat.infrastructure.llm.precision import PrecisionPlan, check_attention, plan_precision
 from gemma_chat.infrastructure.llm.token_loop import TokenLoop
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import (
-    ConfigurationError,
-    ModelNotLoadedError,
-)
 
 __all__ = ["GemmaLLM"]
 

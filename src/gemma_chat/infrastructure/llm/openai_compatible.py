@@ -23,10 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
-from gemma_chat.infrastructure.llm.base import BaseLLM
-from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import (
+from gemma_chat.domain.errors import (
     BackendOverloadedError,
     BackendUnavailableError,
     ConfigurationError,
@@ -37,6 +34,9 @@ from gemma_chat.shared.exceptions import (
     ModelNotFoundError,
     ModelNotLoadedError,
 )
+from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
+from gemma_chat.infrastructure.llm.base import BaseLLM
+from gemma_chat.shared.config import Settings
 
 if TYPE_CHECKING:
     import httpx2

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.chat_format import END_OF_TURN
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.job import GenerationJob
@@ -17,7 +18,6 @@ from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
 from gemma_chat.infrastructure.llm.model_source import ModelSource
 from gemma_chat.infrastructure.llm.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["EngineLoop", "supports"]
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.decoding import BrokenLogitsError, TokenSampler
+from gemma_chat.infrastructure.llm.decoding import TokenSampler
 from gemma_chat.infrastructure.llm.engine.job import GenerationJob
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, KVCache, select_rows
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
