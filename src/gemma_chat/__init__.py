@@ -8,6 +8,7 @@ Importing this package loads no model and imports neither torch nor openai; ``Ge
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from gemma_chat.application.inference import InferenceService, ServiceState
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from gemma_chat.infrastructure.llm.openai_compatible import OpenAICompatibleLLM
     from gemma_chat.infrastructure.llm.vllm import VLLMLLM
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("gemma-chat")  # pyproject.toml holds the only literal
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",

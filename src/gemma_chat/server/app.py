@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from gemma_chat import __version__
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.server.errors import APIError, error_response, install_error_handlers
 from gemma_chat.server.metrics import ServerMetrics, install_metrics
@@ -215,7 +216,7 @@ def create_app(
                 await state.loading
             await state.service.close()
 
-    app = FastAPI(title="gemma-chat", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="gemma-chat", version=__version__, lifespan=lifespan)
     app.state.gemma = state
     install_error_handlers(app)
     install_metrics(app, state.metrics)
