@@ -11,7 +11,8 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from gemma_chat.application.inference import InferenceService, ServiceState
+from gemma_chat.application.inference import ServiceState
+from gemma_chat.bootstrap import InferenceService
 from gemma_chat.domain.errors import (
     BackendOverloadedError,
     BackendUnavailableError,
