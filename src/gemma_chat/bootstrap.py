@@ -49,8 +49,12 @@ class InferenceService(application.InferenceService):
         super().__init__(
             settings,
             llm,
-            sessions=sessions or create_session_repository(settings.storage.url),
-            llms=registry or default_registry,
+            sessions=(
+                sessions
+                if sessions is not None
+                else create_session_repository(settings.storage.url)
+            ),
+            llms=registry if registry is not None else default_registry,
             owns_sessions=sessions is None,
         )
 
