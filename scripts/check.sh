@@ -21,6 +21,9 @@ echo "== ruff check"
 "$PYTHON" -m ruff check . || failed=1
 echo "== black --check --line-length 100"
 "$PYTHON" -m black --check --line-length 100 . || failed=1
+echo "== lint-imports (the architecture contracts in pyproject.toml)"
+"$PYTHON" -c 'import sys; from importlinter.cli import lint_imports_command as run; sys.exit(run())' \
+    --no-cache || failed=1
 
 if [ "$failed" -ne 0 ]; then
     echo "FAILED: see above"

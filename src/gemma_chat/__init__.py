@@ -8,9 +8,32 @@ Importing this package loads no model and imports neither torch nor openai; ``Ge
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from gemma_chat.application.inference import InferenceService, ServiceState
+from gemma_chat.application.inference import ServiceState
+from gemma_chat.bootstrap import InferenceService
+from gemma_chat.domain.errors import (
+    BackendOverloadedError,
+    BackendUnavailableError,
+    BrokenLogitsError,
+    ConfigurationError,
+    ContextLengthExceededError,
+    CorruptEntryError,
+    GemmaChatError,
+    GenerationCancelledError,
+    GenerationTimeoutError,
+    InferenceError,
+    InvalidGenerationConfigError,
+    InvalidMessageError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+    OutOfMemoryError,
+    ServiceStateError,
+    SessionNotFoundError,
+    ValidationError,
+)
 from gemma_chat.domain.interfaces import (
     HealthCheckProtocol,
     LLMProtocol,
@@ -33,32 +56,13 @@ from gemma_chat.infrastructure.llm.adapters.base import BaseLLM, LLMState
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry, register_llm
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME, LogLevel, Settings, get_settings
-from gemma_chat.shared.exceptions import (
-    BackendOverloadedError,
-    BackendUnavailableError,
-    ConfigurationError,
-    ContextLengthExceededError,
-    GemmaChatError,
-    GenerationCancelledError,
-    GenerationTimeoutError,
-    InferenceError,
-    InvalidGenerationConfigError,
-    InvalidMessageError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelNotLoadedError,
-    OutOfMemoryError,
-    ServiceStateError,
-    SessionNotFoundError,
-    ValidationError,
-)
 
 if TYPE_CHECKING:
     from gemma_chat.infrastructure.llm.adapters.local_model import GemmaLLM
     from gemma_chat.infrastructure.llm.adapters.openai_compatible import OpenAICompatibleLLM
     from gemma_chat.infrastructure.llm.adapters.vllm import VLLMLLM
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("gemma-chat")  # pyproject.toml holds the only literal
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",
@@ -66,11 +70,13 @@ __all__ = [
     "BackendOverloadedError",
     "BackendUnavailableError",
     "BaseLLM",
+    "BrokenLogitsError",
     "ChatMessage",
     "ChatSession",
     "Completion",
     "ConfigurationError",
     "ContextLengthExceededError",
+    "CorruptEntryError",
     "FinishReason",
     "GemmaChatError",
     "GemmaLLM",

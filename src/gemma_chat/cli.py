@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 
 from gemma_chat.application.inference import InferenceService
+from gemma_chat.bootstrap import build_service
+from gemma_chat.domain.errors import ConfigurationError, GemmaChatError
 from gemma_chat.domain.models import ChatSession
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import ConfigurationError, GemmaChatError
 
 __all__ = ["app", "main"]
 
@@ -71,7 +72,7 @@ def ask(
     settings = _settings()
 
     async def run() -> None:
-        async with InferenceService(settings) as service:
+        async with build_service(settings) as service:
             session = ChatSession(title="ask", system_prompt=system)
             await _stream(
                 service, session, question, temperature=temperature, max_new_tokens=max_tokens
@@ -89,7 +90,7 @@ def chat(
     settings = _settings()
 
     async def run() -> None:
-        async with InferenceService(settings) as service:
+        async with build_service(settings) as service:
             session = ChatSession(title="chat", system_prompt=system)
             err.print(f"[dim]{service.llm.model_name} ready. {HELP}[/dim]")
             loop = asyncio.get_running_loop()
@@ -146,7 +147,7 @@ def info() -> None:
     settings = _settings()
 
     async def run() -> None:
-        async with InferenceService(settings) as service:
+        async with build_service(settings) as service:
             model_info = await service.get_model_info()
         print(json.dumps(model_info, indent=1, default=str))
 

@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 
 from gemma_chat import GemmaLLM, GenerationConfig, get_settings
-from gemma_chat.infrastructure.llm.engine.converted_store import CorruptEntryError, verify
+from gemma_chat.domain.errors import CorruptEntryError
+from gemma_chat.infrastructure.llm.engine.converted_store import verify
 
 pytestmark = pytest.mark.slow
 

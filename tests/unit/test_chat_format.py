@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.domain.models import ChatMessage
 from gemma_chat.infrastructure.llm.generation.chat_format import (
     DEFAULT_PREAMBLE,
@@ -12,7 +13,6 @@ from gemma_chat.infrastructure.llm.generation.chat_format import (
     choose_chat_format,
 )
 from gemma_chat.infrastructure.llm.generation.stop_sequences import cut_at_stop
-from gemma_chat.shared.exceptions import ConfigurationError
 
 BOS = "<bos>"
 CONVERSATION: list[ChatMessage] = [

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import pytest
 
+from gemma_chat.domain import errors
 from gemma_chat.domain.errors import (
-    ContextLengthExceededError,
-    GemmaChatError,
-    GenerationCancelledError,
-    InvalidGenerationConfigError,
-    InvalidMessageError,
-    ModelNotLoadedError,
-    SessionNotFoundError,
-    ValidationError,
-)
-from gemma_chat.shared import exceptions
-from gemma_chat.shared.exceptions import (
     BackendOverloadedError,
     BackendUnavailableError,
     ConfigurationError,
+    ContextLengthExceededError,
+    GemmaChatError,
+    GenerationCancelledError,
     InferenceError,
+    InvalidGenerationConfigError,
+    InvalidMessageError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelNotLoadedError,
     OutOfMemoryError,
     ServiceStateError,
+    SessionNotFoundError,
+    ValidationError,
 )
 
 
@@ -80,8 +78,27 @@ def test_every_error_is_a_gemma_chat_error(error_type: type[Exception]) -> None:
 
 
 def test_every_error_is_exported_from_one_place() -> None:
-    for name in exceptions.__all__:
-        assert issubclass(getattr(exceptions, name), GemmaChatError), name
+    import gemma_chat
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), GemmaChatError), name
+        assert name in gemma_chat.__all__, name
+        assert getattr(gemma_chat, name) is getattr(errors, name), name
+
+
+def test_the_engine_errors_sit_in_the_hierarchy() -> None:
+    from gemma_chat import BrokenLogitsError, CorruptEntryError
+
+    assert issubclass(BrokenLogitsError, InferenceError)
+    assert issubclass(BrokenLogitsError, ValueError)
+    assert "no finite probability" in str(BrokenLogitsError())
+    assert issubclass(CorruptEntryError, ModelLoadError)
+
+
+def test_the_docstring_draws_every_error_of_the_hierarchy() -> None:
+    tree = errors.__doc__ or ""
+    for name in errors.__all__:
+        assert f" {name}" in tree, name
 
 
 def test_standard_bases_let_callers_catch_errors_the_usual_way() -> None:

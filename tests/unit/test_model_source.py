@@ -7,9 +7,9 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
+from gemma_chat.domain.errors import ModelNotFoundError
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, resolve_model_source
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME
-from gemma_chat.shared.exceptions import ModelNotFoundError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

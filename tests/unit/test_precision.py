@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import BitsAndBytesConfig
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.loading import precision
 from gemma_chat.infrastructure.llm.loading.precision import (
     check_attention,
@@ -16,7 +17,6 @@ from gemma_chat.infrastructure.llm.loading.precision import (
     select_device,
 )
 from gemma_chat.shared.config import ModelSettings, PerformanceSettings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 
 def always(value: bool) -> Callable[[], bool]:

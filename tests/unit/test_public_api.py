@@ -30,6 +30,18 @@ def test_all_lists_every_public_name_the_package_defines() -> None:
     assert sorted(gemma_chat.__all__) == sorted(set(gemma_chat.__all__))
 
 
+def test_the_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert gemma_chat.__version__ == version("gemma-chat")
+
+
+def test_the_http_api_states_the_package_version() -> None:
+    from gemma_chat.server.app import create_app
+
+    assert create_app().version == gemma_chat.__version__
+
+
 def test_the_readme_imports_work() -> None:
     from gemma_chat import ChatSession, InferenceService  # noqa: F401
 

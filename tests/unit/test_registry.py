@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.registry import LLMRegistry, default_registry, register_llm
 from gemma_chat.shared.config import get_settings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 
 class FakeAdapter:

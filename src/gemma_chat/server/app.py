@@ -19,7 +19,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from gemma_chat import __version__
 from gemma_chat.application.inference import InferenceService
+from gemma_chat.bootstrap import build_service
 from gemma_chat.server.errors import APIError, error_response, install_error_handlers
 from gemma_chat.server.metrics import ServerMetrics, install_metrics
 from gemma_chat.shared.config import Settings, default_server_storage_url, get_settings
@@ -200,7 +202,7 @@ def create_app(
         # The server keeps sessions on disk by default: they survive restarts and crashes.
         storage = settings.storage.model_copy(update={"url": default_server_storage_url()})
         settings = settings.model_copy(update={"storage": storage})
-    state = ServerState(settings, service or InferenceService(settings))
+    state = ServerState(settings, service or build_service(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -215,7 +217,7 @@ def create_app(
                 await state.loading
             await state.service.close()
 
-    app = FastAPI(title="gemma-chat", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="gemma-chat", version=__version__, lifespan=lifespan)
     app.state.gemma = state
     install_error_handlers(app)
     install_metrics(app, state.metrics)

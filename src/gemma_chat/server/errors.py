@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gemma_chat.shared.exceptions import (
+from gemma_chat.domain.errors import (
     BackendOverloadedError,
     BackendUnavailableError,
     ConfigurationError,

@@ -10,13 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from gemma_chat.domain.errors import GemmaChatError
 from gemma_chat.domain.models import ChatSession, StreamChunk, TokenUsage
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.errors import APIError
 from gemma_chat.server.schemas import ChatCompletionRequest, CompletionRequest
 from gemma_chat.server.sse import DONE, error_event, event, finish_name, primed
 from gemma_chat.shared.config import LimitsSettings
-from gemma_chat.shared.exceptions import GemmaChatError
 
 __all__ = ["router"]
 

@@ -9,12 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from gemma_chat.domain.errors import GemmaChatError
 from gemma_chat.domain.models import ChatSession, StreamChunk
 from gemma_chat.server.app import Admission, Service, first_token_timer
 from gemma_chat.server.schemas import SessionCreate, SessionMessageRequest
 from gemma_chat.server.sse import DONE, error_event, finish_name, primed
 from gemma_chat.server.sse import event as sse_event
-from gemma_chat.shared.exceptions import GemmaChatError
 
 __all__ = ["router"]
 

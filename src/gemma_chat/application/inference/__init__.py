@@ -1,5 +1,6 @@
 """Inference orchestration."""
 
-from gemma_chat.application.inference.service import InferenceService, ServiceState
+from gemma_chat.application.inference.lifecycle import ServiceState
+from gemma_chat.application.inference.service import InferenceService
 
 __all__ = ["InferenceService", "ServiceState"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.domain.interfaces import LLMProtocol
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["LLMFactory", "LLMRegistry", "default_registry", "register_llm"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.domain.interfaces import SessionRepository
 from gemma_chat.infrastructure.repositories.in_memory import InMemorySessionRepository
 from gemma_chat.infrastructure.repositories.sqlite import SQLiteSessionRepository
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["create_session_repository"]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gemma_chat.shared.exceptions import ConfigurationError
+from gemma_chat.domain.errors import ConfigurationError
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",

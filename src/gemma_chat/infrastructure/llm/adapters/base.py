@@ -21,6 +21,14 @@ from typing import Any, ClassVar
 
 import psutil
 
+from gemma_chat.domain.errors import (
+    ContextLengthExceededError,
+    GemmaChatError,
+    InferenceError,
+    ModelLoadError,
+    ModelNotLoadedError,
+    OutOfMemoryError,
+)
 from gemma_chat.domain.models import (
     ChatMessage,
     Completion,
@@ -34,14 +42,6 @@ from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.adapters.conversation import fit_to_context, validated_messages
 from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter, cut_at_stop
 from gemma_chat.shared.config import Settings, get_settings
-from gemma_chat.shared.exceptions import (
-    ContextLengthExceededError,
-    GemmaChatError,
-    InferenceError,
-    ModelLoadError,
-    ModelNotLoadedError,
-    OutOfMemoryError,
-)
 
 __all__ = ["BaseLLM", "LLMState"]
 

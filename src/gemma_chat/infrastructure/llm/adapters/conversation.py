@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gemma_chat.domain.errors import ContextLengthExceededError, InvalidMessageError
 from gemma_chat.domain.models import ChatMessage, Role
 from gemma_chat.domain.models.message import validate_content
-from gemma_chat.shared.exceptions import ContextLengthExceededError, InvalidMessageError
 
 __all__ = ["PromptFormatter", "fit_to_context", "validated_messages"]
 

@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import (
+    ConfigurationError,
+    ModelNotLoadedError,
+)
 from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
@@ -32,10 +36,6 @@ from gemma_chat.infrastructure.llm.loading.precision import (
     plan_precision,
 )
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import (
-    ConfigurationError,
-    ModelNotLoadedError,
-)
 
 __all__ = ["GemmaLLM"]
 

@@ -20,6 +20,14 @@ from urllib.parse import urlsplit
 
 import openai
 
+from gemma_chat.domain.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    GemmaChatError,
+    InferenceError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+)
 from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.adapters.openai_errors import (
@@ -32,14 +40,6 @@ from gemma_chat.infrastructure.llm.adapters.openai_errors import (
     without_secrets,
 )
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import (
-    BackendUnavailableError,
-    ConfigurationError,
-    GemmaChatError,
-    InferenceError,
-    ModelNotFoundError,
-    ModelNotLoadedError,
-)
 
 if TYPE_CHECKING:
     import httpx2

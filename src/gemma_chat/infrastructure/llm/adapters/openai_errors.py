@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from gemma_chat.shared.exceptions import (
+from gemma_chat.domain.errors import (
     BackendOverloadedError,
     BackendUnavailableError,
     ConfigurationError,

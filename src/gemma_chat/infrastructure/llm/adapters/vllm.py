@@ -19,6 +19,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from gemma_chat.domain.errors import (
+    ConfigurationError,
+    GemmaChatError,
+    ModelNotLoadedError,
+)
 from gemma_chat.domain.models import (
     ChatMessage,
     Completion,
@@ -29,11 +34,6 @@ from gemma_chat.domain.models import (
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import (
-    ConfigurationError,
-    GemmaChatError,
-    ModelNotLoadedError,
-)
 
 __all__ = ["PREFIX", "VLLMLLM", "cuda_available", "sampling_arguments"]
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import torch
 
+from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, select_rows
-from gemma_chat.infrastructure.llm.generation.sampling import BrokenLogitsError, TokenSampler
+from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
 __all__ = ["choose_tokens"]
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import CorruptEntryError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
@@ -36,7 +37,6 @@ __all__ = [
     "FORMAT_VERSION",
     "ConvertedModel",
     "ConvertedModelStore",
-    "CorruptEntryError",
     "WeightFormat",
 ]
 
@@ -47,10 +47,6 @@ FORMAT_VERSION = 3
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-class CorruptEntryError(Exception):
-    """A stored entry that does not match its manifest."""
 
 
 @dataclass(frozen=True)

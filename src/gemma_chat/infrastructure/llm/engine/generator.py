@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
@@ -19,7 +20,6 @@ from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["NativeGenerator", "supports"]
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
+from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
 from gemma_chat.infrastructure.llm.engine.batch_sampling import choose_tokens
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
-from gemma_chat.infrastructure.llm.generation.sampling import BrokenLogitsError, TokenSampler
+from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
 __all__ = ["BatchScheduler", "SchedulerStats"]
 

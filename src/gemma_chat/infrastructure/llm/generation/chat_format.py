@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.domain.models import ChatMessage, Role
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = [
     "END_OF_TURN",

@@ -8,17 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BrokenLogitsError", "SamplingParams", "TokenSampler", "finite_argmax"]
+from gemma_chat.domain.errors import BrokenLogitsError
 
-
-class BrokenLogitsError(ValueError):
-    """The model's next-token scores hold a NaN or an infinite top: nothing to choose from."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Cannot choose the next token: the model's next-token scores have no finite "
-            "probability (NaN or infinite logits); its output is broken."
-        )
+__all__ = ["SamplingParams", "TokenSampler", "finite_argmax"]
 
 
 def finite_argmax(logits: torch.Tensor) -> list[int]:

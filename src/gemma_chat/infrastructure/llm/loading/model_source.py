@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_chat.domain.errors import ModelNotFoundError
 from gemma_chat.shared.config import EMBEDDED_MODEL_NAME
-from gemma_chat.shared.exceptions import ModelNotFoundError
 
 __all__ = ["ModelSource", "resolve_model_source", "source_digest"]
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import torch
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.shared.config import ModelSettings, PerformanceSettings
-from gemma_chat.shared.exceptions import ConfigurationError
 
 __all__ = ["PrecisionPlan", "plan_precision", "select_device"]
 

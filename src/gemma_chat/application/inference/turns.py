@@ -1,0 +1,130 @@
+"""Chat turns on sessions: the prelude ``generate_response`` and ``stream_response`` share (the
+session read under its lock, the model chosen, the conversation built), and the recording of a
+finished turn; and the response of a stateless chat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+from gemma_chat.application.inference.statistics import ServiceStatistics
+from gemma_chat.domain.errors import GemmaChatError
+from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
+from gemma_chat.domain.models import (
+    ChatMessage,
+    ChatSession,
+    Completion,
+    GenerationConfig,
+    InferenceResponse,
+    Role,
+)
+
+__all__ = ["Turn", "Turns"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A turn ready to run: nothing of it is in the session until ``Turns.record``."""
+
+    llm: LLMProtocol
+    session: ChatSession
+    user_message: str
+    messages: list[ChatMessage]  # the conversation sent to the model
+    config: GenerationConfig
+    started: float  # time.perf_counter() when the turn got its session and model
+
+
+class Turns:
+    def __init__(self, sessions: SessionRepository, stats: ServiceStatistics) -> None:
+        self._sessions = sessions
+        self._stats = stats
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @asynccontextmanager
+    async def open(
+        self,
+        session: ChatSession | str,
+        user_message: str,
+        config: GenerationConfig,
+        model: AbstractAsyncContextManager[LLMProtocol],
+    ) -> AsyncIterator[Turn]:
+        # The session is read inside its lock: a turn queued behind another sees that turn.
+        async with self._lock(_session_id(session)), model as llm:
+            chat_session = await self.resolve(session)
+            messages: list[ChatMessage] = [
+                *chat_session.to_chat_messages(),
+                {"role": Role.USER.value, "content": user_message},
+            ]
+            yield Turn(llm, chat_session, user_message, messages, config, time.perf_counter())
+
+    async def resolve(self, session: ChatSession | str) -> ChatSession:
+        return await self._sessions.get(session) if isinstance(session, str) else session
+
+    async def record(
+        self, turn: Turn, completion: Completion, *, cached: bool
+    ) -> InferenceResponse:
+        """Add the user message, the answer and their usage to the session, all at once."""
+        _, answer = turn.session.record_turn(
+            turn.user_message,
+            completion.text,
+            completion.token_usage,
+            user_token_count=_count_tokens(turn.llm, turn.user_message),
+        )
+        if await self._sessions.contains(turn.session.id):
+            await self._sessions.save(turn.session)
+        return self.respond(
+            turn.llm,
+            completion,
+            turn.started,
+            cached=cached,
+            session_id=turn.session.id,
+            message_id=answer.id,
+        )
+
+    def respond(
+        self,
+        llm: LLMProtocol,
+        completion: Completion,
+        started: float,
+        *,
+        cached: bool,
+        session_id: str | None = None,
+        message_id: str | None = None,
+    ) -> InferenceResponse:
+        """The response to a finished answer, counted; without a session for a stateless chat."""
+        latency = time.perf_counter() - started
+        self._stats.record_success(latency, completion.token_usage.completion_tokens, cached=cached)
+        return InferenceResponse(
+            content=completion.text,
+            token_usage=completion.token_usage,
+            finish_reason=completion.finish_reason,
+            model=llm.model_name,
+            latency=latency,
+            session_id=session_id,
+            message_id=message_id or uuid.uuid4().hex,
+            cached=cached,
+        )
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        # Two turns on one session at once would interleave its history: run them in order.
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_id] = lock
+        return lock
+
+
+def _count_tokens(llm: LLMProtocol, text: str) -> int | None:
+    try:
+        return llm.count_tokens(text)
+    except GemmaChatError:
+        return None
+
+
+def _session_id(session: ChatSession | str) -> str:
+    return session if isinstance(session, str) else session.id
