@@ -2,38 +2,73 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from gemma_chat.domain.models import ChatSession, StreamChunk, TokenUsage
-from gemma_chat.server.app import Admission, Service, first_token_timer
-from gemma_chat.server.errors import APIError
-from gemma_chat.server.schemas import ChatCompletionRequest, CompletionRequest
-from gemma_chat.server.sse import DONE, error_event, event, finish_name, primed
+from gemma_chat.domain.models import ChatSession, StreamChunk
+from gemma_chat.server.dependencies import (
+    Admission,
+    Service,
+    first_token_timer,
+    require_api_key,
+)
+from gemma_chat.server.errors import ERROR_RESPONSES, APIError
+from gemma_chat.server.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionUsageChunk,
+    ChatMessageOut,
+    ChunkChoice,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionChunkChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionUsageChunk,
+    DeltaMessage,
+    FinishName,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+    finish_name,
+    new_id,
+    now,
+)
+from gemma_chat.server.sse import DONE, error_event, event, primed
 from gemma_chat.shared.config import LimitsSettings
 from gemma_chat.shared.exceptions import GemmaChatError
 
-__all__ = ["router"]
+__all__ = ["attach_router", "router"]
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(
+    prefix="/v1",
+    tags=["OpenAI"],
+    dependencies=[Depends(require_api_key)],
+    responses=ERROR_RESPONSES,
+)
 
 
-@router.get("/models")
-async def list_models(service: Service) -> dict[str, Any]:
+def _streamed(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 response's second form: with ``stream: true``, server-sent ``chunk``s."""
+    description = f"JSON, or with `stream: true` server-sent `{chunk.__name__}`s then `[DONE]`."
+    return {200: {"description": description, "content": {"text/event-stream": {}}}}
+
+
+def attach_router(app: FastAPI) -> None:
+    app.include_router(router)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(service: Service) -> ModelList:
     info = await service.get_model_info()
     names = [service.llm.model_name, *info.get("other_models_loaded", [])]
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "gemma-chat"}
-            for name in names
-        ],
-    }
+    return ModelList(data=[ModelCard(id=name) for name in names])
 
 
 def _session_and_question(
@@ -80,21 +115,11 @@ def _only_one_choice(n: int) -> None:
         raise APIError(400, "Only n=1 is supported.", kind="invalid_request_error", param="n")
 
 
-def _usage(usage: TokenUsage | None) -> dict[str, int] | None:
-    return usage.to_dict() if usage is not None else None
-
-
-def _identity(kind: str, prefix: str, model: str) -> dict[str, Any]:
-    """What every response and every chunk of one request shares."""
-    return {
-        "id": f"{prefix}-{uuid.uuid4().hex}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": model,
-    }
-
-
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=_streamed(ChatCompletionChunk),
+)
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     _only_one_choice(request.n)
     session, question = _session_and_question(request, service.settings.limits)
@@ -102,41 +127,46 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
-        identity = _identity("chat.completion.chunk", "chatcmpl", model)
+        chunk_id, created = new_id("chatcmpl"), now()
+
+        def chunk(delta: DeltaMessage, finish: FinishName | None) -> ChatCompletionChunk:
+            choice = ChunkChoice(delta=delta, finish_reason=finish)
+            return ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
+
+        def usage_chunk(usage: UsageInfo | None) -> ChatCompletionUsageChunk:
+            return ChatCompletionUsageChunk(
+                id=chunk_id, created=created, model=model, choices=[], usage=usage
+            )
+
         chunks = await primed(service.stream_response(session, question, **parameters), admission)
         events = _events(
             chunks,
-            lambda delta, finish: {
-                **identity,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            },
-            identity,
-            bool(request.stream_options and request.stream_options.include_usage),
+            chunk,
+            usage_chunk if request.include_usage else None,
             first_token_timer(http),
-            first={"role": "assistant", "content": ""},
+            first=DeltaMessage(role="assistant", content=""),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
     try:
         response = await service.generate_response(session, question, **parameters)
     finally:
         admission.release()
-    message = {"role": "assistant", "content": response.content}
-    choice = {
-        "index": 0,
-        "message": message,
-        "finish_reason": finish_name(response.finish_reason),
-        "logprobs": None,
-    }
-    return {
-        **_identity("chat.completion", "chatcmpl", response.model),
-        "choices": [choice],
-        "usage": _usage(response.token_usage),
-    }
+    choice = ChatCompletionChoice(
+        message=ChatMessageOut(content=response.content),
+        finish_reason=finish_name(response.finish_reason),
+    )
+    return ChatCompletionResponse(
+        id=new_id("chatcmpl"),
+        created=now(),
+        model=response.model,
+        choices=[choice],
+        usage=UsageInfo.of(response.token_usage),
+    )
 
 
-@router.post("/completions", response_model=None)
+@router.post(
+    "/completions", response_model=CompletionResponse, responses=_streamed(CompletionChunk)
+)
 async def completions(request: CompletionRequest, service: Service, http: Request) -> Any:
     """A raw prompt, continued as it is (no chat format)."""
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
@@ -146,25 +176,25 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
         )
     _only_one_choice(request.n)
     parameters = request.generation_parameters(service.llm.model_name)
-    identity = _identity("text_completion", "cmpl", parameters.get("model", service.llm.model_name))
+    model = parameters.get("model", service.llm.model_name)
+    completion_id, created = new_id("cmpl"), now()
     admission = Admission(http)
     if request.stream:
+
+        def chunk(delta: DeltaMessage, finish: FinishName | None) -> CompletionChunk:
+            choice = CompletionChunkChoice(text=delta.content or "", finish_reason=finish)
+            return CompletionChunk(id=completion_id, created=created, model=model, choices=[choice])
+
+        def usage_chunk(usage: UsageInfo | None) -> CompletionUsageChunk:
+            return CompletionUsageChunk(
+                id=completion_id, created=created, model=model, choices=[], usage=usage
+            )
+
         chunks = await primed(service.stream_completion(prompts[0], **parameters), admission)
         events = _events(
             chunks,
-            lambda delta, finish: {
-                **identity,
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": delta.get("content", ""),
-                        "finish_reason": finish,
-                        "logprobs": None,
-                    }
-                ],
-            },
-            identity,
-            bool(request.stream_options and request.stream_options.include_usage),
+            chunk,
+            usage_chunk if request.include_usage else None,
             first_token_timer(http),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
@@ -172,39 +202,38 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
         completion = await service.complete(prompts[0], **parameters)
     finally:
         admission.release()
-    choice = {
-        "index": 0,
-        "text": completion.text,
-        "finish_reason": finish_name(completion.finish_reason),
-        "logprobs": None,
-    }
-    return {**identity, "choices": [choice], "usage": _usage(completion.token_usage)}
-
-
-Shape = Callable[[dict[str, Any], str | None], dict[str, Any]]
+    choice = CompletionChoice(
+        text=completion.text, finish_reason=finish_name(completion.finish_reason)
+    )
+    return CompletionResponse(
+        id=completion_id,
+        created=created,
+        model=model,
+        choices=[choice],
+        usage=UsageInfo.of(completion.token_usage),
+    )
 
 
 async def _events(
     chunks: AsyncIterator[StreamChunk],
-    shape: Shape,
-    identity: dict[str, Any],
-    include_usage: bool,
+    chunk: Callable[[DeltaMessage, FinishName | None], BaseModel],
+    usage_chunk: Callable[[UsageInfo | None], BaseModel] | None,
     on_first_text: Callable[[], None],
-    first: dict[str, Any] | None = None,
+    first: DeltaMessage | None = None,
 ) -> AsyncIterator[str]:
     """OpenAI's stream: one id throughout, the finish reason on its own chunk, then the usage
     (when asked for) on a chunk without choices, then ``[DONE]``."""
     try:
         if first is not None:
-            yield event(shape(first, None))
-        async for chunk in chunks:
-            if chunk.text:
+            yield event(chunk(first, None))
+        async for piece in chunks:
+            if piece.text:
                 on_first_text()
-                yield event(shape({"content": chunk.text}, None))
-            if chunk.finish_reason is not None:
-                yield event(shape({}, finish_name(chunk.finish_reason)))
-                if include_usage:
-                    yield event({**identity, "choices": [], "usage": _usage(chunk.token_usage)})
+                yield event(chunk(DeltaMessage(content=piece.text), None))
+            if piece.finish_reason is not None:
+                yield event(chunk(DeltaMessage(), finish_name(piece.finish_reason)))
+                if usage_chunk is not None:
+                    yield event(usage_chunk(UsageInfo.of(piece.token_usage)))
     except GemmaChatError as exc:
         yield error_event(exc)
     finally:
