@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
@@ -196,12 +197,7 @@ class InferenceService:
             chat_session = await self._resolve(session)
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
-            key = self._cache.key_for(llm.model_name, messages, config)
-            completion = self._cache.get(key)
-            cached = completion is not None
-            if completion is None:
-                completion = await self._guarded(self._in_time(llm.generate(messages, config)))
-                self._cache.put(key, completion)
+            completion, cached = await self._answer(llm, messages, config)
             return await self._complete_turn(
                 llm, chat_session, user_message, completion, started, cached=cached
             )
@@ -227,33 +223,116 @@ class InferenceService:
             chat_session = await self._resolve(session)
             started = time.perf_counter()
             messages = self._conversation(chat_session, user_message)
-            key = self._cache.key_for(llm.model_name, messages, config)
-            hit = self._cache.get(key)
-            if hit is not None:
+
+            async def record(completion: Completion, cached: bool) -> None:
                 await self._complete_turn(
-                    llm, chat_session, user_message, hit, started, cached=True
+                    llm, chat_session, user_message, completion, started, cached=cached
                 )
-                if hit.text:
-                    yield StreamChunk(hit.text)
-                yield StreamChunk("", hit.finish_reason, hit.token_usage)
-                return
-            parts: list[str] = []
-            async with aclosing(self._guarded_stream(llm.stream(messages, config))) as chunks:
+
+            async with aclosing(self._answer_stream(llm, messages, config, record)) as chunks:
                 async for chunk in chunks:
-                    parts.append(chunk.text)
-                    if chunk.finish_reason is not None:
-                        completion = Completion(
-                            "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
-                        )
-                        if completion.finish_reason is not FinishReason.CANCELLED:
-                            self._cache.put(key, completion)
-                            await self._complete_turn(
-                                llm, chat_session, user_message, completion, started, cached=False
-                            )
-                        yield chunk
-                        return
                     yield chunk
-            raise InferenceError("The model's stream ended without a final chunk.")
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> InferenceResponse:
+        """Answer the last message of ``messages`` (the user's), the whole conversation given.
+
+        Nothing is stored: the response has no ``session_id``.
+        """
+        self._require_open()
+        conversation, config = self._chat_request(messages, temperature, overrides)
+        async with self._model(model) as llm:
+            started = time.perf_counter()
+            completion, cached = await self._answer(llm, conversation, config)
+            return self._stateless_response(llm, completion, started, cached=cached)
+
+    async def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """``chat`` as a stream of chunks; the last one has ``finish_reason`` and usage."""
+        self._require_open()
+        conversation, config = self._chat_request(messages, temperature, overrides)
+        async with self._model(model) as llm:
+            started = time.perf_counter()
+
+            async def record(completion: Completion, cached: bool) -> None:
+                self._stateless_response(llm, completion, started, cached=cached)
+
+            async with aclosing(self._answer_stream(llm, conversation, config, record)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def _answer(
+        self, llm: LLMProtocol, messages: list[ChatMessage], config: GenerationConfig
+    ) -> tuple[Completion, bool]:
+        """The model's answer to ``messages`` from the cache or the model; and whether cached."""
+        key = self._cache.key_for(llm.model_name, messages, config)
+        completion = self._cache.get(key)
+        if completion is not None:
+            return completion, True
+        completion = await self._guarded(self._in_time(llm.generate(messages, config)))
+        self._cache.put(key, completion)
+        return completion, False
+
+    async def _answer_stream(
+        self,
+        llm: LLMProtocol,
+        messages: list[ChatMessage],
+        config: GenerationConfig,
+        record: Callable[[Completion, bool], Awaitable[None]],
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """``_answer`` as a stream; ``record(completion, cached)`` runs just before the last
+        chunk is yielded (not for a cancelled generation, nor for a consumer that stops early)."""
+        key = self._cache.key_for(llm.model_name, messages, config)
+        hit = self._cache.get(key)
+        if hit is not None:
+            await record(hit, True)
+            if hit.text:
+                yield StreamChunk(hit.text)
+            yield StreamChunk("", hit.finish_reason, hit.token_usage)
+            return
+        parts: list[str] = []
+        async with aclosing(self._guarded_stream(llm.stream(messages, config))) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    completion = Completion(
+                        "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
+                    )
+                    if completion.finish_reason is not FinishReason.CANCELLED:
+                        self._cache.put(key, completion)
+                        await record(completion, False)
+                    yield chunk
+                    return
+                yield chunk
+        raise InferenceError("The model's stream ended without a final chunk.")
+
+    def _stateless_response(
+        self, llm: LLMProtocol, completion: Completion, started: float, *, cached: bool
+    ) -> InferenceResponse:
+        latency = time.perf_counter() - started
+        self._stats.record_success(latency, completion.token_usage.completion_tokens, cached=cached)
+        return InferenceResponse(
+            content=completion.text,
+            token_usage=completion.token_usage,
+            finish_reason=completion.finish_reason,
+            model=llm.model_name,
+            latency=latency,
+            session_id=None,
+            message_id=uuid.uuid4().hex,
+            cached=cached,
+        )
 
     async def complete(
         self,
@@ -349,13 +428,81 @@ class InferenceService:
         self, text: str, what: str, temperature: float | None, overrides: Mapping[str, Any]
     ) -> GenerationConfig:
         """The request's generation config, within GEMMA_LIMITS__*."""
-        limits = self.settings.limits
         validate_content(text, what=what)
-        if len(text) > limits.max_message_chars:
+        self._check_length(text, what)
+        return self._generation_config(temperature, overrides)
+
+    def _check_length(self, text: str, what: str) -> None:
+        limit = self.settings.limits.max_message_chars
+        if len(text) > limit:
             raise InvalidMessageError(
-                f"{what} has {len(text)} characters; the limit is {limits.max_message_chars} "
+                f"{what} has {len(text)} characters; the limit is {limit} "
                 "(GEMMA_LIMITS__MAX_MESSAGE_CHARS)."
             )
+
+    def _chat_request(
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[list[ChatMessage], GenerationConfig]:
+        """A stateless chat's conversation, validated and in the shape a session gives (the
+        system messages joined into one, first), and its generation config."""
+        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+            raise InvalidMessageError(
+                "messages must be a list of {'role': ..., 'content': ...} dicts, got "
+                f"{type(messages).__name__}."
+            )
+        if not messages:
+            raise InvalidMessageError("messages must not be empty: the last one is answered.")
+        limit = self.settings.limits.max_messages
+        if len(messages) > limit:
+            raise InvalidMessageError(
+                f"{len(messages)} messages; the limit is {limit} (GEMMA_LIMITS__MAX_MESSAGES)."
+            )
+        system: list[str] = []
+        turns: list[ChatMessage] = []
+        for index, message in enumerate(messages):
+            role, content = self._chat_message(message, index)
+            if role is Role.SYSTEM:
+                system.append(content)
+            else:
+                turns.append({"role": role.value, "content": content})
+        if role is not Role.USER:
+            raise InvalidMessageError(
+                f"messages[{len(messages) - 1}].role must be 'user': the last message is the one "
+                "answered."
+            )
+        prompt = "\n\n".join(system)
+        # As a session's system prompt: a blank one is none.
+        head: list[ChatMessage] = (
+            [{"role": Role.SYSTEM.value, "content": prompt}] if prompt.strip() else []
+        )
+        return [*head, *turns], self._generation_config(temperature, overrides)
+
+    def _chat_message(self, message: object, index: int) -> tuple[Role, str]:
+        if not isinstance(message, Mapping):
+            raise InvalidMessageError(
+                f"messages[{index}] must be a {{'role': ..., 'content': ...}} dict, got "
+                f"{type(message).__name__}."
+            )
+        try:
+            role = Role.parse(message.get("role"))
+        except InvalidMessageError as exc:
+            raise InvalidMessageError(f"messages[{index}].role: {exc}") from None
+        what = f"messages[{index}].content"
+        # A system prompt may be blank (then there is none), and what a model wrote is taken as
+        # it was: as a session takes them.
+        content = validate_content(
+            message.get("content"), what=what, model_output=role is not Role.USER
+        )
+        self._check_length(content, what)
+        return role, content
+
+    def _generation_config(
+        self, temperature: float | None, overrides: Mapping[str, Any]
+    ) -> GenerationConfig:
+        limits = self.settings.limits
         config = self.default_generation_config().with_overrides(
             temperature=temperature, **overrides
         )

@@ -154,7 +154,7 @@ class InferenceResponse:
     finish_reason: FinishReason
     model: str
     latency: float  # seconds from request to answer
-    session_id: str
+    session_id: str | None  # None for a stateless chat (nothing stored)
     message_id: str
     cached: bool = False
 
