@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from gemma_chat.domain.models import ChatSession, StreamChunk
+from gemma_chat.domain.models import ChatMessage, StreamChunk
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -71,10 +71,10 @@ async def list_models(service: Service) -> ModelList:
     return ModelList(data=[ModelCard(id=name) for name in names])
 
 
-def _session_and_question(
-    request: ChatCompletionRequest, limits: LimitsSettings
-) -> tuple[ChatSession, str]:
-    """The conversation before the last message, and the last message (the user's)."""
+def _conversation(request: ChatCompletionRequest, limits: LimitsSettings) -> list[ChatMessage]:
+    """The messages as ``service.chat`` takes them (``developer`` is OpenAI's newer name for
+    ``system``). The service validates them all; the three checks here come first because their
+    errors name OpenAI's ``param`` (the library's errors carry no field path)."""
     if len(request.messages) > limits.max_messages:
         raise APIError(
             400,
@@ -92,22 +92,17 @@ def _session_and_question(
                 kind="invalid_request_error",
                 param=f"messages[{index}].content",
             )
-    *history, last = request.messages
-    if last.role != "user":
+    if request.messages[-1].role != "user":
         raise APIError(
             400,
             "The last message must have role 'user': it is the one the model answers.",
             kind="invalid_request_error",
             param="messages",
         )
-    system = "\n\n".join(m.content for m in history if m.role in ("system", "developer"))
-    session = ChatSession(title="chat.completions", system_prompt=system or None)
-    for message in history:
-        if message.role == "user":
-            session.add_user_message(message.content)
-        elif message.role == "assistant":
-            session.add_assistant_message(message.content)
-    return session, last.content
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+        for m in request.messages
+    ]
 
 
 def _only_one_choice(n: int) -> None:
@@ -122,7 +117,7 @@ def _only_one_choice(n: int) -> None:
 )
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     _only_one_choice(request.n)
-    session, question = _session_and_question(request, service.settings.limits)
+    messages = _conversation(request, service.settings.limits)
     parameters = request.generation_parameters(service.llm.model_name)
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
@@ -138,7 +133,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
                 id=chunk_id, created=created, model=model, choices=[], usage=usage
             )
 
-        chunks = await primed(service.stream_response(session, question, **parameters), admission)
+        chunks = await primed(service.stream_chat(messages, **parameters), admission)
         events = _events(
             chunks,
             chunk,
@@ -148,7 +143,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
     try:
-        response = await service.generate_response(session, question, **parameters)
+        response = await service.chat(messages, **parameters)
     finally:
         admission.release()
     choice = ChatCompletionChoice(
