@@ -7,19 +7,6 @@ from __future__ import annotations
 
 import grimp
 
-# Cycles another branch of the same refactoring removes (the server's routes import app.py,
-# which imports them): once merged, this set must be emptied (the second test says so).
-_CYCLES_BEING_REMOVED = {
-    frozenset(
-        {
-            "gemma_chat.server.app",
-            "gemma_chat.server.openai_routes",
-            "gemma_chat.server.session_routes",
-            "gemma_chat.server.sse",
-        }
-    )
-}
-
 
 def _cycles(imports: dict[str, set[str]]) -> set[frozenset[str]]:
     """The strongly connected components of more than one module, or of one importing itself
@@ -68,7 +55,4 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 
 def test_no_module_of_gemma_chat_is_in_an_import_cycle() -> None:
-    cycles = _cycles(_import_graph())
-    assert cycles - _CYCLES_BEING_REMOVED == set()
-    gone = _CYCLES_BEING_REMOVED - cycles
-    assert gone == set(), "a listed cycle is gone: remove it from _CYCLES_BEING_REMOVED"
+    assert _cycles(_import_graph()) == set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,10 +27,23 @@ from gemma_chat.domain.errors import (
     SessionNotFoundError,
     ValidationError,
 )
+from gemma_chat.server.protocol import ErrorBody, ErrorResponse
 
-__all__ = ["APIError", "PublicError", "error_response", "install_error_handlers", "public_error"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "APIError",
+    "PublicError",
+    "error_response",
+    "install_error_handlers",
+    "public_error",
+]
 
 logger = logging.getLogger(__name__)
+
+# A route's ``responses=`` for /docs: every error status has the same body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 429, 500, 503, 504)
+}
 
 
 class APIError(Exception):
@@ -59,8 +73,8 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:

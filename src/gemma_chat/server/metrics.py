@@ -1,4 +1,5 @@
-"""``/metrics`` for Prometheus: requests, latency, time to first token, tokens, cache, batching.
+"""What ``/metrics`` tells Prometheus: requests, latency, time to first token, tokens, cache
+and batching.
 
 Each app has its own registry, so several apps (tests) never share counters.
 """
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -74,6 +75,8 @@ class ServerMetrics:
 
 
 def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
+    """Count and time every request by its route (``/metrics`` serves them: routers/health.py)."""
+
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
         started = time.perf_counter()
@@ -83,7 +86,3 @@ def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
-
-    @app.get("/metrics", include_in_schema=False)
-    async def scrape() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

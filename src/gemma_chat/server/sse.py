@@ -6,31 +6,32 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import FinishReason, StreamChunk
+from gemma_chat.domain.models import StreamChunk
 from gemma_chat.server.errors import public_error
+from gemma_chat.server.protocol import StreamErrorBody, StreamErrorEvent
 
 if TYPE_CHECKING:
-    from gemma_chat.server.app import Admission
+    from gemma_chat.server.dependencies import Admission
 
-__all__ = ["DONE", "Primed", "error_event", "event", "finish_name", "primed"]
+__all__ = ["DONE", "Primed", "error_event", "event", "primed"]
 
 DONE = "data: [DONE]\n\n"
 
 
-def event(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
+def event(payload: BaseModel) -> str:
+    # json.dumps, not model_dump_json: the same bytes as the stream has always had (", " and
+    # ": " separators, non-ASCII escaped).
+    return f"data: {json.dumps(payload.model_dump(mode='json'))}\n\n"
 
 
 def error_event(exc: GemmaChatError) -> str:
     """An error after the stream started: the status line is sent already."""
     public = public_error(exc)
-    return event({"error": {"message": public.message, "type": public.kind, "code": public.code}})
-
-
-def finish_name(reason: FinishReason | None) -> str:
-    """OpenAI knows stop and length; a cancelled stream has no reader left to tell."""
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    body = StreamErrorBody(message=public.message, type=public.kind, code=public.code)
+    return event(StreamErrorEvent(error=body))
 
 
 async def primed(chunks: AsyncIterator[StreamChunk], admission: Admission) -> Any:

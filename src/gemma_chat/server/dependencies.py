@@ -1,0 +1,142 @@
+"""What the routes depend on, all read from ``request.app.state``: the service (503 while the
+model loads), the API key, a place among the requests in flight, the time-to-first-token timer."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gemma_chat.application.inference import InferenceService
+from gemma_chat.server.errors import APIError
+from gemma_chat.server.metrics import ServerMetrics
+from gemma_chat.shared.config import Settings
+
+__all__ = [
+    "Admission",
+    "ServerState",
+    "Service",
+    "first_token_timer",
+    "require_api_key",
+    "require_service",
+    "state_of",
+]
+
+
+class ServerState:
+    """The app's one service and what the server keeps beside it (``app.state.gemma``)."""
+
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        self.settings = settings
+        self.service = service
+        self.metrics = ServerMetrics(service)
+        self.loading: asyncio.Task[None] | None = None
+        self.pending = 0  # generation requests in flight
+
+    @property
+    def ready(self) -> bool:
+        task = self.loading
+        return (
+            task is not None and task.done() and not task.cancelled() and task.exception() is None
+        )
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.gemma
+    return state
+
+
+async def require_api_key(request: Request) -> None:
+    """Every /v1 route: ``Authorization: Bearer <GEMMA_SERVER__API_KEY>`` when a key is set."""
+    expected = state_of(request).settings.server.api_key
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest: the time taken does not reveal how much of the key was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise APIError(
+            401,
+            "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+            kind="authentication_error",
+            code="invalid_api_key",
+        )
+
+
+async def require_service(request: Request) -> InferenceService:
+    state = state_of(request)
+    if not state.ready:
+        raise APIError(
+            503,
+            "The model is still loading; retry in a few seconds.",
+            kind="service_unavailable",
+            code="model_loading",
+            headers={"Retry-After": "5"},
+        )
+    return state.service
+
+
+Service = Annotated[InferenceService, Depends(require_service)]
+
+
+def first_token_timer(request: Request) -> Callable[[], None]:
+    """Call it when a stream yields its first text: observes the time to first token once."""
+    histogram = state_of(request).metrics.time_to_first_token
+    started = time.perf_counter()
+    done = False
+
+    def observe() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            histogram.observe(time.perf_counter() - started)
+
+    return observe
+
+
+class Admission:
+    """A place among the generation requests in flight, or a 429 when there is none.
+
+    Released when the response is done: for a stream, when its last event is sent.
+    """
+
+    def __init__(self, request: Request) -> None:
+        state = state_of(request)
+        limit = state.settings.server.max_pending_requests
+        if state.pending >= limit:
+            raise APIError(
+                429,
+                f"Too many requests in flight ({limit}); retry shortly.",
+                kind="rate_limit_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
+        state.pending += 1
+        self._state: ServerState | None = state
+
+    def release(self) -> None:
+        """Idempotent: a stream releases when it ends, or when it is dropped unstarted."""
+        if self._state is not None:
+            self._state.pending -= 1
+            self._state = None
+
+    def stream(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``events``, releasing the place when they end (or are never consumed)."""
+
+        async def released() -> AsyncIterator[str]:
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                self.release()
+
+        wrapped = released()
+        weakref.finalize(wrapped, self.release)
+        return wrapped

@@ -1,0 +1,143 @@
+"""Stateful sessions: clients send only the new message; the server keeps the history (and the
+engine keeps the conversation's KV cache between turns)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from gemma_chat.domain.errors import GemmaChatError
+from gemma_chat.domain.models import ChatSession, StreamChunk
+from gemma_chat.server.dependencies import (
+    Admission,
+    Service,
+    first_token_timer,
+    require_api_key,
+)
+from gemma_chat.server.errors import ERROR_RESPONSES
+from gemma_chat.server.protocol import (
+    DeltaMessage,
+    SessionChunk,
+    SessionCreate,
+    SessionDeleted,
+    SessionDetail,
+    SessionFinalChunk,
+    SessionList,
+    SessionMessageRequest,
+    SessionMessageResponse,
+    SessionReply,
+    SessionSummary,
+    UsageInfo,
+    finish_name,
+)
+from gemma_chat.server.sse import DONE, error_event, event, primed
+
+__all__ = ["attach_router", "router"]
+
+router = APIRouter(
+    prefix="/v1/sessions",
+    tags=["Sessions"],
+    dependencies=[Depends(require_api_key)],
+    responses=ERROR_RESPONSES,
+)
+
+
+def attach_router(app: FastAPI) -> None:
+    app.include_router(router)
+
+
+@router.post("", status_code=201, response_model=SessionDetail)
+async def create_session(body: SessionCreate, service: Service) -> SessionDetail:
+    session = await service.create_session(
+        body.title, system_prompt=body.system_prompt, metadata=body.metadata
+    )
+    return SessionDetail.of(session)
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(service: Service) -> SessionList:
+    return SessionList(data=[SessionSummary.of(s) for s in await service.list_sessions()])
+
+
+@router.get("/{session_id}", response_model=SessionDetail)
+async def get_session(session_id: str, service: Service) -> SessionDetail:
+    return SessionDetail.of(await service.get_session(session_id))
+
+
+@router.delete("/{session_id}", response_model=SessionDeleted)
+async def delete_session(session_id: str, service: Service) -> SessionDeleted:
+    await service.delete_session(session_id)
+    return SessionDeleted(id=session_id)
+
+
+@router.post(
+    "/{session_id}/messages",
+    response_model=SessionMessageResponse,
+    responses={
+        200: {
+            "description": "JSON, or with `stream: true` server-sent `SessionChunk`s, the last "
+            "a `SessionFinalChunk`, then `[DONE]`.",
+            "content": {"text/event-stream": {}},
+        }
+    },
+)
+async def send_message(
+    session_id: str, body: SessionMessageRequest, service: Service, http: Request
+) -> Any:
+    session = await service.get_session(session_id)  # 404 before any streaming starts
+    parameters = body.generation_parameters(service.llm.model_name)
+    admission = Admission(http)  # 429 when too many requests are in flight
+    if body.stream:
+        chunks = await primed(
+            service.stream_response(session, body.content, **parameters), admission
+        )
+        events = _stream(chunks, session, first_token_timer(http))
+        return StreamingResponse(admission.stream(events), media_type="text/event-stream")
+    try:
+        response = await service.generate_response(session, body.content, **parameters)
+    finally:
+        admission.release()
+    reply = SessionReply(
+        id=response.message_id,
+        content=response.content,
+        token_count=response.token_usage.completion_tokens,
+    )
+    return SessionMessageResponse(
+        session_id=session.id,
+        message=reply,
+        finish_reason=finish_name(response.finish_reason),
+        usage=UsageInfo(**response.token_usage.to_dict()),
+        cached=response.cached,
+        model=response.model,
+    )
+
+
+async def _stream(
+    chunks: AsyncIterator[StreamChunk],
+    session: ChatSession,
+    on_first_text: Callable[[], None],
+) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            if chunk.text:
+                on_first_text()
+            delta = DeltaMessage(content=chunk.text)
+            if chunk.finish_reason is None:
+                yield event(SessionChunk(session_id=session.id, delta=delta))
+            else:
+                final = SessionFinalChunk(
+                    session_id=session.id,
+                    delta=delta,
+                    finish_reason=finish_name(chunk.finish_reason),
+                    usage=UsageInfo.of(chunk.token_usage),
+                    message_id=session.messages[-1].id,
+                )
+                yield event(final)
+    except GemmaChatError as exc:
+        yield error_event(exc)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield DONE
