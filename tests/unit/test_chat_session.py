@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -330,3 +331,75 @@ def test_a_session_is_not_equal_to_other_types_and_not_hashable() -> None:
 def test_the_repr_names_the_session() -> None:
     session = full_session()
     assert repr(session) == "ChatSession(id='session-1', title='Ünïcode 标题 🚀', messages=4)"
+
+
+# -- text that cannot be stored or tokenized ---------------------------------------------------
+
+LONE_SURROGATE, NUL = "\ud800", "\x00"
+
+
+@pytest.mark.parametrize("bad", [LONE_SURROGATE, NUL])
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda bad: ChatSession(f"a{bad}"), "title"),
+        (lambda bad: ChatSession(system_prompt=f"Be{bad} kind."), "system_prompt"),
+        (lambda bad: ChatSession(metadata={"user": f"zo{bad}"}), "metadata.user"),
+        (lambda bad: ChatSession(metadata={"user": {"name": bad}}), "metadata.user.name"),
+        (lambda bad: ChatSession(metadata={"tags": ["ok", bad]}), "metadata.tags[1]"),
+        (lambda bad: ChatSession(metadata={f"k{bad}": 1}), "metadata key"),
+        (lambda bad: ChatSession(metadata={"deep": {f"k{bad}": 1}}), "metadata.deep key"),
+        (lambda bad: ChatSession().add_user_message(f"hi{bad}"), "content"),
+    ],
+)
+def test_text_that_cannot_be_stored_is_rejected_naming_its_field(
+    build: Any, field: str, bad: str
+) -> None:
+    with pytest.raises(InvalidMessageError, match=re.escape(field)) as info:
+        build(bad)
+    assert bad not in str(info.value)  # the message itself can be encoded and stored
+    str(info.value).encode("utf-8")
+
+
+def test_unstorable_text_set_later_is_rejected_and_changes_nothing() -> None:
+    session = ChatSession("title", system_prompt="prompt", metadata={"k": "v"})
+    with pytest.raises(InvalidMessageError, match="title"):
+        session.title = LONE_SURROGATE
+    with pytest.raises(InvalidMessageError, match="system_prompt"):
+        session.system_prompt = NUL
+    with pytest.raises(InvalidMessageError, match=r"metadata\.k"):
+        session.metadata = {"k": LONE_SURROGATE}
+    assert (session.title, session.system_prompt, session.metadata) == (
+        "title",
+        "prompt",
+        {"k": "v"},
+    )
+
+
+def test_a_turn_whose_answer_is_not_valid_unicode_adds_nothing() -> None:
+    session = ChatSession()
+    with pytest.raises(InvalidMessageError, match="content"):
+        session.record_turn("hi", f"answer{LONE_SURROGATE}", TokenUsage(1, 1))
+    assert session.messages == ()
+
+
+def test_a_stored_session_with_unstorable_text_is_rejected() -> None:
+    data = full_session().to_dict()
+    data["metadata"] = {"user": LONE_SURROGATE}
+    with pytest.raises(InvalidMessageError, match=r"metadata\.user"):
+        ChatSession.from_dict(data)
+
+
+def test_tabs_newlines_and_any_valid_unicode_are_fine() -> None:
+    session = ChatSession(
+        "a\tb 🚀", system_prompt="line\nline", metadata={"k\té": ["😀", {"x": "\U0010ffff"}]}
+    )
+    assert session.metadata == {"k\té": ["😀", {"x": "\U0010ffff"}]}
+
+
+def test_the_version_is_not_part_of_equality_or_the_stored_form() -> None:
+    session = full_session()
+    copy = ChatSession.from_dict(session.to_dict())
+    copy.version = 7
+    assert copy == session
+    assert "version" not in session.to_dict()

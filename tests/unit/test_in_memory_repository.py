@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gemma_chat.domain.errors import SessionNotFoundError
+from gemma_chat.domain.errors import SessionConflictError, SessionNotFoundError
 from gemma_chat.domain.interfaces import SessionRepository
 from gemma_chat.domain.models import ChatSession
 from gemma_chat.infrastructure.repositories import InMemorySessionRepository
@@ -107,3 +107,45 @@ async def test_repositories_do_not_share_sessions() -> None:
     session = ChatSession()
     await first.add(session)
     assert not await second.contains(session.id)
+
+
+@pytest.mark.asyncio
+async def test_each_save_moves_the_version_on() -> None:
+    repository = InMemorySessionRepository()
+    session = ChatSession()
+    assert session.version == 0
+    await repository.add(session)
+    assert session.version == 1
+    await repository.save(session)
+    assert (await repository.get(session.id)).version == 2
+
+
+@pytest.mark.asyncio
+async def test_a_copy_read_before_the_last_save_is_refused() -> None:
+    repository = InMemorySessionRepository()
+    session = ChatSession()
+    await repository.add(session)
+    stale = ChatSession.from_dict(session.to_dict())
+    stale.version = session.version  # a copy of the state as it was read
+    session.add_user_message("kept")
+    await repository.save(session)
+    stale.add_user_message("would overwrite")
+    with pytest.raises(SessionConflictError) as info:
+        await repository.save(stale)
+    assert (info.value.version, info.value.stored_version) == (1, 2)
+    stored = await repository.get(session.id)
+    assert stored is session
+    assert [m.content for m in stored.messages] == ["kept"]
+
+
+@pytest.mark.asyncio
+async def test_a_copy_of_a_deleted_session_is_not_saved_back_but_can_be_added() -> None:
+    repository = InMemorySessionRepository()
+    session = ChatSession()
+    await repository.add(session)
+    await repository.delete(session.id)
+    with pytest.raises(SessionNotFoundError):
+        await repository.save(session)
+    assert not await repository.contains(session.id)
+    await repository.add(session)
+    assert await repository.get(session.id) is session

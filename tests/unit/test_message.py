@@ -149,3 +149,16 @@ def test_token_counts_must_be_non_negative_integers(field: str, value: object) -
 def test_stored_token_usage_is_not_coerced(value: object) -> None:
     with pytest.raises(InvalidMessageError):
         TokenUsage.from_dict({"prompt_tokens": value, "completion_tokens": 0})
+
+
+@pytest.mark.parametrize("role", [Role.USER, Role.SYSTEM, Role.ASSISTANT])
+def test_a_lone_surrogate_is_rejected_in_any_role(role: Role) -> None:
+    # UTF-8 cannot encode it: neither SQLite nor a tokenizer could take the message.
+    with pytest.raises(InvalidMessageError, match=r"content contains the lone surrogate U\+DC80"):
+        Message(role, "ok \udc80")
+
+
+def test_an_answer_may_hold_control_characters_but_a_user_may_not() -> None:
+    assert Message(Role.ASSISTANT, "a\x00b").content == "a\x00b"
+    with pytest.raises(InvalidMessageError, match="U\\+0000"):
+        Message(Role.USER, "a\x00b")

@@ -9,6 +9,7 @@ lets callers catch an error the usual way (``except ValueError``)::
     │   ├── InvalidGenerationConfigError         a generation parameter out of range
     │   └── ContextLengthExceededError           the conversation does not fit the context
     ├── SessionNotFoundError (KeyError)
+    ├── SessionConflictError                     another writer saved the session first
     ├── ConfigurationError (ValueError)          a setting invalid or unusable here
     ├── ServiceStateError (RuntimeError)         used before start / after close
     ├── ModelNotLoadedError (RuntimeError)       used before load() / after unload()
@@ -44,6 +45,7 @@ __all__ = [
     "ModelNotLoadedError",
     "OutOfMemoryError",
     "ServiceStateError",
+    "SessionConflictError",
     "SessionNotFoundError",
     "ValidationError",
 ]
@@ -76,6 +78,27 @@ class SessionNotFoundError(GemmaChatError, KeyError):
         return (
             f"No chat session with id {self.session_id!r}: create it first, or list the "
             "existing ones."
+        )
+
+
+class SessionConflictError(GemmaChatError):
+    """A session changed in its store after it was read; saving would overwrite those changes.
+
+    Another request or process saved the session first (``stored_version`` is its version now;
+    ``version`` the one this copy was read at). Read the session again and redo the change.
+    """
+
+    def __init__(self, session_id: str, *, version: int, stored_version: int) -> None:
+        super().__init__(session_id, version, stored_version)
+        self.session_id = session_id
+        self.version = version
+        self.stored_version = stored_version
+
+    def __str__(self) -> str:
+        return (
+            f"Chat session {self.session_id!r} was changed by another request while this one "
+            f"ran (read at version {self.version}, stored now at {self.stored_version}); "
+            "nothing was saved: read the session again and retry."
         )
 
 

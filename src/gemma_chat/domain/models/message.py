@@ -13,8 +13,19 @@ from gemma_chat.domain.errors import InvalidMessageError
 
 # C0 controls other than tab, newline and carriage return, and DEL: never text a model reads.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Lone surrogates are not Unicode characters: UTF-8 cannot encode them, so neither SQLite nor a
+# tokenizer can take them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-__all__ = ["ChatMessage", "Message", "Role", "TokenUsage", "utc_now"]
+__all__ = [
+    "ChatMessage",
+    "Message",
+    "Role",
+    "TokenUsage",
+    "utc_now",
+    "validate_content",
+    "validate_text",
+]
 
 
 def utc_now() -> datetime:
@@ -78,6 +89,28 @@ class TokenUsage:
         return cls(data["prompt_tokens"], data["completion_tokens"])
 
 
+def validate_text(text: object, *, what: str) -> str:
+    """Check a string the domain stores or shows a model (a title, a system prompt, metadata):
+    valid Unicode and no NUL character. The error names the field (``what``) and never repeats
+    the bad text, so that it can itself be encoded."""
+    if not isinstance(text, str):
+        raise InvalidMessageError(f"{what} must be a string, got {type(text).__name__}.")
+    _reject_surrogates(text, what)
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise InvalidMessageError(f"{what} contains a NUL character (U+0000) at {nul}: remove it.")
+    return text
+
+
+def _reject_surrogates(text: str, what: str) -> None:
+    surrogate = _SURROGATE.search(text)
+    if surrogate is not None:
+        raise InvalidMessageError(
+            f"{what} contains the lone surrogate U+{ord(surrogate.group()):04X} at "
+            f"{surrogate.start()}, which is not valid Unicode: send text as UTF-8."
+        )
+
+
 def validate_content(
     content: object,
     *,
@@ -89,6 +122,7 @@ def validate_content(
     may hold control characters (it is stored as it was, and must not poison the history)."""
     if not isinstance(content, str):
         raise InvalidMessageError(f"{what} must be a string, got {type(content).__name__}.")
+    _reject_surrogates(content, what)  # a model's own output never has them (it is decoded)
     if not (allow_empty or model_output) and not content.strip():
         raise InvalidMessageError(f"{what} must not be empty.")
     if model_output:

@@ -8,7 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from gemma_chat.domain.errors import InvalidMessageError
-from gemma_chat.domain.models.message import ChatMessage, Message, Role, TokenUsage, utc_now
+from gemma_chat.domain.models.message import (
+    ChatMessage,
+    Message,
+    Role,
+    TokenUsage,
+    utc_now,
+    validate_text,
+)
 
 __all__ = ["ChatSession"]
 
@@ -20,7 +27,13 @@ class ChatSession:
 
     Messages are only appended through methods that validate them first, so a session is never
     left half-written: ``record_turn`` adds a user message, its reply and their token usage
-    together or not at all.
+    together or not at all. Its text (title, system prompt, metadata, messages) is valid
+    Unicode without NUL characters, so any store and tokenizer can take it.
+
+    ``version`` is the repository's revision of the session this copy was read at or last
+    saved as (0: never stored); a repository refuses to save a copy older than what it holds
+    (``SessionConflictError``), so concurrent writers cannot overwrite each other's turns. It is
+    bookkeeping, not content: equality and ``to_dict`` leave it out.
     """
 
     def __init__(
@@ -32,17 +45,14 @@ class ChatSession:
         id: str | None = None,
         created_at: datetime | None = None,
     ) -> None:
-        if not isinstance(title, str):
-            raise InvalidMessageError(
-                f"Session title must be a string, got {type(title).__name__}."
-            )
         if id is not None and (not isinstance(id, str) or not id):
             raise InvalidMessageError(f"A session id must be a non-empty string, got {id!r}.")
         self.id: str = id or uuid.uuid4().hex
-        self.title: str = title
+        self.title = title
         self.created_at: datetime = created_at or utc_now()
         self.updated_at: datetime = self.created_at
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.metadata = dict(metadata or {})
+        self.version = 0
         self._system_prompt: str | None = None
         self._messages: list[Message] = []
         self._token_usage = TokenUsage()
@@ -55,6 +65,28 @@ class ChatSession:
     # -- state ---------------------------------------------------------------------------------
 
     @property
+    def title(self) -> str:
+        return self._title
+
+    @title.setter
+    def title(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise InvalidMessageError(
+                f"Session title must be a string, got {type(value).__name__}."
+            )
+        self._title = validate_text(value, what="title")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form data of the caller's (JSON-ready); checked when set, not when mutated."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        _check_metadata(value, "metadata")
+        self._metadata = value
+
+    @property
     def system_prompt(self) -> str | None:
         return self._system_prompt
 
@@ -64,6 +96,8 @@ class ChatSession:
             raise InvalidMessageError(
                 f"System prompt must be a string, got {type(value).__name__}."
             )
+        if value is not None:
+            validate_text(value, what="system_prompt")
         # An empty system prompt means "none": the model should not see an empty turn.
         self._system_prompt = value if value and value.strip() else None
         self._touch()
@@ -183,3 +217,18 @@ class ChatSession:
         return self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+def _check_metadata(value: object, where: str) -> None:
+    """Every string in metadata, keys too, at any depth: valid Unicode without NUL."""
+    if isinstance(value, str):
+        validate_text(value, what=where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                # !a: the message must not carry the bad text it complains about
+                validate_text(key, what=f"{where} key {key!a}")
+            _check_metadata(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_metadata(item, f"{where}[{index}]")

@@ -1,8 +1,13 @@
-"""Sessions kept in this process's memory (the library's default store)."""
+"""Sessions kept in this process's memory (the library's default store).
+
+``get`` hands out the stored object itself, so requests of one process share a session's
+state; a different copy (read at another version) is saved only if nothing was saved since it
+was read, as in SQLite.
+"""
 
 from __future__ import annotations
 
-from gemma_chat.domain.errors import SessionNotFoundError
+from gemma_chat.domain.errors import SessionConflictError, SessionNotFoundError
 from gemma_chat.domain.models import ChatSession
 
 __all__ = ["InMemorySessionRepository"]
@@ -13,7 +18,7 @@ class InMemorySessionRepository:
         self._sessions: dict[str, ChatSession] = {}
 
     async def add(self, session: ChatSession) -> None:
-        self._sessions[session.id] = session
+        self._store(session, adding=True)
 
     async def get(self, session_id: str) -> ChatSession:
         try:
@@ -25,6 +30,20 @@ class InMemorySessionRepository:
         return sorted(self._sessions.values(), key=lambda s: s.created_at)
 
     async def save(self, session: ChatSession) -> None:
+        self._store(session, adding=False)
+
+    def _store(self, session: ChatSession, *, adding: bool) -> None:
+        stored = self._sessions.get(session.id)
+        stored_version = 0 if stored is None else stored.version
+        if session.version and not (adding and stored is None):
+            # A copy read from a store is saved only over the state it was read at.
+            if stored is None:
+                raise SessionNotFoundError(session.id)  # deleted since it was read
+            if stored_version != session.version:
+                raise SessionConflictError(
+                    session.id, version=session.version, stored_version=stored_version
+                )
+        session.version = stored_version + 1
         self._sessions[session.id] = session
 
     async def delete(self, session_id: str) -> None:

@@ -3,6 +3,11 @@
 A completed turn is saved in one transaction (its messages, the token usage, the metadata
 together), so a crash leaves every completed turn and no half-written one. sqlite3 runs on one
 worker thread, off the event loop.
+
+Several processes may share a database: each session row has a version, and a save is a
+compare-and-swap on it. A session is saved only if the stored version is still the one it was
+read at (``ChatSession.version``); otherwise ``SessionConflictError``, and nothing is written,
+so one process never overwrites turns another one saved.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gemma_chat.domain.errors import SessionNotFoundError
+from gemma_chat.domain.errors import SessionConflictError, SessionNotFoundError
 from gemma_chat.domain.models import ChatSession
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSessionRepository"]
@@ -46,6 +51,8 @@ _MIGRATIONS = [
         PRIMARY KEY (session_id, position)
     );
     """,
+    # 2: the version a save compares and swaps (rows written before count as version 1)
+    "ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -87,17 +94,20 @@ class SQLiteSessionRepository:
     # -- SessionRepository -----------------------------------------------------------------------
 
     async def add(self, session: ChatSession) -> None:
-        await self.save(session)
+        await self._store(session, adding=True)
 
     async def save(self, session: ChatSession) -> None:
-        data = session.to_dict()
-        await self._run(lambda db: _write(db, data))
+        await self._store(session, adding=False)
+
+    async def _store(self, session: ChatSession, *, adding: bool) -> None:
+        data, version = session.to_dict(), session.version
+        session.version = await self._run(lambda db: _write(db, data, version, adding=adding))
 
     async def get(self, session_id: str) -> ChatSession:
-        data = await self._run(lambda db: _read(db, session_id))
-        if data is None:
+        stored = await self._run(lambda db: _read(db, session_id))
+        if stored is None:
             raise SessionNotFoundError(session_id)
-        return ChatSession.from_dict(data)
+        return _session(stored)
 
     async def list(self) -> list[ChatSession]:
         ids = await self._run(
@@ -105,9 +115,9 @@ class SQLiteSessionRepository:
         )
         sessions = []
         for session_id in ids:
-            data = await self._run(lambda db, i=session_id: _read(db, i))  # type: ignore[misc]
-            if data is not None:
-                sessions.append(ChatSession.from_dict(data))
+            stored = await self._run(lambda db, i=session_id: _read(db, i))  # type: ignore[misc]
+            if stored is not None:
+                sessions.append(_session(stored))
         return sessions
 
     async def delete(self, session_id: str) -> None:
@@ -144,21 +154,40 @@ def _migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-def _write(db: sqlite3.Connection, data: dict[str, Any]) -> None:
-    """The whole session in one transaction: all of a turn, or none of it."""
+def _session(stored: tuple[dict[str, Any], int]) -> ChatSession:
+    data, version = stored
+    session = ChatSession.from_dict(data)
+    session.version = version
+    return session
+
+
+def _write(db: sqlite3.Connection, data: dict[str, Any], version: int, *, adding: bool) -> int:
+    """The whole session in one transaction: all of a turn, or none of it; its new version.
+
+    ``version`` is the one the session was read at (0: never stored, written whatever is
+    there); the write happens only if the row still has it. ``adding``: a session new to this
+    database is written whatever its version.
+    """
     usage = data["token_usage"]
-    db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")  # the write lock: no other process saves between check and write
     try:
+        row = db.execute("SELECT version FROM sessions WHERE id = ?", (data["id"],)).fetchone()
+        stored = 0 if row is None else int(row[0])
+        if version and not (adding and row is None):
+            if row is None:
+                raise SessionNotFoundError(data["id"])  # deleted since it was read
+            if stored != version:
+                raise SessionConflictError(data["id"], version=version, stored_version=stored)
         db.execute(
             """
             INSERT INTO sessions (id, title, system_prompt, metadata, created_at, updated_at,
-                                  prompt_tokens, completion_tokens)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                  prompt_tokens, completion_tokens, version)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(id) DO UPDATE SET
                 title = excluded.title, system_prompt = excluded.system_prompt,
                 metadata = excluded.metadata, updated_at = excluded.updated_at,
                 prompt_tokens = excluded.prompt_tokens,
-                completion_tokens = excluded.completion_tokens
+                completion_tokens = excluded.completion_tokens, version = excluded.version
             """,
             (
                 data["id"],
@@ -169,6 +198,7 @@ def _write(db: sqlite3.Connection, data: dict[str, Any]) -> None:
                 data["updated_at"],
                 usage["prompt_tokens"],
                 usage["completion_tokens"],
+                stored + 1,
             ),
         )
         messages = data["messages"]
@@ -193,25 +223,31 @@ def _write(db: sqlite3.Connection, data: dict[str, Any]) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    return stored + 1
 
 
-def _read(db: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
-    row = db.execute(
-        "SELECT id, title, system_prompt, metadata, created_at, updated_at, prompt_tokens, "
-        "completion_tokens FROM sessions WHERE id = ?",
-        (session_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    messages = [
-        {"id": m[0], "role": m[1], "content": m[2], "created_at": m[3], "token_count": m[4]}
-        for m in db.execute(
-            "SELECT id, role, content, created_at, token_count FROM messages "
-            "WHERE session_id = ? ORDER BY position",
+def _read(db: sqlite3.Connection, session_id: str) -> tuple[dict[str, Any], int] | None:
+    """A stored session and its version, read in one transaction (one consistent state)."""
+    db.execute("BEGIN")
+    try:
+        row = db.execute(
+            "SELECT id, title, system_prompt, metadata, created_at, updated_at, prompt_tokens, "
+            "completion_tokens, version FROM sessions WHERE id = ?",
             (session_id,),
-        )
-    ]
-    return {
+        ).fetchone()
+        if row is None:
+            return None
+        messages = [
+            {"id": m[0], "role": m[1], "content": m[2], "created_at": m[3], "token_count": m[4]}
+            for m in db.execute(
+                "SELECT id, role, content, created_at, token_count FROM messages "
+                "WHERE session_id = ? ORDER BY position",
+                (session_id,),
+            )
+        ]
+    finally:
+        db.execute("COMMIT")
+    data = {
         "id": row[0],
         "title": row[1],
         "system_prompt": row[2],
@@ -221,3 +257,4 @@ def _read(db: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
         "token_usage": {"prompt_tokens": row[6], "completion_tokens": row[7]},
         "messages": messages,
     }
+    return data, int(row[8])

@@ -6,6 +6,11 @@ config and the tokenizer under ``<cache_dir>/models/<key>``, keyed by the GGUF's
 dtype and this format's version; later loads read them back in about a second. Each entry is
 written to a temporary directory and renamed into place, and carries a manifest with the size
 and CRC-32 of every file: a partial or corrupt entry is detected, deleted and rebuilt.
+
+Processes may share a cache directory (server workers, a CLI beside a server): an entry is
+built while holding a file lock beside it (``<key>.lock``), so a second process waits for the
+first and then reads what it wrote instead of converting again. The lock is the operating
+system's (flock), released when its holder dies, so a killed process leaves no lock behind.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
-from gemma_chat.domain.errors import CorruptEntryError
+from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
@@ -35,6 +43,7 @@ from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer, 
 
 __all__ = [
     "FORMAT_VERSION",
+    "LOCK_TIMEOUT_SECONDS",
     "ConvertedModel",
     "ConvertedModelStore",
     "WeightFormat",
@@ -47,6 +56,9 @@ FORMAT_VERSION = 3
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# How long to wait for another process converting the same entry: a large model converts in
+# minutes; past this, something other than a conversion holds the lock.
+LOCK_TIMEOUT_SECONDS = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,9 @@ class ConvertedModel:
 
 
 class ConvertedModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lock_timeout: float = LOCK_TIMEOUT_SECONDS) -> None:
         self.root = Path(root) / "models"
+        self.lock_timeout = lock_timeout
 
     def key(self, source_digest: str, weights: WeightFormat) -> str:
         return f"{source_digest[:20]}-{weights.name}-v{FORMAT_VERSION}"
@@ -92,10 +105,39 @@ class ConvertedModelStore:
             try:
                 return self.load(directory, weights)
             except Exception as exc:
-                logger.warning("Rebuilding the converted model in %s: %s", directory, exc)
-                shutil.rmtree(directory, ignore_errors=True)
-        self.convert(source, weights, directory, progress=progress)
-        return self.load(directory, weights)
+                # Checked again under the lock: another process may be replacing it right now.
+                logger.debug("The converted model in %s did not load: %s", directory, exc)
+        with self._building(directory):
+            if directory.is_dir():  # finished by another process while this one waited
+                try:
+                    return self.load(directory, weights)
+                except Exception as exc:
+                    logger.warning("Rebuilding the converted model in %s: %s", directory, exc)
+                    shutil.rmtree(directory, ignore_errors=True)
+            self.convert(source, weights, directory, progress=progress)
+            return self.load(directory, weights)
+
+    @contextmanager
+    def _building(self, directory: Path) -> Iterator[None]:
+        """Hold the entry's lock: one process at a time builds it (or waits, then reads it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(directory.with_name(directory.name + ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("Another process is converting the model into %s; waiting", directory)
+            try:
+                lock.acquire(timeout=self.lock_timeout)
+            except Timeout:
+                raise ModelLoadError(
+                    f"Waited {self.lock_timeout:g} s for another process converting the model "
+                    f"into {directory} (it holds {lock.lock_file}). Stop that process, or "
+                    "point GEMMA_CACHE_DIR at another directory."
+                ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def load(self, directory: Path, weights: WeightFormat) -> ConvertedModel:
         # The tokenizer parses on another thread (without the GIL) while the weights load; it may
@@ -172,7 +214,14 @@ class ConvertedModelStore:
             save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
             write_manifest(tmp)
-            os.replace(tmp, directory)
+            try:
+                os.replace(tmp, directory)
+            except OSError:
+                # Written meanwhile by a process that did not take the lock (an older
+                # gemma-chat): that entry is as good as this one.
+                if not directory.is_dir():
+                    raise
+                logger.info("Using the converted model another process wrote to %s", directory)
             self._remove_other_versions(directory)
             steps.update()
         finally:
