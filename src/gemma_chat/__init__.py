@@ -31,6 +31,8 @@ from gemma_chat.domain.errors import (
     ModelNotLoadedError,
     OutOfMemoryError,
     ServiceStateError,
+    SessionBusyError,
+    SessionConflictError,
     SessionNotFoundError,
     ValidationError,
 )
@@ -104,6 +106,8 @@ __all__ = [
     "Role",
     "ServiceState",
     "ServiceStateError",
+    "SessionBusyError",
+    "SessionConflictError",
     "SessionNotFoundError",
     "SessionRepository",
     "Settings",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source, source_digest
 
 import gemma_chat
 from gemma_chat import ModelLoadError
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
+from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source, source_digest
 
 # A process that converts the tiny model into a cache directory once every process given to
 # the test has started (so that they really race), counting its conversions in a log.

@@ -10,6 +10,7 @@ lets callers catch an error the usual way (``except ValueError``)::
     │   └── ContextLengthExceededError           the conversation does not fit the context
     ├── SessionNotFoundError (KeyError)
     ├── SessionConflictError                     another writer saved the session first
+    ├── SessionBusyError                         a turn while one runs, when set to reject
     ├── ConfigurationError (ValueError)          a setting invalid or unusable here
     ├── ServiceStateError (RuntimeError)         used before start / after close
     ├── ModelNotLoadedError (RuntimeError)       used before load() / after unload()
@@ -45,6 +46,7 @@ __all__ = [
     "ModelNotLoadedError",
     "OutOfMemoryError",
     "ServiceStateError",
+    "SessionBusyError",
     "SessionConflictError",
     "SessionNotFoundError",
     "ValidationError",
@@ -99,6 +101,21 @@ class SessionConflictError(GemmaChatError):
             f"Chat session {self.session_id!r} was changed by another request while this one "
             f"ran (read at version {self.version}, stored now at {self.stored_version}); "
             "nothing was saved: read the session again and retry."
+        )
+
+
+class SessionBusyError(GemmaChatError):
+    """A turn on a session that is already answering one, with
+    GEMMA_LIMITS__CONCURRENT_TURNS=reject (by default the turn waits for the other instead)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return (
+            f"Chat session {self.session_id!r} is answering another message: send the next one "
+            "when that answer is complete (GEMMA_LIMITS__CONCURRENT_TURNS=reject)."
         )
 
 

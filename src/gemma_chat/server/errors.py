@@ -24,6 +24,8 @@ from gemma_chat.domain.errors import (
     ModelNotFoundError,
     OutOfMemoryError,
     ServiceStateError,
+    SessionBusyError,
+    SessionConflictError,
     SessionNotFoundError,
     ValidationError,
 )
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # A route's ``responses=`` for /docs: every error status has the same body.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 422, 429, 500, 503, 504)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 422, 429, 500, 503, 504)
 }
 
 
@@ -86,6 +88,10 @@ def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
         return 404, "not_found_error", "session_not_found"
     if isinstance(exc, ModelNotFoundError):
         return 404, "not_found_error", "model_not_found"
+    if isinstance(exc, SessionBusyError):
+        return 409, "conflict_error", "session_busy"
+    if isinstance(exc, SessionConflictError):
+        return 409, "conflict_error", "session_conflict"
     # A remote model's server (GEMMA_REMOTE__BASE_URL) is overloaded even after the retries:
     # the same answer as our own overload, a 429 the client may retry after a while.
     if isinstance(exc, BackendOverloadedError):

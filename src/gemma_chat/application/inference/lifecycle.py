@@ -60,7 +60,9 @@ class ServiceLifecycle:
         self._policy = RequestPolicy(settings)
         self._guard = Guard(self._stats, settings.limits)
         self._answers = Answers(self._cache, self._guard)
-        self._turns = Turns(sessions, self._stats)
+        self._turns = Turns(
+            sessions, self._stats, reject_busy=settings.limits.concurrent_turns == "reject"
+        )
         performance = settings.performance
         self._pool = ModelPool(
             self._create_named_llm,

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from gemma_chat.application.inference.statistics import ServiceStatistics
-from gemma_chat.domain.errors import GemmaChatError
+from gemma_chat.domain.errors import GemmaChatError, SessionBusyError
 from gemma_chat.domain.interfaces import LLMProtocol, SessionRepository
 from gemma_chat.domain.models import (
     ChatMessage,
@@ -40,9 +40,12 @@ class Turn:
 
 
 class Turns:
-    def __init__(self, sessions: SessionRepository, stats: ServiceStatistics) -> None:
+    def __init__(
+        self, sessions: SessionRepository, stats: ServiceStatistics, *, reject_busy: bool = False
+    ) -> None:
         self._sessions = sessions
         self._stats = stats
+        self._reject_busy = reject_busy
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @asynccontextmanager
@@ -54,7 +57,11 @@ class Turns:
         model: AbstractAsyncContextManager[LLMProtocol],
     ) -> AsyncIterator[Turn]:
         # The session is read inside its lock: a turn queued behind another sees that turn.
-        async with self._lock(_session_id(session)), model as llm:
+        session_id = _session_id(session)
+        lock = self._lock(session_id)
+        if self._reject_busy and lock.locked():
+            raise SessionBusyError(session_id)
+        async with lock, model as llm:
             chat_session = await self.resolve(session)
             messages: list[ChatMessage] = [
                 *chat_session.to_chat_messages(),
@@ -69,14 +76,15 @@ class Turns:
         self, turn: Turn, completion: Completion, *, cached: bool
     ) -> InferenceResponse:
         """Add the user message, the answer and their usage to the session, all at once."""
-        _, answer = turn.session.record_turn(
+        with turn.session.recording_turn(
             turn.user_message,
             completion.text,
             completion.token_usage,
             user_token_count=_count_tokens(turn.llm, turn.user_message),
-        )
-        if await self._sessions.contains(turn.session.id):
-            await self._sessions.save(turn.session)
+        ) as (_, answer):
+            # A refused save (another process saved the session first) takes the turn back.
+            if await self._sessions.contains(turn.session.id):
+                await self._sessions.save(turn.session)
         return self.respond(
             turn.llm,
             completion,
@@ -111,7 +119,8 @@ class Turns:
         )
 
     def _lock(self, session_id: str) -> asyncio.Lock:
-        # Two turns on one session at once would interleave its history: run them in order.
+        # Two turns on one session at once would interleave its history: run them in order
+        # (asyncio.Lock wakes its waiters first come, first served).
         lock = self._locks.get(session_id)
         if lock is None:
             lock = asyncio.Lock()

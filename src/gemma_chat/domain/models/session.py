@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -150,6 +151,28 @@ class ChatSession:
         self._token_usage += token_usage
         self._touch()
         return user, assistant
+
+    @contextmanager
+    def recording_turn(
+        self,
+        user_content: str,
+        assistant_content: str,
+        token_usage: TokenUsage,
+        *,
+        user_token_count: int | None = None,
+    ) -> Iterator[tuple[Message, Message]]:
+        """``record_turn``, taken back if the block raises (a store that refused to save it):
+        the session is never left with a turn its store does not have."""
+        kept = (len(self._messages), self._token_usage, self.updated_at)
+        turn = self.record_turn(
+            user_content, assistant_content, token_usage, user_token_count=user_token_count
+        )
+        try:
+            yield turn
+        except BaseException:
+            del self._messages[kept[0] :]
+            self._token_usage, self.updated_at = kept[1], kept[2]
+            raise
 
     def clear(self) -> None:
         """Forget the messages and usage; keep the id, title, system prompt and metadata."""

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import ChatSession, StreamChunk
+from gemma_chat.domain.models import StreamChunk
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -87,17 +88,19 @@ async def delete_session(session_id: str, service: Service) -> SessionDeleted:
 async def send_message(
     session_id: str, body: SessionMessageRequest, service: Service, http: Request
 ) -> Any:
-    session = await service.get_session(session_id)  # 404 before any streaming starts
+    await service.get_session(session_id)  # 404 before any streaming starts
     parameters = body.generation_parameters(service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
+    # By id, not a copy read here: the service reads the session under its lock, so concurrent
+    # turns on it run one after another, each seeing the ones before it.
     if body.stream:
         chunks = await primed(
-            service.stream_response(session, body.content, **parameters), admission
+            service.stream_response(session_id, body.content, **parameters), admission
         )
-        events = _stream(chunks, session, first_token_timer(http))
+        events = _stream(chunks, session_id, service, first_token_timer(http))
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
     try:
-        response = await service.generate_response(session, body.content, **parameters)
+        response = await service.generate_response(session_id, body.content, **parameters)
     finally:
         admission.release()
     reply = SessionReply(
@@ -106,7 +109,7 @@ async def send_message(
         token_count=response.token_usage.completion_tokens,
     )
     return SessionMessageResponse(
-        session_id=session.id,
+        session_id=session_id,
         message=reply,
         finish_reason=finish_name(response.finish_reason),
         usage=UsageInfo(**response.token_usage.to_dict()),
@@ -117,7 +120,8 @@ async def send_message(
 
 async def _stream(
     chunks: AsyncIterator[StreamChunk],
-    session: ChatSession,
+    session_id: str,
+    service: InferenceService,
     on_first_text: Callable[[], None],
 ) -> AsyncIterator[str]:
     try:
@@ -126,10 +130,13 @@ async def _stream(
                 on_first_text()
             delta = DeltaMessage(content=chunk.text)
             if chunk.finish_reason is None:
-                yield event(SessionChunk(session_id=session.id, delta=delta))
+                yield event(SessionChunk(session_id=session_id, delta=delta))
             else:
+                # The service yields the last chunk after recording the turn and before it lets
+                # the session's next turn in: the stored session ends with this answer.
+                session = await service.get_session(session_id)
                 final = SessionFinalChunk(
-                    session_id=session.id,
+                    session_id=session_id,
                     delta=delta,
                     finish_reason=finish_name(chunk.finish_reason),
                     usage=UsageInfo.of(chunk.token_usage),

@@ -137,6 +137,9 @@ class LimitsSettings(_Section):
     max_tokens: int = Field(4096, ge=1)
     max_stop_sequences: int = Field(4, ge=0)
     request_timeout_seconds: float = Field(300.0, gt=0)
+    # A turn on a session that is answering another: "queue" runs it after that one (in arrival
+    # order); "reject" refuses it at once (SessionBusyError, HTTP 409).
+    concurrent_turns: Literal["queue", "reject"] = "queue"
 
 
 class StorageSettings(_Section):
