@@ -128,7 +128,7 @@ def test_models_lists_the_served_model(client: TestClient) -> None:
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
         ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, "must not be empty"),
         ({**CHAT, "temperature": 5}, 400, "temperature"),
-        ({**CHAT, "max_tokens": 0}, 400, "max_new_tokens"),
+        ({**CHAT, "max_tokens": 0}, 400, "Invalid max_tokens=0"),  # the public name
         ({**CHAT, "model": "no-such-model"}, 404, "no-such-model"),
     ],
 )
@@ -148,6 +148,12 @@ def test_malformed_json_is_a_422_not_a_crash(client: TestClient) -> None:
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["message"] == (
+        "The request body is not valid JSON: Expecting property name enclosed in double quotes "
+        "at character 1."
+    )
+    assert error["param"] is None
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 

@@ -41,7 +41,7 @@ def user(content: str) -> dict[str, str]:
         ([user("a")] * 4, "messages"),
         ([user("a"), user("x" * 11)], "messages[1].content"),
         ([user("a"), {"role": "assistant", "content": "b"}], "messages"),
-        ([user("")], None),
+        ([user("")], "messages[0].content"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])

@@ -58,7 +58,15 @@ class GemmaChatError(Exception):
 
 
 class ValidationError(GemmaChatError, ValueError):
-    """Input that the domain rejects; the message names the field and the accepted values."""
+    """Input that the domain rejects; the message names the field and the accepted values.
+
+    ``field`` is the rejected parameter's name as the caller passed it (``user_message``,
+    ``messages[2].content``, ``metadata.user``, ``max_new_tokens``), when there is one.
+    """
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class InvalidMessageError(ValidationError):

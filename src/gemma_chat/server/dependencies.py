@@ -24,6 +24,7 @@ __all__ = [
     "first_token_timer",
     "require_api_key",
     "require_service",
+    "serve_model",
     "state_of",
 ]
 
@@ -84,6 +85,40 @@ async def require_service(request: Request) -> InferenceService:
 
 
 Service = Annotated[InferenceService, Depends(require_service)]
+
+
+def serve_model(service: InferenceService, requested: str | None) -> str | None:
+    """The model a request may use besides the service's own (None: the service's own).
+
+    Only what the settings name: GEMMA_SERVER__MODELS, or a model directly inside
+    GEMMA_SERVER__MODEL_DIRECTORY named by its folder or file name. Any other name is a 404
+    before anything looks at the filesystem or a hub cache: a client cannot make the server
+    read arbitrary paths.
+    """
+    if requested is None or requested == service.llm.model_name:
+        return None
+    server = service.settings.server
+    if requested in server.models:
+        return requested
+    directory = server.model_directory
+    if directory is not None and _plain_name(requested):
+        candidate = directory / requested
+        if candidate.exists():
+            return str(candidate)
+    served = ", ".join(repr(name) for name in [service.llm.model_name, *server.models])
+    raise APIError(
+        404,
+        f"The model {requested!r} is not served here; this server serves {served} "
+        "(GEMMA_SERVER__MODELS, GEMMA_SERVER__MODEL_DIRECTORY).",
+        kind="not_found_error",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _plain_name(name: str) -> bool:
+    """A file or folder name, not a path: nothing outside the model directory."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def first_token_timer(request: Request) -> Callable[[], None]:

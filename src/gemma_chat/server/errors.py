@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,7 @@ __all__ = [
     "APIError",
     "PublicError",
     "error_response",
+    "field_path",
     "install_error_handlers",
     "public_error",
 ]
@@ -107,6 +109,11 @@ def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
     return 500, "server_error", None
 
 
+# InferenceService's parameter names whose HTTP names differ (the session route's body has
+# "content"; OpenAI's APIs have "max_tokens").
+_HTTP_NAMES = {"user_message": "content", "max_new_tokens": "max_tokens"}
+
+
 class PublicError:
     """What a client is told about a domain error: status, OpenAI's type and code, a message
     without anything internal (a remote server's address, a failure's details), headers."""
@@ -114,6 +121,7 @@ class PublicError:
     def __init__(self, exc: GemmaChatError) -> None:
         self.status, self.kind, self.code = _status_of(exc)
         self.headers: dict[str, str] | None = None
+        self.param: str | None = None
         if isinstance(exc, BackendOverloadedError):
             wait = exc.retry_after if exc.retry_after is not None else 1.0
             self.message = "The model's server is overloaded; retry shortly."
@@ -121,6 +129,10 @@ class PublicError:
         elif isinstance(exc, BackendUnavailableError):
             self.message = "The model's server is unavailable; retry later."
             self.headers = {"Retry-After": "5"}
+        elif isinstance(exc, ValidationError) and exc.field is not None:
+            # The library's parameter names, as the HTTP API calls them.
+            self.param = _HTTP_NAMES.get(exc.field, exc.field)
+            self.message = str(exc).replace(exc.field, self.param, 1)
         elif self.status < 500 or self.status in (503, 504):
             self.message = str(exc)
         else:
@@ -130,12 +142,24 @@ class PublicError:
 def public_error(exc: GemmaChatError) -> PublicError:
     """``exc`` as the client sees it; logged here when the client is not told the details."""
     public = PublicError(exc)
+    if public.status < 500 and public.status != 429:
+        return public  # the client's own mistake, told to it in full
     if public.message != str(exc):
         log = logger.warning if public.status in (429, 503) else logger.error
         log("Request failed: %s: %s", type(exc).__name__, exc)
     elif public.status >= 500:
         logger.error("Request failed: %s: %s", type(exc).__name__, exc)
     return public
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as a client writes the field: ``messages[0].content``."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -149,13 +173,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(_: Request, exc: GemmaChatError) -> JSONResponse:
         public = public_error(exc)
         return error_response(
-            public.status, public.message, public.kind, code=public.code, headers=public.headers
+            public.status,
+            public.message,
+            public.kind,
+            code=public.code,
+            param=public.param,
+            headers=public.headers,
         )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+            at = first.get("loc", ("body", "?"))[-1]
+            reason = first.get("ctx", {}).get("error", "invalid JSON")
+            message = f"The request body is not valid JSON: {reason} at character {at}."
+            return error_response(422, message, "invalid_request_error")
+        where = field_path(first.get("loc", ()))
         message = f"Invalid request: {where or 'body'}: {first.get('msg', 'invalid value')}."
         return error_response(422, message, "invalid_request_error", param=where or None)
 

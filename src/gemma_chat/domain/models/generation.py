@@ -120,7 +120,9 @@ class GenerationConfig:
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
     if not ok:
-        raise InvalidGenerationConfigError(f"Invalid {name}={value!r}: expected {expected}.")
+        raise InvalidGenerationConfigError(
+            f"Invalid {name}={value!r}: expected {expected}.", field=name
+        )
 
 
 @dataclass(frozen=True, slots=True)

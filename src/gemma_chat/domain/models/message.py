@@ -94,12 +94,22 @@ def validate_text(text: object, *, what: str) -> str:
     valid Unicode and no NUL character. The error names the field (``what``) and never repeats
     the bad text, so that it can itself be encoded."""
     if not isinstance(text, str):
-        raise InvalidMessageError(f"{what} must be a string, got {type(text).__name__}.")
+        raise InvalidMessageError(
+            f"{what} must be a string, got {type(text).__name__}.", field=_field(what)
+        )
     _reject_surrogates(text, what)
     nul = text.find("\x00")
     if nul >= 0:
-        raise InvalidMessageError(f"{what} contains a NUL character (U+0000) at {nul}: remove it.")
+        raise InvalidMessageError(
+            f"{what} contains a NUL character (U+0000) at {nul}: remove it.", field=_field(what)
+        )
     return text
+
+
+def _field(what: str) -> str | None:
+    """``what`` when it names a parameter (``user_message``, ``messages[0].content``), not a
+    description (``Message content``)."""
+    return None if " " in what else what
 
 
 def _reject_surrogates(text: str, what: str) -> None:
@@ -107,7 +117,8 @@ def _reject_surrogates(text: str, what: str) -> None:
     if surrogate is not None:
         raise InvalidMessageError(
             f"{what} contains the lone surrogate U+{ord(surrogate.group()):04X} at "
-            f"{surrogate.start()}, which is not valid Unicode: send text as UTF-8."
+            f"{surrogate.start()}, which is not valid Unicode: send text as UTF-8.",
+            field=_field(what),
         )
 
 
@@ -121,17 +132,20 @@ def validate_content(
     """Check text a client sent. ``model_output``: text a model wrote, which may be empty and
     may hold control characters (it is stored as it was, and must not poison the history)."""
     if not isinstance(content, str):
-        raise InvalidMessageError(f"{what} must be a string, got {type(content).__name__}.")
+        raise InvalidMessageError(
+            f"{what} must be a string, got {type(content).__name__}.", field=_field(what)
+        )
     _reject_surrogates(content, what)  # a model's own output never has them (it is decoded)
     if not (allow_empty or model_output) and not content.strip():
-        raise InvalidMessageError(f"{what} must not be empty.")
+        raise InvalidMessageError(f"{what} must not be empty.", field=_field(what))
     if model_output:
         return content
     control = _CONTROL.search(content)
     if control is not None:
         raise InvalidMessageError(
             f"{what} contains the control character U+{ord(control.group()):04X} at "
-            f"{control.start()}: remove it (tabs and newlines are fine)."
+            f"{control.start()}: remove it (tabs and newlines are fine).",
+            field=_field(what),
         )
     return content
 

@@ -52,7 +52,8 @@ def absent(value: object) -> bool:
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a value of the wrong JSON type is refused, never coerced ("1" is not 1).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str
@@ -65,7 +66,7 @@ class StreamOptions(BaseModel):
 class GenerationRequest(BaseModel):
     """The generation parameters every generating route takes."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     temperature: float | None = None
@@ -78,8 +79,9 @@ class GenerationRequest(BaseModel):
     repetition_penalty: float | None = None
     stream: bool = False
 
-    def generation_parameters(self, served_model: str) -> dict[str, Any]:
-        """Keyword arguments for InferenceService; ``model`` only when another one is named."""
+    def generation_parameters(self, other_model: str | None) -> dict[str, Any]:
+        """Keyword arguments for InferenceService; ``other_model``: a model other than the
+        service's own that the request named and the server allows (``serve_model``)."""
         parameters: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -89,8 +91,8 @@ class GenerationRequest(BaseModel):
             "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty,
         }
-        if self.model and self.model != served_model:
-            parameters["model"] = self.model
+        if other_model is not None:
+            parameters["model"] = other_model
         return parameters
 
     def _max_new_tokens(self) -> int | None:

@@ -16,6 +16,7 @@ from gemma_chat.server.dependencies import (
     Service,
     first_token_timer,
     require_api_key,
+    serve_model,
 )
 from gemma_chat.server.errors import ERROR_RESPONSES, APIError
 from gemma_chat.server.protocol import (
@@ -118,7 +119,7 @@ def _only_one_choice(n: int) -> None:
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     _only_one_choice(request.n)
     messages = _conversation(request, service.settings.limits)
-    parameters = request.generation_parameters(service.llm.model_name)
+    parameters = request.generation_parameters(serve_model(service, request.model))
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
@@ -170,7 +171,7 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
             400, "Send one prompt (a string).", kind="invalid_request_error", param="prompt"
         )
     _only_one_choice(request.n)
-    parameters = request.generation_parameters(service.llm.model_name)
+    parameters = request.generation_parameters(serve_model(service, request.model))
     model = parameters.get("model", service.llm.model_name)
     completion_id, created = new_id("cmpl"), now()
     admission = Admission(http)

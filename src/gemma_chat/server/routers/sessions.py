@@ -17,6 +17,7 @@ from gemma_chat.server.dependencies import (
     Service,
     first_token_timer,
     require_api_key,
+    serve_model,
 )
 from gemma_chat.server.errors import ERROR_RESPONSES
 from gemma_chat.server.protocol import (
@@ -89,7 +90,7 @@ async def send_message(
     session_id: str, body: SessionMessageRequest, service: Service, http: Request
 ) -> Any:
     await service.get_session(session_id)  # 404 before any streaming starts
-    parameters = body.generation_parameters(service.llm.model_name)
+    parameters = body.generation_parameters(serve_model(service, body.model))
     admission = Admission(http)  # 429 when too many requests are in flight
     # By id, not a copy read here: the service reads the session under its lock, so concurrent
     # turns on it run one after another, each seeing the ones before it.

@@ -119,6 +119,11 @@ class ServerSettings(_Section):
     max_pending_requests: int = Field(64, ge=1)
     # On SIGTERM: stop accepting, give requests in flight this long, then cancel them.
     shutdown_timeout_seconds: float = Field(10.0, gt=0)
+    # Models besides GEMMA_MODEL__NAME that requests may name (loaded on demand); any other
+    # name is a 404, so a client cannot make the server read arbitrary paths.
+    models: list[str] = Field(default_factory=list)
+    # A folder whose models (folders or .gguf files directly inside it) requests may name.
+    model_directory: Path | None = None
     # Open connections; a new one beyond it closes the longest-idle one (server/connections.py).
     max_connections: int = Field(1000, ge=1)
     # A connection that has not sent a whole request head this long after connecting (or after
