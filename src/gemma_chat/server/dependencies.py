@@ -4,18 +4,21 @@ model loads), the API key, a place among the requests in flight, the time-to-fir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from gemma_chat.application.inference import InferenceService
-from gemma_chat.server.errors import APIError
+from gemma_chat.server.errors import APIError, ClientDisconnected
 from gemma_chat.server.metrics import ServerMetrics
 from gemma_chat.shared.config import Settings
+
+T = TypeVar("T")
 
 __all__ = [
     "Admission",
@@ -136,6 +139,12 @@ def first_token_timer(request: Request) -> Callable[[], None]:
     return observe
 
 
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body is read: the next message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class Admission:
     """A place among the generation requests in flight, or a 429 when there is none.
 
@@ -155,6 +164,32 @@ class Admission:
             )
         state.pending += 1
         self._state: ServerState | None = state
+        self._request = request
+
+    async def answer(self, call: Awaitable[T]) -> T:
+        """``call``'s result (``until_disconnected``), the place released after it."""
+        try:
+            return await self.until_disconnected(call)
+        finally:
+            self.release()
+
+    async def until_disconnected(self, call: Awaitable[T]) -> T:
+        """``call``'s result; a client that disconnects first cancels it, as a stream's does
+        once it runs (the generation stops at its next decode step, and the service counts it
+        as cancelled), and ``ClientDisconnected`` is raised."""
+        work = asyncio.ensure_future(call)
+        gone = asyncio.ensure_future(_disconnected(self._request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                raise ClientDisconnected
+            return work.result()
+        finally:
+            gone.cancel()
+            work.cancel()  # this request itself cancelled (server shutdown): the work too
 
     def release(self) -> None:
         """Idempotent: a stream releases when it ends, or when it is dropped unstarted."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemma_chat.domain.errors import (
@@ -35,6 +35,7 @@ from gemma_chat.server.protocol import ErrorBody, ErrorResponse
 __all__ = [
     "ERROR_RESPONSES",
     "APIError",
+    "ClientDisconnected",
     "PublicError",
     "error_response",
     "field_path",
@@ -162,7 +163,16 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; nobody is left to send it to."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientDisconnected)
+    async def client_gone(_: Request, exc: ClientDisconnected) -> Response:
+        # nginx's "client closed request": only logs and metrics see it.
+        return Response(status_code=499)
+
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(

@@ -7,10 +7,10 @@ Each app has its own registry, so several apps (tests) never share counters.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
@@ -34,6 +34,12 @@ class _ServiceCollector(Collector):
         tokens = CounterMetricFamily("gemma_tokens_generated", "Completion tokens generated")
         tokens.add_metric([], stats["total_completion_tokens"])
         yield tokens
+        cancelled = CounterMetricFamily(
+            "gemma_requests_cancelled",
+            "Generations stopped before their end (the client disconnected, streamed or not)",
+        )
+        cancelled.add_metric([], stats["cancelled_count"])
+        yield cancelled
         hits = CounterMetricFamily("gemma_cache_hits", "Answers served from the response cache")
         hits.add_metric([], stats["cache_hits"])
         yield hits
@@ -76,13 +82,33 @@ class ServerMetrics:
 
 def install_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
     """Count and time every request by its route (``/metrics`` serves them: routers/health.py)."""
+    app.add_middleware(_RequestMetrics, metrics=metrics)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+
+class _RequestMetrics:
+    """Pure ASGI, not ``@app.middleware``: Starlette's BaseHTTPMiddleware wraps ``receive`` so
+    that an endpoint waiting for the client's disconnect never hears of it."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+        status = 500  # an app that raised without answering
+
+        async def observed(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)

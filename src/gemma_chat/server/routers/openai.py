@@ -134,7 +134,9 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
                 id=chunk_id, created=created, model=model, choices=[], usage=usage
             )
 
-        chunks = await primed(service.stream_chat(messages, **parameters), admission)
+        chunks = await admission.until_disconnected(
+            primed(service.stream_chat(messages, **parameters), admission)
+        )
         events = _events(
             chunks,
             chunk,
@@ -143,10 +145,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
             first=DeltaMessage(role="assistant", content=""),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
-    try:
-        response = await service.chat(messages, **parameters)
-    finally:
-        admission.release()
+    response = await admission.answer(service.chat(messages, **parameters))
     choice = ChatCompletionChoice(
         message=ChatMessageOut(content=response.content),
         finish_reason=finish_name(response.finish_reason),
@@ -186,7 +185,9 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
                 id=completion_id, created=created, model=model, choices=[], usage=usage
             )
 
-        chunks = await primed(service.stream_completion(prompts[0], **parameters), admission)
+        chunks = await admission.until_disconnected(
+            primed(service.stream_completion(prompts[0], **parameters), admission)
+        )
         events = _events(
             chunks,
             chunk,
@@ -194,10 +195,7 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
             first_token_timer(http),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
-    try:
-        completion = await service.complete(prompts[0], **parameters)
-    finally:
-        admission.release()
+    completion = await admission.answer(service.complete(prompts[0], **parameters))
     choice = CompletionChoice(
         text=completion.text, finish_reason=finish_name(completion.finish_reason)
     )

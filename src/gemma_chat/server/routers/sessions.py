@@ -95,15 +95,14 @@ async def send_message(
     # By id, not a copy read here: the service reads the session under its lock, so concurrent
     # turns on it run one after another, each seeing the ones before it.
     if body.stream:
-        chunks = await primed(
-            service.stream_response(session_id, body.content, **parameters), admission
+        chunks = await admission.until_disconnected(
+            primed(service.stream_response(session_id, body.content, **parameters), admission)
         )
         events = _stream(chunks, session_id, service, first_token_timer(http))
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
-    try:
-        response = await service.generate_response(session_id, body.content, **parameters)
-    finally:
-        admission.release()
+    response = await admission.answer(
+        service.generate_response(session_id, body.content, **parameters)
+    )
     reply = SessionReply(
         id=response.message_id,
         content=response.content,
