@@ -46,6 +46,16 @@ def test_every_function_the_header_states_is_exported_by_the_library(kernels: Q8
     assert {"q8p_matmul", "gemma_decode_block", "q8_top_k_rows"} <= set(names)
     for name in names:
         assert callable(getattr(kernels._lib, name)), name  # cffi resolves the symbol here
+    nm = shutil.which("nm")
+    if nm is not None:  # and nothing else: the operations' bodies stay inside the library
+        table = subprocess.run(
+            [nm, "-D", "--defined-only", str(kernels.path)],
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout
+        exported = {line.split()[-1] for line in table.splitlines() if line.strip()}
+        assert {name for name in exported if not name.startswith("bpe_")} == set(names)
 
 
 def test_cffi_lays_the_structs_out_as_the_c_compiler_does(

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -32,6 +33,7 @@ _FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-lm"]
 LOCK_TIMEOUT = 600.0  # seconds to wait for another process's build of the same entry
 
 _built: dict[Path, Path | None] = {}  # this process's answer per entry: worked out once
+_building = threading.Lock()  # the tokenizer's prefetch thread asks beside the model's load
 _loaded: dict[Path, ctypes.CDLL] = {}
 
 
@@ -46,9 +48,10 @@ def build_library(cache_dir: Path, *, march: str = "native") -> Path | None:
     directory = Path(cache_dir) / "kernels"
     key = _key(compiler, flags)
     entry = directory / key
-    if entry not in _built:
-        _built[entry] = _build(directory, key, compiler, flags, sources)
-    return _built[entry]
+    with _building:
+        if entry not in _built:
+            _built[entry] = _build(directory, key, compiler, flags, sources)
+        return _built[entry]
 
 
 def load_library(cache_dir: Path, *, march: str = "native") -> ctypes.CDLL | None:

@@ -86,7 +86,7 @@ class Q8Kernels:
     """The library's functions (``kernels/q8.h``), called through cffi."""
 
     def __init__(self, library: Path) -> None:
-        self.ffi = _ffi()
+        self.ffi, self.path = _ffi(), library
         self._lib = self.ffi.dlopen(str(library))
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         self._lib.gemma_set_threads(torch.get_num_threads())
@@ -181,7 +181,14 @@ class Q8Kernels:
 def load_kernels(cache_dir: Path, *, march: str = "native") -> Q8Kernels | None:
     """The compiled kernels (``native.build_library``); None when no C compiler can build them."""
     library = build_library(cache_dir, march=march)
-    return Q8Kernels(library) if library is not None else None
+    if library is None:
+        return None
+    try:
+        return Q8Kernels(library)
+    except OSError as exc:  # not a library any more (changed under us): built again next time
+        logger.warning("Could not load the native kernels (%s); rebuilding next time", exc)
+        library.unlink(missing_ok=True)
+        return None
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
