@@ -105,16 +105,9 @@ class Q8Kernels:
         """[M, K] x [N, K]^T -> [M, N] float32."""
         m, k = xq.shape
         y = torch.empty((m, w.out_features), dtype=torch.float32)
+        weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
         self._lib.q8p_matmul(
-            xq.data_ptr(),
-            xs.data_ptr(),
-            w.q.data_ptr(),
-            w.scale.data_ptr(),
-            w.mult,
-            y.data_ptr(),
-            m,
-            w.out_features,
-            k,
+            xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k
         )
         return y
 
