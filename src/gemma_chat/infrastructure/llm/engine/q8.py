@@ -1,8 +1,9 @@
 """int8 weights and activations in blocks of 32 (llama.cpp's Q8_0), computed by our C kernels.
 
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
-DEVELOPMENT.md), so the kernels are ours: ``kernels/q8.c``, compiled once with the system's C
-compiler for the machine it runs on (native.py). Weights are packed for AVX-512 VNNI (AVX2
+DEVELOPMENT.md), so the kernels are ours: ``kernels/*.c`` behind ``kernels/q8.h``, compiled once
+with the system's C compiler for the machine it runs on (native.py), bound with cffi from the
+header itself. Weights are packed for AVX-512 VNNI (AVX2
 reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
 (``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 % over float32
@@ -11,17 +12,20 @@ results do not depend on the batch size, and each decoder block runs in one C ca
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
+import re
+from functools import cache
 from pathlib import Path
+from typing import Any
 
+import cffi
 import torch
 from torch import nn
 
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
-from gemma_chat.infrastructure.llm.engine.native import load_library
+from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library
 
 __all__ = [
     "BLOCK",
@@ -29,6 +33,7 @@ __all__ = [
     "Q8Embedding",
     "Q8Kernels",
     "Q8Linear",
+    "declarations",
     "empty_q8_model",
     "load_kernels",
     "pack_weight",
@@ -39,9 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BLOCK = 32
-LANES = 16  # output rows packed side by side (kernels/q8.c)
-_P, _I = ctypes.c_void_p, ctypes.c_int64
-
+LANES = 16  # output rows packed side by side (kernels/matmul.c)
+HEADER = KERNELS / "q8.h"
 
 _LINEARS = ("qkv", "o", "gate_up", "down")
 _NORMS = (
@@ -54,57 +58,40 @@ _NORMS = (
 )
 
 
-# The C structs of kernels/q8.c (q8_weight, gemma_block), field for field.
-class _WeightArgs(ctypes.Structure):
-    _fields_ = [("q", _P), ("s", _P), ("mult", ctypes.c_float), ("n", _I), ("k", _I)]
+def declarations(header: str) -> str:
+    """The C declarations cffi binds: the header's section between ``cffi:begin`` and
+    ``cffi:end``, with every function's pointer parameters taken as addresses (``uintptr_t``).
+    Tensors are passed as ``data_ptr()`` integers, which cffi takes as they are instead of
+    through an ``ffi.cast`` per argument; both are passed alike on 64-bit targets."""
+    section = header.split("/* cffi:begin */")[1].split("/* cffi:end */")[0]
+    section = re.sub(r"/\*.*?\*/", "", section, flags=re.S)
+
+    def by_address(function: re.Match[str]) -> str:
+        parameters = [
+            "uintptr_t " + re.split(r"[\s*]+", p.strip())[-1] if "*" in p else p.strip()
+            for p in function.group(2).split(",")
+        ]
+        return f"{function.group(1)}({', '.join(parameters)});"
+
+    return re.sub(r"(\w+)\s*\(([^()]*)\)\s*;", by_address, section)
 
 
-class _BlockArgs(ctypes.Structure):
-    _fields_ = [
-        *((name, _WeightArgs) for name in _LINEARS),
-        *((name, _P) for name in _NORMS),
-        *(
-            (name, _I)
-            for name in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "window")
-        ),
-        ("eps", ctypes.c_float),
-        ("scaling", ctypes.c_float),
-    ]
+@cache
+def _ffi() -> Any:
+    ffi = cffi.FFI()
+    ffi.cdef(declarations(HEADER.read_text()))
+    return ffi
 
 
 class Q8Kernels:
-    def __init__(self, library: ctypes.CDLL) -> None:
-        self._lib = library
-        library.gemma_set_threads.argtypes = [ctypes.c_int]
-        library.gemma_set_threads.restype = None
+    """The library's functions (``kernels/q8.h``), called through cffi."""
+
+    def __init__(self, library: Path) -> None:
+        self.ffi, self.path = _ffi(), library
+        self._lib = self.ffi.dlopen(str(library))
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
-        library.gemma_set_threads(torch.get_num_threads())
-        library.q8_vector_kernels.argtypes = []
-        library.q8_vector_kernels.restype = ctypes.c_int
-        self.vectorized = bool(library.q8_vector_kernels())  # AVX-512 VNNI or AVX2
-        library.q8_quantize_rows.argtypes = [_P, _P, _P, _I, _I]
-        library.q8_quantize_rows.restype = None
-        library.q8p_matmul.argtypes = [_P, _P, _P, _P, ctypes.c_float, _P, _I, _I, _I]
-        library.q8p_matmul.restype = None
-        library.q8_argmax_rows.argtypes = [_P, _I, _I, _P]
-        library.q8_argmax_rows.restype = None
-        library.q8_top_k_rows.argtypes = [_P, _I, _I, _I, _P, _P]
-        library.q8_top_k_rows.restype = None
-        library.q8p_rows.argtypes = [_P, _P, ctypes.c_float, _P, _I, _I, _P]
-        library.q8p_rows.restype = None
-        library.gemma_decode_block.argtypes = [
-            ctypes.POINTER(_BlockArgs),
-            _P,
-            _I,
-            _P,
-            _P,
-            _P,
-            _P,
-            _P,
-            _P,
-            _I,
-        ]
-        library.gemma_decode_block.restype = None
+        self._lib.gemma_set_threads(torch.get_num_threads())
+        self.vectorized = bool(self._lib.q8_vector_kernels())  # AVX-512 VNNI or AVX2
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [M, K] float32 -> int8 values [M, K] and float32 scales [M, K/32]."""
@@ -119,16 +106,9 @@ class Q8Kernels:
         """[M, K] x [N, K]^T -> [M, N] float32."""
         m, k = xq.shape
         y = torch.empty((m, w.out_features), dtype=torch.float32)
+        weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
         self._lib.q8p_matmul(
-            xq.data_ptr(),
-            xs.data_ptr(),
-            w.q.data_ptr(),
-            w.scale.data_ptr(),
-            w.mult,
-            y.data_ptr(),
-            m,
-            w.out_features,
-            k,
+            xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k
         )
         return y
 
@@ -170,7 +150,7 @@ class Q8Kernels:
 
     def block(
         self,
-        block: _BlockArgs,
+        block: int,  # the address of a gemma_block (Q8BlockDecoder)
         x: torch.Tensor,  # [R, E] float32 rows (tokens), updated in place
         slots: torch.Tensor,  # [R] int64
         positions: torch.Tensor,  # [R] int64
@@ -179,7 +159,7 @@ class Q8Kernels:
     ) -> None:
         keys, values = cache
         self._lib.gemma_decode_block(
-            ctypes.byref(block),
+            block,
             x.data_ptr(),
             x.shape[0],
             slots.data_ptr(),
@@ -193,9 +173,16 @@ class Q8Kernels:
 
 
 def load_kernels(cache_dir: Path, *, march: str = "native") -> Q8Kernels | None:
-    """The compiled kernels (``native.load_library``); None when no C compiler can build them."""
-    library = load_library(cache_dir, march=march)
-    return Q8Kernels(library) if library is not None else None
+    """The compiled kernels (``native.build_library``); None when no C compiler can build them."""
+    library = build_library(cache_dir, march=march)
+    if library is None:
+        return None
+    try:
+        return Q8Kernels(library)
+    except OSError as exc:  # not a library any more (changed under us): built again next time
+        logger.warning("Could not load the native kernels (%s); rebuilding next time", exc)
+        library.unlink(missing_ok=True)
+        return None
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,9 +197,9 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def pack_weight(
     q: torch.Tensor, scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """int8 [N, K] and scales [N, K/32] -> the kernel's layout (``kernels/q8.c``): bytes q + 128
-    as [N/16, K/32, 8, 16, 4], float16 scales as [N/16, K/32, 16], and the factor [1] the
-    scales were divided by to sit well inside float16's range."""
+    """int8 [N, K] and scales [N, K/32] -> the kernel's layout (``kernels/matmul.c``): bytes
+    q + 128 as [N/16, K/32, 8, 16, 4], float16 scales as [N/16, K/32, 16], and the factor [1]
+    the scales were divided by to sit well inside float16's range."""
     n, k = q.shape
     pad = -n % LANES
     q = torch.cat([q, q.new_zeros((pad, k))]) if pad else q
@@ -292,47 +279,49 @@ class Q8BlockDecoder:
     def __init__(self, kernels: Q8Kernels, blocks: nn.ModuleList) -> None:
         self.kernels = kernels
         self._blocks = blocks
-        self._args: list[_BlockArgs] = []
-        self._alive: list[torch.Tensor] = []  # tensors the C structs point into
+        self._args: list[int] = []  # each block's gemma_block, by address
+        self._alive: list[Any] = []  # the structs, and the tensors they point into
 
     def _build(self) -> None:
+        ffi = self.kernels.ffi
         for block in self._blocks:
             assert isinstance(block, Block)
-
             norms = {}
             for name in _NORMS:
                 scale = (1.0 + getattr(block, name).weight.float()).contiguous()
-                self._alive.append(scale)
-                norms[name] = scale.data_ptr()
+                norms[name] = self._pointer(scale)
             config = block.config
-            self._args.append(
-                _BlockArgs(
-                    qkv=self._weight(block.qkv),
-                    o=self._weight(block.o),
-                    gate_up=self._weight(block.gate_up),
-                    down=self._weight(block.down),
+            args = ffi.new(
+                "gemma_block *",
+                {
+                    **{name: self._weight(getattr(block, name)) for name in _LINEARS},
                     **norms,
-                    hidden=config.hidden_size,
-                    heads=block.heads,
-                    kv_heads=block.kv_heads,
-                    head_dim=block.head_dim,
-                    intermediate=config.intermediate_size,
-                    window=config.sliding_window if block.sliding else 0,
-                    eps=config.rms_norm_eps,
-                    scaling=block.scaling,
-                )
+                    "hidden": config.hidden_size,
+                    "heads": block.heads,
+                    "kv_heads": block.kv_heads,
+                    "head_dim": block.head_dim,
+                    "intermediate": config.intermediate_size,
+                    "window": config.sliding_window if block.sliding else 0,
+                    "eps": config.rms_norm_eps,
+                    "scaling": block.scaling,
+                },
             )
+            self._alive.append(args)
+            self._args.append(int(ffi.cast("uintptr_t", args)))
 
-    def _weight(self, linear: nn.Module) -> _WeightArgs:
+    def _pointer(self, tensor: torch.Tensor) -> Any:
+        self._alive.append(tensor)
+        return self.kernels.ffi.cast("void *", tensor.data_ptr())
+
+    def _weight(self, linear: nn.Module) -> dict[str, Any]:
         assert isinstance(linear, Q8Linear)
-        self._alive += [linear.q, linear.scale]
-        return _WeightArgs(
-            linear.q.data_ptr(),
-            linear.scale.data_ptr(),
-            linear.mult,
-            linear.out_features,
-            linear.in_features,
-        )
+        return {
+            "q": self._pointer(linear.q),
+            "s": self._pointer(linear.scale),
+            "mult": linear.mult,
+            "n": linear.out_features,
+            "k": linear.in_features,
+        }
 
     def rows(
         self,

@@ -1,0 +1,106 @@
+/* Matrix products on packed weights, and the lookup of a packed table's rows.
+ *
+ * Weights are stored for VNNI's dpbusd: as unsigned bytes w + 128, 16 output rows side by side
+ * four k at a time: [N/16][K/32][8][16][4], with one float16 scale per row and block of 32:
+ * [N/16][K/32][16]. One dpbusd then adds 4 products to each of 16 outputs, with the 4 int8
+ * activations broadcast, and the float work (one conversion, one multiply and one FMA) is per
+ * 16 outputs and block, not per output and block: ~4x fewer instructions than a dot product
+ * per output. The +128 comes back out as 128 * sum(x) per row and block.
+ *
+ * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
+ * row's result does not depend on the rows computed beside it. The generic body is here; the
+ * instruction-set ones are in matmul_avx512.c (VNNI) and matmul_avx2.c.
+ */
+#include <stdlib.h>
+
+#include "q8_impl.h"
+
+/* 128 * sum of each row's int8 block: the correction for the weights' +128 */
+static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
+    const int64_t nb = K / QK;
+    int32_t *c = malloc(sizeof(int32_t) * M * nb);
+    for (int64_t r = 0; r < M * nb; r++) {
+        int32_t sum = 0;
+        for (int i = 0; i < QK; i++) sum += xq[r * QK + i];
+        c[r] = 128 * sum;
+    }
+    return c;
+}
+
+/* The same arithmetic, one output at a time (scalar FMAs give the same bits as the lanes). */
+void q8_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *xc,
+                               const uint8_t *wq, const uint16_t *ws, float mult, float *y,
+                               int64_t M, int64_t t, int two, int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    for (int64_t tt = t; tt <= t + two; tt++)
+        for (int lane = 0; lane < LANES && tt * LANES + lane < N; lane++)
+            for (int64_t m = 0; m < M; m++) {
+                float f = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *w = wq + (tt * nb + b) * (8 * 64) + lane * 4;
+                    const int8_t *x = xq + m * K + b * QK;
+                    int32_t acc = 0;
+                    for (int kq = 0; kq < 8; kq++)
+                        for (int j = 0; j < 4; j++) acc += (int32_t)w[kq * 64 + j] * x[kq * 4 + j];
+                    const float d =
+                        xs[m * nb + b] * half_to_float(ws[(tt * nb + b) * LANES + lane]);
+                    f = fmaf((float)(acc - xc[m * nb + b]), d, f);
+                }
+                y[m * N + tt * LANES + lane] = f * mult;
+            }
+}
+
+typedef struct {
+    const int8_t *xq;
+    const float *xs;
+    const int32_t *xc;
+    const uint8_t *wq;
+    const uint16_t *ws;
+    float mult;
+    float *y;
+    int64_t M, N, K, tiles;
+} matmul_job;
+
+static void matmul_tile_pair(void *ctx, int64_t pair) {
+    const matmul_job *j = ctx;
+    const int64_t t = 2 * pair;
+    q8_tiles_product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t,
+                     t + 1 < j->tiles, j->N, j->K);
+}
+
+void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                float mult, float *y, int64_t M, int64_t N, int64_t K) {
+    int32_t *xc = Q8_USES_BLOCK_SUMS ? block_sums(xq, M, K) : NULL;
+    const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
+    matmul_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
+    /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
+     * (prefetched), and several per thread still even out a thread that falls behind */
+    parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
+    free(xc);
+}
+
+void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
+              int64_t K, float *out) {
+    const int64_t nb = K / QK;
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t t = ids[r] / LANES, lane = ids[r] % LANES;
+        for (int64_t b = 0; b < nb; b++) {
+            const float d = half_to_float(ws[(t * nb + b) * LANES + lane]) * mult;
+            const uint8_t *w = wq + (t * nb + b) * (8 * 64) + lane * 4;
+            for (int kq = 0; kq < 8; kq++)
+                for (int j = 0; j < 4; j++)
+                    out[r * K + b * QK + kq * 4 + j] = (float)((int32_t)w[kq * 64 + j] - 128) * d;
+        }
+    }
+}
+
+
+int q8_vector_kernels(void) {
+#if defined(Q8_AVX512_VNNI)
+    return 1;
+#elif defined(Q8_AVX2_INT8)
+    return 2;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,78 @@
+/* The int8 products with AVX2, FMA and F16C (the same bits as matmul.c's generic body). */
+#include "q8_impl.h"
+
+#if defined(Q8_AVX2_INT8)
+#include <immintrin.h>
+
+/* AVX2 (256-bit registers): each 64-byte group of the packed layout is two halves of 8 outputs.
+ * maddubs multiplies |x| (unsigned) by the weights carrying x's signs; its 16-bit pair sums stay
+ * within 2 * 127 * 127, so nothing saturates, and madd widens them to 32 bits: the same int32
+ * sums as dpbusd, then the same float work per output and block, so the same bits as the other
+ * paths. Two rows share each weight load. */
+#define MR2 2
+static inline __attribute__((always_inline)) void tile_product8(
+    const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
+    float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    __m256 f[MR2][2];
+    for (int m = 0; m < mr; m++) f[m][0] = f[m][1] = _mm256_setzero_ps();
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    (void)xc; /* the +128 correction is for dpbusd's unsigned weights */
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *w = wq + (t * nb + b) * (8 * 64);
+        __m256i acc[MR2][2];
+        for (int m = 0; m < mr; m++) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+        for (int kq = 0; kq < 8; kq++) {
+            const __m256i lo = _mm256_loadu_si256((const __m256i *)(w + kq * 64));
+            const __m256i hi = _mm256_loadu_si256((const __m256i *)(w + kq * 64 + 32));
+            _mm_prefetch(ahead(w + kq * 64), _MM_HINT_T1);
+            for (int m = 0; m < mr; m++) {
+                int32_t quad;
+                memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
+                const __m256i x = _mm256_set1_epi32(quad);
+                const __m256i ax = _mm256_abs_epi8(x);
+                const __m256i slo = _mm256_sign_epi8(_mm256_xor_si256(lo, flip), x);
+                const __m256i shi = _mm256_sign_epi8(_mm256_xor_si256(hi, flip), x);
+                const __m256i plo = _mm256_maddubs_epi16(ax, slo);
+                const __m256i phi = _mm256_maddubs_epi16(ax, shi);
+                acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(plo, ones));
+                acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(phi, ones));
+            }
+        }
+        const uint16_t *sc = ws + (t * nb + b) * LANES;
+        const __m256 s0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sc));
+        const __m256 s1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8)));
+        for (int m = 0; m < mr; m++) {
+            const __m256 dx = _mm256_set1_ps(xs[(m0 + m) * nb + b]);
+            const __m256 d0 = _mm256_mul_ps(dx, s0), d1 = _mm256_mul_ps(dx, s1);
+            f[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][0]), d0, f[m][0]);
+            f[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][1]), d1, f[m][1]);
+        }
+    }
+    const __m256 scale = _mm256_set1_ps(mult);
+    for (int m = 0; m < mr; m++)
+        for (int h = 0; h < 2; h++) {
+            const int64_t n0 = t * LANES + h * 8;
+            if (n0 >= N) break;
+            const __m256 out = _mm256_mul_ps(f[m][h], scale);
+            if (N - n0 >= 8) {
+                _mm256_storeu_ps(y + (m0 + m) * N + n0, out);
+            } else {
+                const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(N - n0)),
+                                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                _mm256_maskstore_ps(y + (m0 + m) * N + n0, keep, out);
+            }
+        }
+}
+
+void q8_tiles_product_avx2(const int8_t *xq, const float *xs, const int32_t *xc,
+                           const uint8_t *wq, const uint16_t *ws, float mult, float *y,
+                           int64_t M, int64_t t, int two, int64_t N, int64_t K) {
+    for (int64_t tt = t; tt <= t + two; tt++) {
+        int64_t m0 = 0;
+        for (; M - m0 >= MR2; m0 += MR2)
+            tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K);
+        if (m0 < M) tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 1, tt, N, K);
+    }
+}
+#endif

@@ -1,0 +1,80 @@
+/* The int8 kernels' interface: every struct and function the library exports to Python.
+ *
+ * int8 x int8 matrix products in blocks of 32 along K, as llama.cpp's Q8_0, and the Gemma 3
+ * decoder block built on them. Weights and activations are quantized per block of 32 values
+ * with one scale each. Every output element is reduced in the same order whatever M is, so a
+ * row's result does not depend on how many rows are computed together (batched decoding stays
+ * equal to unbatched).
+ *
+ * This header is the one statement of the interface: q8.py hands the section between the
+ * "cffi:begin" and "cffi:end" markers to cffi's cdef, so the Python side cannot drift from it.
+ * Keep that section plain C declarations (no preprocessor lines). The sources behind it:
+ *   thread_pool.c          the workers every parallel loop runs on
+ *   quantize*.c            float32 -> int8 blocks, float32 -> float16 rows
+ *   matmul*.c              int8 products on packed weights, the embedding lookup
+ *   attention*.c           scores, softmax, weighted sums over float16 keys and values
+ *   activations*.c         RMSNorm, GELU
+ *   select*.c              argmax, top-k
+ *   decoder_block.c        one Gemma 3 decoder block from the above
+ * where the file without a suffix holds the generic (reference) body of each operation and
+ * *_avx512.c / *_avx2.c the bodies for those instruction sets (q8_impl.h picks one per build).
+ */
+#ifndef GEMMA_Q8_H
+#define GEMMA_Q8_H
+
+#include <stdint.h>
+
+/* cffi:begin */
+/* One packed int8 weight [n, k] (see matmul.c for the layout). */
+typedef struct {
+    const uint8_t *q;  /* packed: [N/16][K/32][8][16][4] */
+    const uint16_t *s; /* float16: [N/16][K/32][16] */
+    float mult;        /* scales are stored times 1 / mult (float16 range) */
+    int64_t n, k;
+} q8_weight;
+
+/* One Gemma 3 decoder block's weights and shape. */
+typedef struct {
+    q8_weight qkv, o, gate_up, down;
+    /* RMSNorm scales, already (1 + w) */
+    const float *input_norm, *q_norm, *k_norm, *post_attention_norm, *pre_feedforward_norm,
+        *post_feedforward_norm;
+    int64_t hidden, heads, kv_heads, head_dim, intermediate;
+    int64_t window; /* keys a query may see (sliding layers); 0: all before it */
+    float eps, scaling;
+} gemma_block;
+
+/* Threads to use (the caller's own included), before the first product; 0: one per CPU. */
+void gemma_set_threads(int n);
+
+/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 0 the portable loops (correct, but
+ * slower than bfloat16: the engine then uses int8 only when asked to). */
+int q8_vector_kernels(void);
+
+/* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/32] float32 */
+void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K);
+
+/* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. */
+void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                float mult, float *y, int64_t M, int64_t N, int64_t K);
+
+/* Rows ids[r] of the packed table, as floats: out [R, K] (the embedding lookup). */
+void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
+              int64_t K, float *out);
+
+/* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax), or -1
+ * when the row holds a NaN or its largest value is infinite (a broken model's output). */
+void q8_argmax_rows(const float *x, int64_t R, int64_t N, int64_t *out);
+
+/* values/ids [R, k]: each row of x [R, N]'s k largest values and their indices, largest first
+ * (0 < k <= N). */
+void q8_top_k_rows(const float *x, int64_t R, int64_t N, int64_t k, float *values, int64_t *ids);
+
+/* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
+ * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float16. */
+void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
+                        const int64_t *positions, const float *cos_table, const float *sin_table,
+                        uint16_t *k_cache, uint16_t *v_cache, int64_t capacity);
+/* cffi:end */
+
+#endif

@@ -1,0 +1,250 @@
+/* What the kernel sources share and Python does not see: the thread pool, the float16
+ * conversions, and each operation's bodies with the one this build runs.
+ *
+ * Every operation has a generic body (q8_<op>_generic, plain C, always compiled: the reference)
+ * and may have bodies for an instruction set (q8_<op>_avx512, q8_<op>_avx2) in their own files,
+ * compiled when the build's -march has it. The names without a suffix below are this build's
+ * choice, as ggml-cpu's arch-fallback.h; every body of an operation gives the same bits.
+ */
+#ifndef GEMMA_Q8_IMPL_H
+#define GEMMA_Q8_IMPL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "q8.h"
+
+#pragma GCC visibility push(hidden) /* within the library only: direct calls, not via the PLT */
+
+#define QK 32    /* values per quantization block */
+#define LANES 16 /* output rows packed side by side */
+#define PREFETCH_AHEAD 8192 /* bytes of packed weights */
+
+/* PREFETCH_AHEAD bytes past p, computed as an integer: near the end of the weights the address
+ * is past their end, which a prefetch may name (it never faults) but pointer arithmetic may not */
+static inline const char *ahead(const uint8_t *p) {
+    return (const char *)((uintptr_t)p + PREFETCH_AHEAD);
+}
+
+/* ---- Instruction sets this build has -------------------------------------------------------- */
+#if defined(__AVX512F__)
+#define Q8_AVX512 1 /* the float bodies (quantize, attention, GELU, argmax, top-k) */
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define Q8_AVX512_VNNI 1 /* the int8 products */
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#define Q8_AVX2_INT8 1
+#endif
+
+/* ---- Thread pool (thread_pool.c) ------------------------------------------------------------ */
+typedef void (*item_fn)(void *ctx, int64_t item);
+
+/* fn(ctx, i) for i in [0, count), in chunks of grain items, on every thread. One caller at a
+ * time: another thread calling meanwhile runs its loop alone. */
+void parallel_for(int64_t count, int64_t grain, item_fn fn, void *ctx);
+int pool_threads(void);
+
+/* ---- float16 (quantize.c) ------------------------------------------------------------------- */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        uint32_t m = man;
+        do {
+            e++;
+            m <<= 1;
+        } while ((m & 0x400) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* float -> float16, rounding to nearest even (as vcvtps2ph does); overflow gives infinity */
+static inline uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
+    if (abs >= 0x7f800000) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 | ((abs >> 13) & 0x3ff) : 0));
+    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds past 65504 */
+    if (abs < 0x38800000) { /* a float16 subnormal (or zero): units of 2^-24 */
+        const uint32_t man = (abs & 0x7fffff) | 0x800000, shift = 126 - (abs >> 23);
+        if (shift > 24) return (uint16_t)sign;
+        const uint32_t half = man >> shift, rest = man & ((1u << shift) - 1);
+        const uint32_t mid = 1u << (shift - 1);
+        return (uint16_t)(sign | (half + (rest > mid || (rest == mid && (half & 1)))));
+    }
+    const uint32_t rest = abs & 0x1fff, h = ((abs - 0x38000000) >> 13);
+    return (uint16_t)(sign | (h + (rest > 0x1000 || (rest == 0x1000 && (h & 1)))));
+}
+
+/* ---- Operations: generic bodies, instruction-set bodies, and this build's choice ------------ */
+
+/* quantize*.c: one block of QK floats -> QK int8 values and their scale */
+void q8_quantize_block_generic(const float *x, int8_t *q, float *s);
+void q8_quantize_block_avx512(const float *x, int8_t *q, float *s);
+/* quantize*.c: out[0..n) = x[0..n) as float16 (the same bits in every body) */
+void q8_store_halves_generic(uint16_t *out, const float *x, int64_t n);
+void q8_store_halves_avx512(uint16_t *out, const float *x, int64_t n);
+void q8_store_halves_f16c(uint16_t *out, const float *x, int64_t n);
+
+/* matmul*.c: rows [0, M) of y against output tiles t and t + 1 (when two). xc: 128 * the sum of
+ * each row's block (the correction for unsigned weights) where the body needs it. */
+typedef void tiles_product_fn(const int8_t *xq, const float *xs, const int32_t *xc,
+                              const uint8_t *wq, const uint16_t *ws, float mult, float *y,
+                              int64_t M, int64_t t, int two, int64_t N, int64_t K);
+tiles_product_fn q8_tiles_product_generic, q8_tiles_product_avx512, q8_tiles_product_avx2;
+
+/* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
+float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
+float q8_dot_f32_avx512(const float *a, const float *b, int64_t n);
+float q8_dot_f32_avx2(const float *a, const float *b, int64_t n);
+/* attention*.c: out[i] = q . keys[i] for 16 consecutive float16 keys [16, D]; ``key`` [D] is the
+ * caller's room for one key as floats */
+void q8_dots16_generic(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
+void q8_dots16_avx512(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
+/* attention*.c: the largest of v[0..n) (exact, whatever the order) */
+float q8_max_f32_generic(const float *v, int64_t n);
+float q8_max_f32_avx512(const float *v, int64_t n);
+/* attention*.c: v[i] = exp(v[i] - shift); returns the sum, added in a fixed order */
+float q8_exp_shifted_generic(float *v, int64_t n, float shift);
+float q8_exp_shifted_avx512(float *v, int64_t n, float shift);
+/* attention*.c: outs[i][d] = sum over t of w[i * T + t] * v[t * D + d], for nq <= 16 rows of
+ * weights, each output accumulated in t order, one FMA per t, whatever nq is */
+void q8_weighted_sums_generic(const float *w, int64_t T, int64_t nq, const uint16_t *v,
+                              int64_t D, float **outs);
+void q8_weighted_sums_avx512(const float *w, int64_t T, int64_t nq, const uint16_t *v,
+                             int64_t D, float **outs);
+
+/* activations*.c */
+void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
+/* out[i] = gelu_tanh(gate[i]) * up[i] */
+void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n);
+void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
+
+/* select*.c: row x [N]'s first largest value's index, or -1 (a NaN, or an infinite top) */
+int64_t q8_argmax_row_generic(const float *x, int64_t N);
+int64_t q8_argmax_row_avx512(const float *x, int64_t N);
+/* select*.c: offers x[from..N) to the min-heap v/id of k candidates (q8_offer below) */
+void q8_top_k_scan_generic(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
+                           int64_t k);
+void q8_top_k_scan_avx512(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
+                          int64_t k);
+
+#if defined(Q8_AVX512)
+#define q8_quantize_block q8_quantize_block_avx512
+#define q8_store_halves q8_store_halves_avx512
+#define q8_dot_f32 q8_dot_f32_avx512
+#define q8_dots16 q8_dots16_avx512
+#define q8_max_f32 q8_max_f32_avx512
+#define q8_exp_shifted q8_exp_shifted_avx512
+#define q8_weighted_sums q8_weighted_sums_avx512
+#define q8_gelu_tanh_mul q8_gelu_tanh_mul_avx512
+#define q8_argmax_row q8_argmax_row_avx512
+#define q8_top_k_scan q8_top_k_scan_avx512
+#else
+#define q8_quantize_block q8_quantize_block_generic
+#if defined(__F16C__)
+#define q8_store_halves q8_store_halves_f16c
+#else
+#define q8_store_halves q8_store_halves_generic
+#endif
+#if defined(__AVX2__)
+#define q8_dot_f32 q8_dot_f32_avx2
+#else
+#define q8_dot_f32 q8_dot_f32_generic
+#endif
+#define q8_dots16 q8_dots16_generic
+#define q8_max_f32 q8_max_f32_generic
+#define q8_exp_shifted q8_exp_shifted_generic
+#define q8_weighted_sums q8_weighted_sums_generic
+#define q8_gelu_tanh_mul q8_gelu_tanh_mul_generic
+#define q8_argmax_row q8_argmax_row_generic
+#define q8_top_k_scan q8_top_k_scan_generic
+#endif
+#define q8_rms_norm q8_rms_norm_generic
+
+#if defined(Q8_AVX512_VNNI)
+#define q8_tiles_product q8_tiles_product_avx512
+#define Q8_USES_BLOCK_SUMS 1 /* unsigned weights (w + 128): 128 * sum(x) comes back out */
+#elif defined(Q8_AVX2_INT8)
+#define q8_tiles_product q8_tiles_product_avx2
+#define Q8_USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
+#else
+#define q8_tiles_product q8_tiles_product_generic
+#define Q8_USES_BLOCK_SUMS 1
+#endif
+
+#if defined(Q8_AVX512)
+#include <immintrin.h>
+
+/* expf of 16 lanes, ~1.5 ulp (ggml's ggml_v_expf, MIT licence) */
+static inline __m512 exp16(__m512 x) {
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    const __m512 n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm512_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b,
+                                        _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    const __m512 res = _mm512_scalef_ps(j, n);
+    if (_mm512_kortestz(d, d)) return res;
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, zero, _CMP_LE_OQ),
+                                            _mm512_set1_ps(INFINITY), zero);
+    return _mm512_mask_blend_ps(d, res, alt);
+}
+#endif
+
+/* ---- top-k's heap (select*.c): a min-heap on rank, the lowest-ranked candidate at the root.
+ * Ranks: a larger value first, and of equal values the lower index. */
+static inline int q8_ranks_below(float va, int64_t ia, float vb, int64_t ib) {
+    return va < vb || (va == vb && ia > ib);
+}
+
+/* min-heap on rank: the lowest-ranked candidate at the root */
+static inline void q8_sift_down(float *v, int64_t *id, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t low = i;
+        const int64_t l = 2 * i + 1, r = l + 1;
+        if (l < n && q8_ranks_below(v[l], id[l], v[low], id[low])) low = l;
+        if (r < n && q8_ranks_below(v[r], id[r], v[low], id[low])) low = r;
+        if (low == i) return;
+        const float tv = v[i];
+        const int64_t ti = id[i];
+        v[i] = v[low];
+        id[i] = id[low];
+        v[low] = tv;
+        id[low] = ti;
+        i = low;
+    }
+}
+
+static inline void q8_offer(float *v, int64_t *id, int64_t k, float x, int64_t i) {
+    if (x > v[0]) { /* a later index of an equal value ranks below: only a larger value enters */
+        v[0] = x;
+        id[0] = i;
+        q8_sift_down(v, id, k, 0);
+    }
+}
+
+#pragma GCC visibility pop
+
+#endif
