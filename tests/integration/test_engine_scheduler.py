@@ -390,3 +390,25 @@ async def test_a_new_conversion_removes_the_entries_older_versions_wrote(
 
 def present(*paths: Path) -> list[bool]:
     return [path.exists() for path in paths]
+
+
+@pytest.mark.asyncio
+async def test_an_idle_engine_gives_its_kv_memory_back_and_conversations_still_reuse_it(
+    tiny_model_dir: Path,
+) -> None:
+    llm = engine_llm(tiny_model_dir, max_batch_size=8, kv_idle_release_seconds=0.3)
+    await llm.load()
+    empty = scheduler_info(llm)["kv_cache_mb"]
+    conversations = [chat(f"conversation {i} " * 40) for i in range(8)]
+    first = await asyncio.gather(*(llm.generate(c, GREEDY) for c in conversations))
+    assert scheduler_info(llm)["kv_cache_mb"] > empty
+    deadline = time.monotonic() + 10
+    while scheduler_info(llm)["kv_cache_mb"] != empty:
+        assert time.monotonic() < deadline, "the idle engine kept its grown KV cache"
+        await asyncio.sleep(0.05)
+    info = scheduler_info(llm)
+    assert info["prefix_store_entries"] == 8  # every conversation kept, within the budget
+    again = await llm.generate(conversations[3], GREEDY)
+    assert scheduler_info(llm)["reused_tokens"] > info["reused_tokens"]
+    assert again.text == first[3].text
+    await llm.unload()

@@ -92,6 +92,9 @@ class PerformanceSettings(_Section):
     engine: Literal["auto", "native", "transformers"] = "auto"
     # Memory for keys/values of finished turns kept for the conversation's next turn.
     kv_cache_budget_mb: int = Field(256, ge=0)
+    # The native engine, idle this long, moves its slots' keys and values into the prefix store
+    # (within kv_cache_budget_mb) and shrinks its KV cache back; None keeps the cache grown.
+    kv_idle_release_seconds: float | None = Field(5.0, gt=0)
     # Other models that requests name are loaded on demand; idle ones are unloaded (least
     # recently used first) beyond this much memory or this many models.
     model_memory_budget_mb: int = Field(4096, ge=0)

@@ -95,6 +95,7 @@ class NativeGenerator:
             max_batch_size=settings.performance.max_batch_size,
             dtype=self.model.kv_dtype,
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+            idle_release_seconds=settings.performance.kv_idle_release_seconds,
         )
 
     @property

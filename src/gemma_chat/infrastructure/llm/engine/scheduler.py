@@ -8,6 +8,8 @@ its slot (or move to the prefix store) for the conversation's next turn.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -62,11 +64,17 @@ class BatchScheduler:
         max_batch_size: int,
         dtype: torch.dtype,
         prefix_budget_bytes: int,
+        idle_release_seconds: float | None = None,
         name: str = "gemma-engine",
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.cache = KVCache(model.config, slots=max_batch_size, dtype=dtype)
+        self._empty_cache_bytes = self.cache.nbytes
+        # After this long with nothing to do, the slots' keys and values move to the prefix
+        # store (within its budget) and the cache shrinks back to one small row: the memory a
+        # burst of long conversations grew gives itself back (None: never).
+        self.idle_release_seconds = idle_release_seconds
         self.store = PrefixStore(prefix_budget_bytes)
         self.stats = SchedulerStats()
         self._slots = [_Slot(i) for i in range(max_batch_size)]
@@ -129,7 +137,10 @@ class BatchScheduler:
         """Wait for work; the jobs to admit now (None: shut down)."""
         with self._wakeup:
             while self._running and not self._waiting and not self._has_active():
-                self._wakeup.wait()
+                if self.idle_release_seconds is None or not self._holds_idle_memory():
+                    self._wakeup.wait()
+                elif not self._wakeup.wait(self.idle_release_seconds):  # idle all that time
+                    self._release_idle_memory()
             if not self._running:
                 self._abort_all()
                 return None
@@ -145,6 +156,19 @@ class BatchScheduler:
                 else:
                     admitted.append(job)
             return admitted
+
+    def _holds_idle_memory(self) -> bool:
+        return self.cache.nbytes > self._empty_cache_bytes
+
+    def _release_idle_memory(self) -> None:
+        """Keep the idle slots' conversations in the prefix store (a next turn copies its
+        prefix back) and shrink the cache to its first size."""
+        for slot in self._slots:
+            self._save(slot)
+            slot.tokens = []
+        self.cache = KVCache(self.model.config, slots=self.max_batch_size, dtype=self.cache.dtype)
+        _return_freed_memory()
+        logger.debug("engine idle: KV cache released, %d prefixes stored", len(self.store))
 
     def _has_active(self) -> bool:
         return any(s.job is not None for s in self._slots)
@@ -360,6 +384,12 @@ class BatchScheduler:
             "prefix_store_mb": round(self.store.nbytes / 2**20, 2),
             "prefix_store_entries": len(self.store),
         }
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them for reuse otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 _NO_TOKENS = torch.empty(0, dtype=torch.long)
