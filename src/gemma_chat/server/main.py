@@ -11,22 +11,20 @@ import signal
 import sys
 from typing import Any
 
+import uvicorn
+
+from gemma_chat.server.connections import bounded_http_protocol
 from gemma_chat.shared.config import Settings
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "server_config"]
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    import uvicorn
-
-    from gemma_chat.server.app import create_app
-    from gemma_chat.server.connections import bounded_http_protocol
-
-    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again; this handler
-    # (restored by uvicorn before it does) turns that into a clean exit 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
+def server_config(
+    settings: Settings, app: Any, *, host: str | None = None, port: int | None = None
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` from the settings, with the connection limits."""
+    return uvicorn.Config(
+        app,
         host=host or settings.server.host,
         port=port or settings.server.port,
         log_level=settings.log_level.value.lower(),
@@ -37,6 +35,15 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         ),
         timeout_keep_alive=settings.server.keep_alive_seconds,
     )
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    from gemma_chat.server.app import create_app
+
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again; this handler
+    # (restored by uvicorn before it does) turns that into a clean exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.Server(server_config(settings, create_app(settings), host=host, port=port)).run()
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:
