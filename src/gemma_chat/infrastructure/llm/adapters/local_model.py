@@ -142,7 +142,7 @@ class GemmaLLM(BaseLLM):
     def _defuse(self, text: str) -> str:
         if "<" not in text:
             return text
-        if self._control_tokens is None:  # compiled on first need: ~0.1 s for Gemma's 6k tokens
+        if self._control_tokens is None:  # compiled on first need: Gemma has thousands
             specials = sorted(
                 (
                     t

@@ -1,9 +1,9 @@
 """Converted models on disk, so that only the first load pays for the GGUF conversion.
 
-transformers needs ~45 s to turn the embedded GGUF into a model (tokenizer ~15 s, weights
-~30 s). The first load does that once and stores the lean model's weights (safetensors), its
+Turning a GGUF into a model through transformers is slow (DEVELOPMENT.md, "Cold start").
+The first load does that once and stores the lean model's weights (safetensors), its
 config and the tokenizer under ``<cache_dir>/models/<key>``, keyed by the GGUF's sha256, the
-dtype and this format's version; later loads read them back in about a second. Each entry is
+dtype and this format's version; later loads read them back without transformers. Each entry is
 written to a temporary directory and renamed into place, and carries a manifest with the size
 and CRC-32 of every file: a partial or corrupt entry is detected, deleted and rebuilt.
 

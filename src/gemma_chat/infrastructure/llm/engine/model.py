@@ -148,8 +148,7 @@ def select_rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """Rows ``rows`` of ``x`` [R, ...] (``x`` itself when they are all of them, in order).
 
     index_select, not x[rows]: indexing by a list started torch's OpenMP threads, whose spinning
-    afterwards took a core from the int8 kernels' own threads (a batch-8 decode step went from
-    ~19 to ~25 ms)."""
+    afterwards took a core from the int8 kernels' own threads (DEVELOPMENT.md, "Benchmark")."""
     if rows == list(range(x.shape[0])):
         return x
     return x.index_select(0, torch.tensor(rows, dtype=torch.long))

@@ -1,8 +1,7 @@
 """Start parsing a cached tokenizer before torch is even imported.
 
-Reading the embedded model's native tokenizer (``tokenizers/native_bpe.py``) takes ~0.15 s in C,
-without the GIL, while importing torch takes about a second: started first, on another thread,
-the two overlap.
+Reading the embedded model's native tokenizer (``tokenizers/native_bpe.py``) runs in C without
+the GIL, and importing torch takes longer: started first, on another thread, the two overlap.
 Nothing here imports torch.
 """
 

