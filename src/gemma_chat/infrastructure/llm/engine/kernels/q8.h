@@ -17,7 +17,8 @@
  *   select*.c              argmax, top-k
  *   decoder_block.c        one Gemma 3 decoder block from the above
  * where the file without a suffix holds the generic (reference) body of each operation and
- * *_avx512.c / *_avx2.c the bodies for those instruction sets (q8_impl.h picks one per build).
+ * *_avx512.c / *_avx2.c / *_neon.c the bodies for those instruction sets (q8_impl.h picks one
+ * per build).
  */
 #ifndef GEMMA_Q8_H
 #define GEMMA_Q8_H
@@ -47,8 +48,8 @@ typedef struct {
 /* Threads to use (the caller's own included), before the first product; 0: one per CPU. */
 void gemma_set_threads(int n);
 
-/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 0 the portable loops (correct, but
- * slower than bfloat16: the engine then uses int8 only when asked to). */
+/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 3 ARM64 NEON dot product, 0 the portable
+ * loops (correct, but slower than bfloat16: the engine then uses int8 only when asked to). */
 int q8_vector_kernels(void);
 
 /* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/32] float32 */

@@ -36,6 +36,13 @@ static inline const char *ahead(const uint8_t *p) {
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define Q8_AVX2_INT8 1
 #endif
+/* ARM64 (Q8_NO_NEON: the generic bodies only, for the cross-compiled comparison harness) */
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(Q8_NO_NEON)
+#define Q8_NEON 1 /* the float bodies (quantize, attention, GELU, argmax, top-k) */
+#if defined(__ARM_FEATURE_DOTPROD)
+#define Q8_NEON_DOTPROD 1 /* the int8 products (sdot) */
+#endif
+#endif
 
 /* ---- Thread pool (thread_pool.c) ------------------------------------------------------------ */
 typedef void (*item_fn)(void *ctx, int64_t item);
@@ -97,6 +104,8 @@ void q8_quantize_block_avx512(const float *x, int8_t *q, float *s);
 void q8_store_halves_generic(uint16_t *out, const float *x, int64_t n);
 void q8_store_halves_avx512(uint16_t *out, const float *x, int64_t n);
 void q8_store_halves_f16c(uint16_t *out, const float *x, int64_t n);
+void q8_quantize_block_neon(const float *x, int8_t *q, float *s);
+void q8_store_halves_neon(uint16_t *out, const float *x, int64_t n);
 
 /* matmul*.c: rows [0, M) of y against output tiles t and t + 1 (when two). xc: 128 * the sum of
  * each row's block (the correction for unsigned weights) where the body needs it. */
@@ -104,42 +113,53 @@ typedef void tiles_product_fn(const int8_t *xq, const float *xs, const int32_t *
                               const uint8_t *wq, const uint16_t *ws, float mult, float *y,
                               int64_t M, int64_t t, int two, int64_t N, int64_t K);
 tiles_product_fn q8_tiles_product_generic, q8_tiles_product_avx512, q8_tiles_product_avx2;
+tiles_product_fn q8_tiles_product_neon;
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
 float q8_dot_f32_avx512(const float *a, const float *b, int64_t n);
+float q8_dot_f32_neon(const float *a, const float *b, int64_t n);
 float q8_dot_f32_avx2(const float *a, const float *b, int64_t n);
 /* attention*.c: out[i] = q . keys[i] for 16 consecutive float16 keys [16, D]; ``key`` [D] is the
  * caller's room for one key as floats */
 void q8_dots16_generic(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
 void q8_dots16_avx512(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
+void q8_dots16_neon(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
 /* attention*.c: the largest of v[0..n) (exact, whatever the order) */
 float q8_max_f32_generic(const float *v, int64_t n);
 float q8_max_f32_avx512(const float *v, int64_t n);
+float q8_max_f32_neon(const float *v, int64_t n);
 /* attention*.c: v[i] = exp(v[i] - shift); returns the sum, added in a fixed order */
 float q8_exp_shifted_generic(float *v, int64_t n, float shift);
 float q8_exp_shifted_avx512(float *v, int64_t n, float shift);
+float q8_exp_shifted_neon(float *v, int64_t n, float shift);
 /* attention*.c: outs[i][d] = sum over t of w[i * T + t] * v[t * D + d], for nq <= 16 rows of
  * weights, each output accumulated in t order, one FMA per t, whatever nq is */
 void q8_weighted_sums_generic(const float *w, int64_t T, int64_t nq, const uint16_t *v,
                               int64_t D, float **outs);
 void q8_weighted_sums_avx512(const float *w, int64_t T, int64_t nq, const uint16_t *v,
                              int64_t D, float **outs);
+void q8_weighted_sums_neon(const float *w, int64_t T, int64_t nq, const uint16_t *v,
+                           int64_t D, float **outs);
 
 /* activations*.c */
 void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
 /* out[i] = gelu_tanh(gate[i]) * up[i] */
 void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
+void q8_gelu_tanh_mul_neon(const float *gate, const float *up, float *out, int64_t n);
 
 /* select*.c: row x [N]'s first largest value's index, or -1 (a NaN, or an infinite top) */
 int64_t q8_argmax_row_generic(const float *x, int64_t N);
 int64_t q8_argmax_row_avx512(const float *x, int64_t N);
+int64_t q8_argmax_row_neon(const float *x, int64_t N);
 /* select*.c: offers x[from..N) to the min-heap v/id of k candidates (q8_offer below) */
 void q8_top_k_scan_generic(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
                            int64_t k);
 void q8_top_k_scan_avx512(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
                           int64_t k);
+void q8_top_k_scan_neon(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
+                        int64_t k);
 
 #if defined(Q8_AVX512)
 #define q8_quantize_block q8_quantize_block_avx512
@@ -152,6 +172,17 @@ void q8_top_k_scan_avx512(const float *x, int64_t from, int64_t N, float *v, int
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_avx512
 #define q8_argmax_row q8_argmax_row_avx512
 #define q8_top_k_scan q8_top_k_scan_avx512
+#elif defined(Q8_NEON)
+#define q8_quantize_block q8_quantize_block_neon
+#define q8_store_halves q8_store_halves_neon
+#define q8_dot_f32 q8_dot_f32_neon
+#define q8_dots16 q8_dots16_neon
+#define q8_max_f32 q8_max_f32_neon
+#define q8_exp_shifted q8_exp_shifted_neon
+#define q8_weighted_sums q8_weighted_sums_neon
+#define q8_gelu_tanh_mul q8_gelu_tanh_mul_neon
+#define q8_argmax_row q8_argmax_row_neon
+#define q8_top_k_scan q8_top_k_scan_neon
 #else
 #define q8_quantize_block q8_quantize_block_generic
 #if defined(__F16C__)
@@ -180,6 +211,9 @@ void q8_top_k_scan_avx512(const float *x, int64_t from, int64_t N, float *v, int
 #elif defined(Q8_AVX2_INT8)
 #define q8_tiles_product q8_tiles_product_avx2
 #define Q8_USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
+#elif defined(Q8_NEON_DOTPROD)
+#define q8_tiles_product q8_tiles_product_neon
+#define Q8_USES_BLOCK_SUMS 0 /* sdot on signed weights (w + 128 - 128) */
 #else
 #define q8_tiles_product q8_tiles_product_generic
 #define Q8_USES_BLOCK_SUMS 1
@@ -210,6 +244,36 @@ static inline __m512 exp16(__m512 x) {
     const __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, zero, _CMP_LE_OQ),
                                             _mm512_set1_ps(INFINITY), zero);
     return _mm512_mask_blend_ps(d, res, alt);
+}
+#endif
+
+#if defined(Q8_NEON)
+#include <arm_neon.h>
+
+/* expf of 4 lanes, within a few ulp: 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 in
+ * two parts, so r is exact enough), e^r by its Taylor series to r^7 (|r| <= ln 2 / 2), and 2^n
+ * as two factors 2^(n/2) so that results down to the subnormals and up to infinity are right.
+ * Below -104 the result is 0, above 89 infinity; a NaN stays a NaN (fmax/fmin keep it). */
+static inline float32x4_t exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-104.0f)), vdupq_n_f32(89.0f));
+    const int32x4_t n = vcvtnq_s32_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    const float32x4_t nf = vcvtq_f32_s32(n);
+    float32x4_t r = vfmsq_f32(x, nf, vdupq_n_f32(0.693145751953125f));  /* ln 2, high bits */
+    r = vfmsq_f32(r, nf, vdupq_n_f32(1.42860682028622677e-06f));      /* and the rest */
+    float32x4_t p = vdupq_n_f32(1.0f / 5040.0f);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 720.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 120.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 24.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 6.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    /* n in [-150, 128]: n = h + (n - h), each part a normal float's exponent */
+    const int32x4_t h = vshrq_n_s32(n, 1), rest = vsubq_s32(n, h);
+    const int32x4_t bias = vdupq_n_s32(127);
+    const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(h, bias), 23));
+    const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(rest, bias), 23));
+    return vmulq_f32(vmulq_f32(p, s1), s2);
 }
 #endif
 
