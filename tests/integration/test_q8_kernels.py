@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
+import shutil
 import signal
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +19,7 @@ import torch
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
+from gemma_chat.infrastructure.llm.engine.native import KERNELS
 from gemma_chat.infrastructure.llm.engine.q8 import (
     Q8Embedding,
     Q8Kernels,
@@ -30,6 +34,27 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
     built = load_kernels(tmp_path_factory.mktemp("kernels"))
     assert built is not None, "a C compiler is part of the supported set-up"
+    return built
+
+
+def cpu_has(*flags: str) -> bool:
+    if platform.machine() != "x86_64":
+        return False
+    words = set(Path("/proc/cpuinfo").read_text().split())
+    return all(flag in words for flag in flags)
+
+
+@pytest.fixture(scope="module", params=["native", "haswell"])
+def each_build(
+    request: pytest.FixtureRequest, kernels: Q8Kernels, tmp_path_factory: pytest.TempPathFactory
+) -> Q8Kernels:
+    """The native build, and the AVX2 one (its own bodies where the CPU has AVX-512)."""
+    if request.param == "native":
+        return kernels
+    if not cpu_has("avx2", "fma", "f16c"):
+        pytest.skip("this CPU cannot run an AVX2 build")
+    built = load_kernels(tmp_path_factory.mktemp("haswell"), march="haswell")
+    assert built is not None
     return built
 
 
@@ -195,9 +220,9 @@ def test_the_fused_decode_step_matches_the_step_op_by_op(kernels: Q8Kernels) -> 
 
 
 def test_the_fused_decode_step_gives_a_row_the_same_bits_alone_or_in_a_batch(
-    kernels: Q8Kernels,
+    each_build: Q8Kernels,
 ) -> None:
-    model = small_q8_model(kernels)
+    model = small_q8_model(each_build)
     prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(3))
     batched = decode_logits(model, prompts, [0, 1, 2], fused=True)
     for i in range(3):
@@ -272,9 +297,9 @@ def test_the_portable_build_writes_the_same_float16_keys_and_values(
 
 
 def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bits(
-    kernels: Q8Kernels,
+    each_build: Q8Kernels,
 ) -> None:
-    model = small_q8_model(kernels)
+    model = small_q8_model(each_build)
     prompt = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(5))
     rows = torch.tensor([1])
 
@@ -372,3 +397,222 @@ def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     pytest.fail("the forked child hung in the kernels")
+
+
+# ---- The AVX2 bodies against the generic ones, operation by operation ----------------------
+
+
+@pytest.fixture(scope="module")
+def bodies(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """An AVX2 build of the kernels with kernel_bodies.c: both bodies of each operation."""
+    if not cpu_has("avx2", "fma", "f16c"):
+        pytest.skip("this CPU cannot run an AVX2 build")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    target = tmp_path_factory.mktemp("bodies") / "bodies.so"
+    sources = [*sorted(KERNELS.glob("*.c")), Path(__file__).parent / "kernel_bodies.c"]
+    subprocess.run(
+        [compiler, "-march=haswell", "-O3", "-pthread", "-shared", "-fPIC", f"-I{KERNELS}"]
+        + [str(s) for s in sources]
+        + ["-o", str(target), "-lm"],
+        check=True,
+    )
+    lib = ctypes.CDLL(str(target))
+    p, i64, f32, which = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    for name, args, result in [
+        ("body_quantize_block", [which, p, p, p], None),
+        ("body_dots16", [which, p, p, i64, p, p], None),
+        ("body_max_f32", [which, p, i64], f32),
+        ("body_exp_shifted", [which, p, i64, f32], f32),
+        ("body_weighted_sums", [which, p, i64, i64, p, i64, p], None),
+        ("body_gelu_tanh_mul", [which, p, p, p, i64], None),
+        ("body_argmax_row", [which, p, i64], i64),
+        ("body_top_k_heap", [which, p, i64, i64, p, p], None),
+    ]:
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = result
+    return lib
+
+
+GENERIC, AVX2 = 0, 1
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+def test_the_avx2_quantization_gives_the_generic_bits(bodies: ctypes.CDLL) -> None:
+    gen = torch.Generator().manual_seed(20)
+    blocks = [torch.randn(32, generator=gen) * scale for scale in (1.0, 1e-3, 1e3, 1e-30)]
+    blocks.append(torch.zeros(32))
+    halves = torch.zeros(32)
+    halves[:8] = torch.tensor([127.0, 63.5, 62.5, -0.5, 0.5, 1.5, -2.5, -0.0])  # ties to even
+    blocks.append(halves)
+    tiny = torch.zeros(32)  # a subnormal scale: products past 127 (wrapped, as the cast does)
+    tiny[0], tiny[1] = 127.5 * 2.0**-149, 3 * 2.0**-149
+    blocks.append(tiny)
+    for special in (float("nan"), float("inf"), float("-inf")):
+        block = torch.randn(32, generator=gen)
+        block[5] = special
+        blocks.append(block)
+    for block in blocks:
+        x = block.contiguous()
+        out = []
+        for body in (GENERIC, AVX2):
+            q, s = torch.zeros(32, dtype=torch.int8), torch.zeros(1)
+            bodies.body_quantize_block(body, x.data_ptr(), q.data_ptr(), s.data_ptr())
+            out.append((q, s))
+        assert torch.equal(out[0][0], out[1][0]), block
+        assert torch.equal(bits(out[0][1]), bits(out[1][1]))
+
+
+@pytest.mark.parametrize("D", [256, 32, 48, 40])
+def test_the_avx2_scores_give_the_generic_bits(bodies: ctypes.CDLL, D: int) -> None:
+    gen = torch.Generator().manual_seed(D)
+    q = torch.randn(D, generator=gen)
+    keys = (torch.randn(16, D, generator=gen) * 3).half()
+    keys[3, :4] = torch.tensor([6e-8, -6e-5, 65504.0, 0.0]).half()  # subnormal, largest
+    results = []
+    for body in (GENERIC, AVX2):
+        out, room = torch.zeros(16), torch.zeros(D)
+        bodies.body_dots16(body, q.data_ptr(), keys.data_ptr(), D, out.data_ptr(), room.data_ptr())
+        results.append(out)
+    assert torch.equal(bits(results[0]), bits(results[1]))
+    assert torch.allclose(results[1], keys.float() @ q, rtol=1e-4, atol=1e-3)
+
+
+def test_the_avx2_maximum_gives_the_generic_value(bodies: ctypes.CDLL) -> None:
+    gen = torch.Generator().manual_seed(21)
+    for n in (1, 5, 8, 9, 16, 23, 1000):
+        v = torch.randn(n, generator=gen)
+        cases = [v, v.clone().fill_(float("-inf"))]
+        with_nan = v.clone()
+        with_nan[n // 2] = float("nan")
+        cases.append(with_nan)
+        for case in cases:
+            tops = [bodies.body_max_f32(body, case.data_ptr(), n) for body in (GENERIC, AVX2)]
+            assert tops[0] == tops[1]
+            assert tops[1] == float(case.nan_to_num(nan=float("-inf"), neginf=float("-inf")).max())
+
+
+@pytest.mark.parametrize("D", [256, 40])
+def test_the_avx2_weighted_sums_give_the_generic_bits(bodies: ctypes.CDLL, D: int) -> None:
+    gen = torch.Generator().manual_seed(22 + D)
+    for T in (1, 7, 33, 300):
+        values = torch.randn(T, D, generator=gen).half()
+        for nq in range(1, 17):
+            w = torch.softmax(torch.randn(nq, T, generator=gen) * 4, dim=-1).contiguous()
+            results = []
+            for body in (GENERIC, AVX2):
+                out = torch.zeros(nq, D)
+                bodies.body_weighted_sums(
+                    body, w.data_ptr(), T, nq, values.data_ptr(), D, out.data_ptr()
+                )
+                results.append(out)
+            assert torch.equal(bits(results[0]), bits(results[1])), (T, nq)
+            assert torch.allclose(results[1], w @ values.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_avx2_argmax_gives_the_generic_index(bodies: ctypes.CDLL) -> None:
+    gen = torch.Generator().manual_seed(23)
+    rows = []
+    for n in (1, 7, 8, 9, 17, 1000, 1003):
+        rows.append(torch.randn(n, generator=gen))
+        rows.append(torch.ones(n))  # all equal: the first
+        rows.append(torch.full((n,), float("-inf")))
+        for at in {0, n // 2, n - 1}:
+            for special in (float("nan"), float("inf"), float("-inf"), 50.0):
+                row = torch.randn(n, generator=gen)
+                row[at] = special
+                rows.append(row)
+    tie = torch.randn(1000, generator=gen)
+    tie[[300, 301, 700, 998]] = 9.0  # ties in different lanes and in the tail: the first
+    rows.append(tie)
+    for row in rows:
+        found = [bodies.body_argmax_row(body, row.data_ptr(), len(row)) for body in (GENERIC, AVX2)]
+        assert found[0] == found[1], row
+    assert bodies.body_argmax_row(AVX2, tie.data_ptr(), 1000) == 300
+
+
+def test_the_avx2_top_k_scan_builds_the_generic_heap(bodies: ctypes.CDLL) -> None:
+    gen = torch.Generator().manual_seed(24)
+    rows = [
+        torch.randn(5000, generator=gen),
+        torch.randint(0, 20, (5003,), generator=gen).float(),  # many ties
+        torch.randn(37, generator=gen),
+    ]
+    with_nan = torch.randn(2000, generator=gen)
+    with_nan[[0, 900]] = float("nan")  # one among the first k, one later
+    rows.append(with_nan)
+    for row in rows:
+        for k in (1, 5, 30):
+            heaps = []
+            for body in (GENERIC, AVX2):
+                v, ids = torch.zeros(k), torch.zeros(k, dtype=torch.int64)
+                bodies.body_top_k_heap(
+                    body, row.data_ptr(), len(row), k, v.data_ptr(), ids.data_ptr()
+                )
+                heaps.append((v, ids))
+            assert torch.equal(bits(heaps[0][0]), bits(heaps[1][0]))
+            assert torch.equal(heaps[0][1], heaps[1][1])
+
+
+def exp_shifted(bodies: ctypes.CDLL, body: int, v: torch.Tensor, shift: float) -> torch.Tensor:
+    out = v.clone()
+    total = bodies.body_exp_shifted(body, out.data_ptr(), len(out), shift)
+    assert total == pytest.approx(float(out.double().sum()), rel=1e-5)
+    return out
+
+
+def test_the_avx2_softmax_exponentials_are_within_a_few_ulp_of_expf(bodies: ctypes.CDLL) -> None:
+    # A vectorised exp (ggml's) rounds differently from expf; each value is still computed the
+    # same way wherever it sits in the row (vector or tail): a row's softmax has one value.
+    gen = torch.Generator().manual_seed(25)
+    for n in (1, 5, 8, 13, 300, 1379):
+        v = torch.randn(n, generator=gen) * 10
+        v[0] = -150.0  # past float's range: zero (or a subnormal) in both
+        shift = float(v.max())
+        plain, vector = exp_shifted(bodies, GENERIC, v, shift), exp_shifted(bodies, AVX2, v, shift)
+        assert torch.allclose(vector, plain, rtol=3e-7, atol=1e-40)
+        if n >= 13:
+            head = exp_shifted(bodies, AVX2, v[: n - 3].clone(), shift)
+            assert torch.equal(bits(head), bits(vector[: n - 3]))
+
+
+def test_the_avx2_gelu_is_as_accurate_as_the_generic_one(bodies: ctypes.CDLL) -> None:
+    # The exponential's argument carries a few ulp of x^3's rounding, which exp scales by the
+    # argument (up to ~50): both bodies are ~1e-5 from the exact value at worst.
+    gen = torch.Generator().manual_seed(26)
+    n = 20_003
+    gate = torch.randn(n, generator=gen) * 3
+    gate[:8] = torch.tensor([0.0, -0.0, 20.0, -20.0, 100.0, -100.0, 1e-20, -1e-20])
+    up = torch.randn(n, generator=gen)
+    x = gate.double()
+    exact = x / (1 + torch.exp(-2 * 0.7978845608028654 * (x + 0.044715 * x**3))) * up.double()
+    results, errors = [], []
+    for body in (GENERIC, AVX2):
+        out = torch.zeros(n)
+        bodies.body_gelu_tanh_mul(body, gate.data_ptr(), up.data_ptr(), out.data_ptr(), n)
+        results.append(out)
+        errors.append((out.double() - exact).abs() / exact.abs().clamp_min(1e-30))
+    assert float(errors[1].max()) <= max(1.5 * float(errors[0].max()), 1e-6)
+    assert float(errors[1].mean()) <= 1.5 * float(errors[0].mean())
+    assert torch.equal(bits(results[0][:2]), bits(results[1][:2]))  # the signs of zero
+    head = torch.zeros(n - 3)  # the tail's values as the vector loop's
+    bodies.body_gelu_tanh_mul(AVX2, gate.data_ptr(), up.data_ptr(), head.data_ptr(), n - 3)
+    assert torch.equal(bits(head), bits(results[1][: n - 3]))
+
+
+def test_the_avx2_build_decodes_as_the_portable_one(
+    kernels: Q8Kernels, each_build: Q8Kernels, tmp_path: Path
+) -> None:
+    # The exponentials and dot products round differently: close logits, the same greedy token.
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 builds")
+    portable = load_kernels(tmp_path, march="x86-64")
+    assert portable is not None
+    prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(27))
+    plain = decode_logits(small_q8_model(portable), prompts, [0, 1, 2], fused=True)
+    vector = decode_logits(small_q8_model(each_build), prompts, [0, 1, 2], fused=True)
+    assert relative_error(vector, plain) < 1e-4
+    assert torch.equal(vector.argmax(-1), plain.argmax(-1))

@@ -2,9 +2,11 @@
  * conversions, and each operation's bodies with the one this build runs.
  *
  * Every operation has a generic body (q8_<op>_generic, plain C, always compiled: the reference)
- * and may have bodies for an instruction set (q8_<op>_avx512, q8_<op>_avx2) in their own files,
- * compiled when the build's -march has it. The names without a suffix below are this build's
- * choice, as ggml-cpu's arch-fallback.h; every body of an operation gives the same bits.
+ * and may have bodies for an instruction set (q8_<op>_avx512, q8_<op>_avx2, q8_<op>_neon) in their
+ * own files, compiled when the build's -march has it. The names without a suffix below are this
+ * build's choice, as ggml-cpu's arch-fallback.h. Bodies give the reference's bits where the
+ * reference defines them (int8 sums, quantization, float16 stores, weighted sums, argmax, top-k);
+ * where the order of float additions differs (dot products, exp, GELU) they agree within rounding.
  */
 #ifndef GEMMA_Q8_IMPL_H
 #define GEMMA_Q8_IMPL_H
@@ -30,6 +32,9 @@ static inline const char *ahead(const uint8_t *p) {
 /* ---- Instruction sets this build has -------------------------------------------------------- */
 #if defined(__AVX512F__)
 #define Q8_AVX512 1 /* the float bodies (quantize, attention, GELU, argmax, top-k) */
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define Q8_AVX2 1 /* the float bodies where AVX-512's are not built */
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define Q8_AVX512_VNNI 1 /* the int8 products */
@@ -100,6 +105,7 @@ static inline uint16_t float_to_half(float f) {
 /* quantize*.c: one block of QK floats -> QK int8 values and their scale */
 void q8_quantize_block_generic(const float *x, int8_t *q, float *s);
 void q8_quantize_block_avx512(const float *x, int8_t *q, float *s);
+void q8_quantize_block_avx2(const float *x, int8_t *q, float *s);
 /* quantize*.c: out[0..n) = x[0..n) as float16 (the same bits in every body) */
 void q8_store_halves_generic(uint16_t *out, const float *x, int64_t n);
 void q8_store_halves_avx512(uint16_t *out, const float *x, int64_t n);
@@ -133,6 +139,9 @@ float q8_max_f32_neon(const float *v, int64_t n);
 float q8_exp_shifted_generic(float *v, int64_t n, float shift);
 float q8_exp_shifted_avx512(float *v, int64_t n, float shift);
 float q8_exp_shifted_neon(float *v, int64_t n, float shift);
+void q8_dots16_avx2(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
+float q8_max_f32_avx2(const float *v, int64_t n);
+float q8_exp_shifted_avx2(float *v, int64_t n, float shift);
 /* attention*.c: outs[i][d] = sum over t of w[i * T + t] * v[t * D + d], for nq <= 16 rows of
  * weights, each output accumulated in t order, one FMA per t, whatever nq is */
 void q8_weighted_sums_generic(const float *w, int64_t T, int64_t nq, const uint16_t *v,
@@ -141,6 +150,8 @@ void q8_weighted_sums_avx512(const float *w, int64_t T, int64_t nq, const uint16
                              int64_t D, float **outs);
 void q8_weighted_sums_neon(const float *w, int64_t T, int64_t nq, const uint16_t *v,
                            int64_t D, float **outs);
+void q8_weighted_sums_avx2(const float *w, int64_t T, int64_t nq, const uint16_t *v, int64_t D,
+                           float **outs);
 
 /* activations*.c */
 void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
@@ -148,17 +159,21 @@ void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t
 void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_neon(const float *gate, const float *up, float *out, int64_t n);
+void q8_gelu_tanh_mul_avx2(const float *gate, const float *up, float *out, int64_t n);
 
 /* select*.c: row x [N]'s first largest value's index, or -1 (a NaN, or an infinite top) */
 int64_t q8_argmax_row_generic(const float *x, int64_t N);
 int64_t q8_argmax_row_avx512(const float *x, int64_t N);
 int64_t q8_argmax_row_neon(const float *x, int64_t N);
+int64_t q8_argmax_row_avx2(const float *x, int64_t N);
 /* select*.c: offers x[from..N) to the min-heap v/id of k candidates (q8_offer below) */
 void q8_top_k_scan_generic(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
                            int64_t k);
 void q8_top_k_scan_avx512(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
                           int64_t k);
 void q8_top_k_scan_neon(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
+                        int64_t k);
+void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64_t *id,
                         int64_t k);
 
 #if defined(Q8_AVX512)
@@ -183,6 +198,17 @@ void q8_top_k_scan_neon(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_neon
 #define q8_argmax_row q8_argmax_row_neon
 #define q8_top_k_scan q8_top_k_scan_neon
+#elif defined(Q8_AVX2)
+#define q8_quantize_block q8_quantize_block_avx2
+#define q8_store_halves q8_store_halves_f16c
+#define q8_dot_f32 q8_dot_f32_avx2
+#define q8_dots16 q8_dots16_avx2
+#define q8_max_f32 q8_max_f32_avx2
+#define q8_exp_shifted q8_exp_shifted_avx2
+#define q8_weighted_sums q8_weighted_sums_avx2
+#define q8_gelu_tanh_mul q8_gelu_tanh_mul_avx2
+#define q8_argmax_row q8_argmax_row_avx2
+#define q8_top_k_scan q8_top_k_scan_avx2
 #else
 #define q8_quantize_block q8_quantize_block_generic
 #if defined(__F16C__)
@@ -274,6 +300,42 @@ static inline float32x4_t exp4(float32x4_t x) {
     const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(h, bias), 23));
     const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(rest, bias), 23));
     return vmulq_f32(vmulq_f32(p, s1), s2);
+#if defined(Q8_AVX2) && !defined(Q8_AVX512)
+#include <immintrin.h>
+/* expf of 8 lanes, ~1.5 ulp (ggml's ggml_v_expf for AVX2, MIT licence): above ~88.7 infinity,
+ * below ~-104 zero */
+static inline __m256 exp8(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k =
+        _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+    const __m256 magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 c = _mm256_cmp_ps(magnitude, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm256_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
+                                        _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(c)) return _mm256_fmadd_ps(j, k, k);
+    /* a scale past float's exponent range: two factors (or an overflow / underflow) */
+    const __m256i g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+        _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 d = _mm256_cmp_ps(magnitude, _mm256_set1_ps(192), _CMP_GT_OQ);
+    return _mm256_or_ps(
+        _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(d, _mm256_or_ps(_mm256_and_ps(c, _mm256_mul_ps(
+                                                              _mm256_fmadd_ps(s2, j, s2), s1)),
+                                         _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))));
 }
 #endif
 
