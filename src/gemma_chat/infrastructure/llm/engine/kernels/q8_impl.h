@@ -300,6 +300,9 @@ static inline float32x4_t exp4(float32x4_t x) {
     const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(h, bias), 23));
     const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(rest, bias), 23));
     return vmulq_f32(vmulq_f32(p, s1), s2);
+}
+#endif
+
 #if defined(Q8_AVX2) && !defined(Q8_AVX512)
 #include <immintrin.h>
 /* expf of 8 lanes, ~1.5 ulp (ggml's ggml_v_expf for AVX2, MIT licence): above ~88.7 infinity,
