@@ -130,8 +130,9 @@ def test_a_lock_held_too_long_gives_up_clearly_and_a_killed_holder_blocks_nothin
     compiler = fake_compiler(tmp_path / "cc", log)
     monkeypatch.setenv("CC", str(compiler))
     monkeypatch.setattr(native, "LOCK_TIMEOUT", 0.5)
-    key = native._key(str(compiler), ["-march=native", *native._FLAGS])
-    lock = tmp_path / "kernels" / f"native-{key[:16]}.lock"
+    variant = native.choose_variant()
+    key = native._key(str(compiler), [*variant.flags, *native._FLAGS])
+    lock = tmp_path / "kernels" / f"{variant.name}-{key[:16]}.lock"
     lock.parent.mkdir()
     holder = subprocess.Popen(
         [
