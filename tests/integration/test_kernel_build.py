@@ -16,6 +16,7 @@ BUILDER = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("native", sys.argv[1])
 native = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = native  # as an import does (its dataclass looks itself up there)
 spec.loader.exec_module(native)
 print(native.build_library(sys.argv[2]))
 """

@@ -13,18 +13,12 @@ from gemma_chat.infrastructure.llm.engine.native import (
 )
 
 # Real CPUs' /proc/cpuinfo flags (the ones that matter, and some that do not)
-SSE_ONLY = frozenset("fpu sse sse2 pni ssse3 sse4_1 sse4_2 popcnt cx16 lahf_lm".split())
-ZEN3 = SSE_ONLY | frozenset("avx avx2 fma f16c bmi1 bmi2 abm movbe aes sha_ni vaes".split())
-ICELAKE = ZEN3 | frozenset("avx512f avx512bw avx512vl avx512dq avx512cd avx512_vnni".split())
-GRAVITON2 = frozenset("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp".split()) | {
-    "cpuid",
-    "asimdrdm",
-    "lrcpc",
-    "dcpop",
-    "asimddp",
-    "ssbs",
-}
-CORTEX_A72 = frozenset("fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid".split())
+SSE_ONLY = frozenset({"sse2", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"})
+ZEN3 = SSE_ONLY | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe", "aes", "sha_ni"}
+ICELAKE = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"}
+ARMV8_0 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"})
+GRAVITON2 = ARMV8_0 | {"atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc", "dcpop", "asimddp"}
+CORTEX_A72 = ARMV8_0
 
 
 @pytest.mark.parametrize(

@@ -69,11 +69,10 @@ class KernelVariant:
 
 
 # What compilers emit for C code under -march=haswell: the x86-64-v3 level (AVX2, FMA, F16C,
-# BMI1/2, LZCNT ("abm"), MOVBE and the SSE levels below). Its AES, RDRAND or FSGSBASE come
-# only from intrinsics, which the kernels do not use.
-_X86_64_V3 = frozenset(
-    "pni ssse3 sse4_1 sse4_2 popcnt cx16 lahf_lm avx avx2 fma f16c bmi1 bmi2 abm movbe".split()
-)
+# BMI1/2, LZCNT ("abm"), MOVBE and the x86-64-v2 level's SSE3 ("pni") to SSE4.2). Its AES,
+# RDRAND or FSGSBASE come only from intrinsics, which the kernels do not use.
+_X86_64_V2 = frozenset({"pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"})
+_X86_64_V3 = _X86_64_V2 | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe"}
 _AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni")
 
 # Each architecture's variants, from the most portable to the best; the names are those the
