@@ -13,6 +13,7 @@ import torch
 
 from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
+from gemma_chat.infrastructure.llm.engine.native import choose_variant
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
 from gemma_chat.infrastructure.llm.generation.chat_format import END_OF_TURN
@@ -54,17 +55,19 @@ def _gguf_architecture(path: Path) -> str | None:
 
 
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
-    """int8 blocks when asked for, or by default where the kernels build with vector int8
-    products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
-    dtype."""
+    """int8 blocks when asked for, or by default where the kernel variant that runs has vector
+    int8 products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
+    dtype. A kernel variant named in the settings that this CPU cannot run is refused here."""
+    variant = choose_variant(settings.performance.kernel_variant).name
     if plan.quantization in ("auto", "int8"):
-        kernels = load_kernels(settings.cache_dir)
+        kernels = load_kernels(settings.cache_dir, variant=variant)
         if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
             return WeightFormat.q8(kernels)
         if kernels is not None:
             logger.info(
-                "No vector int8 kernels for this CPU (neither AVX-512 VNNI nor AVX2 with FMA "
-                "and F16C): bfloat16 weights, faster here than int8"
+                "No vector int8 products in the %s kernels (neither AVX-512 VNNI nor AVX2 with "
+                "FMA and F16C): bfloat16 weights, faster here than int8",
+                variant,
             )
             return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":
@@ -120,6 +123,8 @@ class NativeGenerator:
             "engine": "native",
             "weights": self.weights.name,
             "quantization": "int8" if self.weights.kernels is not None else "none",
+            # The C kernels' build the model computes with (native.VARIANTS), if any.
+            "kernels": self.weights.kernels.variant if self.weights.kernels is not None else None,
             "dtype": str(self.model.compute_dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in (*self.model.parameters(), *self.model.buffers())),
             "memory_footprint_mb": round(

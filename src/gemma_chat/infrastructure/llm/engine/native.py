@@ -1,13 +1,19 @@
-"""Our C code (``kernels/*.c``), compiled once per machine with the system's C compiler.
+"""Our C code (``kernels/*.c``), compiled with the system's C compiler into named variants.
 
-The library is built on first use for the CPU it runs on (``-march=native``) and cached under
-``<cache_dir>/kernels``, keyed by every source and header, the compiler, the flags and the CPU's
-features. Processes sharing a cache directory build an entry once: the build runs under a file
-lock (the OS drops it when its holder dies, so a killed build never blocks another), writes a
-temporary file and renames it into place, and a process that finds the entry finished uses it.
-A failed build leaves a marker under the same key: later starts say so once and do not retry
-until the compiler or the sources change. Nothing here imports torch: the tokenizer loads from
-it before torch is imported.
+Each variant is one set of fixed compiler flags (``VARIANTS``): a generic build any CPU of the
+architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``).
+At run time the best variant the CPU reports supporting is chosen (``choose_variant``): never one
+whose instructions the CPU lacks, so a cache directory shared by two machines, or an image built
+on one CPU and run on another, runs the right code. ``GEMMA_PERFORMANCE__KERNEL_VARIANT`` forces
+one (tests, benchmarks); one this CPU cannot run is a ``ConfigurationError``, not a crash.
+
+A variant is built on first use and cached under ``<cache_dir>/kernels``, keyed by every source and
+header, the compiler and the variant's flags (not by the CPU). Processes sharing a cache directory
+build an entry once: the build runs under a file lock (the OS drops it when its holder dies, so a
+killed build never blocks another), writes a temporary file and renames it into place, and a
+process that finds the entry finished uses it. A failed build leaves a marker under the same key:
+later starts say so once and do not retry until the compiler or the sources change. Nothing here
+imports torch: the tokenizer loads from it before torch is imported.
 """
 
 from __future__ import annotations
@@ -16,47 +22,217 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-__all__ = ["KERNELS", "build_library", "load_library"]
+from gemma_chat.domain.errors import ConfigurationError
+
+__all__ = [
+    "KERNELS",
+    "VARIANTS",
+    "KernelVariant",
+    "build_library",
+    "choose_variant",
+    "cpu_features",
+    "load_library",
+    "machine",
+    "parse_cpuinfo",
+    "variants_for",
+]
 
 logger = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).parent / "kernels"
 _FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-lm"]
 LOCK_TIMEOUT = 600.0  # seconds to wait for another process's build of the same entry
+_SETTING = "GEMMA_PERFORMANCE__KERNEL_VARIANT"
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    """One build of the kernels: its compiler flags and the CPU features (as Linux's
+    /proc/cpuinfo names them) that the code a compiler emits under those flags may use."""
+
+    name: str
+    machine: str  # x86_64 | aarch64 | another architecture (one generic build)
+    flags: tuple[str, ...]
+    requires: frozenset[str] = frozenset()
+
+
+# What compilers emit for C code under -march=haswell: the x86-64-v3 level (AVX2, FMA, F16C,
+# BMI1/2, LZCNT ("abm"), MOVBE and the x86-64-v2 level's SSE3 ("pni") to SSE4.2). Its AES,
+# RDRAND or FSGSBASE come only from intrinsics, which the kernels do not use.
+_X86_64_V2 = frozenset({"pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"})
+_X86_64_V3 = _X86_64_V2 | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe"}
+_AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni")
+
+# Each architecture's variants, from the most portable to the best; the names are those the
+# setting takes (shared/config/settings.py).
+VARIANTS: tuple[KernelVariant, ...] = (
+    KernelVariant("generic", "x86_64", ("-march=x86-64",)),
+    KernelVariant("avx2", "x86_64", ("-march=haswell",), _X86_64_V3),
+    KernelVariant(
+        "avx512",
+        "x86_64",
+        # Explicit -m flags rather than a newer CPU's -march: only these sets are emitted.
+        ("-march=haswell", *(f"-m{f.replace('_', '')}" for f in _AVX512), "-mtune=icelake-server"),
+        _X86_64_V3 | frozenset(_AVX512),
+    ),
+    KernelVariant("generic", "aarch64", ("-march=armv8-a",)),
+    KernelVariant(
+        "neon-dotprod",
+        "aarch64",
+        ("-march=armv8.2-a+dotprod",),
+        # armv8.1-a's LSE atomics, RDM and CRC32 come with armv8.2-a: the compiler may use them.
+        frozenset({"asimd", "asimddp", "atomics", "asimdrdm", "crc32"}),
+    ),
+)
 
 _built: dict[Path, Path | None] = {}  # this process's answer per entry: worked out once
 _building = threading.Lock()  # the tokenizer's prefetch thread asks beside the model's load
 _loaded: dict[Path, ctypes.CDLL] = {}
 
 
-def build_library(cache_dir: Path, *, march: str = "native") -> Path | None:
-    """The compiled library's path, built on first use; None when it cannot be built here.
+def machine() -> str:
+    """This machine's architecture as ``VARIANTS`` names it (x86_64, aarch64, or as reported)."""
+    name = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(name, name)
 
-    ``march`` is the target CPU: this machine's by default (its vector instructions); tests
-    build a generic one to check that the portable code gives the same results."""
-    flags = [f"-march={march}", *_FLAGS]
+
+def variants_for(arch: str) -> tuple[KernelVariant, ...]:
+    """An architecture's variants, most portable first; a single generic build (the compiler's
+    default target) on an architecture without named variants."""
+    return tuple(v for v in VARIANTS if v.machine == arch) or (KernelVariant("generic", arch, ()),)
+
+
+@cache
+def cpu_features() -> frozenset[str]:
+    """The CPU's features as Linux's /proc/cpuinfo names them ("avx2", "asimddp"...): read from
+    there on Linux, from sysctl on macOS; empty elsewhere (the generic build then runs)."""
+    if sys.platform == "darwin":
+        return _darwin_features()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    return parse_cpuinfo(text)
+
+
+def parse_cpuinfo(text: str) -> frozenset[str]:
+    """The features /proc/cpuinfo lists: every processor's (x86 "flags", ARM "Features"),
+    keeping only those all of them have (a heterogeneous machine runs a thread anywhere)."""
+    lists = [
+        frozenset(line.split(":", 1)[1].split())
+        for line in text.splitlines()
+        if line.split(":", 1)[0].strip() in ("flags", "Features") and ":" in line
+    ]
+    return frozenset.intersection(*lists) if lists else frozenset()
+
+
+# macOS's sysctl names -> /proc/cpuinfo's
+_DARWIN_ARM = {
+    "hw.optional.AdvSIMD": "asimd",
+    "hw.optional.arm.FEAT_DotProd": "asimddp",
+    "hw.optional.arm.FEAT_LSE": "atomics",
+    "hw.optional.arm.FEAT_RDM": "asimdrdm",
+    "hw.optional.armv8_crc32": "crc32",
+}
+_DARWIN_X86 = {
+    "sse3": "pni",
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "avx1.0": "avx",
+    "lzcnt": "abm",
+    "lahf": "lahf_lm",
+    "avx512vnni": "avx512_vnni",
+}
+
+
+def _darwin_features() -> frozenset[str]:
+    sysctl = shutil.which("sysctl") or "/usr/sbin/sysctl"
+    if machine() == "aarch64":
+        found = set()
+        for key, name in _DARWIN_ARM.items():
+            result = subprocess.run([sysctl, "-n", key], capture_output=True, text=True)
+            if result.returncode == 0 and result.stdout.strip() == "1":
+                found.add(name)
+        return frozenset(found)
+    keys = ["machdep.cpu.features", "machdep.cpu.leaf7_features", "machdep.cpu.extfeatures"]
+    words = []
+    for key in keys:  # one at a time: a key missing on this CPU fails only its own call
+        result = subprocess.run([sysctl, "-n", key], capture_output=True, text=True)
+        words += result.stdout.lower().split() if result.returncode == 0 else []
+    return frozenset(_DARWIN_X86.get(word, word) for word in words)
+
+
+def choose_variant(
+    requested: str = "auto",
+    *,
+    features: frozenset[str] | None = None,
+    arch: str | None = None,
+) -> KernelVariant:
+    """The variant to run: the best one the CPU supports for "auto", else the one named, if
+    the CPU can run it (a ``ConfigurationError`` naming what it lacks otherwise)."""
+    arch = arch or machine()
+    features = cpu_features() if features is None else features
+    candidates = variants_for(arch)
+    if requested == "auto":
+        return [v for v in candidates if v.requires <= features][-1]
+    variant = _named(requested, candidates, arch)
+    missing = sorted(variant.requires - features)
+    if missing:
+        runnable = [v.name for v in candidates if v.requires <= features]
+        raise ConfigurationError(
+            f"{_SETTING}={requested}: this CPU lacks {', '.join(missing)}, which the "
+            f"{requested} kernels use. Use auto, or one this CPU runs: {', '.join(runnable)}."
+        )
+    return variant
+
+
+def _named(name: str, candidates: tuple[KernelVariant, ...], arch: str) -> KernelVariant:
+    for variant in candidates:
+        if variant.name == name:
+            return variant
+    raise ConfigurationError(
+        f"{_SETTING}={name} is not a kernel variant for this machine ({arch}): use auto or one "
+        f"of {', '.join(v.name for v in candidates)}."
+    )
+
+
+def build_library(cache_dir: Path, *, variant: str = "auto") -> Path | None:
+    """The variant's compiled library (the best one for this CPU by default), built on first
+    use; None when it cannot be built here. Building does not run it: any variant of this
+    architecture builds, whether or not this CPU could run it."""
+    chosen = (
+        choose_variant()
+        if variant == "auto"
+        else _named(variant, variants_for(machine()), machine())
+    )
+    flags = [*chosen.flags, *_FLAGS]
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     sources = sorted(KERNELS.glob("*.c"))
     directory = Path(cache_dir) / "kernels"
     key = _key(compiler, flags)
-    entry = directory / key
+    entry = directory / f"{chosen.name}-{key[:16]}"
     with _building:
         if entry not in _built:
-            _built[entry] = _build(directory, key, compiler, flags, sources)
+            _built[entry] = _build(directory, entry.name, compiler, flags, sources)
         return _built[entry]
 
 
-def load_library(cache_dir: Path, *, march: str = "native") -> ctypes.CDLL | None:
-    """The compiled library (``build_library``) loaded with ctypes; None without it."""
-    target = build_library(cache_dir, march=march)
+def load_library(cache_dir: Path, *, variant: str = "auto") -> ctypes.CDLL | None:
+    """The variant's library (``build_library``) loaded with ctypes; None without it. A named
+    variant this CPU cannot run is a ``ConfigurationError`` (``choose_variant``)."""
+    target = build_library(cache_dir, variant=choose_variant(variant).name)
     if target is None:
         return None
     if target not in _loaded:
@@ -70,10 +246,9 @@ def load_library(cache_dir: Path, *, march: str = "native") -> ctypes.CDLL | Non
 
 
 def _build(
-    directory: Path, key: str, compiler: str | None, flags: list[str], sources: list[Path]
+    directory: Path, name: str, compiler: str | None, flags: list[str], sources: list[Path]
 ) -> Path | None:
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"native-{key[:16]}"
     target, failed = directory / f"{name}.so", directory / f"{name}.failed"
     if target.is_file():
         return target
@@ -144,10 +319,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _key(compiler: str | None, flags: list[str]) -> str:
+    # Not the CPU: a variant's flags say what it runs on, whichever machine built it.
     digest = hashlib.sha256()
     for path in sorted([*KERNELS.glob("*.c"), *KERNELS.glob("*.h")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(_compiler_id(compiler) + b"\0" + " ".join(flags).encode() + b"\0" + _cpu_id())
+    digest.update(_compiler_id(compiler) + b"\0" + " ".join(flags).encode())
     return digest.hexdigest()
 
 
@@ -161,16 +337,3 @@ def _compiler_id(compiler: str | None) -> bytes:
     except OSError:
         return path.encode()
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-
-
-def _cpu_id() -> bytes:
-    # -march=native builds for this CPU: a different CPU needs its own build.
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        flags = ""
-    return flags.encode()

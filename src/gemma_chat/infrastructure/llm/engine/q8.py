@@ -1,9 +1,9 @@
 """int8 weights and activations in blocks of 32 (llama.cpp's Q8_0), computed by our C kernels.
 
 On this class of CPU, torch's int8 paths are slower than bfloat16 (see the measurements in
-DEVELOPMENT.md), so the kernels are ours: ``kernels/*.c`` behind ``kernels/q8.h``, compiled once
-with the system's C compiler for the machine it runs on (native.py), bound with cffi from the
-header itself. Weights are packed for AVX-512 VNNI (AVX2
+DEVELOPMENT.md), so the kernels are ours: ``kernels/*.c`` behind ``kernels/q8.h``, compiled with
+the system's C compiler into variants, of which the best one this CPU runs is loaded (native.py),
+bound with cffi from the header itself. Weights are packed for AVX-512 VNNI (AVX2
 reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
 (``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 % over float32
@@ -25,7 +25,7 @@ from torch import nn
 
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
-from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library
+from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, choose_variant
 
 __all__ = [
     "BLOCK",
@@ -84,10 +84,11 @@ def _ffi() -> Any:
 
 
 class Q8Kernels:
-    """The library's functions (``kernels/q8.h``), called through cffi."""
+    """The library's functions (``kernels/q8.h``), called through cffi; ``variant`` names the
+    build (``native.VARIANTS``)."""
 
-    def __init__(self, library: Path) -> None:
-        self.ffi, self.path = _ffi(), library
+    def __init__(self, library: Path, variant: str) -> None:
+        self.ffi, self.path, self.variant = _ffi(), library, variant
         self._lib = self.ffi.dlopen(str(library))
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         self._lib.gemma_set_threads(torch.get_num_threads())
@@ -172,13 +173,16 @@ class Q8Kernels:
         )
 
 
-def load_kernels(cache_dir: Path, *, march: str = "native") -> Q8Kernels | None:
-    """The compiled kernels (``native.build_library``); None when no C compiler can build them."""
-    library = build_library(cache_dir, march=march)
+def load_kernels(cache_dir: Path, *, variant: str = "auto") -> Q8Kernels | None:
+    """The compiled kernels (``native.build_library``): the best variant this CPU runs, or the
+    one named (a ``ConfigurationError`` if this CPU cannot run it); None when no C compiler can
+    build them."""
+    chosen = choose_variant(variant).name
+    library = build_library(cache_dir, variant=chosen)
     if library is None:
         return None
     try:
-        return Q8Kernels(library)
+        return Q8Kernels(library, chosen)
     except OSError as exc:  # not a library any more (changed under us): built again next time
         logger.warning("Could not load the native kernels (%s); rebuilding next time", exc)
         library.unlink(missing_ok=True)
