@@ -6,8 +6,8 @@ the system's C compiler into variants, of which the best one this CPU runs is lo
 bound with cffi from the header itself. Weights are packed for AVX-512 VNNI (AVX2
 reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
-(``Q8BlockDecoder``). Perplexity on the embedded model: +0.2 % over float32
-(benchmarks/engine_benchmark.py).
+(``Q8BlockDecoder``). Perplexity against float32 is measured by benchmarks/engine_benchmark.py
+(figures in DEVELOPMENT.md).
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ class Q8Embedding(nn.Module):
 class Q8BlockDecoder:
     """Every block in one C call (``gemma_decode_block``) instead of ~40 torch operations: at one
     token per sequence those small operations, not the matrix products, were most of a decode
-    step (8 of 19 ms on the embedded model). Prefill goes the same way, so a token's keys and
+    step (measured: DEVELOPMENT.md). Prefill goes the same way, so a token's keys and
     values are the same bits whether its prompt was prefilled whole, in pieces, or decoded."""
 
     def __init__(self, kernels: Q8Kernels, blocks: nn.ModuleList) -> None:

@@ -11,8 +11,8 @@ void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * scale[i];
 }
 
-/* gelu_tanh(x) with 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): scalar tanhf was 6 ms of a batch-8
- * decode step. */
+/* gelu_tanh(x) with 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): scalar tanhf was a large part
+ * of a batched decode step (DEVELOPMENT.md). */
 void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         const float x = gate[i];

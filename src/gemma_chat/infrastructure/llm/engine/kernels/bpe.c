@@ -3,9 +3,9 @@
  * them: added tokens matched first (leftmost, longest), spaces as U+2581, merges by rank (ties:
  * leftmost), characters missing from the vocabulary as <0xXX> byte tokens.
  *
- * Why not `tokenizers` itself: parsing the embedded model's 33 MB tokenizer.json takes ~1 s
- * holding the GIL (so nothing else of a cold start overlaps it) and leaves ~300 MB of heap.
- * This reads a compact file written next to it at conversion (bpe.py) in ~50 ms, in ~25 MB.
+ * Why not `tokenizers` itself: parsing the embedded model's large tokenizer.json holds the GIL
+ * (so nothing else of a cold start overlaps it) and leaves a large heap; this reads a compact
+ * file written next to it at conversion (bpe.py). Figures: DEVELOPMENT.md.
  */
 #include <stdint.h>
 #include <stdio.h>
