@@ -71,7 +71,8 @@ class ModelSettings(_Section):
     # Precision: "auto" is bfloat16 on CPU (as accurate as float32 here, 2.4x faster) and on
     # CUDA GPUs that support it, float16 on older GPUs.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # "auto": int8 (blocks of 32; its perplexity cost is in DEVELOPMENT.md) on the native CPU engine, none elsewhere.
+    # "auto": int8 (blocks of 32; its perplexity cost is in DEVELOPMENT.md) on the native CPU
+    # engine, none elsewhere.
     quantization: Literal["auto", "none", "fp16", "bf16", "int8", "int4"] = "auto"
     # How a conversation becomes a prompt: the tokenizer's chat template when it has one, else
     # Gemma turns for instruction-tuned models and a User/Assistant transcript for base models.
