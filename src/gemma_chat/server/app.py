@@ -22,7 +22,7 @@ from gemma_chat.server.dependencies import ServerState
 from gemma_chat.server.errors import install_error_handlers
 from gemma_chat.server.metrics import install_metrics
 from gemma_chat.server.middleware import BodySizeLimit
-from gemma_chat.server.routers import health, openai, sessions
+from gemma_chat.server.routers import health, openai, responses, sessions
 from gemma_chat.shared.config import Settings, default_server_storage_url, get_settings
 
 __all__ = ["create_app"]
@@ -66,7 +66,7 @@ def create_app(
             allow_headers=["*"],
         )
 
-    for api in (health, openai, sessions):
+    for api in (health, openai, responses, sessions):
         api.attach_router(app)
     return app
 

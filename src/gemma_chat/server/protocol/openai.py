@@ -4,9 +4,9 @@ stream chunks. A field marked ``exclude_if=absent`` is left out of a chunk's JSO
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_chat.server.protocol.common import (
     ChatGenerationRequest,
@@ -33,15 +33,82 @@ __all__ = [
     "CompletionResponse",
     "CompletionUsageChunk",
     "DeltaMessage",
+    "FunctionCallDelta",
+    "FunctionCallOut",
+    "FunctionDefinition",
+    "JSONSchemaFormat",
     "ModelCard",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
+    "ResponseFormat",
+    "ToolCallDelta",
+    "ToolCallOut",
+    "ToolChoice",
+    "ToolDefinition",
 ]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    description: str | None = None
+    # "schema" shadows a BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class ChatCompletionRequest(ChatGenerationRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
     n: int = 1
     stream_options: StreamOptions | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    modalities: list[Literal["text"]] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -53,6 +120,19 @@ class CompletionRequest(GenerationRequest):
     max_tokens: int | None = 16  # OpenAI's default for /v1/completions
     n: int = 1
     stream_options: StreamOptions | None = None
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def unsupported_value(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo=true is not supported."
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported."
+        if self.best_of not in (None, 1):
+            return "best_of", "best_of is not supported; n is."
+        return super().unsupported_value()
 
     @property
     def include_usage(self) -> bool:
@@ -77,9 +157,22 @@ class ModelList(BaseModel):
 # -- /v1/chat/completions -------------------------------------------------------------------
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=absent)
+    refusal: None = None
 
 
 class ChatCompletionChoice(BaseModel):
@@ -98,9 +191,25 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo | None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(default=None, exclude_if=absent)
+    arguments: str | None = Field(default=None, exclude_if=absent)
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed tool call: the first delta of a call has its id, type and name, the next ones
+    pieces of its arguments (OpenAI's way)."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=absent)
+    type: Literal["function"] | None = Field(default=None, exclude_if=absent)
+    function: FunctionCallDelta
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=absent)
     content: str | None = Field(default=None, exclude_if=absent)
+    tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=absent)
 
 
 class ChunkChoice(BaseModel):

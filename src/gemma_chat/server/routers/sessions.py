@@ -20,6 +20,7 @@ from gemma_chat.server.dependencies import (
     serve_model,
 )
 from gemma_chat.server.errors import ERROR_RESPONSES
+from gemma_chat.server.messages import refuse_unsupported
 from gemma_chat.server.protocol import (
     DeltaMessage,
     SessionChunk,
@@ -89,6 +90,7 @@ async def delete_session(session_id: str, service: Service) -> SessionDeleted:
 async def send_message(
     session_id: str, body: SessionMessageRequest, service: Service, http: Request
 ) -> Any:
+    refuse_unsupported(body)
     await service.get_session(session_id)  # 404 before any streaming starts
     parameters = body.generation_parameters(serve_model(service, body.model))
     admission = Admission(http)  # 429 when too many requests are in flight

@@ -148,6 +148,8 @@ class LimitsSettings(_Section):
     max_message_chars: int = Field(32_000, ge=1)
     max_tokens: int = Field(4096, ge=1)
     max_stop_sequences: int = Field(4, ge=0)
+    # OpenAI's n: choices per request, generated side by side in one batch.
+    max_choices: int = Field(8, ge=1)
     request_timeout_seconds: float = Field(300.0, gt=0)
     # A turn on a session that is answering another: "queue" runs it after that one (in arrival
     # order); "reject" refuses it at once (SessionBusyError, HTTP 409).
