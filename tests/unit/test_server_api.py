@@ -80,7 +80,7 @@ def test_a_chat_completion_has_openais_shape(client: TestClient, llm: FakeLLM) -
         "content": "Hello from the",
         "refusal": None,
     }
-    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["finish_reason"] == "length"  # cut by max_tokens
     usage = data["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert llm.messages_seen[-1] == [
@@ -308,7 +308,7 @@ def test_a_raw_completion_continues_the_prompt_without_a_chat_format(
     data = response.json()
     assert data["object"] == "text_completion"
     assert data["choices"][0]["text"] == "Hello from"
-    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["finish_reason"] == "length"  # cut by max_tokens
     assert llm.calls[-1].prompt == "Once upon a time"  # as sent: no chat format
     assert llm.calls[-1].kwargs["raw"] is True
     body = {"prompt": "Once", "stream": True, "stream_options": {"include_usage": True}}

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_chat.domain.models import ChatMessage, GenerationConfig
+from gemma_chat.domain.models import (
+    ChatMessage,
+    Completion,
+    FinishReason,
+    GenerationConfig,
+    StreamChunk,
+    TokenUsage,
+)
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.shared.config import Settings, get_settings
 
@@ -84,26 +91,34 @@ class FakeLLM(BaseLLM):
             await asyncio.sleep(self.delay)
         if self.fail_with is not None:
             raise self.fail_with
-        return self._answer(kwargs)
+        text, cut = self._answer(kwargs)
+        usage = TokenUsage(self.count_tokens(prompt), self.count_tokens(text))
+        return Completion(text, FinishReason.LENGTH if cut else FinishReason.STOP, usage)
 
     async def _stream_implementation(self, prompt: str, **kwargs: Any) -> AsyncIterator[str]:
         self.calls.append(GenerationCall(prompt, kwargs))
         try:
             if self.fail_with is not None and self.fail_after_chunks is None:
                 raise self.fail_with
-            words = self._answer(kwargs).split(" ")
+            text, cut = self._answer(kwargs)
+            words = text.split(" ")
             for index, word in enumerate(words):
                 if self.fail_after_chunks is not None and index == self.fail_after_chunks:
                     raise self.fail_with or RuntimeError("injected mid-stream failure")
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 yield word if index == 0 else " " + word
+            if cut:
+                yield StreamChunk("", FinishReason.LENGTH)
         finally:
             self.streams_closed += 1
 
-    def _answer(self, kwargs: dict[str, Any]) -> str:
+    def _answer(self, kwargs: dict[str, Any]) -> tuple[str, bool]:
+        """The next answer, cut to ``max_new_tokens`` words, and whether it was cut (its
+        finish reason is then ``length``, as a model's that ran out of tokens)."""
         words = next(self._cycle).split(" ")
-        return " ".join(words[: kwargs["max_new_tokens"]])
+        limit = kwargs["max_new_tokens"]
+        return " ".join(words[:limit]), len(words) > limit
 
 
 def create_mock_llm(response: str = "mock response") -> FakeLLM:
