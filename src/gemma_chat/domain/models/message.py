@@ -205,7 +205,7 @@ class Message:
         return message
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "id": self.id,
             "role": self.role.value,
             "content": self.content,

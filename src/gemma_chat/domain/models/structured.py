@@ -66,7 +66,8 @@ class ResponseFormat:
         }.get(self.kind)
         if needs is not None and needs[1] is None:
             raise InvalidGenerationConfigError(
-                f"A {self.kind.value} response format needs its {needs[0]}.", field="response_format"
+                f"A {self.kind.value} response format needs its {needs[0]}.",
+                field="response_format",
             )
         if self.schema is not None:
             if not isinstance(self.schema, Mapping):

@@ -277,7 +277,9 @@ class BaseLLM(ABC):
         if self._prompts_tools(config, raw):
             text, calls = parse_tool_calls(completion.text, config.tools)
             if calls:
-                completion = Completion(text, FinishReason.TOOL_CALLS, completion.token_usage, calls)
+                completion = Completion(
+                    text, FinishReason.TOOL_CALLS, completion.token_usage, calls
+                )
         self._record(completion.token_usage)
         return completion
 

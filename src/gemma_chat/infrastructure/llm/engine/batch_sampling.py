@@ -26,6 +26,7 @@ class MaskStats:
     masked_rows: int = 0
     mask_seconds: float = 0.0
 
+
 # Rows sampling from at most this many candidates get them from the model's batched top-k;
 # larger top_k values go through the sampler's own torch.topk.
 _TOP_K_ROWS = 1024

@@ -28,7 +28,7 @@ from gemma_chat.domain.errors import InvalidSchemaError
 from gemma_chat.domain.models import ResponseFormat, ResponseFormatKind
 from gemma_chat.infrastructure.llm.tokenizers.text_tokenizer import TextTokenizer
 
-__all__ = ["GrammarCompiler", "TokenConstraint", "mask_logits_row"]
+__all__ = ["GrammarCompiler", "TokenConstraint", "mask_logits_row", "reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class GrammarCompiler:
             compiled = _compile(compiler, response_format)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InvalidSchemaError(
-                f"Invalid {response_format.kind.value} response format: {_reason(exc)}",
+                f"Invalid {response_format.kind.value} response format: {reason(exc)}",
                 field="response_format",
             ) from None
         with self._lock:
@@ -165,7 +165,8 @@ def _compile(compiler: Any, fmt: ResponseFormat) -> Any:
 _LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """xgrammar's message of ``exc``, without its time and source location."""
     text = _LOCATION.sub("", str(exc).strip()) or type(exc).__name__
     return text.splitlines()[0] if len(text) > 500 else text
 
@@ -177,9 +178,7 @@ def _tokenizer_info(tokenizer: TextTokenizer, vocab_size: int, end_ids: list[int
 
     hf = getattr(tokenizer, "hf_tokenizer", None)
     if hf is not None:  # a transformers tokenizer: xgrammar reads it itself
-        return xgr.TokenizerInfo.from_huggingface(
-            hf, vocab_size=vocab_size, stop_token_ids=end_ids
-        )
+        return xgr.TokenizerInfo.from_huggingface(hf, vocab_size=vocab_size, stop_token_ids=end_ids)
     pieces_of = getattr(tokenizer, "token_pieces", None)
     if pieces_of is None:
         raise InvalidSchemaError(

@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from gemma_chat.domain.errors import InvalidSchemaError
 from gemma_chat.domain.models import (
     ChatMessage,
     ResponseFormat,
@@ -35,6 +36,7 @@ from gemma_chat.domain.models import (
     ToolChoiceMode,
     ToolDefinition,
 )
+from gemma_chat.infrastructure.llm.generation.constraints import reason
 
 __all__ = [
     "CALL_FENCE",
@@ -191,6 +193,21 @@ def tool_grammar(
     text as ``text_format`` says, if given)."""
     if mode is ToolChoiceMode.NONE or not tools:
         return text_format
+    try:
+        return _tool_grammar(tools, mode, name, text_format)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InvalidSchemaError(
+            f"The tools' schemas (or the response format) do not compile: {reason(exc)}",
+            field="tools",
+        ) from None
+
+
+def _tool_grammar(
+    tools: Sequence[ToolDefinition],
+    mode: ToolChoiceMode,
+    name: str | None,
+    text_format: ResponseFormat | None,
+) -> ResponseFormat:
     import xgrammar as xgr
 
     chosen = [t for t in tools if mode is not ToolChoiceMode.NAMED or t.name == name]
@@ -232,7 +249,7 @@ def _grammar_of(fmt: ResponseFormat) -> Any:
     if kind is ResponseFormatKind.JSON_OBJECT:
         return xgr.Grammar.from_json_schema(json.dumps({"type": "object"}), any_whitespace=False)
     if kind is ResponseFormatKind.REGEX:
-        return xgr.Grammar.from_regex(fmt.pattern)
+        return xgr.Grammar.from_regex(str(fmt.pattern))
     if kind is ResponseFormatKind.CHOICE:
         return xgr.Grammar.from_ebnf("root ::= " + " | ".join(json.dumps(c) for c in fmt.choices))
-    return xgr.Grammar.from_ebnf(fmt.grammar)
+    return xgr.Grammar.from_ebnf(str(fmt.grammar))
