@@ -79,8 +79,8 @@ def response_format_of(value: object) -> tuple[ResponseFormat | None, OutputPars
         fmt = _from_mapping(value)
         return fmt, (OutputParser(fmt) if fmt is not None else None)
     if isinstance(value, type) or hasattr(value, "__origin__"):
-        adapter: TypeAdapter[Any] = TypeAdapter(value)  # type: ignore[arg-type]
         try:
+            adapter: TypeAdapter[Any] = TypeAdapter(value)  # type: ignore[arg-type]
             schema = adapter.json_schema()
         except Exception as exc:  # pydantic's several schema errors: the type has no schema
             raise InvalidSchemaError(

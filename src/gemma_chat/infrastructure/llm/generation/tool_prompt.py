@@ -41,6 +41,7 @@ from gemma_chat.infrastructure.llm.generation.constraints import reason
 __all__ = [
     "CALL_FENCE",
     "ToolCallFilter",
+    "call_block",
     "parse_tool_calls",
     "render_tool_conversation",
     "tool_grammar",
@@ -72,7 +73,8 @@ def _describe(tools: Sequence[ToolDefinition], mode: ToolChoiceMode, name: str |
     return "\n".join(lines)
 
 
-def _call_block(call: ToolCall) -> str:
+def call_block(call: ToolCall) -> str:
+    """The fenced block a model writes to make ``call``."""
     try:
         arguments = json.loads(call.arguments)
     except ValueError:
@@ -94,7 +96,7 @@ def render_tool_conversation(
         role, content = message["role"], message["content"]
         if role == Role.ASSISTANT.value and message.get("tool_calls"):
             calls = [ToolCall.from_openai(c) for c in message.get("tool_calls", [])]
-            blocks = "\n".join(_call_block(c) for c in calls)
+            blocks = "\n".join(call_block(c) for c in calls)
             out.append({"role": role, "content": f"{content}\n{blocks}" if content else blocks})
         elif role == Role.TOOL.value:
             result = {"id": message.get("tool_call_id"), "content": content}
