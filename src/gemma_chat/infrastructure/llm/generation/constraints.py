@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -26,9 +25,10 @@ import torch
 
 from gemma_chat.domain.errors import InvalidSchemaError
 from gemma_chat.domain.models import ResponseFormat, ResponseFormatKind
+from gemma_chat.infrastructure.llm.generation.tool_prompt import reason
 from gemma_chat.infrastructure.llm.tokenizers.text_tokenizer import TextTokenizer
 
-__all__ = ["GrammarCompiler", "TokenConstraint", "mask_logits_row", "reason"]
+__all__ = ["GrammarCompiler", "TokenConstraint", "mask_logits_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +159,6 @@ def _compile(compiler: Any, fmt: ResponseFormat) -> Any:
         return compiler.compile_grammar(f"root ::= {alternatives}")
     assert fmt.grammar is not None
     return compiler.compile_grammar(fmt.grammar)
-
-
-# xgrammar prefixes its messages with a time and its source file.
-_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
-
-
-def reason(exc: BaseException) -> str:
-    """xgrammar's message of ``exc``, without its time and source location."""
-    text = _LOCATION.sub("", str(exc).strip()) or type(exc).__name__
-    return text.splitlines()[0] if len(text) > 500 else text
 
 
 def _tokenizer_info(tokenizer: TextTokenizer, vocab_size: int, end_ids: list[int]) -> Any:

@@ -36,13 +36,13 @@ from gemma_chat.domain.models import (
     ToolChoiceMode,
     ToolDefinition,
 )
-from gemma_chat.infrastructure.llm.generation.constraints import reason
 
 __all__ = [
     "CALL_FENCE",
     "ToolCallFilter",
     "call_block",
     "parse_tool_calls",
+    "reason",
     "render_tool_conversation",
     "tool_grammar",
 ]
@@ -255,3 +255,13 @@ def _grammar_of(fmt: ResponseFormat) -> Any:
     if kind is ResponseFormatKind.CHOICE:
         return xgr.Grammar.from_ebnf("root ::= " + " | ".join(json.dumps(c) for c in fmt.choices))
     return xgr.Grammar.from_ebnf(str(fmt.grammar))
+
+
+# xgrammar prefixes its messages with a time and its source file.
+_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def reason(exc: BaseException) -> str:
+    """xgrammar's message of ``exc``, without its time and source location."""
+    text = _LOCATION.sub("", str(exc).strip()) or type(exc).__name__
+    return text.splitlines()[0] if len(text) > 500 else text
