@@ -135,7 +135,8 @@ async def test_auto_tool_choice_allows_text_or_a_call(embedded_llm: GemmaLLM) ->
     if completion.tool_calls:
         assert completion.finish_reason is FinishReason.TOOL_CALLS
     else:
-        assert completion.text and not completion.text.startswith("`")
+        assert completion.text
+        assert not completion.text.startswith("`")
 
 
 @pytest.mark.asyncio
@@ -149,7 +150,8 @@ async def test_choice_and_regex_formats(embedded_llm: GemmaLLM) -> None:
         temperature=0, max_new_tokens=20, response_format=ResponseFormat.regex(r"\d{3}-\d{4}")
     )
     answer = await embedded_llm.generate(chat("A phone number?"), regex)
-    assert len(answer.text) == 8 and answer.text[3] == "-"
+    assert len(answer.text) == 8
+    assert answer.text[3] == "-"
 
 
 @pytest.mark.asyncio

@@ -165,7 +165,7 @@ class InferenceService(ServiceLifecycle):
                     tool_calls=completion.tool_calls,
                 )
                 results = await run_tool_calls(
-                    completion.tool_calls, structured.tools.functions, timeout=tool_timeout
+                    completion.tool_calls, structured.tools.functions, time_limit=tool_timeout
                 )
                 steps += [call, *results]
                 messages += [m.to_chat_message() for m in (call, *results)]

@@ -27,7 +27,6 @@ from gemma_chat.domain.models import (
     Completion,
     FinishReason,
     ResponseFormat,
-    ResponseFormatKind,
     ToolDefinition,
 )
 

@@ -26,17 +26,19 @@ async def run_tool_calls(
     calls: Sequence[ToolCall],
     functions: Mapping[str, Callable[..., Any]],
     *,
-    timeout: float,
+    time_limit: float,
 ) -> list[Message]:
     """One tool message per call, in the calls' order (the calls run concurrently)."""
-    results = await asyncio.gather(*(_run(call, functions, timeout) for call in calls))
+    results = await asyncio.gather(*(_run(call, functions, time_limit) for call in calls))
     return [
         Message(Role.TOOL, result, tool_call_id=call.id)
         for call, result in zip(calls, results, strict=True)
     ]
 
 
-async def _run(call: ToolCall, functions: Mapping[str, Callable[..., Any]], timeout: float) -> str:
+async def _run(
+    call: ToolCall, functions: Mapping[str, Callable[..., Any]], time_limit: float
+) -> str:
     function = functions.get(call.name)
     if function is None:
         return f"Error: there is no tool named {call.name!r}."
@@ -48,13 +50,13 @@ async def _run(call: ToolCall, functions: Mapping[str, Callable[..., Any]], time
         return "Error: the arguments must be a JSON object."
     checked = validate_call(function)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(time_limit):
             if inspect.iscoroutinefunction(function):
                 result = await checked(**arguments)
             else:
                 result = await asyncio.to_thread(checked, **arguments)
     except TimeoutError:
-        return f"Error: the tool {call.name!r} did not answer within {timeout:g} s."
+        return f"Error: the tool {call.name!r} did not answer within {time_limit:g} s."
     except PydanticValidationError as exc:
         return f"Error: invalid arguments for {call.name!r}: {exc}"
     except Exception as exc:  # the tool's own failure is its result, for the model to read
