@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from gemma_chat.domain.models import (
     Completion,
     GenerationConfig,
     InferenceResponse,
+    Message,
     Role,
 )
 
@@ -73,14 +74,22 @@ class Turns:
         return await self._sessions.get(session) if isinstance(session, str) else session
 
     async def record(
-        self, turn: Turn, completion: Completion, *, cached: bool
+        self,
+        turn: Turn,
+        completion: Completion,
+        *,
+        cached: bool,
+        steps: Sequence[Message] = (),
     ) -> InferenceResponse:
-        """Add the user message, the answer and their usage to the session, all at once."""
+        """Add the user message, the answer and their usage to the session, all at once
+        (``steps``: tool calls and results before the answer)."""
         with turn.session.recording_turn(
             turn.user_message,
             completion.text,
             completion.token_usage,
             user_token_count=_count_tokens(turn.llm, turn.user_message),
+            tool_calls=completion.tool_calls,
+            steps=steps,
         ) as (_, answer):
             # A refused save (another process saved the session first) takes the turn back.
             if await self._sessions.contains(turn.session.id):
@@ -116,6 +125,7 @@ class Turns:
             session_id=session_id,
             message_id=message_id or uuid.uuid4().hex,
             cached=cached,
+            tool_calls=completion.tool_calls,
         )
 
     def _lock(self, session_id: str) -> asyncio.Lock:

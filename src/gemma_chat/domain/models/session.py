@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -17,10 +17,12 @@ from gemma_chat.domain.models.message import (
     utc_now,
     validate_text,
 )
+from gemma_chat.domain.models.structured import ToolCall
 
 __all__ = ["ChatSession"]
 
-_SCHEMA_VERSION = 1
+# 2: messages may carry tool calls (assistant) and the call they answer (tool); 1 is read too.
+_SCHEMA_VERSION = 2
 
 
 class ChatSession:
@@ -139,15 +141,27 @@ class ChatSession:
         token_usage: TokenUsage,
         *,
         user_token_count: int | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+        steps: Sequence[Message] = (),
     ) -> tuple[Message, Message]:
-        """Append a user message, its reply and their usage together, all validated first."""
+        """Append a user message, its reply and their usage together, all validated first.
+
+        ``tool_calls``: the calls the reply makes. ``steps``: the messages between the user's
+        and the reply (assistant tool calls and the tools' results) when tools were run.
+        """
         user = Message(Role.USER, user_content, token_count=user_token_count)
         assistant = Message(
             Role.ASSISTANT,
             assistant_content,
             token_count=token_usage.completion_tokens,
+            tool_calls=tuple(tool_calls),
         )
-        self._messages.extend((user, assistant))
+        for step in steps:
+            if not isinstance(step, Message) or step.role not in (Role.ASSISTANT, Role.TOOL):
+                raise InvalidMessageError(
+                    "A turn's steps are assistant tool calls and tool results (Message values)."
+                )
+        self._messages.extend((user, *steps, assistant))
         self._token_usage += token_usage
         self._touch()
         return user, assistant
@@ -160,12 +174,19 @@ class ChatSession:
         token_usage: TokenUsage,
         *,
         user_token_count: int | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+        steps: Sequence[Message] = (),
     ) -> Iterator[tuple[Message, Message]]:
         """``record_turn``, taken back if the block raises (a store that refused to save it):
         the session is never left with a turn its store does not have."""
         kept = (len(self._messages), self._token_usage, self.updated_at)
         turn = self.record_turn(
-            user_content, assistant_content, token_usage, user_token_count=user_token_count
+            user_content,
+            assistant_content,
+            token_usage,
+            user_token_count=user_token_count,
+            tool_calls=tool_calls,
+            steps=steps,
         )
         try:
             yield turn
@@ -215,6 +236,12 @@ class ChatSession:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChatSession:
         try:
+            if isinstance(data, Mapping) and data.get("schema_version", 1) > _SCHEMA_VERSION:
+                raise InvalidMessageError(
+                    f"A chat session stored by a newer gemma-chat (schema "
+                    f"{data['schema_version']}, this one reads up to {_SCHEMA_VERSION}): "
+                    "upgrade gemma-chat."
+                )
             if data["id"] is None:  # would otherwise get a fresh id: the stored one is lost
                 raise InvalidMessageError("A stored chat session must have an id.")
             session = cls(

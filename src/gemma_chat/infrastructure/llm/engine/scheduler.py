@@ -22,7 +22,7 @@ import torch
 
 from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.engine.batch_sampling import choose_tokens
+from gemma_chat.infrastructure.llm.engine.batch_sampling import MaskStats, choose_tokens
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
@@ -51,9 +51,14 @@ class SchedulerStats:
     prefilled_tokens: int = 0
     reused_tokens: int = 0
     max_batch: int = 0
+    masks: MaskStats = field(default_factory=MaskStats)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "masks"} | {
+            "constrained_tokens": self.masks.constrained_tokens,
+            "masked_rows": self.masks.masked_rows,
+            "mask_seconds": round(self.masks.mask_seconds, 6),
+        }
 
 
 class BatchScheduler:
@@ -226,7 +231,10 @@ class BatchScheduler:
         self, logits: torch.Tensor, slots: list[_Slot], seen: Callable[[int], list[int]]
     ) -> list[int | None]:
         """The rows' next tokens, chosen for the whole batch at once (``choose_tokens``)."""
-        return choose_tokens(self.model, logits, [s.sampler for s in slots], seen)
+        constraints = [s.job.constraint if s.job is not None else None for s in slots]
+        return choose_tokens(
+            self.model, logits, [s.sampler for s in slots], seen, constraints, self.stats.masks
+        )
 
     def _prefill(self, job: GenerationJob) -> None:
         """A new request's prompt alone (models without ``forward_rows``)."""
@@ -320,6 +328,8 @@ class BatchScheduler:
             if token is not None and token < 0:  # no finite probability in the row
                 raise BrokenLogitsError()
             if token is None:
+                if job.constraint is not None:  # no batched choice: masked here
+                    job.constraint.mask_(logits)
                 seen = (
                     torch.tensor(slot.tokens, dtype=torch.long)
                     if sampler.params.repetition_penalty != 1.0

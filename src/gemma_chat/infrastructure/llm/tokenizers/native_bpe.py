@@ -143,6 +143,12 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         size: int = self._lib.bpe_vocab_size(self._handle)
         return size
 
+    def token_pieces(self) -> list[str]:
+        return [self._token(i) for i in range(self.vocab_size)]
+
+    def backend_json(self) -> str | None:
+        return None  # SentencePiece-style with byte fallback: the only kind bpe.c reads
+
     def encode(self, text: str) -> list[int]:
         data = text.encode("utf-8")
         room = len(data) + 16  # at most one id per byte
