@@ -3,6 +3,7 @@ FakeLLM: content parts, refused fields, n choices, model retrieval, the Response
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,8 +12,9 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
+from pydantic import BaseModel
 
-from gemma_chat import InferenceService, get_settings
+from gemma_chat import InferenceService, ToolCall, get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing import FakeLLM
 
@@ -241,3 +243,194 @@ def test_the_responses_api_refuses_what_it_cannot_do_by_name(
         assert response.json()["error"]["param"] == param
     else:
         assert "input_image" in response.json()["error"]["message"]
+
+
+# -- tools and structured output ------------------------------------------------------------
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture
+def tool_llm() -> FakeLLM:
+    return FakeLLM(
+        [ToolCall("get_weather", '{"city": "Paris"}', id="call_1"), "It is sunny in Paris."],
+        model_name="m",
+    )
+
+
+@pytest.fixture
+def tool_client(tool_llm: FakeLLM) -> Iterator[OpenAI]:
+    settings = get_settings()
+    app = create_app(settings, InferenceService(settings, llm=tool_llm))
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 5
+        while http.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        yield OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+
+
+def test_a_tool_call_comes_back_in_openais_shape(tool_client: OpenAI, tool_llm: FakeLLM) -> None:
+    response = tool_client.chat.completions.create(
+        model="m", messages=USER, tools=[WEATHER_TOOL], tool_choice="required"  # type: ignore[arg-type]
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    config = tool_llm.calls[-1].kwargs
+    assert config["response_format"] is not None  # the call is forced by grammar
+
+
+def test_a_streamed_tool_call_arrives_as_openais_deltas(tool_client: OpenAI) -> None:
+    stream = tool_client.chat.completions.create(
+        model="m", messages=USER, tools=[WEATHER_TOOL], stream=True  # type: ignore[arg-type]
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += delta.id or ""
+                if delta.function is not None:
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+    assert finish == "tool_calls"
+    assert calls[0]["id"].startswith("call_")
+    assert calls == {
+        0: {"id": calls[0]["id"], "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    }
+
+
+def test_a_turn_with_a_tool_result_continues(tool_client: OpenAI, tool_llm: FakeLLM) -> None:
+    tool_client.chat.completions.create(model="m", messages=USER, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
+    messages: Any = [
+        *USER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 C"},
+    ]
+    response = tool_client.chat.completions.create(
+        model="m", messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert response.choices[0].message.content == "It is sunny in Paris."
+    seen = tool_llm.messages_seen[-1]
+    assert seen[-1]["role"] == "tool"
+    assert seen[-1].get("tool_call_id") == "call_1"
+    assert seen[-2].get("tool_calls")
+
+
+def test_a_tool_message_without_its_call_id_is_a_400(http: TestClient) -> None:
+    body = {"messages": [*USER, {"role": "tool", "content": "x"}]}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages[1].tool_call_id"
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+def test_parse_with_a_pydantic_model_returns_a_validated_object(client: OpenAI) -> None:
+    completion = client.chat.completions.parse(model="m", messages=USER, response_format=City)  # type: ignore[arg-type]
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, City)
+
+
+def test_json_object_and_an_invalid_schema(client: OpenAI, llm: FakeLLM) -> None:
+    client.chat.completions.create(
+        model="m", messages=USER, response_format={"type": "json_object"}  # type: ignore[arg-type]
+    )
+    assert llm.calls[-1].kwargs["response_format"].is_json
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="m",
+            messages=USER,  # type: ignore[arg-type]
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x"},  # no schema
+            },
+        )
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["param"] == "response_format"
+
+
+def test_the_responses_api_returns_a_function_call_item(tool_client: OpenAI) -> None:
+    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    response = tool_client.responses.create(
+        model="m", input="Weather in Paris?", tools=[tool], tool_choice="required"
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert len(calls) == 1
+    assert calls[0].name == "get_weather"
+    assert calls[0].call_id.startswith("call_")
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}
+
+
+def test_the_responses_api_continues_after_a_function_call_output(
+    tool_client: OpenAI, tool_llm: FakeLLM
+) -> None:
+    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    tool_client.responses.create(model="m", input="Weather?", tools=[tool])
+    response = tool_client.responses.create(
+        model="m",
+        tools=[tool],
+        input=[
+            {"role": "user", "content": "Weather?"},
+            {
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": '{"city": "Paris"}',
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        ],
+    )
+    assert response.output_text == "It is sunny in Paris."
+    assert tool_llm.messages_seen[-1][-1]["role"] == "tool"
+
+
+def test_the_responses_api_streams_a_function_call(tool_client: OpenAI) -> None:
+    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    events = list(
+        tool_client.responses.create(model="m", input="Weather?", tools=[tool], stream=True)
+    )
+    kinds = [event.type for event in events]
+    assert "response.function_call_arguments.done" in kinds
+    assert "response.output_text.delta" not in kinds
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert [item.type for item in final.response.output] == ["function_call"]
+
+
+def test_the_responses_api_structured_output(client: OpenAI, llm: FakeLLM) -> None:
+    response = client.responses.parse(model="m", input="A city?", text_format=City)
+    assert isinstance(response.output_parsed, City)
+    assert llm.calls[-1].kwargs["response_format"].schema is not None

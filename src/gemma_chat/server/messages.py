@@ -103,10 +103,7 @@ def chat_conversation(
                     f"messages[{index}] has tool_calls; only assistant messages make calls.",
                     f"messages[{index}].tool_calls",
                 )
-            entry["tool_calls"] = [
-                {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
-                for call in message.tool_calls
-            ]
+            entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
         elif message.content is None:
             raise refuse(
                 f"messages[{index}] has no content (null is allowed only on an assistant "
@@ -164,11 +161,11 @@ def responses_conversation(
             role = "system" if role == "developer" else role
             conversation.append({"role": role, "content": text})
         elif kind == "function_call":
-            call = {
-                "id": _string(item, "call_id", where),
+            function = {
                 "name": _string(item, "name", where),
                 "arguments": _string(item, "arguments", where),
             }
+            call = {"id": _string(item, "call_id", where), "type": "function", "function": function}
             previous = conversation[-1] if conversation else None
             if previous is not None and previous["role"] == "assistant":
                 previous.setdefault("tool_calls", []).append(call)

@@ -100,7 +100,7 @@ class FakeLLM(BaseLLM):
         self.messages_seen.append(list(messages))
         return super().stream(messages, config)
 
-    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> str:
+    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> str | Completion:
         self.calls.append(GenerationCall(prompt, kwargs))
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -110,7 +110,9 @@ class FakeLLM(BaseLLM):
         usage = TokenUsage(self.count_tokens(prompt), self.count_tokens(text))
         return Completion(text, FinishReason.LENGTH if cut else FinishReason.STOP, usage)
 
-    async def _stream_implementation(self, prompt: str, **kwargs: Any) -> AsyncIterator[str]:
+    async def _stream_implementation(
+        self, prompt: str, **kwargs: Any
+    ) -> AsyncIterator[str | StreamChunk]:
         self.calls.append(GenerationCall(prompt, kwargs))
         try:
             if self.fail_with is not None and self.fail_after_chunks is None:

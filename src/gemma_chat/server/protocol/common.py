@@ -35,8 +35,11 @@ FinishName = Literal["stop", "length", "tool_calls"]
 
 
 def finish_name(reason: FinishReason | None) -> FinishName:
-    """OpenAI knows stop and length; a cancelled stream has no reader left to tell."""
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    """OpenAI knows stop, length and tool_calls; a cancelled stream has no reader left to
+    tell."""
+    if reason is FinishReason.LENGTH:
+        return "length"
+    return "tool_calls" if reason is FinishReason.TOOL_CALLS else "stop"
 
 
 def new_id(prefix: str) -> str:

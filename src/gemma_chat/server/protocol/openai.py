@@ -110,6 +110,22 @@ class ChatCompletionRequest(ChatGenerationRequest):
     top_logprobs: int | None = None
     modalities: list[Literal["text"]] | None = None
 
+    def structured_parameters(self) -> dict[str, Any]:
+        """``response_format``, ``tools`` and ``tool_choice`` as the service takes them (the
+        library reads OpenAI's dict shapes)."""
+        choice = self.tool_choice
+        return {
+            "response_format": (
+                self.response_format.model_dump(by_alias=True, exclude_none=True)
+                if self.response_format is not None
+                else None
+            ),
+            "tools": (
+                [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+            ),
+            "tool_choice": choice.model_dump() if isinstance(choice, BaseModel) else choice,
+        }
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

@@ -77,6 +77,31 @@ class ResponsesRequest(GenerationRequest):
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
 
+    def structured_parameters(self) -> dict[str, Any]:
+        """``tools``, ``tool_choice`` and ``text.format`` as the service takes them (the
+        library reads Chat Completions' dict shapes)."""
+        tools = [
+            {
+                "type": "function",
+                "function": tool.model_dump(exclude={"type"}, exclude_none=True),
+            }
+            for tool in self.tools or []
+        ]
+        choice = self.tool_choice
+        fmt = self.text.format if self.text is not None else None
+        response_format: dict[str, Any] | None = None
+        if fmt is not None and fmt.type == "json_object":
+            response_format = {"type": "json_object"}
+        elif fmt is not None and fmt.type == "json_schema":
+            spec = fmt.model_dump(by_alias=True, exclude={"type"}, exclude_none=True)
+            spec.setdefault("name", "response")
+            response_format = {"type": "json_schema", "json_schema": spec}
+        return {
+            "tools": tools or None,
+            "tool_choice": choice.name if isinstance(choice, BaseModel) else choice,
+            "response_format": response_format,
+        }
+
     def unsupported_value(self) -> tuple[str, str] | None:
         if self.previous_response_id is not None:
             return (

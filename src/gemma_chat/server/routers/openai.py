@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import StreamChunk, TokenUsage
+from gemma_chat.domain.models import StreamChunk, TokenUsage, ToolCall
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -43,8 +43,12 @@ from gemma_chat.server.protocol import (
     CompletionUsageChunk,
     DeltaMessage,
     FinishName,
+    FunctionCallDelta,
+    FunctionCallOut,
     ModelCard,
     ModelList,
+    ToolCallDelta,
+    ToolCallOut,
     UsageInfo,
     finish_name,
     new_id,
@@ -96,15 +100,9 @@ async def _served(service: InferenceService) -> list[str]:
 
 
 def _chat_features(request: ChatCompletionRequest) -> None:
-    """What the route cannot do yet is refused by name."""
+    """What the route cannot do is refused by name."""
     if request.logprobs or request.top_logprobs:
         raise refuse("logprobs are not supported yet.", "logprobs")
-    if request.tools and request.tool_choice != "none":
-        raise refuse("tools are not supported yet.", "tools")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise refuse("response_format is not supported yet.", "response_format")
-    if any(message.role == "tool" or message.tool_calls for message in request.messages):
-        raise refuse("tool messages are not supported yet.", "messages")
 
 
 def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
@@ -125,6 +123,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     _chat_features(request)
     messages: list[Any] = chat_conversation(request.messages, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
+    parameters.update(request.structured_parameters())
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
@@ -161,7 +160,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     choices = [
         ChatCompletionChoice(
             index=index,
-            message=ChatMessageOut(content=response.content),
+            message=_message_of(response.content, response.tool_calls),
             finish_reason=finish_name(response.finish_reason),
         )
         for index, response in enumerate(responses)
@@ -173,6 +172,34 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
         choices=choices,
         usage=_total_usage([r.token_usage for r in responses]),
     )
+
+
+def _message_of(text: str, calls: tuple[ToolCall, ...]) -> ChatMessageOut:
+    """OpenAI's assistant message: with calls, ``tool_calls`` and the text or null."""
+    if not calls:
+        return ChatMessageOut(content=text)
+    return ChatMessageOut(
+        content=text or None,
+        tool_calls=[
+            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+            for c in calls
+        ],
+    )
+
+
+def _call_deltas(calls: tuple[ToolCall, ...]) -> list[DeltaMessage]:
+    """A call as OpenAI streams it: its id, type and name first, then its arguments."""
+    deltas: list[DeltaMessage] = []
+    for index, call in enumerate(calls):
+        head = ToolCallDelta(
+            index=index,
+            id=call.id,
+            type="function",
+            function=FunctionCallDelta(name=call.name, arguments=""),
+        )
+        body = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.arguments))
+        deltas += [DeltaMessage(tool_calls=[head]), DeltaMessage(tool_calls=[body])]
+    return deltas
 
 
 def _total_usage(usages: list[TokenUsage | None]) -> UsageInfo | None:
@@ -268,6 +295,8 @@ async def _events(
             if piece.text:
                 on_first_text()
                 yield event(chunk(index, DeltaMessage(content=piece.text), None))
+            for delta in _call_deltas(piece.tool_calls):
+                yield event(chunk(index, delta, None))
             if piece.finish_reason is not None:
                 yield event(chunk(index, DeltaMessage(), finish_name(piece.finish_reason)))
                 usages.append(piece.token_usage)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage
+from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage, ToolCall
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -20,8 +20,9 @@ from gemma_chat.server.dependencies import (
     serve_model,
 )
 from gemma_chat.server.errors import ERROR_RESPONSES, public_error
-from gemma_chat.server.messages import refuse, refuse_unsupported, responses_conversation
+from gemma_chat.server.messages import refuse_unsupported, responses_conversation
 from gemma_chat.server.protocol import (
+    FunctionCallItem,
     IncompleteDetails,
     OutputMessage,
     OutputText,
@@ -57,22 +58,14 @@ _STREAMED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _features(request: ResponsesRequest) -> None:
-    if request.tools and request.tool_choice != "none":
-        raise refuse("tools are not supported yet.", "tools")
-    text_format = request.text.format if request.text is not None else None
-    if text_format is not None and text_format.type != "text":
-        raise refuse("text.format is not supported yet.", "text.format")
-
-
 @router.post("/responses", response_model=ResponseObject, responses=_STREAMED)
 async def create_response(request: ResponsesRequest, service: Service, http: Request) -> Any:
     refuse_unsupported(request)
-    _features(request)
     messages: list[Any] = responses_conversation(
         request.input, request.instructions, service.settings.limits
     )
     parameters = request.generation_parameters(serve_model(service, request.model))
+    parameters.update(request.structured_parameters())
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)
 
@@ -105,10 +98,24 @@ async def create_response(request: ResponsesRequest, service: Service, http: Req
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
     answer = await admission.answer(service.chat(messages, **parameters))
     status, incomplete = _status(answer.finish_reason)
-    message = OutputMessage(id=message_id, status=status, content=[OutputText(text=answer.content)])
-    result = shell(status, [message], _usage(answer.token_usage))
+    output: list[OutputMessage | FunctionCallItem] = []
+    if answer.content or not answer.tool_calls:
+        text = OutputText(text=answer.content)
+        output.append(OutputMessage(id=message_id, status=status, content=[text]))
+    output += [_call_item(call) for call in answer.tool_calls]
+    result = shell(status, output, _usage(answer.token_usage))
     result.incomplete_details = incomplete
     return result
+
+
+def _call_item(call: ToolCall, status: Any = "completed", arguments: str | None = None) -> Any:
+    return FunctionCallItem(
+        id="fc_" + call.id.removeprefix("call_"),
+        call_id=call.id,
+        name=call.name,
+        arguments=call.arguments if arguments is None else arguments,
+        status=status,
+    )
 
 
 def _status(reason: FinishReason | None) -> tuple[Any, IncompleteDetails | None]:
@@ -133,8 +140,9 @@ async def _stream(
     message_id: str,
     on_first_text: Callable[[], None],
 ) -> AsyncIterator[str]:
-    """The Responses API's event stream for one text message: created, in_progress, the output
-    item and its content part added, text deltas, their ends, then completed (or incomplete)."""
+    """The Responses API's event stream: created, in_progress; for text, its message item and
+    content part added, text deltas, their ends; for each tool call, its item added, its
+    arguments, its end; then completed (or incomplete)."""
     sequence = 0
 
     def send(kind: str, **fields: Any) -> str:
@@ -144,27 +152,52 @@ async def _stream(
         return _event(kind, payload)
 
     place = {"item_id": message_id, "output_index": 0, "content_index": 0}
-    text: list[str] = []
+    text: list[str] | None = None  # None until the message item is open
+    output: list[OutputMessage | FunctionCallItem] = []
     try:
         yield send("response.created", response=shell("in_progress", []))
         yield send("response.in_progress", response=shell("in_progress", []))
-        item = OutputMessage(id=message_id, status="in_progress", content=[])
-        yield send("response.output_item.added", output_index=0, item=item)
-        yield send("response.content_part.added", **place, part=OutputText(text=""))
         async for piece in chunks:
             if piece.text:
                 on_first_text()
+                if text is None:
+                    text = []
+                    item = OutputMessage(id=message_id, status="in_progress", content=[])
+                    yield send("response.output_item.added", output_index=0, item=item)
+                    yield send("response.content_part.added", **place, part=OutputText(text=""))
                 text.append(piece.text)
                 yield send("response.output_text.delta", **place, delta=piece.text, logprobs=[])
             if piece.finish_reason is None:
                 continue
             status, incomplete = _status(piece.finish_reason)
-            part = OutputText(text="".join(text))
-            yield send("response.output_text.done", **place, text=part.text, logprobs=[])
-            yield send("response.content_part.done", **place, part=part)
-            done = OutputMessage(id=message_id, status=status, content=[part])
-            yield send("response.output_item.done", output_index=0, item=done)
-            final = shell(status, [done], _usage(piece.token_usage))
+            if text is None and not piece.tool_calls:  # an empty answer is an empty message
+                text = []
+                item = OutputMessage(id=message_id, status="in_progress", content=[])
+                yield send("response.output_item.added", output_index=0, item=item)
+                yield send("response.content_part.added", **place, part=OutputText(text=""))
+            if text is not None:
+                part = OutputText(text="".join(text))
+                yield send("response.output_text.done", **place, text=part.text, logprobs=[])
+                yield send("response.content_part.done", **place, part=part)
+                done = OutputMessage(id=message_id, status=status, content=[part])
+                yield send("response.output_item.done", output_index=0, item=done)
+                output.append(done)
+            for call in piece.tool_calls:
+                at = len(output)
+                call_item = _call_item(call)
+                started = _call_item(call, "in_progress", arguments="")
+                yield send("response.output_item.added", output_index=at, item=started)
+                where = {"item_id": call_item.id, "output_index": at}
+                yield send("response.function_call_arguments.delta", **where, delta=call.arguments)
+                yield send(
+                    "response.function_call_arguments.done",
+                    **where,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+                yield send("response.output_item.done", output_index=at, item=call_item)
+                output.append(call_item)
+            final = shell(status, output, _usage(piece.token_usage))
             final.incomplete_details = incomplete
             kind = "response.completed" if status == "completed" else "response.incomplete"
             yield send(kind, response=final)
