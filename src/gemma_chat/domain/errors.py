@@ -7,6 +7,7 @@ lets callers catch an error the usual way (``except ValueError``)::
     ├── ValidationError (ValueError)             input the library rejects
     │   ├── InvalidMessageError                  a chat message: type, role, content, length
     │   ├── InvalidGenerationConfigError         a generation parameter out of range
+    │   ├── NothingToRegenerateError             a session that does not end with an answer
     │   └── ContextLengthExceededError           the conversation does not fit the context
     ├── SessionNotFoundError (KeyError)
     ├── SessionConflictError                     another writer saved the session first
@@ -44,6 +45,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotLoadedError",
+    "NothingToRegenerateError",
     "OutOfMemoryError",
     "ServiceStateError",
     "SessionBusyError",
@@ -75,6 +77,20 @@ class InvalidMessageError(ValidationError):
 
 class InvalidGenerationConfigError(ValidationError):
     """A generation parameter outside its accepted range."""
+
+
+class NothingToRegenerateError(ValidationError):
+    """A regeneration asked of a session whose last message is not an answer to a user's."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return (
+            f"Chat session {self.session_id!r} does not end with an answer to regenerate: "
+            "send a message first."
+        )
 
 
 class SessionNotFoundError(GemmaChatError, KeyError):
