@@ -147,7 +147,8 @@ class RequestPolicy:
         if len(text) > limit:
             raise InvalidMessageError(
                 f"{what} has {len(text)} characters; the limit is {limit} "
-                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS)."
+                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS).",
+                field=what,
             )
 
 
