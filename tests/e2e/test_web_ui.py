@@ -8,7 +8,6 @@ Skipped, saying why, where Playwright or /usr/bin/chromium is missing (.ci/run i
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,34 +19,16 @@ import pytest
 
 from gemma_chat import EMBEDDED_MODEL_NAME, get_settings
 from gemma_chat.server import create_app
+from tests.e2e.browser import KEY_STORAGE, launch, sync_api
+from tests.e2e.browser import new_page as new_browser_page
 from tests.e2e.servers import threaded_server
 
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is not installed (pip install -r requirements-dev.txt)"
-)
-
-CHROMIUM = "/usr/bin/chromium"
-if shutil.which(CHROMIUM) is None:
-    pytest.skip(
-        f"{CHROMIUM} not found: apt-get install chromium (.ci/run does); Playwright's own "
-        "browser download is not used",
-        allow_module_level=True,
-    )
+playwright_api = sync_api()
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 KEY = "web-ui-test-key"
-KEY_STORAGE = "gemma-chat.api-key"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # An answer the model takes a while to finish, so that Stop comes in the middle of it.
 LONG_QUESTION = "Write a long story about a dragon who learns to bake bread, in ten chapters."
 
@@ -69,21 +50,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = launch(playwright)
         yield launched
         launched.close()
 
 
 def new_page(browser: Any, *, key: str | None = KEY, width: int = 1280, height: int = 800) -> Any:
-    context = browser.new_context(viewport={"width": width, "height": height})
-    if key is not None:
-        context.add_init_script(f"localStorage.setItem({KEY_STORAGE!r}, {key!r})")
-    page = context.new_page()
-    page.set_default_timeout(120_000)  # answers on two shared CPU cores
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors
-    return page
+    return new_browser_page(browser, key=key, width=width, height=height)
 
 
 @pytest.fixture
@@ -229,7 +202,8 @@ def test_sessions_are_created_renamed_switched_and_deleted(page: Any, server: st
     item.wait_for(state="detached")
     assert api(server, "GET", f"/v1/sessions/{session_id}").status_code == 404
     ids = [s["id"] for s in api(server, "GET", "/v1/sessions").json()["data"]]
-    assert session_id not in ids and other in ids
+    assert session_id not in ids
+    assert other in ids
 
 
 def test_a_missing_or_wrong_key_is_said_and_the_right_one_is_kept(
@@ -266,16 +240,14 @@ def test_markup_and_huge_pastes_are_shown_as_text_and_the_server_stays_healthy(
     assert page.evaluate("window.pwned") is None
 
     # The model's text goes through the Markdown renderer: markup there is text too.
-    rendered = page.evaluate(
-        """() => {
+    rendered = page.evaluate("""() => {
             const box = document.createElement('div');
             GemmaMarkdown.render('**bold** <img src=x onerror="window.pwned=3">\\n'
               + '[x](javascript:alert(1)) [ok](https://example.org)\\n'
               + '```html\\n<script>window.pwned=4</script>\\n```', box);
             return {html: box.innerHTML, text: box.textContent,
                     tags: [...box.querySelectorAll('*')].map(e => e.tagName)};
-        }"""
-    )
+        }""")
     assert set(rendered["tags"]) <= {"P", "STRONG", "BR", "A", "PRE", "CODE", "SPAN"}
     assert '<img src=x onerror="window.pwned=3">' in rendered["text"]
     assert "<script>window.pwned=4</script>" in rendered["text"]
@@ -321,8 +293,11 @@ def test_screenshots_at_desktop_and_phone_width(browser: Any, server: str) -> No
     assert phone.locator(".sidebar").bounding_box()["x"] < 0  # off screen until opened
     phone.screenshot(path=str(ARTIFACTS / "chat-page-phone.png"))
     phone.click("#open-sidebar")
-    phone.wait_for_function("() => document.querySelector('.sidebar').getBoundingClientRect().x >= 0")
+    phone.wait_for_function(
+        "() => document.querySelector('.sidebar').getBoundingClientRect().x >= 0"
+    )
     phone.screenshot(path=str(ARTIFACTS / "chat-page-phone-sidebar.png"))
-    assert page.errors == [] and phone.errors == []
+    assert page.errors == []
+    assert phone.errors == []
     page.context.close()
     phone.context.close()

@@ -99,7 +99,7 @@ class InferenceService(ServiceLifecycle):
         turn takes the old one's place when it is complete; on an error or cancellation the
         session keeps the old answer.
         """
-        async with self._turn(session, None, temperature, model, overrides) as turn:
+        async with self._turn(session, "", temperature, model, overrides, regenerate=True) as turn:
             completion, cached = await self._answers.answer(turn.llm, turn.messages, turn.config)
             return await self._turns.record(turn, completion, cached=cached)
 
@@ -112,7 +112,7 @@ class InferenceService(ServiceLifecycle):
         **overrides: Any,
     ) -> AsyncIterator[StreamChunk]:
         """``regenerate_response``, streamed as ``stream_response`` streams."""
-        async with self._turn(session, None, temperature, model, overrides) as turn:
+        async with self._turn(session, "", temperature, model, overrides, regenerate=True) as turn:
 
             async def record(completion: Completion, cached: bool) -> None:
                 await self._turns.record(turn, completion, cached=cached)
@@ -126,19 +126,23 @@ class InferenceService(ServiceLifecycle):
     async def _turn(
         self,
         session: ChatSession | str,
-        user_message: str | None,
+        user_message: str,
         temperature: float | None,
         model: str | None,
         overrides: Mapping[str, Any],
+        *,
+        regenerate: bool = False,
     ) -> AsyncIterator[Turn]:
         """The prelude every turn runs: input checked before anything waits, then the session
-        (under its lock) and the model. ``user_message`` None: a regeneration."""
+        (under its lock) and the model. ``regenerate``: ``user_message`` is ignored, the last
+        turn's is answered again."""
         self._require_open()
-        if user_message is None:
+        if regenerate:
             config = self._policy.regeneration(session, temperature, overrides)
         else:
             config = self._policy.turn(session, user_message, temperature, overrides)
-        async with self._turns.open(session, user_message, config, self._model(model)) as turn:
+        asked = None if regenerate else user_message
+        async with self._turns.open(session, asked, config, self._model(model)) as turn:
             yield turn
 
     # -- stateless calls -----------------------------------------------------------------------

@@ -16,8 +16,9 @@ __all__ = ["PAGE_HEADERS", "STATIC", "attach_router", "router"]
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-# The page (a document: where these headers count) runs only its own files: no inline script, no other origin, never in a frame. The
-# model's text is put into the page as text anyway; this is the second line of defence.
+# The page (a document: where these headers count) runs only its own files: no inline script,
+# no other origin, never in a frame. The model's text is put into the page as text anyway;
+# this is the second line of defence.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

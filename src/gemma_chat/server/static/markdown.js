@@ -1,8 +1,8 @@
 // A small Markdown renderer that builds DOM nodes, never HTML strings: every piece of the
 // model's text reaches the page through createTextNode or textContent, so markup in an answer
-// (<script>, <img onerror=...>) is shown as text. It knows what chat answers use: fenced code
-// blocks (also unterminated, while streaming), headings, lists, quotes, rules, paragraphs, and
-// inline code, bold, italic, strikethrough and http(s)/mailto links.
+// (script or img tags, event handlers) is shown as text. It knows what chat answers use:
+// fenced code blocks (also unterminated, while streaming), headings, lists, quotes, rules,
+// paragraphs, and inline code, bold, italic, strikethrough and http(s)/mailto links.
 "use strict";
 
 (function (global) {

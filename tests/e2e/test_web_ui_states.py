@@ -1,0 +1,94 @@
+"""The chat page in headless Chromium on a FakeLLM: what it says while the model loads (503)
+and when the server is overloaded (429, with the wait), and that it recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gemma_chat import InferenceService, get_settings
+from gemma_chat.server import create_app
+from gemma_chat.testing import FakeLLM
+from tests.e2e.browser import launch, new_page, sync_api
+from tests.e2e.servers import threaded_server
+
+playwright_api = sync_api()
+
+
+class LoadsWhenToldLLM(FakeLLM):
+    """A FakeLLM whose loading ends when the test says so."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = threading.Event()
+
+    async def _load_model_implementation(self) -> None:
+        await asyncio.to_thread(self.loaded.wait, 60)
+        await super()._load_model_implementation()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as playwright:
+        launched = launch(playwright)
+        yield launched
+        launched.close()
+
+
+def test_while_the_model_loads_the_page_says_so_then_carries_on(browser: Any) -> None:
+    settings = get_settings(storage={"url": "memory://"})
+    llm = LoadsWhenToldLLM(["hello there"], model_name="slow-to-load")
+    app = create_app(settings, InferenceService(settings, llm=llm))
+    with threaded_server(app, healthy=False) as url:
+        page = new_page(browser)
+        page.goto(url)
+        page.locator("#notice", has_text="The model is still loading").wait_for()
+        assert page.locator("#health").inner_text() == "model loading"
+        llm.loaded.set()
+        # The page polls /health and loads the chats once the model is ready.
+        page.locator(".session-list li.current").wait_for(timeout=15_000)
+        assert page.locator("#notice").is_hidden()
+        page.fill("#input", "hi")
+        page.press("#input", "Enter")
+        page.locator(".message.assistant[data-finished=true]").wait_for(timeout=15_000)
+        assert page.locator(".message.assistant .body").inner_text() == "hello there"
+        assert page.errors == []
+        page.context.close()
+
+
+def test_an_overloaded_server_is_said_with_the_wait(browser: Any) -> None:
+    settings = get_settings(storage={"url": "memory://"}, server={"max_pending_requests": 1})
+    llm = FakeLLM(["a slow answer"], model_name="busy", delay=1.5)
+    app = create_app(settings, InferenceService(settings, llm=llm))
+    with threaded_server(app) as url:
+        page = new_page(browser)
+        page.goto(url)
+        page.locator(".session-list li.current").wait_for()
+        # Another client holds the one place among the requests in flight.
+        other = httpx.post(f"{url}/v1/sessions", json={}).json()["id"]
+        holder = threading.Thread(
+            target=httpx.post,
+            args=(f"{url}/v1/sessions/{other}/messages",),
+            kwargs={"json": {"content": "x"}, "timeout": 30},
+        )
+        holder.start()
+        try:
+            page.wait_for_timeout(300)  # the other request is in
+            page.fill("#input", "hello?")
+            page.press("#input", "Enter")
+            notice = page.locator("#notice", has_text="The server is busy")
+            notice.wait_for()
+            assert "Try again in 1 s" in notice.inner_text()
+            assert page.input_value("#input") == "hello?"  # kept, to send again
+        finally:
+            holder.join()
+        page.press("#input", "Enter")
+        page.locator(".message.assistant[data-finished=true]").wait_for(timeout=15_000)
+        assert page.locator("#notice").is_hidden()
+        assert page.errors == []
+        page.context.close()
