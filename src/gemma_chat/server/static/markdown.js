@@ -142,7 +142,7 @@
       const heading = HEADING.exec(line);
       if (heading) {
         flush();
-        inline(heading[2], el("h" + Math.min(6, heading[1].length + 2), container));
+        inline(heading[2], el("h" + Math.min(6, heading[1].length + 1), container)); // h1: the page's
         i++;
         continue;
       }
