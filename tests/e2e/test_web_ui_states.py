@@ -92,3 +92,29 @@ def test_an_overloaded_server_is_said_with_the_wait(browser: Any) -> None:
         assert page.locator("#notice").is_hidden()
         assert page.errors == []
         page.context.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [("/", ".session-list li.current"), ("/docs", ".btn.authorize")],
+)
+def test_the_page_and_the_docs_load_nothing_from_elsewhere(
+    browser: Any, path: str, ready: str
+) -> None:
+    settings = get_settings(storage={"url": "memory://"})
+    app = create_app(settings, InferenceService(settings, llm=FakeLLM(model_name="m")))
+    with threaded_server(app) as url:
+        page = new_page(browser)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(url + path)
+        page.locator(ready).wait_for(timeout=15_000)
+        page.wait_for_load_state("networkidle")
+        assert requested
+        elsewhere = [u for u in requested if not u.startswith((url, "data:"))]
+        assert elsewhere == []
+        if path == "/docs":  # the spec's bearer scheme: Swagger UI's "Authorize" asks for it
+            page.click(".btn.authorize")
+            page.locator(".auth-container", has_text="APIKey").wait_for()
+        assert page.errors == []
+        page.context.close()

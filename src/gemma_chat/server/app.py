@@ -53,7 +53,7 @@ def create_app(
                 await state.loading
             await state.service.close()
 
-    # /docs is routers/docs.py's (Swagger UI's files served here, not from a CDN); no ReDoc.
+    # /docs is routers/docs.py's (Swagger UI's files served here, not from a CDN); no /redoc.
     app = FastAPI(
         title="gemma-chat",
         version=__version__,

@@ -1,13 +1,15 @@
-"""``/docs``: Swagger UI from the swagger-ui-bundle package's files, served here, so the API's
-documentation works without internet (FastAPI's own page loads them from a CDN)."""
+"""``/docs``: Swagger UI from the fastapi-offline package's copy of its files, served here, so
+the API's documentation works without internet (FastAPI's own page loads them from a CDN).
+No ``/redoc``: ReDoc's page still loads its logo from ReDoc's CDN."""
 
 from __future__ import annotations
+
+from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 __all__ = ["ASSETS", "attach_router", "router"]
 
@@ -17,19 +19,25 @@ router = APIRouter(include_in_schema=False)
 
 
 def attach_router(app: FastAPI) -> None:
-    app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+    directory = str(files("fastapi_offline") / "static")
+    app.mount(ASSETS, StaticFiles(directory=directory), name="api-docs-assets")
     app.include_router(router)
+
+
+def _root(request: Request) -> str:
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "").rstrip("/")
+    root = _root(request)
     return get_swagger_ui_html(
         openapi_url=f"{root}{request.app.openapi_url}",
         title=f"{request.app.title} - API",
         swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
         swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{ASSETS}/favicon-32x32.png",
+        swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
         # The key given to "Authorize" survives a reload of the page.
         swagger_ui_parameters={"persistAuthorization": True},
     )
