@@ -4,10 +4,13 @@ sessions, and /docs that works offline with a bearer scheme and OpenAI's error b
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import time
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,3 +197,12 @@ def test_the_key_reaches_the_api_as_swagger_sends_it() -> None:
         )
         assert keyed.get("/").status_code == 200  # the page itself needs no key
         assert keyed.get("/docs").status_code == 200
+
+
+def test_the_pages_files_are_package_data_of_the_wheel() -> None:
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["gemma_chat"]
+    package = STATIC.parent.parent
+    for path in STATIC.iterdir():
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
