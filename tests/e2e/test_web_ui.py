@@ -286,10 +286,17 @@ def test_screenshots_at_desktop_and_phone_width(browser: Any, server: str) -> No
     send(page, "And of Italy?")
     page.locator(".message.assistant[data-finished=true] >> nth=1").wait_for()
     page.screenshot(path=str(ARTIFACTS / "chat-page-desktop.png"))
+    stored = current_session(page, server)
+    assert stored["system_prompt"] == "You are a helpful assistant. Answer briefly."
+    assert len(stored["messages"]) == 4
 
+    # Another browser (its own local storage) opens the same chat, its history from the server.
     phone = new_page(browser, width=390, height=844)
     phone.goto(server)
     phone.locator(".message.assistant >> nth=1").wait_for()
+    asked = phone.locator(".message.user").all_inner_texts()
+    assert asked == [m["content"] for m in stored["messages"] if m["role"] == "user"]
+    assert phone.locator(".message.assistant").count() == 2
     assert phone.locator(".sidebar").bounding_box()["x"] < 0  # off screen until opened
     phone.screenshot(path=str(ARTIFACTS / "chat-page-phone.png"))
     phone.click("#open-sidebar")

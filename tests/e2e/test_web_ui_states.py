@@ -118,3 +118,37 @@ def test_the_page_and_the_docs_load_nothing_from_elsewhere(
             page.locator(".auth-container", has_text="APIKey").wait_for()
         assert page.errors == []
         page.context.close()
+
+
+def test_the_keyboard_alone_writes_sends_and_says_what_the_server_refused(browser: Any) -> None:
+    settings = get_settings(storage={"url": "memory://"})
+    llm = FakeLLM(["fine, thanks"], model_name="m")
+    app = create_app(settings, InferenceService(settings, llm=llm))
+    with threaded_server(app) as url:
+        page = new_page(browser)
+        page.goto(url)
+        page.locator(".session-list li.current").wait_for()
+        page.keyboard.type("first line")
+        page.keyboard.press("Shift+Enter")  # a new line, not a send
+        page.keyboard.type("second line")
+        assert page.input_value("#input") == "first line\nsecond line"
+        assert page.locator(".message").count() == 0
+        page.keyboard.press("Enter")
+        page.locator(".message.assistant[data-finished=true]").wait_for(timeout=15_000)
+        assert page.locator(".message.user").inner_text() == "first line\nsecond line"
+        assert page.input_value("#input") == ""
+
+        # A setting the server refuses: its 400, said on the page; nothing stored.
+        page.click("#toggle-settings")
+        page.fill("#temperature", "7")
+        page.click("#save-settings")
+        page.locator("#settings-note", has_text="Saved").wait_for()
+        page.click("#input")
+        page.keyboard.type("again")
+        page.keyboard.press("Enter")
+        page.locator("#notice", has_text="temperature").wait_for(timeout=15_000)
+        session_id = page.evaluate("localStorage.getItem('gemma-chat.current-session')")
+        stored = httpx.get(f"{url}/v1/sessions/{session_id}").json()
+        assert stored["message_count"] == 2
+        assert page.errors == []
+        page.context.close()
