@@ -582,8 +582,9 @@
       const parts = [];
       if (tokens !== null) parts.push(tokens + " tokens");
       if (firstToken !== null) parts.push("first token " + ((firstToken - started) / 1000).toFixed(2) + " s");
-      if (tokens && firstToken !== null && ended > firstToken) {
-        parts.push((tokens / ((ended - firstToken) / 1000)).toFixed(1) + " tokens/s");
+      // The decoding rate: the tokens after the first, over the time after the first.
+      if (tokens > 1 && firstToken !== null && ended > firstToken) {
+        parts.push(((tokens - 1) / ((ended - firstToken) / 1000)).toFixed(1) + " tokens/s");
       }
       if (final.finish_reason === "length") parts.push("cut at max tokens");
       stats.textContent = parts.join(" \u00B7 ");
