@@ -598,15 +598,11 @@
     node.classList.add("unsaved");
     const label = document.createElement("span");
     label.className = "state";
-    if (generation.stopped) {
-      label.textContent = "Stopped \u2014 not saved";
-    } else {
-      label.textContent = "Failed \u2014 not saved";
-    }
+    label.textContent = (generation.stopped ? "Stopped" : "Failed") + " \u2014 not saved";
     stats.replaceChildren(label);
-    if (!text) node.querySelector(".body").textContent = "";
-    if (failure instanceof ApiError || failure instanceof Error) explain(failure);
-    else if (failure) notify(failure, "error");
+    if (failure instanceof Error) explain(failure);
+    else if (failure) notify(failure, "error"); // an error event in the stream: its message
+    else if (!generation.stopped) notify("The answer broke off; nothing of it was kept.", "error");
     if (generation.stopped) node.dataset.stopped = "true";
     updateButtons();
     return false;
