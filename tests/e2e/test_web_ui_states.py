@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gemma_chat import InferenceService, get_settings
+from gemma_chat import InferenceError, InferenceService, get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing import FakeLLM
 from tests.e2e.browser import launch, new_page, sync_api
@@ -150,5 +150,27 @@ def test_the_keyboard_alone_writes_sends_and_says_what_the_server_refused(browse
         session_id = page.evaluate("localStorage.getItem('gemma-chat.current-session')")
         stored = httpx.get(f"{url}/v1/sessions/{session_id}").json()
         assert stored["message_count"] == 2
+        assert page.errors == []
+        page.context.close()
+
+
+def test_a_model_failing_mid_answer_is_said_and_nothing_is_kept(browser: Any) -> None:
+    settings = get_settings(storage={"url": "memory://"})
+    llm = FakeLLM(["one two three four"], model_name="m")
+    llm.fail_with, llm.fail_after_chunks = InferenceError("the backend broke"), 2
+    app = create_app(settings, InferenceService(settings, llm=llm))
+    with threaded_server(app) as url:
+        page = new_page(browser)
+        page.goto(url)
+        page.locator(".session-list li.current").wait_for()
+        page.fill("#input", "hi")
+        page.press("#input", "Enter")
+        page.locator("#notice", has_text="The model failed").wait_for(timeout=15_000)
+        answer = page.locator(".message.assistant.unsaved")
+        assert answer.locator(".body").inner_text() == "one two"  # what had arrived
+        assert "Failed" in answer.locator(".stats").inner_text()
+        assert "the backend broke" not in page.content()  # no internals reach the client
+        session_id = page.evaluate("localStorage.getItem('gemma-chat.current-session')")
+        assert httpx.get(f"{url}/v1/sessions/{session_id}").json()["message_count"] == 0
         assert page.errors == []
         page.context.close()
