@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,7 +79,10 @@ def test_an_overloaded_server_is_said_with_the_wait(browser: Any) -> None:
         )
         holder.start()
         try:
-            page.wait_for_timeout(300)  # the other request is in
+            deadline = time.monotonic() + 10
+            while app.state.gemma.pending < 1:  # until the other request is in
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             page.fill("#input", "hello?")
             page.press("#input", "Enter")
             notice = page.locator("#notice", has_text="The server is busy")
