@@ -48,8 +48,10 @@ from gemma_chat.server.protocol.sessions import (
     SessionMessage,
     SessionMessageRequest,
     SessionMessageResponse,
+    SessionRegenerateRequest,
     SessionReply,
     SessionSummary,
+    SessionUpdate,
 )
 
 __all__ = [
@@ -85,8 +87,10 @@ __all__ = [
     "SessionMessage",
     "SessionMessageRequest",
     "SessionMessageResponse",
+    "SessionRegenerateRequest",
     "SessionReply",
     "SessionSummary",
+    "SessionUpdate",
     "StreamErrorBody",
     "StreamErrorEvent",
     "StreamOptions",
