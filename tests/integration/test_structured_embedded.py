@@ -47,7 +47,10 @@ WEATHER = ToolDefinition(
     "The weather of a city.",
     {
         "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 30}, "days": {"type": "integer"}},
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14},
+        },
         "required": ["city", "days"],
         "additionalProperties": False,
     },
@@ -110,7 +113,7 @@ async def test_a_forced_tool_call_validates(
     embedded_llm: GemmaLLM, choice: str, stream: bool
 ) -> None:
     config = GenerationConfig(
-        temperature=0.8, seed=7, max_new_tokens=80, tools=(WEATHER,), tool_choice=choice
+        temperature=0.8, seed=7, max_new_tokens=120, tools=(WEATHER,), tool_choice=choice
     )
     messages = chat("Will it rain in Oslo this week?")
     if stream:

@@ -9,6 +9,7 @@ lets callers catch an error the usual way (``except ValueError``)::
     │   ├── InvalidGenerationConfigError         a generation parameter out of range
     │   │   ├── InvalidSchemaError               a response format's schema, regex or grammar
     │   │   └── UnknownToolError                 tool_choice names a tool not offered
+    │   ├── NothingToRegenerateError             a session that does not end with an answer
     │   └── ContextLengthExceededError           the conversation does not fit the context
     ├── SessionNotFoundError (KeyError)
     ├── SessionConflictError                     another writer saved the session first
@@ -48,6 +49,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotLoadedError",
+    "NothingToRegenerateError",
     "OutOfMemoryError",
     "ServiceStateError",
     "SessionBusyError",
@@ -99,6 +101,20 @@ class UnknownToolError(InvalidGenerationConfigError):
             f"tool_choice names the tool {name!r}, which is not among the tools offered "
             f"({listed}).",
             field="tool_choice",
+        )
+
+
+class NothingToRegenerateError(ValidationError):
+    """A regeneration asked of a session whose last message is not an answer to a user's."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return (
+            f"Chat session {self.session_id!r} does not end with an answer to regenerate: "
+            "send a message first."
         )
 
 

@@ -24,6 +24,7 @@ from gemma_chat.domain.errors import (
     GemmaChatError,
     GenerationTimeoutError,
     ModelNotFoundError,
+    NothingToRegenerateError,
     OutOfMemoryError,
     ServiceStateError,
     SessionBusyError,
@@ -86,6 +87,8 @@ def error_response(
 def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
     if isinstance(exc, ContextLengthExceededError):
         return 400, "invalid_request_error", "context_length_exceeded"
+    if isinstance(exc, NothingToRegenerateError):
+        return 400, "invalid_request_error", "nothing_to_regenerate"
     if isinstance(exc, ValidationError):
         return 400, "invalid_request_error", None
     if isinstance(exc, SessionNotFoundError):

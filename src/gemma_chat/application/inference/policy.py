@@ -43,11 +43,15 @@ class RequestPolicy:
         overrides: Mapping[str, Any],
     ) -> GenerationConfig:
         """A turn on a session: the session's type, the user message and the config."""
-        if not isinstance(session, ChatSession | str):
-            raise ServiceStateError(
-                f"session must be a ChatSession or a session id, got {type(session).__name__}."
-            )
+        _check_session(session)
         return self.text(user_message, "user_message", temperature, overrides)
+
+    def regeneration(
+        self, session: ChatSession | str, temperature: float | None, overrides: Mapping[str, Any]
+    ) -> GenerationConfig:
+        """A new answer to a session's last user message (checked when it was sent)."""
+        _check_session(session)
+        return self.generation_config(temperature, overrides)
 
     def text(
         self, text: str, what: str, temperature: float | None, overrides: Mapping[str, Any]
@@ -145,7 +149,8 @@ class RequestPolicy:
         if len(text) > limit:
             raise InvalidMessageError(
                 f"{what} has {len(text)} characters; the limit is {limit} "
-                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS)."
+                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS).",
+                field=what,
             )
 
 
@@ -169,3 +174,10 @@ def _with_tool_fields(checked: ChatMessage, message: Mapping[str, Any]) -> ChatM
             )
         checked["tool_call_id"] = call_id
     return checked
+
+
+def _check_session(session: object) -> None:
+    if not isinstance(session, ChatSession | str):
+        raise ServiceStateError(
+            f"session must be a ChatSession or a session id, got {type(session).__name__}."
+        )

@@ -205,6 +205,43 @@ class InferenceService(ServiceLifecycle):
                 async for chunk in chunks:
                     yield chunk
 
+    async def regenerate_response(
+        self,
+        session: ChatSession | str,
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> InferenceResponse:
+        """A new answer to the session's last user message, which replaces the last answer.
+
+        The session must end with an answer (``NothingToRegenerateError`` otherwise). The new
+        turn takes the old one's place when it is complete; on an error or cancellation the
+        session keeps the old answer.
+        """
+        async with self._turn(session, "", temperature, model, overrides, regenerate=True) as turn:
+            completion, cached = await self._answers.answer(turn.llm, turn.messages, turn.config)
+            return await self._turns.record(turn, completion, cached=cached)
+
+    async def stream_regenerated_response(
+        self,
+        session: ChatSession | str,
+        temperature: float | None = None,
+        *,
+        model: str | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """``regenerate_response``, streamed as ``stream_response`` streams."""
+        async with self._turn(session, "", temperature, model, overrides, regenerate=True) as turn:
+
+            async def record(completion: Completion, cached: bool) -> None:
+                await self._turns.record(turn, completion, cached=cached)
+
+            stream = self._answers.stream(turn.llm, turn.messages, turn.config, record)
+            async with aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
     @asynccontextmanager
     async def _turn(
         self,
@@ -213,12 +250,19 @@ class InferenceService(ServiceLifecycle):
         temperature: float | None,
         model: str | None,
         overrides: Mapping[str, Any],
+        *,
+        regenerate: bool = False,
     ) -> AsyncIterator[Turn]:
-        """The prelude both turns run: input checked before anything waits, then the session
-        (under its lock) and the model."""
+        """The prelude every turn runs: input checked before anything waits, then the session
+        (under its lock) and the model. ``regenerate``: ``user_message`` is ignored, the last
+        turn's is answered again."""
         self._require_open()
-        config = self._policy.turn(session, user_message, temperature, overrides)
-        async with self._turns.open(session, user_message, config, self._model(model)) as turn:
+        if regenerate:
+            config = self._policy.regeneration(session, temperature, overrides)
+        else:
+            config = self._policy.turn(session, user_message, temperature, overrides)
+        asked = None if regenerate else user_message
+        async with self._turns.open(session, asked, config, self._model(model)) as turn:
             yield turn
 
     # -- stateless calls -----------------------------------------------------------------------
@@ -356,6 +400,23 @@ class InferenceService(ServiceLifecycle):
 
     async def list_sessions(self) -> list[ChatSession]:
         return await self._sessions.list()
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChatSession:
+        """Rename a session, change its system prompt ("" removes it) or replace its metadata;
+        None leaves one as it is. Waits for a turn under way on the session, which would
+        otherwise be refused when it saves (the session changed while it ran)."""
+        async with self._turns.exclusive(session_id):
+            session = await self._sessions.get(session_id)
+            session.update(title=title, system_prompt=system_prompt, metadata=metadata)
+            await self._sessions.save(session)
+            return session
 
     async def delete_session(self, session_id: str) -> None:
         await self._sessions.delete(session_id)

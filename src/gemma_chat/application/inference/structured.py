@@ -46,10 +46,13 @@ class OutputParser:
         text = completion.text
         kind = self.response_format.kind
         try:
+            if self.response_format.is_json:
+                # strict=False: a control character inside a string is taken as it is (the
+                # grammar library's length-bounded strings allow them; JSON does not).
+                value = json.loads(text, strict=False)
+                return value if self.adapter is None else self.adapter.validate_python(value)
             if self.adapter is not None:
                 return self.adapter.validate_json(text)
-            if self.response_format.is_json:
-                return json.loads(text)
         except (ValueError, PydanticValidationError) as exc:
             cut = (
                 " (the answer was cut short by max_new_tokens: raise it)"
@@ -165,6 +168,26 @@ def _definition_of(function: Callable[..., Any]) -> ToolDefinition:
             f"Tool {name!r}: no JSON schema for its parameters: {_first_line(exc)}",
             field="tools",
         ) from None
+    schema = _without_titles(schema)
     doc = inspect.getdoc(function) or ""
     description = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
     return ToolDefinition(name=name, description=description, parameters=schema)
+
+
+def _without_titles(schema: Any) -> Any:
+    """``schema`` without pydantic's titles (a parameter's name again, capitalised): tokens a
+    model reads in every prompt, for nothing."""
+    if isinstance(schema, dict):
+        properties = schema.get("properties")
+        return {
+            key: (
+                {name: _without_titles(value) for name, value in properties.items()}
+                if key == "properties" and isinstance(properties, dict)
+                else _without_titles(value)
+            )
+            for key, value in schema.items()
+            if key != "title"
+        }
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    return schema

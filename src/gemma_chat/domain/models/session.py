@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from gemma_chat.domain.errors import InvalidMessageError
+from gemma_chat.domain.errors import InvalidMessageError, NothingToRegenerateError
 from gemma_chat.domain.models.message import (
     ChatMessage,
     Message,
@@ -134,6 +134,16 @@ class ChatSession:
             self._token_usage += token_usage
         return message
 
+    def last_turn(self) -> tuple[Message, Message]:
+        """The last user message and the answer to it (what a regeneration replaces)."""
+        if (
+            len(self._messages) >= 2
+            and self._messages[-2].role is Role.USER
+            and self._messages[-1].role is Role.ASSISTANT
+        ):
+            return self._messages[-2], self._messages[-1]
+        raise NothingToRegenerateError(self.id)
+
     def record_turn(
         self,
         user_content: str,
@@ -143,11 +153,14 @@ class ChatSession:
         user_token_count: int | None = None,
         tool_calls: Sequence[ToolCall] = (),
         steps: Sequence[Message] = (),
+        replacing_last: bool = False,
     ) -> tuple[Message, Message]:
         """Append a user message, its reply and their usage together, all validated first.
 
         ``tool_calls``: the calls the reply makes. ``steps``: the messages between the user's
         and the reply (assistant tool calls and the tools' results) when tools were run.
+        ``replacing_last``: the new turn takes the place of the last one (``last_turn``), as a
+        regenerated answer does; the usage still adds up, since those tokens were generated.
         """
         user = Message(Role.USER, user_content, token_count=user_token_count)
         assistant = Message(
@@ -161,6 +174,9 @@ class ChatSession:
                 raise InvalidMessageError(
                     "A turn's steps are assistant tool calls and tool results (Message values)."
                 )
+        if replacing_last:
+            self.last_turn()
+            del self._messages[-2:]
         self._messages.extend((user, *steps, assistant))
         self._token_usage += token_usage
         self._touch()
@@ -176,10 +192,11 @@ class ChatSession:
         user_token_count: int | None = None,
         tool_calls: Sequence[ToolCall] = (),
         steps: Sequence[Message] = (),
+        replacing_last: bool = False,
     ) -> Iterator[tuple[Message, Message]]:
         """``record_turn``, taken back if the block raises (a store that refused to save it):
         the session is never left with a turn its store does not have."""
-        kept = (len(self._messages), self._token_usage, self.updated_at)
+        kept = (list(self._messages), self._token_usage, self.updated_at)
         turn = self.record_turn(
             user_content,
             assistant_content,
@@ -187,13 +204,31 @@ class ChatSession:
             user_token_count=user_token_count,
             tool_calls=tool_calls,
             steps=steps,
+            replacing_last=replacing_last,
         )
         try:
             yield turn
         except BaseException:
-            del self._messages[kept[0] :]
-            self._token_usage, self.updated_at = kept[1], kept[2]
+            self._messages, self._token_usage, self.updated_at = kept
             raise
+
+    def update(
+        self,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the title, the system prompt ("" removes it) and the metadata (replaced
+        whole); None leaves one as it is. All are checked first: a bad one changes nothing."""
+        draft = ChatSession(
+            self.title if title is None else title,
+            system_prompt=self._system_prompt if system_prompt is None else system_prompt,
+            metadata=self.metadata if metadata is None else metadata,
+        )
+        self._title, self._system_prompt = draft.title, draft.system_prompt
+        self._metadata = draft.metadata
+        self._touch()
 
     def clear(self) -> None:
         """Forget the messages and usage; keep the id, title, system prompt and metadata."""

@@ -77,8 +77,10 @@ from gemma_chat.server.protocol.sessions import (
     SessionMessage,
     SessionMessageRequest,
     SessionMessageResponse,
+    SessionRegenerateRequest,
     SessionReply,
     SessionSummary,
+    SessionUpdate,
 )
 
 __all__ = [
@@ -134,8 +136,10 @@ __all__ = [
     "SessionMessage",
     "SessionMessageRequest",
     "SessionMessageResponse",
+    "SessionRegenerateRequest",
     "SessionReply",
     "SessionSummary",
+    "SessionUpdate",
     "StreamErrorBody",
     "StreamErrorEvent",
     "StreamEvent",

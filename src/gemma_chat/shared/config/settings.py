@@ -138,6 +138,8 @@ class ServerSettings(_Section):
     header_timeout_seconds: float = Field(10.0, gt=0)
     # A kept-alive connection idle this long between requests is closed.
     keep_alive_seconds: int = Field(5, ge=1)
+    # The chat page at / (server/static); off for API-only deployments (/docs stays).
+    web_ui: bool = True
 
 
 class LimitsSettings(_Section):

@@ -55,9 +55,9 @@ _BLOCK = re.compile(r"```tool_call\s*\n(.*?)\n?```", re.DOTALL)
 
 def _describe(tools: Sequence[ToolDefinition], mode: ToolChoiceMode, name: str | None) -> str:
     lines = [
-        "You can call tools. To call a tool, answer with only this block (one block per call):",
-        f"{CALL_FENCE}" + '{"name": "<tool name>", "arguments": {<arguments>}}' + _CLOSE,
-        "The tools' results come back in tool_result blocks; then answer the user.",
+        "To call a tool, answer with only this block:",
+        f"{CALL_FENCE}" + '{"name": "<tool>", "arguments": {...}}' + _CLOSE,
+        "Its result comes back in a tool_result block.",
     ]
     if mode is ToolChoiceMode.REQUIRED:
         lines.append("Call at least one tool now.")
