@@ -39,19 +39,8 @@ from gemma_chat.server.protocol.openai import (
     CompletionResponse,
     CompletionUsageChunk,
     DeltaMessage,
-    FunctionCallDelta,
-    FunctionCallOut,
-    FunctionDefinition,
-    JSONSchemaFormat,
     ModelCard,
     ModelList,
-    NamedFunction,
-    NamedToolChoice,
-    ResponseFormat,
-    ToolCallDelta,
-    ToolCallOut,
-    ToolChoice,
-    ToolDefinition,
 )
 from gemma_chat.server.protocol.responses import (
     FunctionCallItem,
@@ -81,6 +70,19 @@ from gemma_chat.server.protocol.sessions import (
     SessionReply,
     SessionSummary,
     SessionUpdate,
+)
+from gemma_chat.server.protocol.tools import (
+    FunctionCallDelta,
+    FunctionCallOut,
+    FunctionDefinition,
+    JSONSchemaFormat,
+    NamedFunction,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallOut,
+    ToolChoice,
+    ToolDefinition,
 )
 
 __all__ = [

@@ -188,6 +188,18 @@ class UsageInfo(BaseModel):
     def of(cls, usage: TokenUsage | None) -> UsageInfo | None:
         return cls(**usage.to_dict()) if usage is not None else None
 
+    @classmethod
+    def total(cls, usages: list[TokenUsage | None]) -> UsageInfo | None:
+        """n choices of one prompt: the prompt counted once, every choice's tokens."""
+        known = [usage for usage in usages if usage is not None]
+        if not known:
+            return None
+        prompt = known[0].prompt_tokens
+        completion = sum(usage.completion_tokens for usage in known)
+        return cls(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
 
 class ErrorBody(BaseModel):
     message: str

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from gemma_chat.domain.models import ToolCall
 from gemma_chat.server.protocol.common import (
     ChatGenerationRequest,
     ChatMessageIn,
@@ -16,6 +17,15 @@ from gemma_chat.server.protocol.common import (
     StreamOptions,
     UsageInfo,
     absent,
+)
+from gemma_chat.server.protocol.tools import (
+    FunctionCallDelta,
+    FunctionCallOut,
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallOut,
+    ToolChoice,
+    ToolDefinition,
 )
 
 __all__ = [
@@ -33,69 +43,9 @@ __all__ = [
     "CompletionResponse",
     "CompletionUsageChunk",
     "DeltaMessage",
-    "FunctionCallDelta",
-    "FunctionCallOut",
-    "FunctionDefinition",
-    "JSONSchemaFormat",
     "ModelCard",
     "ModelList",
-    "NamedFunction",
-    "NamedToolChoice",
-    "ResponseFormat",
-    "ToolCallDelta",
-    "ToolCallOut",
-    "ToolChoice",
-    "ToolDefinition",
 ]
-
-
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
-    strict: bool | None = None
-
-
-class ToolDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    function: NamedFunction
-
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
-
-
-class JSONSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str
-    description: str | None = None
-    # "schema" shadows a BaseModel attribute, hence the alias.
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
 
 
 class ChatCompletionRequest(ChatGenerationRequest):
@@ -173,22 +123,24 @@ class ModelList(BaseModel):
 # -- /v1/chat/completions -------------------------------------------------------------------
 
 
-class FunctionCallOut(BaseModel):
-    name: str
-    arguments: str  # JSON text
-
-
-class ToolCallOut(BaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallOut
-
-
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=absent)
     refusal: None = None
+
+    @classmethod
+    def of(cls, text: str, calls: tuple[ToolCall, ...]) -> ChatMessageOut:
+        """OpenAI's assistant message: with calls, ``tool_calls`` and the text or null."""
+        if not calls:
+            return cls(content=text)
+        return cls(
+            content=text or None,
+            tool_calls=[
+                ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+                for c in calls
+            ],
+        )
 
 
 class ChatCompletionChoice(BaseModel):
@@ -207,25 +159,25 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo | None
 
 
-class FunctionCallDelta(BaseModel):
-    name: str | None = Field(default=None, exclude_if=absent)
-    arguments: str | None = Field(default=None, exclude_if=absent)
-
-
-class ToolCallDelta(BaseModel):
-    """A streamed tool call: the first delta of a call has its id, type and name, the next ones
-    pieces of its arguments (OpenAI's way)."""
-
-    index: int
-    id: str | None = Field(default=None, exclude_if=absent)
-    type: Literal["function"] | None = Field(default=None, exclude_if=absent)
-    function: FunctionCallDelta
-
-
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=absent)
     content: str | None = Field(default=None, exclude_if=absent)
     tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=absent)
+
+    @classmethod
+    def tool_call_deltas(cls, calls: tuple[ToolCall, ...]) -> list[DeltaMessage]:
+        """Calls as OpenAI streams them: each one's id, type and name, then its arguments."""
+        deltas: list[DeltaMessage] = []
+        for index, call in enumerate(calls):
+            head = ToolCallDelta(
+                index=index,
+                id=call.id,
+                type="function",
+                function=FunctionCallDelta(name=call.name, arguments=""),
+            )
+            body = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.arguments))
+            deltas += [cls(tool_calls=[head]), cls(tool_calls=[body])]
+        return deltas
 
 
 class ChunkChoice(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import StreamChunk, TokenUsage, ToolCall
+from gemma_chat.domain.models import StreamChunk, TokenUsage
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -43,12 +43,8 @@ from gemma_chat.server.protocol import (
     CompletionUsageChunk,
     DeltaMessage,
     FinishName,
-    FunctionCallDelta,
-    FunctionCallOut,
     ModelCard,
     ModelList,
-    ToolCallDelta,
-    ToolCallOut,
     UsageInfo,
     finish_name,
     new_id,
@@ -160,7 +156,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
     choices = [
         ChatCompletionChoice(
             index=index,
-            message=_message_of(response.content, response.tool_calls),
+            message=ChatMessageOut.of(response.content, response.tool_calls),
             finish_reason=finish_name(response.finish_reason),
         )
         for index, response in enumerate(responses)
@@ -170,47 +166,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
         created=now(),
         model=responses[0].model,
         choices=choices,
-        usage=_total_usage([r.token_usage for r in responses]),
-    )
-
-
-def _message_of(text: str, calls: tuple[ToolCall, ...]) -> ChatMessageOut:
-    """OpenAI's assistant message: with calls, ``tool_calls`` and the text or null."""
-    if not calls:
-        return ChatMessageOut(content=text)
-    return ChatMessageOut(
-        content=text or None,
-        tool_calls=[
-            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
-            for c in calls
-        ],
-    )
-
-
-def _call_deltas(calls: tuple[ToolCall, ...]) -> list[DeltaMessage]:
-    """A call as OpenAI streams it: its id, type and name first, then its arguments."""
-    deltas: list[DeltaMessage] = []
-    for index, call in enumerate(calls):
-        head = ToolCallDelta(
-            index=index,
-            id=call.id,
-            type="function",
-            function=FunctionCallDelta(name=call.name, arguments=""),
-        )
-        body = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.arguments))
-        deltas += [DeltaMessage(tool_calls=[head]), DeltaMessage(tool_calls=[body])]
-    return deltas
-
-
-def _total_usage(usages: list[TokenUsage | None]) -> UsageInfo | None:
-    """n choices of one prompt: the prompt counted once, every choice's tokens."""
-    known = [usage for usage in usages if usage is not None]
-    if not known:
-        return None
-    prompt = known[0].prompt_tokens
-    completion = sum(usage.completion_tokens for usage in known)
-    return UsageInfo(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        usage=UsageInfo.total([r.token_usage for r in responses]),
     )
 
 
@@ -272,7 +228,7 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
         created=created,
         model=model,
         choices=choices,
-        usage=_total_usage([c.token_usage for c in completions]),
+        usage=UsageInfo.total([c.token_usage for c in completions]),
     )
 
 
@@ -295,13 +251,13 @@ async def _events(
             if piece.text:
                 on_first_text()
                 yield event(chunk(index, DeltaMessage(content=piece.text), None))
-            for delta in _call_deltas(piece.tool_calls):
+            for delta in DeltaMessage.tool_call_deltas(piece.tool_calls):
                 yield event(chunk(index, delta, None))
             if piece.finish_reason is not None:
                 yield event(chunk(index, DeltaMessage(), finish_name(piece.finish_reason)))
                 usages.append(piece.token_usage)
         if usage_chunk is not None:
-            yield event(usage_chunk(_total_usage(usages)))
+            yield event(usage_chunk(UsageInfo.total(usages)))
     except GemmaChatError as exc:
         yield error_event(exc)
     finally:
