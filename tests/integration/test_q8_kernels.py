@@ -617,3 +617,55 @@ def test_the_avx2_build_decodes_as_the_portable_one(
     vector = decode_logits(small_q8_model(each_build), prompts, [0, 1, 2], fused=True)
     assert relative_error(vector, plain) < 1e-4
     assert torch.equal(vector.argmax(-1), plain.argmax(-1))
+
+
+def test_a_ring_past_the_window_gives_the_bits_of_a_cache_that_keeps_every_position(
+    each_build: Q8Kernels,
+) -> None:
+    # The sliding layers' window is 8: a ring of 16 positions (chunk 8) wraps many times over
+    # 60 prompt tokens and 40 greedy ones; a chunk of 4096 keeps every position in place.
+    model = small_q8_model(each_build)
+    prompt = torch.randint(0, 96, (1, 60), generator=torch.Generator().manual_seed(11))
+    rows = torch.tensor([1])
+
+    def run(chunk: int) -> tuple[list[int], torch.Tensor]:
+        cache = KVCache(model.config, slots=2, dtype=model.kv_dtype, chunk=chunk)
+        tokens: list[int] = []
+        with torch.inference_mode():
+            logits = model(prompt, torch.arange(60).view(1, -1), rows, cache)
+            for step in range(40):
+                tokens.append(int(logits[0].argmax()))
+                at = torch.tensor([[60 + step]])
+                logits = model(torch.tensor([tokens[-1:]]), at, rows, cache, decoding=True)
+        assert cache.local_capacity(1) == (16 if chunk == 8 else 112)  # ring, or every position
+        return tokens, logits
+
+    ring_tokens, ring_logits = run(8)
+    full_tokens, full_logits = run(4096)
+    assert ring_tokens == full_tokens
+    assert torch.equal(ring_logits, full_logits)
+
+
+def test_rows_of_a_long_prompt_go_in_passes_that_give_the_bits_of_one_pass(
+    each_build: Q8Kernels,
+) -> None:
+    # One sequence decoding beside another's 50-token prompt: with a chunk of 8 the prompt
+    # goes in 7 passes (the ring wraps between them), with 4096 in one.
+    model = small_q8_model(each_build)
+    gen = torch.Generator().manual_seed(12)
+    first, second = torch.randint(0, 96, (30,), generator=gen), torch.randint(
+        0, 96, (50,), generator=gen
+    )
+
+    def run(chunk: int) -> torch.Tensor:
+        cache = KVCache(model.config, slots=2, dtype=model.kv_dtype, chunk=chunk)
+        with torch.inference_mode():
+            model.forward_rows(
+                first, torch.arange(30), torch.zeros(30, dtype=torch.long), cache, [29]
+            )
+            ids = torch.cat([first[-1:], second])
+            positions = torch.cat([torch.tensor([30]), torch.arange(50)])
+            slots = torch.tensor([0] + [1] * 50)
+            return model.forward_rows(ids, positions, slots, cache, [0, 50])
+
+    assert torch.equal(run(8), run(4096))

@@ -353,11 +353,23 @@ class BatchScheduler:
         if not self.cache.holds_window(here.index, len(here.tokens), in_slot):
             in_slot = 0  # the sliding layers' ring has moved past that point
         stored, in_store = self.store.best_match(prompt, limit)
+        empty = next((s for s in free if not s.tokens), None)
         if in_slot > 0 and in_slot >= in_store:
-            if len(here.tokens) - in_slot > _WORTH_KEEPING:
-                self._save(here)  # another conversation that shared only a beginning
-            return here, in_slot
-        # Nothing better in place: the least recently used slot, its content kept in the store.
+            if empty is None or len(here.tokens) - in_slot <= _WORTH_KEEPING:
+                if len(here.tokens) - in_slot > _WORTH_KEEPING:
+                    # Another conversation that shared only a beginning: kept in the store, and
+                    # the memory its rest took handed back.
+                    held = self.cache.read(here.index, len(here.tokens))
+                    self.store.put(here.tokens, held)
+                    self.cache.release(here.index)
+                    self.cache.write(here.index, held, in_slot)
+                return here, in_slot
+            # Another conversation's beginning (a system prompt, an edited history): copied to
+            # an empty slot, and that conversation kept in its own.
+            self.cache.write(empty.index, self.cache.read(here.index, len(here.tokens)), in_slot)
+            return empty, in_slot
+        # Nothing better in place: the least recently used slot (an empty one first), its
+        # content kept in the store.
         target = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
         self._save(target)
         target.tokens = []
