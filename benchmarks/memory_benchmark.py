@@ -115,8 +115,10 @@ async def measure_point(sessions: int, context: int, max_batch_size: int) -> dic
 def run_point(sessions: int, context: int, max_batch_size: int) -> dict[str, Any]:
     """One point in a fresh process (peaks do not mix)."""
     done = subprocess.run(
-        [sys.executable, __file__, "--point", str(sessions), str(context)]
-        + ["--max-batch-size", str(max_batch_size)],
+        [
+            *(sys.executable, __file__, "--point", str(sessions), str(context)),
+            *("--max-batch-size", str(max_batch_size)),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -136,7 +136,8 @@ def test_a_snapshot_past_the_ring_serves_only_prefixes_whose_window_it_holds(
         snapshot = cache.read(0, 200)
         window = lean.config.sliding_window
         assert snapshot.local_from == 200 - cache.ring
-        assert snapshot.serves(200) and snapshot.serves(snapshot.local_from + window - 1)
+        assert snapshot.serves(200)
+        assert snapshot.serves(snapshot.local_from + window - 1)
         assert not snapshot.serves(snapshot.local_from + window - 2)
         assert not cache.holds_window(0, 200, snapshot.local_from + window - 2)
         prefix = snapshot.local_from + window  # restored into another slot, continued

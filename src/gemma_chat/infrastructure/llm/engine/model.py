@@ -316,8 +316,10 @@ class Gemma3Model(nn.Module):
             keep = set(wanted)
             for rows in passes:
                 index = torch.tensor(rows, dtype=torch.long)
-                pick = (t.index_select(0, index) for t in (input_ids, positions, slots))
-                y = self._rows(*pick, cache)
+                ids, at, rows_slots = (
+                    t.index_select(0, index) for t in (input_ids, positions, slots)
+                )
+                y = self._rows(ids, at, rows_slots, cache)
                 out.update((row, y[i]) for i, row in enumerate(rows) if row in keep)
             x = torch.stack([out[row] for row in wanted])
         logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
