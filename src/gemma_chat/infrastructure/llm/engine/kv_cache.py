@@ -130,8 +130,10 @@ class KVCache:
 
     # -- growing and releasing --------------------------------------------------------------------
 
-    def ensure(self, slot: int, length: int) -> None:
-        """Make room in ``slot`` for positions [0, length) (keeping what it holds)."""
+    def ensure(self, slot: int, length: int, *, exact: bool = False) -> None:
+        """Make room in ``slot`` for positions [0, length) (keeping what it holds); ``exact``:
+        no more than that (the caller reserved a whole turn), else grown by a quarter at least,
+        so that a sequence fed token by token copies its rows rarely."""
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot {slot} is beyond the cache's {self.max_slots} slots")
         rows = self._rows[slot]
@@ -143,8 +145,8 @@ class KVCache:
         old_local, old_global = int(rows.local_k.shape[2]), int(rows.global_k.shape[2])
         if length <= old_global and local <= old_local:
             return
-        # Grown by a quarter at least: a sequence fed token by token copies its rows rarely.
-        new_global = max(old_global, _whole_blocks(max(length, old_global + old_global // 4)))
+        wanted = length if exact else max(length, old_global + old_global // 4)
+        new_global = max(old_global, _whole_blocks(wanted))
         new_local = max(old_local, min(self.ring, _whole_blocks(max(local, new_global))))
         grown = self._new_rows(new_local, new_global)
         # A ring smaller than ``ring`` has never wrapped: its positions are where they were.

@@ -274,7 +274,8 @@ class BatchScheduler:
         try:
             # Room for the whole answer and a next turn's message now: growing the cache later
             # copies all of it, mid-answer or in the next turn's time to first token.
-            self.cache.ensure(slot.index, len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN)
+            room = len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN
+            self.cache.ensure(slot.index, room, exact=True)
         except Exception as exc:
             logger.exception("no room in the cache")
             self._fail([slot], exc)
