@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     for axes in (rss_axes, kv_axes):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle(title, fontsize=9)
+    figure.suptitle(textwrap.fill(title, 150), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -175,28 +176,33 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--plot-only", action="store_true", help="plot --out's memory.json again")
     parser.add_argument("--point", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         print(json.dumps(asyncio.run(measure_point(*args.point, args.max_batch_size))))
         return
 
-    points = []
-    for sessions in args.sessions:
-        for context in args.contexts:
-            point = run_point(sessions, context, args.max_batch_size)
-            points.append(point)
-            print(
-                f"{sessions:>3} sessions x {context:>5} tokens: peak RSS "
-                f"{point['peak_rss_gb']:.2f} GB, kv_cache_mb {point['kv_cache_mb']:.0f}",
-                flush=True,
-            )
-    cpu = cpu_flags()
-    variant = points[0]["kernels"] if points else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(
-        json.dumps({"cpu": cpu, "kernel_variant": variant, "points": points}, indent=1)
-    )
+    if args.plot_only:
+        saved = json.loads((args.out / "memory.json").read_text())
+        cpu, variant, points = saved["cpu"], saved["kernel_variant"], saved["points"]
+    else:
+        points = []
+        for sessions in args.sessions:
+            for context in args.contexts:
+                point = run_point(sessions, context, args.max_batch_size)
+                points.append(point)
+                print(
+                    f"{sessions:>3} sessions x {context:>5} tokens: peak RSS "
+                    f"{point['peak_rss_gb']:.2f} GB, kv_cache_mb {point['kv_cache_mb']:.0f}",
+                    flush=True,
+                )
+        cpu = cpu_flags()
+        variant = points[0]["kernels"] if points else None
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "memory.json").write_text(
+            json.dumps({"cpu": cpu, "kernel_variant": variant, "points": points}, indent=1)
+        )
     text = table(points)
     (args.out / "memory.md").write_text(f"{cpu}; kernels: {variant}\n\n{text}\n")
     print(f"\n{cpu}; kernels: {variant}\n\n{text}")
