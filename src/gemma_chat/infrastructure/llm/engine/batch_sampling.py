@@ -45,10 +45,11 @@ def choose_tokens(
     rows in place first); None where a row needs the whole-row sampler (no top-k), -1 where
     its logits are broken.
 
-    A row with a constraint (``constraints[i]``) takes only a token its grammar allows: a
-    sampling row's logits are masked in place first; a greedy row keeps the batch argmax when
-    the grammar allows it (the argmax of the masked row then is the same token) and is masked
-    and searched again only when not.
+    A row with a constraint (``constraints[i]``) takes only a token its grammar allows, and is
+    masked whole only when needed: a greedy row keeps the batch argmax when the grammar allows
+    it (the argmax of the masked row then is the same token); a top-k row keeps the allowed
+    ones among its batched top-k candidates when they are provably the masked row's top k
+    (``_allowed_top_k``); a row sampled from the whole row is masked in place first.
     """
     tokens: list[int | None] = [None] * len(samplers)
     greedy: list[int] = []
@@ -61,14 +62,14 @@ def choose_tokens(
         constraint = constraints[i] if i < len(constraints) else None
         if constraint is not None:
             stats.constrained_tokens += 1
-            if sampler.params.temperature != 0.0:
-                constraint.mask_(logits[i])
-                stats.masked_rows += 1
         if sampler.params.temperature == 0.0:
             greedy.append(i)
         elif 0 < sampler.params.top_k <= min(_TOP_K_ROWS, logits.shape[-1] - 1):
             top.append((i, sampler))
         else:
+            if constraint is not None:  # sampled from the whole row, in _advance: masked whole
+                constraint.mask_(logits[i])
+                stats.masked_rows += 1
             continue
         if sampler.params.repetition_penalty != 1.0:
             sampler.penalise_(logits[i], torch.tensor(seen(i), dtype=torch.long))
@@ -90,8 +91,39 @@ def choose_tokens(
         values, ids = model.top_k(select_rows(logits, [i for i, _ in top]), k)  # [R, k]
         for row, (i, sampler) in enumerate(top):
             own = sampler.params.top_k  # the first ``own`` of the k, largest first
+            constraint = constraints[i] if i < len(constraints) else None
+            chosen_values, chosen_ids = values[row, :own], ids[row, :own]
             try:
-                tokens[i] = sampler.choose(values[row, :own], ids[row, :own])
+                if constraint is not None:
+                    started = time.perf_counter()
+                    chosen_values, chosen_ids, masked = _allowed_top_k(
+                        constraint, values[row], ids[row], own, logits[i]
+                    )
+                    stats.masked_rows += masked
+                    stats.mask_seconds += time.perf_counter() - started
+                tokens[i] = sampler.choose(chosen_values, chosen_ids)
             except BrokenLogitsError:
                 tokens[i] = -1  # failed by _advance, for this request alone
     return tokens
+
+
+def _allowed_top_k(
+    constraint: TokenConstraint,
+    values: torch.Tensor,
+    ids: torch.Tensor,
+    own: int,
+    row: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The ``own`` largest logits among the tokens the grammar allows, and how many rows were
+    masked whole (0 or 1), from the row's unconstrained top candidates (``values``, ``ids``,
+    largest first) when they decide it: an allowed token outside them is smaller than all of
+    them, so when ``own`` of them are allowed, or every allowed token is among them, they are
+    the masked row's top ``own``. Otherwise the row is masked and searched whole."""
+    keep = constraint.allowed(ids)
+    count = int(keep.sum())
+    if count and (count >= own or count == constraint.allowed_count()):
+        chosen = keep.nonzero().view(-1)[:own]
+        return values[chosen], ids[chosen], 0
+    constraint.mask_(row)
+    top_values, top_ids = torch.topk(row.float(), min(own, row.shape[-1]))
+    return top_values, top_ids, 1
