@@ -49,22 +49,25 @@ def greedy() -> TokenSampler:
     return TokenSampler(SamplingParams(temperature=0.0))
 
 
-def test_free_rows_are_untouched_and_a_refused_argmax_is_masked_away() -> None:
+def test_free_rows_are_untouched_and_a_refused_argmax_gives_the_masked_argmax() -> None:
     torch.manual_seed(0)
     logits = torch.randn(3, V)
-    best = int(logits[1].argmax())
+    order = [int(i) for i in logits[1].argsort(descending=True)]
     original = logits.clone()
-    refusing = Allowing(7 if best != 7 else 8)
-    stats = MaskStats()
-    tokens = choose_tokens(
-        Model(), logits, [greedy(), greedy(), greedy()], lambda _: [], [None, refusing], stats
-    )
-    assert tokens[0] == int(original[0].argmax())
-    assert tokens[2] == int(original[2].argmax())
-    assert tokens[1] in refusing.ok
-    assert torch.equal(logits[0], original[0])
-    assert torch.equal(logits[2], original[2])
-    assert (stats.constrained_tokens, stats.masked_rows) == (1, 1)
+    near: Any = Bits(order[5], order[9])  # found among the row's largest logits
+    far: Any = Bits(order[-1])  # the smallest logit: only a mask finds it
+    for refusing, masked in ((near, 0), (far, 1)):
+        stats = MaskStats()
+        logits = original.clone()
+        tokens = choose_tokens(
+            Model(), logits, [greedy(), greedy(), greedy()], lambda _: [], [None, refusing], stats
+        )
+        assert tokens[0] == int(original[0].argmax())
+        assert tokens[2] == int(original[2].argmax())
+        assert tokens[1] == (order[5] if refusing is near else order[-1])
+        assert torch.equal(logits[0], original[0])
+        assert torch.equal(logits[2], original[2])
+        assert (stats.constrained_tokens, stats.masked_rows) == (1, masked)
 
 
 def test_a_greedy_row_whose_argmax_is_allowed_is_not_masked() -> None:
