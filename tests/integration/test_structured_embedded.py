@@ -101,7 +101,11 @@ async def test_a_schema_constrained_answer_validates(embedded_llm: GemmaLLM) -> 
 async def test_the_library_returns_the_parsed_pydantic_object(embedded_llm: GemmaLLM) -> None:
     async with InferenceService(llm=embedded_llm) as service:
         response = await service.generate_response(
-            ChatSession(), "Alice is 30. As JSON:", response_format=Person, max_new_tokens=64
+            ChatSession(),
+            "Alice is 30. As JSON:",
+            response_format=Person,
+            max_new_tokens=64,
+            temperature=0,
         )
     assert isinstance(response.parsed, Person)
 

@@ -60,6 +60,16 @@ class TokenConstraint:
         word = int(self._fill()[0, token >> 5])
         return bool((word >> (token & 31)) & 1)
 
+    def allowed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Whether the grammar accepts each of ``ids`` [N] next: bool [N]."""
+        words = self._fill()[0].index_select(0, ids >> 5)
+        return ((words >> (ids & 31).to(torch.int32)) & 1).bool()
+
+    def allowed_count(self) -> int:
+        """How many tokens the grammar accepts next."""
+        octets = self._fill()[0].view(torch.uint8).long()
+        return int(_POPCOUNT.index_select(0, octets).sum())
+
     def mask_(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` [V] with every token the grammar refuses set to -inf, in place."""
         mask_logits_row(logits, self._fill())
@@ -79,6 +89,7 @@ class TokenConstraint:
 
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
 
 def mask_logits_row(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
