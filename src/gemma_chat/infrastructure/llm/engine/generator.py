@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gemma_chat.domain.errors import ConfigurationError
+from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
+from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.native import choose_variant
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
@@ -22,36 +23,43 @@ from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
 
-__all__ = ["NativeGenerator", "supports"]
+__all__ = ["NativeGenerator", "refusal", "supports"]
 
 logger = logging.getLogger(__name__)
-
-_ARCHITECTURES = {"gemma3_text", "gemma3"}
 
 
 def supports(source: ModelSource) -> bool:
     """Whether the engine can run this checkpoint (a Gemma 3 text model)."""
+    return refusal(source) is None
+
+
+def refusal(source: ModelSource) -> str | None:
+    """Why the engine cannot run this checkpoint, or None when it can."""
     if source.architecture is not None:
-        return source.architecture in _ARCHITECTURES
-    if source.gguf_path is not None:
-        return _gguf_architecture(source.gguf_path) in _ARCHITECTURES
-    config_path = source.directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        config.get("model_type") == "gemma3_text"
-        and (source.directory / "tokenizer.json").is_file()
-        and any(source.directory.glob("*.safetensors"))
-    )
+        name: str | None = source.architecture
+    elif source.gguf_path is not None:
+        try:
+            name = gguf_architecture(source.gguf_path)
+        except (OSError, ValueError) as exc:
+            return f"its GGUF file does not read ({exc})"
+        name = f"{name}_text" if architecture_named(f"{name}_text") else name
+    else:
+        try:
+            config = json.loads((source.directory / "config.json").read_text())
+        except (OSError, ValueError):
+            return "it has no readable config.json"
+        name = config.get("model_type")
+        if not any(source.directory.glob("*.safetensors")):
+            return "it has no .safetensors weights"
+        if not any((source.directory / f).is_file() for f in _TOKENIZER_FILES):
+            return "it has no tokenizer.json or tokenizer.model"
+    architecture = architecture_named(name)
+    if architecture is None:
+        return f"it runs Gemma 3 text models, not {name!r}"
+    return architecture.unsupported
 
 
-def _gguf_architecture(path: Path) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("general.architecture")
-    return str(field.contents()) if field is not None else None
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
@@ -90,7 +98,11 @@ class NativeGenerator:
         self.directory = converted.directory
         self._end_ids = frozenset(
             i
-            for i in (self.tokenizer.eos_token_id, self.tokenizer.token_id(END_OF_TURN))
+            for i in (
+                self.tokenizer.eos_token_id,
+                self.tokenizer.token_id(END_OF_TURN),
+                *self.model.config.eos_token_ids,  # e.g. an instruction-tuned model's turn end
+            )
             if i is not None
         )
         self.scheduler = BatchScheduler(
