@@ -39,13 +39,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def text_config(variant: str) -> Any:
+def text_config(variant: str, vocab: int = VOCAB) -> Any:
     from transformers import Gemma3TextConfig
 
     extra = dict(VARIANTS[variant])
     extra.setdefault("query_pre_attn_scalar", extra["head_dim"])
     return Gemma3TextConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=96,
         intermediate_size=192,
         num_hidden_layers=6,  # the sixth global, as in every Gemma 3
@@ -66,7 +66,7 @@ def build_text_model(variant: str, seed: int = 0) -> Any:
     return model
 
 
-def build_multimodal_model(variant: str, seed: int = 0) -> Any:
+def build_multimodal_model(variant: str, seed: int = 0, vocab: int = VOCAB) -> Any:
     """The multimodal checkpoint (4B+), a tiny vision tower beside the text model."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
@@ -80,12 +80,12 @@ def build_multimodal_model(variant: str, seed: int = 0) -> Any:
         patch_size=14,
     )
     config = Gemma3Config(
-        text_config=text_config(variant).to_dict(),
+        text_config=text_config(variant, vocab).to_dict(),
         vision_config=vision.to_dict(),
         mm_tokens_per_image=4,
-        image_token_index=VOCAB - 1,
-        boi_token_index=VOCAB - 2,
-        eoi_token_index=VOCAB - 3,
+        image_token_index=vocab - 1,
+        boi_token_index=vocab - 2,
+        eoi_token_index=vocab - 3,
     )
     model = Gemma3ForConditionalGeneration(config).eval()
     _randomize_norms(model)

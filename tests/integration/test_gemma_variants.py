@@ -27,7 +27,9 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     SafetensorsCheckpoint,
 )
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, load_kernels, quantize_model
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
@@ -216,3 +218,14 @@ def test_the_checkpoint_config_is_the_reference_config(case: Case) -> None:
         "rope_parameters",
     ):
         assert case.checkpoint.config[key] == theirs[key], key
+
+
+def test_the_memory_estimate_is_what_the_loaded_weights_take(
+    case: Case, kernels: Q8Kernels
+) -> None:
+    tied = bool(case.checkpoint.config["tie_word_embeddings"])
+    floating = estimate_memory(case.config, quantized=False, dtype=torch.float32, tied=tied)
+    assert floating.weights_bytes == _weights_bytes(case.float_model)
+    quantized = estimate_memory(case.config, quantized=True, dtype=torch.float32, tied=tied)
+    actual = _weights_bytes(case.int8_model(kernels))  # rows padded to 16, a factor per matrix
+    assert quantized.weights_bytes <= actual <= quantized.weights_bytes * 1.02

@@ -31,6 +31,7 @@ __all__ = [
     "SafetensorsCheckpoint",
     "gguf_architecture",
     "open_checkpoint",
+    "read_text_config",
 ]
 
 
@@ -59,7 +60,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self._where: dict[str, Any] = {}
         self.stored_types = {}
         for path in sorted(directory.glob("*.safetensors")):
-            handle = safe_open(str(path), framework="pt")
+            handle: Any = safe_open(str(path), framework="pt")
             for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a dict
                 self._where[name] = handle
                 dtype = str(handle.get_slice(name).get_dtype()).lower()
@@ -114,7 +115,8 @@ _GGUF_SLIDING_PATTERN = 6
 def gguf_architecture(path: Path) -> str | None:
     from gguf import GGUFReader
 
-    return _field(GGUFReader(path), "general.architecture")
+    name = _field(GGUFReader(path), "general.architecture")
+    return None if name is None else str(name)
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -230,6 +232,16 @@ class GGUFCheckpoint(Checkpoint):
     def chat_template(self) -> str | None:
         template = _field(self._reader, "tokenizer.chat_template")
         return str(template) if template else None
+
+
+def read_text_config(directory: Path, gguf_file: str | None) -> dict[str, Any] | None:
+    """The text model's complete config from the checkpoint's header alone (no weights read),
+    or None when its files are not on disk (yet)."""
+    if gguf_file:
+        path = directory / gguf_file
+        return GGUFCheckpoint(path).config if path.is_file() else None
+    path = directory / "config.json"
+    return complete_text_config(json.loads(path.read_text())) if path.is_file() else None
 
 
 def open_checkpoint(directory: Path, gguf_file: str | None) -> Checkpoint:

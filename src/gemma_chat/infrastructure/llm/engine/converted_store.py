@@ -196,7 +196,13 @@ class ConvertedModelStore:
             steps.set_postfix_str("weights")
             config = dict(checkpoint.config)
             config["eos_token_id"] = end_of_generation_ids(source, config)
-            config["checkpoint"] = {"format": checkpoint.format, "stored": checkpoint.stored_types}
+            config["checkpoint"] = {
+                "architecture": checkpoint.architecture.name,
+                "format": checkpoint.format,
+                "stored": checkpoint.stored_types,
+            }
+            if checkpoint.architecture.unsupported:
+                raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
             lean = load_hf_state_dict(Gemma3Config.from_hf(config), checkpoint, weights.dtype)

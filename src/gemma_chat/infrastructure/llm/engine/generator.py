@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
-from gemma_chat.domain.errors import ConfigurationError
+from gemma_chat.domain.errors import ConfigurationError, ModelLoadError, ModelTooLargeError
 from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
-from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture
+from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture, read_text_config
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
+from gemma_chat.infrastructure.llm.engine.memory import available_memory_bytes, estimate_memory
 from gemma_chat.infrastructure.llm.engine.native import choose_variant
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
@@ -92,8 +94,21 @@ class NativeGenerator:
     def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
         self.weights = weight_format(settings, plan)
+        self.memory_limit_bytes = check_memory(settings, source, self.weights)
         converted = store.load_or_convert(source, self.weights)
         self.model = converted.model
+        stored = json.loads((converted.directory / "config.json").read_text())
+        self.checkpoint = stored.get("checkpoint") or {  # an entry converted before it said
+            "format": "gguf" if source.gguf_file else "safetensors",
+            "architecture": stored.get("model_type"),
+        }
+        self.memory = estimate_memory(
+            self.model.config,
+            quantized=self.weights.kernels is not None,
+            dtype=self.weights.dtype,
+            tied=bool(stored.get("tie_word_embeddings", True)),
+            prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+        )
         self.tokenizer = converted.tokenizer
         self.directory = converted.directory
         self._end_ids = frozenset(
@@ -131,13 +146,25 @@ class NativeGenerator:
         self.scheduler.close()
 
     def info(self) -> dict[str, Any]:
+        cache = self.scheduler.cache.nbytes + self.scheduler.store.nbytes
         return {
             "engine": "native",
+            # What runs: the checkpoint's architecture and format, and the engine's own format.
+            "architecture": self.checkpoint.get("architecture"),
+            "checkpoint_format": self.checkpoint["format"],
+            "checkpoint_types": self.checkpoint.get("stored"),
+            "weights_mb": round(_weights_bytes(self.model) / 2**20, 1),
+            "kv_cache_mb": round(cache / 2**20, 1),  # held now: slots and stored prefixes
+            "kv_cache_mb_per_1k_tokens": self.memory.describe()["kv_cache_mb_per_1k_tokens"],
+            "memory_limit_mb": (
+                round(self.memory_limit_bytes / 2**20) if self.memory_limit_bytes else None
+            ),
             "weights": self.weights.name,
             "quantization": "int8" if self.weights.kernels is not None else "none",
             # The C kernels' build the model computes with (native.VARIANTS), if any.
             "kernels": self.weights.kernels.variant if self.weights.kernels is not None else None,
             "dtype": str(self.model.compute_dtype).removeprefix("torch."),
+            "kv_cache_dtype": str(self.model.kv_dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in (*self.model.parameters(), *self.model.buffers())),
             "memory_footprint_mb": round(
                 (
@@ -151,6 +178,41 @@ class NativeGenerator:
             "converted_cache": str(self.directory),
             "scheduler": self.scheduler.info(),
         }
+
+
+def check_memory(settings: Settings, source: ModelSource, weights: WeightFormat) -> int | None:
+    """Refuse, before anything loads, a model that would not fit the memory limit
+    (``ModelTooLargeError``, with the numbers); the limit in bytes, if known."""
+    limit_mb = settings.performance.memory_limit_mb
+    if limit_mb is not None:
+        limit, where = limit_mb * 2**20, "GEMMA_PERFORMANCE__MEMORY_LIMIT_MB"
+    else:
+        available = available_memory_bytes()
+        if available is None:
+            return None
+        limit, where = available, "the memory this system has available now"
+    try:
+        config = read_text_config(source.directory, source.gguf_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{source.gguf_path or source.directory}: {exc}") from exc
+    if config is None:  # not on disk yet (the embedded model, assembled on first use)
+        return limit
+    estimate = estimate_memory(
+        Gemma3Config.from_hf(config),
+        quantized=weights.kernels is not None,
+        dtype=weights.dtype,
+        tied=bool(config.get("tie_word_embeddings", True)),
+        prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+    )
+    if estimate.required_bytes > limit:
+        raise ModelTooLargeError(
+            str(source.gguf_path or source.directory),
+            weights_mb=estimate.weights_bytes / 2**20,
+            kv_cache_mb=estimate.kv_reserved_bytes / 2**20,
+            budget_mb=limit / 2**20,
+            where=where,
+        )
+    return limit
 
 
 def _weights_bytes(model: torch.nn.Module) -> int:
