@@ -100,6 +100,14 @@ class ConvertedModelStore:
     def key(self, source_digest: str, weights: WeightFormat) -> str:
         return f"{source_digest[:20]}-{weights.name}-v{FORMAT_VERSION}"
 
+    def has(self, source: ModelSource, weights: WeightFormat) -> bool:
+        """Whether a converted entry for this checkpoint and format is on disk (not verified)."""
+        try:
+            digest = source_digest(source, self.root.parent)
+        except OSError:
+            return False
+        return digest is not None and (self.root / self.key(digest, weights)).is_dir()
+
     def load_or_convert(
         self, source: ModelSource, weights: WeightFormat, *, progress: bool = True
     ) -> ConvertedModel:

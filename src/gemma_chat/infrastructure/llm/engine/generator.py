@@ -94,7 +94,9 @@ class NativeGenerator:
     def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
         self.weights = weight_format(settings, plan)
-        self.memory_limit_bytes = check_memory(settings, source, self.weights)
+        self.memory_limit_bytes = check_memory(
+            settings, source, self.weights, converting=not store.has(source, self.weights)
+        )
         converted = store.load_or_convert(source, self.weights)
         self.model = converted.model
         stored = json.loads((converted.directory / "config.json").read_text())
@@ -180,9 +182,12 @@ class NativeGenerator:
         }
 
 
-def check_memory(settings: Settings, source: ModelSource, weights: WeightFormat) -> int | None:
-    """Refuse, before anything loads, a model that would not fit the memory limit
-    (``ModelTooLargeError``, with the numbers); the limit in bytes, if known."""
+def check_memory(
+    settings: Settings, source: ModelSource, weights: WeightFormat, *, converting: bool
+) -> int | None:
+    """Refuse, before anything loads, a model that would not fit the memory limit, running or
+    (``converting``) while it is converted (``ModelTooLargeError``, with the numbers); the
+    limit in bytes, if known."""
     limit_mb = settings.performance.memory_limit_mb
     if limit_mb is not None:
         limit, where = limit_mb * 2**20, "GEMMA_PERFORMANCE__MEMORY_LIMIT_MB"
@@ -193,24 +198,33 @@ def check_memory(settings: Settings, source: ModelSource, weights: WeightFormat)
         limit, where = available, "the memory this system has available now"
     try:
         config = read_text_config(source.directory, source.gguf_file)
+        if config is None:  # not on disk yet (the embedded model, assembled on first use)
+            return limit
+        estimate = estimate_memory(
+            Gemma3Config.from_hf(config),
+            quantized=weights.kernels is not None,
+            dtype=weights.dtype,
+            tied=bool(config.get("tie_word_embeddings", True)),
+            prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{source.gguf_path or source.directory}: {exc}") from exc
-    if config is None:  # not on disk yet (the embedded model, assembled on first use)
-        return limit
-    estimate = estimate_memory(
-        Gemma3Config.from_hf(config),
-        quantized=weights.kernels is not None,
-        dtype=weights.dtype,
-        tied=bool(config.get("tie_word_embeddings", True)),
-        prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
-    )
+    name = str(source.gguf_path or source.directory)
     if estimate.required_bytes > limit:
         raise ModelTooLargeError(
-            str(source.gguf_path or source.directory),
+            name,
             weights_mb=estimate.weights_bytes / 2**20,
             kv_cache_mb=estimate.kv_reserved_bytes / 2**20,
             budget_mb=limit / 2**20,
             where=where,
+        )
+    if converting and estimate.conversion_bytes > limit:
+        raise ModelTooLargeError(
+            name,
+            weights_mb=estimate.conversion_bytes / 2**20,
+            kv_cache_mb=0.0,
+            budget_mb=limit / 2**20,
+            where=f"{where}; converting it once holds all its weights in float32",
         )
     return limit
 

@@ -4,7 +4,8 @@ Weights: every matrix in the engine's format (int8 blocks: one byte a weight and
 scale per 32; float: the dtype's size), the embedding table once when tied to the output
 projection, norms in float32. KV cache: keys and values of every layer, float16 with the int8
 kernels (else the compute dtype), per token. A model is refused when its weights, the prefix
-store's budget and the keys and values of ``RESERVED_TOKENS`` tokens exceed the memory limit.
+store's budget and the keys and values of ``RESERVED_TOKENS`` tokens exceed the memory limit,
+or when it is to be converted and its float32 weights (the conversion's peak) exceed it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class MemoryEstimate:
     @property
     def kv_reserved_bytes(self) -> int:
         return self.kv_bytes_per_token * RESERVED_TOKENS + self.prefix_budget_bytes
+
+    @property
+    def conversion_bytes(self) -> int:
+        """The peak of a first load: the whole model assembled in float32 before it is cast or
+        quantized (converted_store.py)."""
+        return 4 * self.parameters
 
     @property
     def required_bytes(self) -> int:
