@@ -100,6 +100,14 @@ def test_auto_prefers_the_tokenizers_template(name: str) -> None:
     assert choose_chat_format("auto", has_template=True, model_name=name) is None
 
 
+@pytest.mark.parametrize(
+    "name", ["google/gemma-3-1b-pt", "/models/gemma-3-4b-pt-Q4_K_M.gguf", "gemma-3-12b-pt"]
+)
+def test_auto_keeps_the_transcript_for_pretrained_checkpoints_with_a_template(name: str) -> None:
+    assert choose_chat_format("auto", has_template=True, model_name=name) is TRANSCRIPT
+    assert choose_chat_format("template", has_template=True, model_name=name) is None
+
+
 def test_template_with_a_template_uses_it() -> None:
     assert choose_chat_format("template", has_template=True, model_name="m") is None
 

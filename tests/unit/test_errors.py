@@ -86,6 +86,18 @@ def test_every_error_is_exported_from_one_place() -> None:
         assert getattr(gemma_chat, name) is getattr(errors, name), name
 
 
+def test_a_model_too_large_says_its_numbers_and_is_a_memory_error() -> None:
+    from gemma_chat import ModelTooLargeError
+
+    error = ModelTooLargeError(
+        "gemma-3-27b-it", weights_mb=27_000, kv_cache_mb=800, budget_mb=15_000, where="test"
+    )
+    assert isinstance(error, errors.ModelLoadError)
+    assert isinstance(error, MemoryError)
+    for number in ("27,800 MiB", "27,000 MiB of weights", "800 MiB of KV cache", "15,000 MiB"):
+        assert number in str(error)
+
+
 def test_the_engine_errors_sit_in_the_hierarchy() -> None:
     from gemma_chat import BrokenLogitsError, CorruptEntryError
 

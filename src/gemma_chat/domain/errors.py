@@ -19,7 +19,8 @@ lets callers catch an error the usual way (``except ValueError``)::
     ├── ModelNotLoadedError (RuntimeError)       used before load() / after unload()
     ├── ModelNotFoundError (FileNotFoundError)
     ├── ModelLoadError (RuntimeError)
-    │   └── CorruptEntryError                    a converted model on disk fails its manifest
+    │   ├── CorruptEntryError                    a converted model on disk fails its manifest
+    │   └── ModelTooLargeError (MemoryError)     the model would not fit the memory budget
     ├── InferenceError (RuntimeError)            the backend failed while generating
     │   ├── OutOfMemoryError (MemoryError)
     │   ├── BackendUnavailableError              the model's server cannot be reached
@@ -49,6 +50,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotLoadedError",
+    "ModelTooLargeError",
     "NothingToRegenerateError",
     "OutOfMemoryError",
     "ServiceStateError",
@@ -285,6 +287,24 @@ class BackendOverloadedError(InferenceError):
 
 class CorruptEntryError(ModelLoadError):
     """A stored converted model that does not match its manifest (it is converted again)."""
+
+
+class ModelTooLargeError(ModelLoadError, MemoryError):
+    """Refused before loading: the model's weights and KV cache would not fit the memory budget.
+    Sizes in MiB."""
+
+    def __init__(
+        self, model: str, *, weights_mb: float, kv_cache_mb: float, budget_mb: float, where: str
+    ) -> None:
+        self.weights_mb, self.kv_cache_mb, self.budget_mb = weights_mb, kv_cache_mb, budget_mb
+        super().__init__(
+            f"{model} needs {weights_mb + kv_cache_mb:,.0f} MiB ({weights_mb:,.0f} MiB of weights "
+            f"and {kv_cache_mb:,.0f} MiB of KV cache), more than the {budget_mb:,.0f} MiB "
+            f"available ({where}).\nHints:\n"
+            "- Use a smaller model, or a GGUF/checkpoint of fewer parameters.\n"
+            "- Lower GEMMA_PERFORMANCE__KV_CACHE_BUDGET_MB.\n"
+            "- Raise GEMMA_PERFORMANCE__MEMORY_LIMIT_MB if the machine has the memory."
+        )
 
 
 class BrokenLogitsError(InferenceError, ValueError):

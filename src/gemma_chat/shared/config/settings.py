@@ -104,6 +104,9 @@ class PerformanceSettings(_Section):
     compile: bool = False
     empty_cache_after_inference: bool = True
     max_batch_size: int = Field(8, ge=1)
+    # The native engine refuses, before loading, a model whose weights and KV cache would not
+    # fit in this much memory; None: the memory the system has available (MemAvailable).
+    memory_limit_mb: int | None = Field(None, ge=0)
     # Which build of the native engine's C kernels runs: "auto" the best one this CPU supports;
     # naming one (tests, benchmarks) that this CPU cannot run is a ConfigurationError.
     kernel_variant: Literal["auto", "generic", "avx2", "avx512", "neon-dotprod"] = "auto"

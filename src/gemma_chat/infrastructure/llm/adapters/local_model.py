@@ -55,6 +55,7 @@ class GemmaLLM(BaseLLM):
         self._last_encoded: tuple[str, list[int]] | None = None
         self._grammars: GrammarCompiler | None = None  # built at the first constrained request
         self.load_seconds: float | None = None
+        self._engine_note: str | None = None  # why the native engine does not run the model
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -93,9 +94,10 @@ class GemmaLLM(BaseLLM):
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
 
     def _use_engine(self, plan: PrecisionPlan, source: ModelSource) -> bool:
-        from gemma_chat.infrastructure.llm.engine.generator import supports
+        from gemma_chat.infrastructure.llm.engine.generator import refusal
 
         choice = self.settings.performance.engine
+        self._engine_note = None
         if choice == "transformers":
             return False
         reasons = []
@@ -107,14 +109,21 @@ class GemmaLLM(BaseLLM):
             reasons.append("torch.compile applies to the transformers engine")
         if self.settings.model.attn_implementation not in ("auto", "sdpa"):
             reasons.append("it uses sdpa attention")
-        if not reasons and not supports(source):
-            reasons.append("it runs Gemma 3 text models only")
+        if not reasons and (why := refusal(source)) is not None:
+            reasons.append(why)
         if reasons and choice == "native":
             raise ConfigurationError(
                 "GEMMA_PERFORMANCE__ENGINE=native cannot serve this model: "
                 + "; ".join(reasons)
                 + ". Use GEMMA_PERFORMANCE__ENGINE=auto or transformers."
             )
+        if reasons:  # said once, here and in get_model_info()
+            self._engine_note = (
+                "The native engine cannot run this model ("
+                + "; ".join(reasons)
+                + "): it runs on the transformers engine instead (one request at a time)."
+            )
+            logger.warning("%s: %s", self.model_name, self._engine_note)
         return not reasons
 
     async def _unload_model_implementation(self) -> None:
@@ -192,6 +201,8 @@ class GemmaLLM(BaseLLM):
             info["source"] = str(self._source.gguf_path or self._source.directory)
         if self._generator is not None:
             info.update(self._generator.info())
+        if self._engine_note is not None:
+            info["engine_note"] = self._engine_note
         if self.load_seconds is not None:
             info["load_seconds"] = round(self.load_seconds, 2)
         return info

@@ -1,4 +1,9 @@
-"""The lean Gemma 3 model's hyperparameters, read from a transformers ``config.json``."""
+"""The lean Gemma 3 model's hyperparameters, read from a transformers ``config.json``.
+
+Every Gemma 3 size is this one model with other numbers: 1B has no rotary scaling; 4B, 12B and
+27B scale their global layers' rotary positions linearly (factor 8); 27B's attention scale comes
+from ``query_pre_attn_scalar`` (168), not from its head size (128).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ class Gemma3Config:
     query_pre_attn_scalar: float
     max_position_embeddings: int
     final_logit_softcapping: float | None = None
+    # Linear rotary scaling (positions divided by the factor), per kind of layer.
+    rope_scaling_global: float = 1.0
+    rope_scaling_local: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()  # the config's end-of-sequence / end-of-turn ids
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> Gemma3Config:
@@ -39,12 +48,12 @@ class Gemma3Config:
             for i in range(layers)
         ]
         rope = config.get("rope_parameters") or {}
-        global_theta = (rope.get("full_attention") or {}).get(
-            "rope_theta", config.get("rope_theta", 1_000_000.0)
-        )
-        local_theta = (rope.get("sliding_attention") or {}).get(
-            "rope_theta", config.get("rope_local_base_freq", 10_000.0)
-        )
+        global_rope = rope.get("full_attention") or config.get("rope_scaling") or {}
+        local_rope = rope.get("sliding_attention") or {}
+        global_theta = global_rope.get("rope_theta", config.get("rope_theta", 1_000_000.0))
+        local_theta = local_rope.get("rope_theta", config.get("rope_local_base_freq", 10_000.0))
+        eos = config.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
         return cls(
             vocab_size=int(config["vocab_size"]),
             hidden_size=int(config["hidden_size"]),
@@ -61,4 +70,17 @@ class Gemma3Config:
             query_pre_attn_scalar=float(config["query_pre_attn_scalar"]),
             max_position_embeddings=int(config["max_position_embeddings"]),
             final_logit_softcapping=config.get("final_logit_softcapping"),
+            rope_scaling_global=_linear_factor(global_rope),
+            rope_scaling_local=_linear_factor(local_rope),
+            eos_token_ids=tuple(int(i) for i in eos_ids),
         )
+
+
+def _linear_factor(rope: dict[str, Any]) -> float:
+    """The factor of linear rotary scaling; any other kind is refused, not approximated."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return 1.0
+    if kind == "linear":
+        return float(rope["factor"])
+    raise ValueError(f"rotary scaling of type {kind!r} is not implemented by the native engine")

@@ -33,6 +33,11 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
+from gemma_chat.infrastructure.llm.engine.checkpoint import (
+    Checkpoint,
+    GGUFCheckpoint,
+    open_checkpoint,
+)
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
@@ -94,6 +99,14 @@ class ConvertedModelStore:
 
     def key(self, source_digest: str, weights: WeightFormat) -> str:
         return f"{source_digest[:20]}-{weights.name}-v{FORMAT_VERSION}"
+
+    def has(self, source: ModelSource, weights: WeightFormat) -> bool:
+        """Whether a converted entry for this checkpoint and format is on disk (not verified)."""
+        try:
+            digest = source_digest(source, self.root.parent)
+        except OSError:
+            return False
+        return digest is not None and (self.root / self.key(digest, weights)).is_dir()
 
     def load_or_convert(
         self, source: ModelSource, weights: WeightFormat, *, progress: bool = True
@@ -183,26 +196,25 @@ class ConvertedModelStore:
             disable=not progress,
         )
         try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            kwargs: dict[str, Any] = {"local_files_only": True}
-            if source.gguf_file:
-                kwargs["gguf_file"] = source.gguf_file
             steps.set_postfix_str("tokenizer")
-            AutoTokenizer.from_pretrained(source.directory, **kwargs).save_pretrained(tmp)
+            checkpoint = open_checkpoint(source.directory, source.gguf_file)
+            save_tokenizer(source, checkpoint, tmp)
             write_vocabulary(tmp)  # the native tokenizer's copy, where it applies
             steps.update()
             steps.set_postfix_str("weights")
-            # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
-            reference: Any = AutoModelForCausalLM.from_pretrained(
-                source.directory, dtype=torch.float32, **kwargs
-            )
-            config = reference.config.to_dict()
+            config = dict(checkpoint.config)
+            config["eos_token_id"] = end_of_generation_ids(source, config)
+            config["checkpoint"] = {
+                "architecture": checkpoint.architecture.name,
+                "format": checkpoint.format,
+                "stored": checkpoint.stored_types,
+            }
+            if checkpoint.architecture.unsupported:
+                raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
-            lean = load_hf_state_dict(
-                Gemma3Config.from_hf(config), reference.state_dict(), weights.dtype
-            )
-            del reference
+            # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
+            lean = load_hf_state_dict(Gemma3Config.from_hf(config), checkpoint, weights.dtype)
+            del checkpoint
             if weights.kernels is not None:
                 quantize_model(lean, weights.kernels, tied=tied)
             steps.update()
@@ -234,6 +246,35 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> None:
+    """The checkpoint's tokenizer as ``tokenizer.json`` + ``tokenizer_config.json``, with its
+    chat template (a GGUF's ``tokenizer.chat_template``, or the directory's own)."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+    if not getattr(tokenizer, "chat_template", None) and isinstance(checkpoint, GGUFCheckpoint):
+        tokenizer.chat_template = checkpoint.chat_template
+    tokenizer.save_pretrained(target)
+
+
+def end_of_generation_ids(source: ModelSource, config: dict[str, Any]) -> list[int]:
+    """Token ids that end an answer: the config's and generation_config.json's
+    ``eos_token_id`` (an instruction-tuned Gemma lists its end-of-turn token there)."""
+    ids: list[int] = []
+    generation = source.directory / "generation_config.json"
+    found: list[Any] = [config.get("eos_token_id")]
+    if not source.gguf_file and generation.is_file():
+        found.append(json.loads(generation.read_text()).get("eos_token_id"))
+    for value in found:
+        for i in value if isinstance(value, list) else [] if value is None else [value]:
+            if int(i) not in ids:
+                ids.append(int(i))
+    return ids
 
 
 def write_manifest(directory: Path) -> None:

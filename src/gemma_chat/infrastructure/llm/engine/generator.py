@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from gemma_chat.domain.errors import ConfigurationError
+from gemma_chat.domain.errors import ConfigurationError, ModelLoadError, ModelTooLargeError
+from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
+from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture, read_text_config
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
+from gemma_chat.infrastructure.llm.engine.memory import available_memory_bytes, estimate_memory
 from gemma_chat.infrastructure.llm.engine.native import choose_variant
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
@@ -22,36 +25,43 @@ from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 from gemma_chat.infrastructure.llm.loading.precision import PrecisionPlan
 from gemma_chat.shared.config import Settings
 
-__all__ = ["NativeGenerator", "supports"]
+__all__ = ["NativeGenerator", "refusal", "supports"]
 
 logger = logging.getLogger(__name__)
-
-_ARCHITECTURES = {"gemma3_text", "gemma3"}
 
 
 def supports(source: ModelSource) -> bool:
     """Whether the engine can run this checkpoint (a Gemma 3 text model)."""
+    return refusal(source) is None
+
+
+def refusal(source: ModelSource) -> str | None:
+    """Why the engine cannot run this checkpoint, or None when it can."""
     if source.architecture is not None:
-        return source.architecture in _ARCHITECTURES
-    if source.gguf_path is not None:
-        return _gguf_architecture(source.gguf_path) in _ARCHITECTURES
-    config_path = source.directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        config.get("model_type") == "gemma3_text"
-        and (source.directory / "tokenizer.json").is_file()
-        and any(source.directory.glob("*.safetensors"))
-    )
+        name: str | None = source.architecture
+    elif source.gguf_path is not None:
+        try:
+            name = gguf_architecture(source.gguf_path)
+        except (OSError, ValueError) as exc:
+            return f"its GGUF file does not read ({exc})"
+        name = f"{name}_text" if architecture_named(f"{name}_text") else name
+    else:
+        try:
+            config = json.loads((source.directory / "config.json").read_text())
+        except (OSError, ValueError):
+            return "it has no readable config.json"
+        name = config.get("model_type")
+        if not any(source.directory.glob("*.safetensors")):
+            return "it has no .safetensors weights"
+        if not any((source.directory / f).is_file() for f in _TOKENIZER_FILES):
+            return "it has no tokenizer.json or tokenizer.model"
+    architecture = architecture_named(name)
+    if architecture is None:
+        return f"it runs Gemma 3 text models, not {name!r}"
+    return architecture.unsupported
 
 
-def _gguf_architecture(path: Path) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("general.architecture")
-    return str(field.contents()) if field is not None else None
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
@@ -84,13 +94,32 @@ class NativeGenerator:
     def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
         self.weights = weight_format(settings, plan)
+        self.memory_limit_bytes = check_memory(
+            settings, source, self.weights, converting=not store.has(source, self.weights)
+        )
         converted = store.load_or_convert(source, self.weights)
         self.model = converted.model
+        stored = json.loads((converted.directory / "config.json").read_text())
+        self.checkpoint = stored.get("checkpoint") or {  # an entry converted before it said
+            "format": "gguf" if source.gguf_file else "safetensors",
+            "architecture": stored.get("model_type"),
+        }
+        self.memory = estimate_memory(
+            self.model.config,
+            quantized=self.weights.kernels is not None,
+            dtype=self.weights.dtype,
+            tied=bool(stored.get("tie_word_embeddings", True)),
+            prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+        )
         self.tokenizer = converted.tokenizer
         self.directory = converted.directory
         self._end_ids = frozenset(
             i
-            for i in (self.tokenizer.eos_token_id, self.tokenizer.token_id(END_OF_TURN))
+            for i in (
+                self.tokenizer.eos_token_id,
+                self.tokenizer.token_id(END_OF_TURN),
+                *self.model.config.eos_token_ids,  # e.g. an instruction-tuned model's turn end
+            )
             if i is not None
         )
         self.scheduler = BatchScheduler(
@@ -123,13 +152,25 @@ class NativeGenerator:
         self.scheduler.close()
 
     def info(self) -> dict[str, Any]:
+        cache = self.scheduler.cache.nbytes + self.scheduler.store.nbytes
         return {
             "engine": "native",
+            # What runs: the checkpoint's architecture and format, and the engine's own format.
+            "architecture": self.checkpoint.get("architecture"),
+            "checkpoint_format": self.checkpoint["format"],
+            "checkpoint_types": self.checkpoint.get("stored"),
+            "weights_mb": round(_weights_bytes(self.model) / 2**20, 1),
+            "kv_cache_mb": round(cache / 2**20, 1),  # held now: slots and stored prefixes
+            "kv_cache_mb_per_1k_tokens": self.memory.describe()["kv_cache_mb_per_1k_tokens"],
+            "memory_limit_mb": (
+                round(self.memory_limit_bytes / 2**20) if self.memory_limit_bytes else None
+            ),
             "weights": self.weights.name,
             "quantization": "int8" if self.weights.kernels is not None else "none",
             # The C kernels' build the model computes with (native.VARIANTS), if any.
             "kernels": self.weights.kernels.variant if self.weights.kernels is not None else None,
             "dtype": str(self.model.compute_dtype).removeprefix("torch."),
+            "kv_cache_dtype": str(self.model.kv_dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in (*self.model.parameters(), *self.model.buffers())),
             "memory_footprint_mb": round(
                 (
@@ -143,6 +184,53 @@ class NativeGenerator:
             "converted_cache": str(self.directory),
             "scheduler": self.scheduler.info(),
         }
+
+
+def check_memory(
+    settings: Settings, source: ModelSource, weights: WeightFormat, *, converting: bool
+) -> int | None:
+    """Refuse, before anything loads, a model that would not fit the memory limit, running or
+    (``converting``) while it is converted (``ModelTooLargeError``, with the numbers); the
+    limit in bytes, if known."""
+    limit_mb = settings.performance.memory_limit_mb
+    if limit_mb is not None:
+        limit, where = limit_mb * 2**20, "GEMMA_PERFORMANCE__MEMORY_LIMIT_MB"
+    else:
+        available = available_memory_bytes()
+        if available is None:
+            return None
+        limit, where = available, "the memory this system has available now"
+    try:
+        config = read_text_config(source.directory, source.gguf_file)
+        if config is None:  # not on disk yet (the embedded model, assembled on first use)
+            return limit
+        estimate = estimate_memory(
+            Gemma3Config.from_hf(config),
+            quantized=weights.kernels is not None,
+            dtype=weights.dtype,
+            tied=bool(config.get("tie_word_embeddings", True)),
+            prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{source.gguf_path or source.directory}: {exc}") from exc
+    name = str(source.gguf_path or source.directory)
+    if estimate.required_bytes > limit:
+        raise ModelTooLargeError(
+            name,
+            weights_mb=estimate.weights_bytes / 2**20,
+            kv_cache_mb=estimate.kv_reserved_bytes / 2**20,
+            budget_mb=limit / 2**20,
+            where=where,
+        )
+    if converting and estimate.conversion_bytes > limit:
+        raise ModelTooLargeError(
+            name,
+            weights_mb=estimate.conversion_bytes / 2**20,
+            kv_cache_mb=0.0,
+            budget_mb=limit / 2**20,
+            where=f"{where}; converting it once holds all its weights in float32",
+        )
+    return limit
 
 
 def _weights_bytes(model: torch.nn.Module) -> int:

@@ -225,7 +225,9 @@ class Gemma3Model(nn.Module):
             c = self.config
             size = max(length, 4096 if cached is None else 2 * cached[0].shape[0])
             theta = c.rope_theta_local if local else c.rope_theta_global
+            factor = c.rope_scaling_local if local else c.rope_scaling_global
             inv_freq = 1.0 / (theta ** (torch.arange(0, c.head_dim, 2).float() / c.head_dim))
+            inv_freq = inv_freq / factor  # linear scaling: positions divided by the factor
             freqs = torch.arange(size).float()[:, None] * inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
             cached = (emb.cos(), emb.sin())

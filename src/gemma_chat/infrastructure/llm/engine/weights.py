@@ -55,7 +55,7 @@ def load_hf_state_dict(
         for k, v in tensors.items()
     }
     untied = state.get("lm_head.weight")
-    if untied is not None and untied.data_ptr() != get("embed_tokens.weight").data_ptr():
+    if untied is not None and untied.data_ptr() != tensors["embed.weight"].data_ptr():
         converted["lm_head.weight"] = untied.to(dtype).contiguous()
     else:
         converted["lm_head.weight"] = converted["embed.weight"]  # tied: one tensor, held once

@@ -79,14 +79,20 @@ TRANSCRIPT = ChatFormat(
 CHAT_FORMATS = {f.name: f for f in (GEMMA_TURNS, TRANSCRIPT)}
 
 _INSTRUCTION_TUNED = re.compile(r"(?:^|[-_./ ])(it|instruct|chat)(?:$|[-_./ ])", re.IGNORECASE)
+_PRETRAINED = re.compile(r"(?:^|[-_./ ])(pt|pretrained)(?:$|[-_./ ])", re.IGNORECASE)
 
 
 def choose_chat_format(setting: str, *, has_template: bool, model_name: str) -> ChatFormat | None:
     """The format to use, or None for the tokenizer's own chat template.
 
     ``auto`` takes the template when there is one, else Gemma turns for instruction-tuned models
-    (``-it``, ``instruct`` or ``chat`` in the name) and the transcript for base models.
+    (``-it``, ``instruct`` or ``chat`` in the name) and the transcript for base models. A model
+    named pretrained (``-pt``: Google ships its base Gemma checkpoints with the chat template
+    too) keeps the transcript: its turn tokens were never trained.
     """
+    pretrained = _PRETRAINED.search(model_name) and not _INSTRUCTION_TUNED.search(model_name)
+    if setting == "auto" and has_template and pretrained:
+        return TRANSCRIPT
     if setting == "template" or (setting == "auto" and has_template):
         if not has_template:
             raise ConfigurationError(

@@ -1,0 +1,250 @@
+"""A checkpoint's text model read without transformers' model classes: its config (as
+transformers writes it) and its weights under transformers' names, from a safetensors directory
+or a GGUF file.
+
+Weights are read one tensor at a time, when asked for, as float32: a GGUF's quantized blocks
+(Q8_0, Q4_0, Q4_K, Q6_K, ...) are de-quantized by the ``gguf`` package. llama.cpp stores Gemma's
+RMSNorm weights plus one (its norm multiplies by ``w``, transformers' by ``1 + w``): they are
+given back as transformers has them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gemma_chat.domain.errors import ModelLoadError
+from gemma_chat.infrastructure.llm.engine.architecture import (
+    Architecture,
+    architecture_named,
+    complete_text_config,
+)
+
+__all__ = [
+    "Checkpoint",
+    "GGUFCheckpoint",
+    "SafetensorsCheckpoint",
+    "gguf_architecture",
+    "open_checkpoint",
+    "read_text_config",
+]
+
+
+class Checkpoint(Mapping[str, torch.Tensor]):
+    """Weights named as transformers' text model names them without a prefix
+    (``embed_tokens.weight``, ``layers.0.self_attn.q_proj.weight``, ``lm_head.weight`` when
+    untied), float32, read on access."""
+
+    architecture: Architecture
+    config: dict[str, Any]  # the text model's config, complete
+    format: str  # safetensors | gguf
+    stored_types: dict[str, int]  # how the weights are stored: type name -> number of tensors
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    def __init__(self, directory: Path) -> None:
+        from safetensors import safe_open
+
+        raw = json.loads((directory / "config.json").read_text())
+        architecture = architecture_named(raw.get("model_type"))
+        if architecture is None:
+            raise ModelLoadError(f"{directory}: model_type {raw.get('model_type')!r} is not Gemma")
+        self.architecture, self.format = architecture, "safetensors"
+        self.config = complete_text_config(raw)
+        self._files: dict[str, Any] = {}
+        self._where: dict[str, Any] = {}
+        self.stored_types = {}
+        for path in sorted(directory.glob("*.safetensors")):
+            handle: Any = safe_open(str(path), framework="pt")
+            for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a dict
+                self._where[name] = handle
+                dtype = str(handle.get_slice(name).get_dtype()).lower()
+                self.stored_types[dtype] = self.stored_types.get(dtype, 0) + 1
+        prefix = next(
+            (p for p in architecture.weight_prefixes if f"{p}embed_tokens.weight" in self._where),
+            None,
+        )
+        if prefix is None:
+            raise ModelLoadError(f"{directory}: no embed_tokens.weight in its safetensors files")
+        self._names = {
+            name.removeprefix(prefix): name for name in self._where if name.startswith(prefix)
+        }
+        if "lm_head.weight" in self._where and prefix:  # the head is outside the text model
+            self._names["lm_head.weight"] = "lm_head.weight"
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        stored = self._names[name]
+        tensor: torch.Tensor = self._where[stored].get_tensor(stored)
+        return tensor.float()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+# GGUF tensor names (llama.cpp's) -> transformers'; "{i}" is the layer.
+_GGUF_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q_norm.weight": "layers.{i}.self_attn.q_norm.weight",
+    "blk.{i}.attn_k_norm.weight": "layers.{i}.self_attn.k_norm.weight",
+    "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
+    "blk.{i}.post_attention_norm.weight": "layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.pre_feedforward_layernorm.weight",
+    "blk.{i}.post_ffw_norm.weight": "layers.{i}.post_feedforward_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
+}
+# llama.cpp's Gemma 3: every sixth layer global, the others in a sliding window.
+_GGUF_SLIDING_PATTERN = 6
+
+
+def gguf_architecture(path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    name = _field(GGUFReader(path), "general.architecture")
+    return None if name is None else str(name)
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
+
+
+class GGUFCheckpoint(Checkpoint):
+    def __init__(self, path: Path) -> None:
+        from gguf import GGUFReader
+
+        self._reader = reader = GGUFReader(path)
+        arch = str(_field(reader, "general.architecture"))
+        # A GGUF holds the text model only: gemma3 -> gemma3_text.
+        architecture = architecture_named(f"{arch}_text") or architecture_named(arch)
+        if architecture is None:
+            raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not Gemma")
+        self.architecture, self.format = architecture, "gguf"
+        self._tensors = {t.name: t for t in reader.tensors}
+        self.stored_types = {}
+        for tensor in reader.tensors:
+            kind = tensor.tensor_type.name
+            self.stored_types[kind] = self.stored_types.get(kind, 0) + 1
+        self.config = complete_text_config({**self._config(arch), "model_type": architecture.name})
+        layers = int(self.config["num_hidden_layers"])
+        self._names: dict[str, str] = {}
+        for theirs, ours in _GGUF_NAMES.items():
+            for i in range(layers) if "{i}" in theirs else (0,):
+                if theirs.format(i=i) in self._tensors:
+                    self._names[ours.format(i=i)] = theirs.format(i=i)
+
+    def _config(self, arch: str) -> dict[str, Any]:
+        def get(key: str, default: Any = None) -> Any:
+            value = _field(self._reader, f"{arch}.{key}")
+            return default if value is None else value
+
+        hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+        layers = int(get("block_count"))
+        head_dim = int(get("attention.key_length", hidden // heads))
+        embed = self._tensors["token_embd.weight"]
+        vocab = int(embed.shape[-1]) if len(embed.shape) > 1 else None
+        scaling = get("rope.scaling.type")
+        full: dict[str, Any] = {"rope_type": "default", "rope_theta": get("rope.freq_base", 1e6)}
+        if scaling == "linear":
+            full = {**full, "rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+        pattern = get("attention.sliding_window_pattern", _GGUF_SLIDING_PATTERN)
+        if isinstance(pattern, list):  # one flag per layer: sliding?
+            sliding = [bool(p) for p in pattern]
+        else:  # every n-th layer global
+            sliding = [(i + 1) % int(pattern) != 0 for i in range(layers)]
+        eos = [
+            int(i)
+            for i in (
+                _field(self._reader, "tokenizer.ggml.eos_token_id"),
+                _field(self._reader, "tokenizer.ggml.eot_token_id"),
+            )
+            if i is not None
+        ]
+        return {
+            "model_type": arch,
+            "vocab_size": vocab or len(_field(self._reader, "tokenizer.ggml.tokens")),
+            "hidden_size": hidden,
+            "intermediate_size": int(get("feed_forward_length")),
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+            "head_dim": head_dim,
+            "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+            "sliding_window": int(get("attention.sliding_window", 4096)),
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+            "rope_parameters": {
+                "full_attention": full,
+                "sliding_attention": {
+                    "rope_type": "default",
+                    "rope_theta": float(get("rope.freq_base_swa", 10_000.0)),
+                },
+            },
+            # As llama.cpp: Gemma 3 27B (62 layers) scales by hidden / heads, others by head size.
+            "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
+            "max_position_embeddings": int(get("context_length", 131_072)),
+            "tie_word_embeddings": "output.weight" not in self._tensors,
+            "eos_token_id": eos or None,
+            "bos_token_id": _field(self._reader, "tokenizer.ggml.bos_token_id"),
+            "pad_token_id": _field(self._reader, "tokenizer.ggml.padding_token_id"),
+        }
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        tensor = self._tensors[self._names[name]]
+        kind = tensor.tensor_type
+        data = np.asarray(tensor.data)
+        if kind == GGMLQuantizationType.F32:
+            values = data.astype(np.float32)
+        elif kind == GGMLQuantizationType.F16:
+            values = data.view(np.float16).astype(np.float32)
+        else:
+            values = dequantize(data, kind)
+        shape = [int(n) for n in reversed(tensor.shape.tolist())]  # ggml lists the fastest first
+        out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
+        if name.endswith("norm.weight"):
+            out = out - 1.0  # llama.cpp stored 1 + w
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @property
+    def chat_template(self) -> str | None:
+        template = _field(self._reader, "tokenizer.chat_template")
+        return str(template) if template else None
+
+
+def read_text_config(directory: Path, gguf_file: str | None) -> dict[str, Any] | None:
+    """The text model's complete config from the checkpoint's header alone (no weights read),
+    or None when its files are not on disk (yet)."""
+    if gguf_file:
+        path = directory / gguf_file
+        return GGUFCheckpoint(path).config if path.is_file() else None
+    path = directory / "config.json"
+    return complete_text_config(json.loads(path.read_text())) if path.is_file() else None
+
+
+def open_checkpoint(directory: Path, gguf_file: str | None) -> Checkpoint:
+    if gguf_file:
+        return GGUFCheckpoint(directory / gguf_file)
+    return SafetensorsCheckpoint(directory)

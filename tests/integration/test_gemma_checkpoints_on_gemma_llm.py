@@ -1,0 +1,120 @@
+"""A downloaded-style Gemma checkpoint on ``GemmaLLM``: the multimodal 4B+ layout's text part
+on the native engine, its own chat template and end-of-turn ids, its memory said and checked;
+a Gemma 4 checkpoint said to take the transformers engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gemma_chat import GemmaLLM, get_settings
+from gemma_chat.domain.errors import ConfigurationError, ModelTooLargeError
+from gemma_chat.domain.models import ChatMessage, GenerationConfig
+from gemma_chat.infrastructure.llm.engine.generator import refusal
+from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
+from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+
+from .gemma_variants import build_multimodal_model, write_gguf
+
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def multimodal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gemma-3-4b-it-like directory: Gemma3ForConditionalGeneration's safetensors, its
+    tokenizer, chat_template.jinja and a generation_config.json listing an extra end id."""
+    tokenizer_dir = build_tiny_gemma(tmp_path_factory.mktemp("tokenizer"))
+    directory = tmp_path_factory.mktemp("gemma-3-4b-it")
+    vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    build_multimodal_model("4b", vocab=vocab).save_pretrained(directory)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, directory / name)
+    (directory / "chat_template.jinja").write_text(TEMPLATE)
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 3]}))
+    return directory
+
+
+def _llm(directory: Path, **performance: object) -> GemmaLLM:
+    settings = get_settings(
+        model={"name": str(directory)}, performance={"engine": "native", **performance}
+    )
+    return GemmaLLM(settings)
+
+
+def test_a_multimodal_checkpoint_runs_its_text_part_with_its_own_template(
+    multimodal_dir: Path,
+) -> None:
+    llm = _llm(multimodal_dir)
+
+    async def run() -> tuple[dict[str, object], str, str]:
+        await llm.load()
+        try:
+            info = llm.get_model_info()
+            messages: list[ChatMessage] = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ]
+            prompt = llm.format_prompt(messages)
+            answer = await llm.generate(messages, GenerationConfig(max_new_tokens=8))
+            return info, prompt, answer.text
+        finally:
+            await llm.unload()
+
+    info, prompt, _ = asyncio.run(run())
+    assert info["engine"] == "native"
+    assert info["architecture"] == "gemma3"
+    assert info["checkpoint_format"] == "safetensors"
+    assert info["chat_format"] == "template"
+    assert "<start_of_turn>system\nBe brief.<end_of_turn>" in prompt
+    assert float(info["weights_mb"]) > 0  # type: ignore[arg-type]
+    assert float(info["kv_cache_mb_per_1k_tokens"]) > 0  # type: ignore[arg-type]
+    assert "engine_note" not in info
+
+
+def test_the_checkpoints_end_ids_stop_generation(multimodal_dir: Path) -> None:
+    llm = _llm(multimodal_dir)
+    asyncio.run(llm.load())
+    try:
+        assert 3 in llm._require_generator().end_ids  # from generation_config.json
+    finally:
+        asyncio.run(llm.unload())
+
+
+def test_a_model_over_the_memory_limit_is_refused_before_loading(multimodal_dir: Path) -> None:
+    llm = _llm(multimodal_dir, memory_limit_mb=0)
+    with pytest.raises(ModelTooLargeError, match=r"MiB of weights.*MEMORY_LIMIT_MB"):
+        asyncio.run(llm.load())
+    assert not (get_settings().cache_dir / "models").exists()  # nothing converted
+
+
+def test_a_gemma4_checkpoint_is_said_to_take_the_transformers_engine(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma4_text"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    reason = refusal(resolve_model_source(str(tmp_path)))
+    assert reason is not None
+    assert "Gemma 4" in reason
+    with pytest.raises(ConfigurationError, match="Gemma 4"):
+        asyncio.run(_llm(tmp_path).load())
+
+
+def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> None:
+    from gemma_chat.infrastructure.llm.engine.checkpoint import GGUFCheckpoint
+
+    from .gemma_variants import build_text_model
+
+    path = write_gguf(build_text_model("1b"), tmp_path / "m.gguf", "Q8_0", chat_template=TEMPLATE)
+    checkpoint = GGUFCheckpoint(path)
+    assert checkpoint.chat_template == TEMPLATE
+    assert checkpoint.config["eos_token_id"] == [1, 106]
+    assert resolve_model_source(str(path)).gguf_file == "m.gguf"
+    assert refusal(resolve_model_source(str(path))) is None

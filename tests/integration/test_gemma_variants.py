@@ -1,0 +1,231 @@
+"""Every Gemma 3 shape, from safetensors and from GGUF, on the engine: the float path computes
+what transformers computes, the int8 path picks the same tokens, batching and prefix reuse change
+nothing.
+
+Each case is a tiny random model built from transformers' own config classes
+(``gemma_variants.py``): 1B-like (no rotary scaling), 4B-like (linear rotary scaling of the
+global layers, head size != hidden / heads), 27B-like (attention scale from
+``query_pre_attn_scalar``), the multimodal checkpoint's text part, and GGUF files in F16, BF16,
+Q8_0 and Q4_0 (Q4_K and Q6_K, which the ``gguf`` package reads but cannot write, are the
+embedded model's: tests/integration/test_embedded_engine.py). A GGUF's reference is the same
+transformers model holding the GGUF's de-quantized weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gemma_chat.infrastructure.llm.engine.checkpoint import (
+    Checkpoint,
+    GGUFCheckpoint,
+    SafetensorsCheckpoint,
+)
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
+from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
+from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, load_kernels, quantize_model
+from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
+
+from .gemma_variants import build_multimodal_model, build_text_model, write_gguf
+
+STEPS = 64
+# Largest |difference| allowed between the float path's logits and transformers' (float32 both;
+# the logits of these models are of order 10).
+LOGITS_TOLERANCE = 1e-3
+TOP1_AGREEMENT = 0.98
+
+
+def _safetensors(
+    variant: str, multimodal: bool = False
+) -> Callable[[Path], tuple[Any, Checkpoint]]:
+    def build(directory: Path) -> tuple[Any, Checkpoint]:
+        model = build_multimodal_model(variant) if multimodal else build_text_model(variant)
+        model.save_pretrained(directory)
+        return model, SafetensorsCheckpoint(directory)
+
+    return build
+
+
+def _gguf(variant: str, quant: str) -> Callable[[Path], tuple[Any, Checkpoint]]:
+    def build(directory: Path) -> tuple[Any, Checkpoint]:
+        model = build_text_model(variant)
+        checkpoint = GGUFCheckpoint(write_gguf(model, directory / f"model-{quant}.gguf", quant))
+        reference = copy.deepcopy(model)
+        state = {f"model.{name}": checkpoint[name] for name in checkpoint}
+        reference.load_state_dict(state, strict=False)  # lm_head: tied to the embedding
+        return reference, checkpoint
+
+    return build
+
+
+CASES: dict[str, Callable[[Path], tuple[Any, Checkpoint]]] = {
+    "1b-safetensors": _safetensors("1b"),
+    "4b-safetensors": _safetensors("4b"),
+    "27b-safetensors": _safetensors("27b"),
+    "4b-multimodal-safetensors": _safetensors("4b", multimodal=True),
+    "1b-gguf-Q8_0": _gguf("1b", "Q8_0"),
+    "4b-gguf-F16": _gguf("4b", "F16"),
+    "4b-gguf-BF16": _gguf("4b", "BF16"),
+    "4b-gguf-Q4_0": _gguf("4b", "Q4_0"),
+}
+
+
+class Case:
+    def __init__(self, reference: Any, checkpoint: Checkpoint) -> None:
+        self.reference = reference
+        self.checkpoint = checkpoint
+        self.config = Gemma3Config.from_hf(checkpoint.config)
+        self.float_model = load_hf_state_dict(self.config, checkpoint, torch.float32)
+        prompt = torch.randint(10, 500, (1, 8), generator=torch.Generator().manual_seed(0))
+        self.tokens, self.logits = reference_greedy(reference, prompt)
+        self.prompt = prompt
+
+    def int8_model(self, kernels: Q8Kernels) -> Gemma3Model:
+        model = load_hf_state_dict(self.config, self.checkpoint, torch.float32)
+        quantize_model(model, kernels, tied=bool(self.checkpoint.config["tie_word_embeddings"]))
+        return model
+
+
+_cases: dict[str, Case] = {}
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
+    built = load_kernels(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler: the int8 kernels cannot be built")
+    return built
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    name = request.param
+    if name not in _cases:
+        _cases[name] = Case(*CASES[name](tmp_path_factory.mktemp(name)))
+    return _cases[name]
+
+
+def reference_greedy(model: Any, prompt: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """transformers' greedy tokens for STEPS steps (a full forward pass each, no cache) and the
+    logits each step chose from: [STEPS, V]."""
+    ids = prompt
+    chosen = []
+    with torch.inference_mode():
+        for _ in range(STEPS):
+            logits = model(input_ids=ids).logits[0, -1].float()
+            chosen.append(logits)
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+    return ids[0, prompt.shape[1] :].tolist(), torch.stack(chosen)
+
+
+def test_the_float_path_decodes_transformers_greedy_tokens_and_logits(case: Case) -> None:
+    model = case.float_model
+    cache = KVCache(model.config, slots=1, dtype=torch.float32)
+    slot = torch.tensor([0])
+    n = case.prompt.shape[1]
+    tokens, logits = [], []
+    with torch.inference_mode():
+        step = model(case.prompt, torch.arange(n).view(1, -1), slot, cache)[0]
+        for position in range(n, n + STEPS):
+            logits.append(step)
+            tokens.append(int(step.argmax()))
+            step = model(torch.tensor([[tokens[-1]]]), torch.tensor([[position]]), slot, cache)[0]
+    assert tokens == case.tokens
+    difference = (torch.stack(logits) - case.logits).abs().max().item()
+    assert difference <= LOGITS_TOLERANCE
+
+
+def _rows(
+    model: Gemma3Model, tokens: list[int], start: int, slot: int, cache: KVCache
+) -> torch.Tensor:
+    """Logits [V] after tokens at positions start.. in ``slot`` (the fused int8 blocks)."""
+    n = len(tokens)
+    return model.forward_rows(
+        torch.tensor(tokens),
+        torch.arange(start, start + n),
+        torch.full((n,), slot),
+        cache,
+        [n - 1],
+    )[0]
+
+
+def test_the_int8_path_picks_transformers_top_token_on_nearly_every_step(
+    case: Case, kernels: Q8Kernels
+) -> None:
+    model = case.int8_model(kernels)
+    cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
+    sequence = case.prompt[0].tolist() + case.tokens
+    n = case.prompt.shape[1]
+    agree = 0
+    with torch.inference_mode():
+        logits = _rows(model, sequence[:n], 0, 0, cache)
+        for step in range(STEPS):
+            agree += int(logits.argmax()) == case.tokens[step]
+            logits = _rows(model, [sequence[n + step]], n + step, 0, cache)
+    assert agree / STEPS >= TOP1_AGREEMENT
+
+
+def test_batched_rows_give_what_each_sequence_gives_alone(case: Case, kernels: Q8Kernels) -> None:
+    model = case.int8_model(kernels)
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randint(10, 500, (30,), generator=gen).tolist()
+    b = torch.randint(10, 500, (45,), generator=gen).tolist()
+    together = KVCache(model.config, slots=2, dtype=model.kv_dtype)
+    with torch.inference_mode():
+        batched = model.forward_rows(
+            torch.tensor(a + b),
+            torch.cat([torch.arange(30), torch.arange(45)]),
+            torch.tensor([0] * 30 + [1] * 45),
+            together,
+            [29, 74],
+        )
+        for row, tokens in enumerate((a, b)):
+            alone = _rows(model, tokens, 0, 0, KVCache(model.config, 1, dtype=model.kv_dtype))
+            assert torch.equal(batched[row], alone)
+
+
+def test_reusing_a_prefix_gives_what_recomputing_it_gives(case: Case, kernels: Q8Kernels) -> None:
+    model = case.int8_model(kernels)
+    tokens = torch.randint(10, 500, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    cache = KVCache(model.config, slots=3, dtype=model.kv_dtype)
+    with torch.inference_mode():
+        recomputed = _rows(model, tokens, 0, 0, cache)
+        _rows(model, tokens[:25], 0, 1, cache)  # the prefix, as a finished turn left it
+        k, v = cache.read(1, 25)
+        cache.write(2, k, v)  # moved to another slot, as from the prefix store
+        reused = _rows(model, tokens[25:], 25, 2, cache)
+    assert torch.equal(reused, recomputed)
+
+
+def test_the_checkpoint_config_is_the_reference_config(case: Case) -> None:
+    theirs = case.reference.config.get_text_config().to_dict()
+    for key in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "query_pre_attn_scalar",
+        "sliding_window",
+        "layer_types",
+        "rope_parameters",
+    ):
+        assert case.checkpoint.config[key] == theirs[key], key
+
+
+def test_the_memory_estimate_is_what_the_loaded_weights_take(
+    case: Case, kernels: Q8Kernels
+) -> None:
+    tied = bool(case.checkpoint.config["tie_word_embeddings"])
+    floating = estimate_memory(case.config, quantized=False, dtype=torch.float32, tied=tied)
+    assert floating.weights_bytes == _weights_bytes(case.float_model)
+    quantized = estimate_memory(case.config, quantized=True, dtype=torch.float32, tied=tied)
+    actual = _weights_bytes(case.int8_model(kernels))  # rows padded to 16, a factor per matrix
+    assert quantized.weights_bytes <= actual <= quantized.weights_bytes * 1.02
