@@ -65,9 +65,10 @@ LOCK_TIMEOUT_SECONDS = 30 * 60
 class WeightFormat:
     """How weights are stored and computed: a float dtype, or int8 blocks (``kernels``)."""
 
-    name: str  # float32 | bfloat16 | float16 | q8
+    name: str  # float32 | bfloat16 | float16 | q8 | q4 (also the cache entry's name)
     dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
     kernels: Q8Kernels | None = None
+    bits: int = 8  # of the quantized blocks, with kernels: 8 or 4
 
     @classmethod
     def floating(cls, dtype: torch.dtype) -> WeightFormat:
@@ -76,6 +77,16 @@ class WeightFormat:
     @classmethod
     def q8(cls, kernels: Q8Kernels) -> WeightFormat:
         return cls("q8", torch.float32, kernels)
+
+    @classmethod
+    def q4(cls, kernels: Q8Kernels) -> WeightFormat:
+        """4-bit blocks (``q8.pack_weight4``), cached under their own key beside the int8 copy."""
+        return cls("q4", torch.float32, kernels, bits=4)
+
+    @property
+    def quantization(self) -> str:
+        """As the settings name it: int8, int4, or none (float weights)."""
+        return "none" if self.kernels is None else f"int{self.bits}"
 
 
 class ConvertedModel:
@@ -157,7 +168,7 @@ class ConvertedModelStore:
             model = Gemma3Model(Gemma3Config.from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
         if weights.kernels is not None:
-            empty_q8_model(model, weights.kernels, tied=tied)
+            empty_q8_model(model, weights.kernels, tied=tied, bits=weights.bits)
         else:
             if "lm_head.weight" not in state:
                 state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
@@ -204,7 +215,7 @@ class ConvertedModelStore:
             )
             del reference
             if weights.kernels is not None:
-                quantize_model(lean, weights.kernels, tied=tied)
+                quantize_model(lean, weights.kernels, tied=tied, bits=weights.bits)
             steps.update()
             steps.set_postfix_str("saving")
             state = dict(lean.state_dict())

@@ -29,6 +29,7 @@ from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, 
 
 __all__ = [
     "BLOCK",
+    "Q4Linear",
     "Q8BlockDecoder",
     "Q8Embedding",
     "Q8Kernels",
@@ -37,8 +38,10 @@ __all__ = [
     "empty_q8_model",
     "load_kernels",
     "pack_weight",
+    "pack_weight4",
     "quantize_model",
     "quantize_weight",
+    "quantize_weight4",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,13 +107,12 @@ class Q8Kernels:
         return q, s
 
     def matmul(self, xq: torch.Tensor, xs: torch.Tensor, w: Q8Linear) -> torch.Tensor:
-        """[M, K] x [N, K]^T -> [M, N] float32."""
+        """[M, K] x [N, K]^T -> [M, N] float32 (int8 or 4-bit weights, as ``w.bits`` says)."""
         m, k = xq.shape
         y = torch.empty((m, w.out_features), dtype=torch.float32)
         weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
-        self._lib.q8p_matmul(
-            xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k
-        )
+        product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
+        product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k)
         return y
 
     def argmax(self, logits: torch.Tensor) -> list[int]:
@@ -138,7 +140,8 @@ class Q8Kernels:
         """Rows ``ids`` of ``w`` as float32: [R] -> [R, K]."""
         ids = ids.to(torch.int64).contiguous()
         out = torch.empty((ids.numel(), w.in_features), dtype=torch.float32)
-        self._lib.q8p_rows(
+        lookup = self._lib.q4p_rows if w.bits == 4 else self._lib.q8p_rows
+        lookup(
             w.q.data_ptr(),
             w.scale.data_ptr(),
             w.mult,
@@ -211,17 +214,81 @@ def pack_weight(
     tiles, blocks = q.shape[0] // LANES, k // BLOCK
     packed = (q.to(torch.int16) + 128).to(torch.uint8)
     packed = packed.view(tiles, LANES, blocks, 8, 4).permute(0, 2, 3, 1, 4).contiguous()
-    largest = float(scale.max()) if scale.numel() else 0.0
+    halves, factor = _float16_scales(scale, tiles, blocks)
+    return packed, halves, factor
+
+
+def quantize_weight4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> int8 [N, K] in -8..7 and float32 scales [N, K/32]: per block of 32, of
+    a few scales near GGUF Q4_0's (the largest magnitude as -8 or as 7), the one whose values,
+    rounded and then given their least-squares scale, leave the smallest squared error."""
+    n, k = weight.shape
+    q = torch.empty((n, k), dtype=torch.int8)
+    scales = torch.empty((n, k // BLOCK), dtype=torch.float32)
+    rows = max(1, 2**22 // max(k, 1))  # ~4M values at a time: bounded memory
+    for start in range(0, n, rows):
+        w = weight[start : start + rows].float().reshape(-1, k // BLOCK, BLOCK)
+        top = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))  # the signed largest
+        best_error = torch.full(w.shape[:-1], float("inf"))
+        best_q = torch.zeros_like(w)
+        best_scale = torch.zeros(w.shape[:-1])
+        for divisor in _Q4_DIVISORS:
+            d = top / divisor
+            inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+            candidate = torch.round(w * inverse).clamp(-8, 7)
+            norm = (candidate * candidate).sum(-1)
+            scale = torch.where(norm > 0, (w * candidate).sum(-1) / norm, torch.zeros_like(norm))
+            error = ((w - scale.unsqueeze(-1) * candidate) ** 2).sum(-1)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_scale = torch.where(better, scale, best_scale)
+            best_q = torch.where(better.unsqueeze(-1), candidate, best_q)
+        q[start : start + rows] = best_q.reshape(-1, k).to(torch.int8)
+        scales[start : start + rows] = best_scale
+    return q, scales
+
+
+# Q4_0's -8 first, then scales a little larger or smaller (the largest value rounded to 7, 6..)
+_Q4_DIVISORS = (-8.0, -7.5, -7.0, -6.5, 7.0, 7.5, 6.5, -8.5, -9.0)
+
+
+def pack_weight4(
+    q: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4-bit values [N, K] (int8, -8..7) and scales [N, K/32] -> the 4-bit kernel's layout
+    (``kernels/matmul4.c``): bytes [N/16, K/32, 4, 16, 4], each the values of k = 4g + j (low
+    nibble) and 16 + 4g + j (high nibble) plus 8; float16 scales and their factor as
+    ``pack_weight``'s."""
+    n, k = q.shape
+    pad = -n % LANES
+    q = torch.cat([q, q.new_zeros((pad, k))]) if pad else q
+    scale = torch.cat([scale, scale.new_zeros((pad, k // BLOCK))]) if pad else scale
+    tiles, blocks = q.shape[0] // LANES, k // BLOCK
+    nibbles = (q.to(torch.int16) + 8).to(torch.uint8)  # [N, K]
+    nibbles = nibbles.view(tiles, LANES, blocks, 2, 4, 4)  # [t, lane, b, half, g, j]
+    packed = nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)  # [t, lane, b, g, j]
+    packed = packed.permute(0, 2, 3, 1, 4).contiguous()  # [t, b, g, lane, j]
+    halves, factor = _float16_scales(scale, tiles, blocks)
+    return packed, halves, factor
+
+
+def _float16_scales(
+    scale: torch.Tensor, tiles: int, blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales [N, K/32] -> float16 [N/16, K/32, 16] divided by a power of two that keeps them
+    well inside float16's range, and that factor [1]."""
+    largest = float(scale.abs().max()) if scale.numel() else 0.0
     exponent = math.floor(math.log2(2.0**14 / largest)) if largest > 0 else 0
     mult = 2.0**-exponent
     halves = (scale / mult).to(torch.float16)
     halves = halves.view(tiles, LANES, blocks).permute(0, 2, 1).contiguous()
-    return packed, halves, torch.tensor([mult], dtype=torch.float32)
+    return halves, torch.tensor([mult], dtype=torch.float32)
 
 
 class Q8Linear(nn.Module):
     """``y = x W^T`` with W in int8 blocks; activations are quantized per row as they come."""
 
+    bits = 8
     q: torch.Tensor
     scale: torch.Tensor
     scale_factor: torch.Tensor
@@ -235,7 +302,7 @@ class Q8Linear(nn.Module):
         super().__init__()
         self.kernels = kernels
         q, scale, factor = packed
-        self.register_buffer("q", q)  # [N/16, K/32, 8, 16, 4] uint8
+        self.register_buffer("q", q)  # [N/16, K/32, 8, 16, 4] uint8 (4-bit: [.., 4, 16, 4])
         self.register_buffer("scale", scale)  # [N/16, K/32, 16] float16
         self.register_buffer("scale_factor", factor)  # [1] float32
         self.out_features = out_features
@@ -259,6 +326,17 @@ class Q8Linear(nn.Module):
         xq, xs = self.kernels.quantize(rows)
         y = self.kernels.matmul(xq, xs, self)  # [M, N]
         return y.view(*shape[:-1], self.out_features)
+
+
+class Q4Linear(Q8Linear):
+    """``y = x W^T`` with W in 4-bit blocks (``pack_weight4``); activations as ``Q8Linear``."""
+
+    bits = 4
+
+    @classmethod
+    def from_weight(cls, kernels: Q8Kernels, weight: torch.Tensor) -> Q8Linear:
+        """Quantize a float weight [N, K] to 4 bits."""
+        return cls(kernels, pack_weight4(*quantize_weight4(weight.detach())), int(weight.shape[0]))
 
 
 class Q8Embedding(nn.Module):
@@ -325,6 +403,7 @@ class Q8BlockDecoder:
             "mult": linear.mult,
             "n": linear.out_features,
             "k": linear.in_features,
+            "bits": linear.bits,
         }
 
     def rows(
@@ -359,27 +438,35 @@ class Q8BlockDecoder:
         return rows
 
 
-def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:
-    """Replace the model's projections by int8 ones, in place (activations become float32)."""
+def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: int = 8) -> None:
+    """Replace the model's projections by int8 (or, ``bits=4``, 4-bit) ones, in place
+    (activations become float32)."""
+    kind = _LINEAR_KINDS[bits]
     for block in model.blocks:
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, Q8Linear.from_weight(kernels, linear.weight))
+            setattr(block, name, kind.from_weight(kernels, linear.weight))
     weight: torch.Tensor = model.lm_head.weight  # type: ignore[assignment]
-    _install(model, kernels, Q8Linear.from_weight(kernels, weight), tied=tied)
+    _install(model, kernels, kind.from_weight(kernels, weight), tied=tied)
 
 
-def empty_q8_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:
-    """Give a meta-device model int8 projections of the right shapes, to load a state dict into."""
+_LINEAR_KINDS: dict[int, type[Q8Linear]] = {8: Q8Linear, 4: Q4Linear}
+
+
+def empty_q8_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: int = 8) -> None:
+    """Give a meta-device model int8 (or 4-bit) projections of the right shapes, to load a state
+    dict into."""
+    kind = _LINEAR_KINDS[bits]
+    groups = 8 if bits == 8 else 4  # 64-byte groups per block and tile
 
     def empty(out_features: int, in_features: int) -> Q8Linear:
         tiles, blocks = -(-out_features // LANES), in_features // BLOCK
         packed = (
-            torch.empty((tiles, blocks, 8, LANES, 4), dtype=torch.uint8, device="meta"),
+            torch.empty((tiles, blocks, groups, LANES, 4), dtype=torch.uint8, device="meta"),
             torch.empty((tiles, blocks, LANES), dtype=torch.float16, device="meta"),
             torch.empty(1, device="meta"),
         )
-        return Q8Linear(kernels, packed, out_features)
+        return kind(kernels, packed, out_features)
 
     for block in model.blocks:
         for name in _LINEARS:
