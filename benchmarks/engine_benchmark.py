@@ -162,6 +162,58 @@ async def ours() -> dict[str, Any]:
     return figures
 
 
+async def weight_formats() -> dict[str, Any]:
+    """int8 and int4 side by side: single-stream decode on completions that run to their token
+    limit, perplexity against float32, and the weight bytes a decode step reads times tokens/s
+    against the read bandwidth measured here."""
+    figures: dict[str, Any] = {"read_bandwidth_gb_s": read_bandwidth()}
+    for quantization in ("int8", "int4"):
+        settings = get_settings(
+            cache={"enabled": False}, model={"chat_format": "gemma", "quantization": quantization}
+        )
+        async with InferenceService(settings) as service:
+            await service.generate_response(ChatSession(), "Hello", **greedy(8))
+            engine: Any = service.llm
+            rate = max([await our_decode_rate(service, STORY, DECODE_TOKENS) for _ in range(3)])
+            served, float32 = perplexity(engine)
+            step_bytes = bytes_per_token(engine._generator.model)
+            figures[quantization] = {
+                "kernels": engine.get_model_info().get("kernels"),
+                "single_stream_tok_s": rate,
+                "perplexity": served,
+                "perplexity_fp32": float32,
+                "perplexity_vs_fp32": served / float32 - 1,
+                "bytes_per_token": step_bytes,
+                "weights_read_gb_s": step_bytes * rate / 1e9,
+                "of_bandwidth": step_bytes * rate / 1e9 / figures["read_bandwidth_gb_s"],
+            }
+    return figures
+
+
+def read_bandwidth() -> float:
+    """GB/s of a float32 sum over 1 GiB (far past the caches) with the engine's threads; the
+    best of five."""
+    data = torch.ones(2**28, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        float(data.sum())
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best / 1e9
+
+
+def bytes_per_token(model: Any) -> int:
+    """The weight bytes one decode step reads: every projection's packed values and scales (the
+    output head's whole table; the embedding lookup reads one row of it), norms aside."""
+    from gemma_chat.infrastructure.llm.engine.q8 import Q8Linear
+
+    total = 0
+    for module in {id(m): m for m in model.modules() if isinstance(m, Q8Linear)}.values():
+        total += module.q.numel() * module.q.element_size()
+        total += module.scale.numel() * module.scale.element_size()
+    return total
+
+
 def perplexity(llm: GemmaLLM) -> tuple[float, float]:
     """Perplexity of the served weights and of float32 weights on the first 1,024 tokens."""
     from gemma_chat.infrastructure.llm.engine.converted_store import (
@@ -263,13 +315,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the subprocess figures")
     parser.add_argument(
+        "--formats-only", action="store_true", help="only int8 vs int4 (and llama.cpp's decode)"
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
 
-    figures: dict[str, Any] = {"ours": asyncio.run(ours())}
-    if not args.quick:
-        figures["ours"].update(cold_start_and_memory())
+    figures: dict[str, Any] = {}
+    if not args.formats_only:
+        figures["ours"] = asyncio.run(ours())
+        if not args.quick:
+            figures["ours"].update(cold_start_and_memory())
+    figures["weight_formats"] = asyncio.run(weight_formats())
     figures["llama_cpp"] = llama_cpp()
     figures["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__}
     report(figures)
@@ -279,8 +337,16 @@ def main() -> None:
 
 
 def report(figures: dict[str, Any]) -> None:
-    o, ref = figures["ours"], figures["llama_cpp"]
+    ref = figures["llama_cpp"]
+    if "ours" in figures:
+        engine_table(figures["ours"], ref)
+    formats = figures.get("weight_formats")
+    if formats:
+        print(f"\nweight formats (read bandwidth {formats['read_bandwidth_gb_s']:.1f} GB/s):")
+        table(("figure", "int8", "int4", "int4 target"), format_rows(formats, ref))
 
+
+def engine_table(o: dict[str, Any], ref: dict[str, Any] | None) -> None:
     def ratio(a: float, b: float | None) -> str:
         return f"{a / b:.2f}x" if b else "(no llama.cpp)"
 
@@ -350,9 +416,51 @@ def report(figures: dict[str, Any]) -> None:
             "within 3 %",
         ),
     ]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    header = ("figure", "gemma-chat", "llama.cpp", "ratio", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    table(("figure", "gemma-chat", "llama.cpp", "ratio", "target"), rows)
+
+
+def format_rows(f: dict[str, Any], ref: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    a, b = f["int8"], f["int4"]
+    llama = ref["single_stream_tok_s"] if ref else None
+    return [
+        ("kernels", str(a["kernels"]), str(b["kernels"]), ""),
+        (
+            "single-stream decode tok/s",
+            f"{a['single_stream_tok_s']:.1f}",
+            f"{b['single_stream_tok_s']:.1f}",
+            ">= 2.0x llama.cpp",
+        ),
+        (
+            "  vs llama.cpp",
+            f"{a['single_stream_tok_s'] / llama:.2f}x" if llama else "(no llama.cpp)",
+            f"{b['single_stream_tok_s'] / llama:.2f}x" if llama else "(no llama.cpp)",
+            "",
+        ),
+        (
+            "perplexity (float32)",
+            f"{a['perplexity']:.2f} ({a['perplexity_fp32']:.2f})",
+            f"{b['perplexity']:.2f} ({b['perplexity_fp32']:.2f})",
+            "",
+        ),
+        (
+            "  vs float32",
+            f"{a['perplexity_vs_fp32'] * 100:+.1f} %",
+            f"{b['perplexity_vs_fp32'] * 100:+.1f} %",
+            "within 3 %",
+        ),
+        ("weight MB read per token", f"{a['bytes_per_token'] / 1e6:.0f}",
+         f"{b['bytes_per_token'] / 1e6:.0f}", ""),  # fmt: skip
+        (
+            "  x tokens/s, GB/s (of bandwidth)",
+            f"{a['weights_read_gb_s']:.1f} ({a['of_bandwidth'] * 100:.0f} %)",
+            f"{b['weights_read_gb_s']:.1f} ({b['of_bandwidth'] * 100:.0f} %)",
+            ">= 75 %",
+        ),
+    ]
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 

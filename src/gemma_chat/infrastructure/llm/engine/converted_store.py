@@ -35,7 +35,13 @@ from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
+from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
+from gemma_chat.infrastructure.llm.engine.q8 import (
+    BlockBits,
+    Q8Kernels,
+    empty_q8_model,
+    quantize_model,
+)
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
@@ -68,7 +74,7 @@ class WeightFormat:
     name: str  # float32 | bfloat16 | float16 | q8 | q4 (also the cache entry's name)
     dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
     kernels: Q8Kernels | None = None
-    bits: int = 8  # of the quantized blocks, with kernels: 8 or 4
+    bits: BlockBits = BlockBits()  # of the head and the blocks' projections, with kernels
 
     @classmethod
     def floating(cls, dtype: torch.dtype) -> WeightFormat:
@@ -80,13 +86,17 @@ class WeightFormat:
 
     @classmethod
     def q4(cls, kernels: Q8Kernels) -> WeightFormat:
-        """4-bit blocks (``q8.pack_weight4``), cached under their own key beside the int8 copy."""
-        return cls("q4", torch.float32, kernels, bits=4)
+        """The embedding / output head (most of the bytes) in 4-bit blocks (``q8.pack_weight4``),
+        the decoder blocks in int8: cached under its own key beside the int8 copy. Why not the
+        blocks too: DEVELOPMENT.md, "4-bit weights"."""
+        return cls("q4", torch.float32, kernels, bits=BlockBits(head=4, blocks=8))
 
     @property
     def quantization(self) -> str:
-        """As the settings name it: int8, int4, or none (float weights)."""
-        return "none" if self.kernels is None else f"int{self.bits}"
+        """As the settings name it: int8, int4 (a 4-bit head), or none (float weights)."""
+        if self.kernels is None:
+            return "none"
+        return "int4" if 4 in (self.bits.head, self.bits.blocks) else "int8"
 
 
 class ConvertedModel:
@@ -200,7 +210,8 @@ class ConvertedModelStore:
             if source.gguf_file:
                 kwargs["gguf_file"] = source.gguf_file
             steps.set_postfix_str("tokenizer")
-            AutoTokenizer.from_pretrained(source.directory, **kwargs).save_pretrained(tmp)
+            hf_tokenizer: Any = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+            hf_tokenizer.save_pretrained(tmp)
             write_vocabulary(tmp)  # the native tokenizer's copy, where it applies
             steps.update()
             steps.set_postfix_str("weights")
@@ -215,7 +226,13 @@ class ConvertedModelStore:
             )
             del reference
             if weights.kernels is not None:
-                quantize_model(lean, weights.kernels, tied=tied, bits=weights.bits)
+                importance = None
+                if 4 in (weights.bits.head, weights.bits.blocks):  # the 4-bit rounding's weights
+                    ids = hf_tokenizer(calibration_text())["input_ids"]
+                    importance = input_importance(lean, ids)
+                quantize_model(
+                    lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance
+                )
             steps.update()
             steps.set_postfix_str("saving")
             state = dict(lean.state_dict())

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, 
 
 __all__ = [
     "BLOCK",
+    "BlockBits",
     "Q4Linear",
     "Q8BlockDecoder",
     "Q8Embedding",
@@ -218,11 +221,20 @@ def pack_weight(
     return packed, halves, factor
 
 
-def quantize_weight4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight4(
+    weight: torch.Tensor, importance: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float -> int8 [N, K] in -8..7 and float32 scales [N, K/32]: per block of 32, of
     a few scales near GGUF Q4_0's (the largest magnitude as -8 or as 7), the one whose values,
-    rounded and then given their least-squares scale, leave the smallest squared error."""
+    rounded and then given their least-squares scale, leave the smallest squared error, each
+    column's error weighed by ``importance`` [K] (the mean square of that input feature, as
+    llama.cpp's importance matrix) where given."""
     n, k = weight.shape
+    weights = (
+        torch.ones(1, k // BLOCK, BLOCK)
+        if importance is None
+        else importance.float().clamp_min(1e-12).reshape(1, k // BLOCK, BLOCK)
+    )
     q = torch.empty((n, k), dtype=torch.int8)
     scales = torch.empty((n, k // BLOCK), dtype=torch.float32)
     rows = max(1, 2**22 // max(k, 1))  # ~4M values at a time: bounded memory
@@ -234,22 +246,26 @@ def quantize_weight4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         best_scale = torch.zeros(w.shape[:-1])
         for divisor in _Q4_DIVISORS:
             d = top / divisor
-            inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-            candidate = torch.round(w * inverse).clamp(-8, 7)
-            norm = (candidate * candidate).sum(-1)
-            scale = torch.where(norm > 0, (w * candidate).sum(-1) / norm, torch.zeros_like(norm))
-            error = ((w - scale.unsqueeze(-1) * candidate) ** 2).sum(-1)
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_scale = torch.where(better, scale, best_scale)
-            best_q = torch.where(better.unsqueeze(-1), candidate, best_q)
+            for _ in range(2):  # rounded at d, then once more at the scale fitted to that
+                inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+                candidate = torch.round(w * inverse).clamp(-8, 7)
+                norm = (weights * candidate * candidate).sum(-1)
+                scale = torch.where(
+                    norm > 0, (weights * w * candidate).sum(-1) / norm, torch.zeros_like(norm)
+                )
+                error = (weights * (w - scale.unsqueeze(-1) * candidate) ** 2).sum(-1)
+                better = error < best_error
+                best_error = torch.where(better, error, best_error)
+                best_scale = torch.where(better, scale, best_scale)
+                best_q = torch.where(better.unsqueeze(-1), candidate, best_q)
+                d = scale.unsqueeze(-1)
         q[start : start + rows] = best_q.reshape(-1, k).to(torch.int8)
         scales[start : start + rows] = best_scale
     return q, scales
 
 
 # Q4_0's -8 first, then scales a little larger or smaller (the largest value rounded to 7, 6..)
-_Q4_DIVISORS = (-8.0, -7.5, -7.0, -6.5, 7.0, 7.5, 6.5, -8.5, -9.0)
+_Q4_DIVISORS = (-8.0, -7.5, -7.0, -6.5, 7.0, 7.5, -8.5)
 
 
 def pack_weight4(
@@ -334,9 +350,12 @@ class Q4Linear(Q8Linear):
     bits = 4
 
     @classmethod
-    def from_weight(cls, kernels: Q8Kernels, weight: torch.Tensor) -> Q8Linear:
-        """Quantize a float weight [N, K] to 4 bits."""
-        return cls(kernels, pack_weight4(*quantize_weight4(weight.detach())), int(weight.shape[0]))
+    def from_weight(
+        cls, kernels: Q8Kernels, weight: torch.Tensor, importance: torch.Tensor | None = None
+    ) -> Q8Linear:
+        """Quantize a float weight [N, K] to 4 bits (``quantize_weight4``)."""
+        values = quantize_weight4(weight.detach(), importance)
+        return cls(kernels, pack_weight4(*values), int(weight.shape[0]))
 
 
 class Q8Embedding(nn.Module):
@@ -438,42 +457,63 @@ class Q8BlockDecoder:
         return rows
 
 
-def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: int = 8) -> None:
-    """Replace the model's projections by int8 (or, ``bits=4``, 4-bit) ones, in place
-    (activations become float32)."""
-    kind = _LINEAR_KINDS[bits]
-    for block in model.blocks:
+@dataclass(frozen=True)
+class BlockBits:
+    """The bits of each kind of projection: the (tied) embedding / output head, and the
+    decoder blocks' projections; each 8 (int8) or 4."""
+
+    head: int = 8
+    blocks: int = 8
+
+
+def quantize_model(
+    model: Gemma3Model,
+    kernels: Q8Kernels,
+    *,
+    tied: bool,
+    bits: BlockBits = BlockBits(),
+    importance: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Replace the model's projections by int8 or 4-bit ones, in place (activations become
+    float32). ``importance``: the mean square of each input feature of a projection, by name
+    (``calibration.input_importance``), which the 4-bit rounding weighs its errors by."""
+    importance = importance or {}
+
+    def quantized(name: str, weight: torch.Tensor, width: int) -> Q8Linear:
+        if width == 4:
+            return Q4Linear.from_weight(kernels, weight, importance.get(name))
+        return Q8Linear.from_weight(kernels, weight)
+
+    for i, block in enumerate(model.blocks):
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, kind.from_weight(kernels, linear.weight))
+            setattr(block, name, quantized(f"blocks.{i}.{name}", linear.weight, bits.blocks))
     weight: torch.Tensor = model.lm_head.weight  # type: ignore[assignment]
-    _install(model, kernels, kind.from_weight(kernels, weight), tied=tied)
+    _install(model, kernels, quantized("lm_head", weight, bits.head), tied=tied)
 
 
-_LINEAR_KINDS: dict[int, type[Q8Linear]] = {8: Q8Linear, 4: Q4Linear}
-
-
-def empty_q8_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: int = 8) -> None:
-    """Give a meta-device model int8 (or 4-bit) projections of the right shapes, to load a state
+def empty_q8_model(
+    model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+) -> None:
+    """Give a meta-device model int8 or 4-bit projections of the right shapes, to load a state
     dict into."""
-    kind = _LINEAR_KINDS[bits]
-    groups = 8 if bits == 8 else 4  # 64-byte groups per block and tile
 
-    def empty(out_features: int, in_features: int) -> Q8Linear:
+    def empty(out_features: int, in_features: int, width: int) -> Q8Linear:
+        groups = 8 if width == 8 else 4  # 64-byte groups per block and tile
         tiles, blocks = -(-out_features // LANES), in_features // BLOCK
         packed = (
             torch.empty((tiles, blocks, groups, LANES, 4), dtype=torch.uint8, device="meta"),
             torch.empty((tiles, blocks, LANES), dtype=torch.float16, device="meta"),
             torch.empty(1, device="meta"),
         )
-        return kind(kernels, packed, out_features)
+        return (Q4Linear if width == 4 else Q8Linear)(kernels, packed, out_features)
 
     for block in model.blocks:
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, empty(linear.out_features, linear.in_features))
+            setattr(block, name, empty(linear.out_features, linear.in_features, bits.blocks))
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
-    _install(model, kernels, empty(head.out_features, head.in_features), tied=tied)
+    _install(model, kernels, empty(head.out_features, head.in_features, bits.head), tied=tied)
 
 
 def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool) -> None:
