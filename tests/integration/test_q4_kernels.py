@@ -33,24 +33,49 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
     return built
 
 
-def dequantized(w: torch.Tensor) -> torch.Tensor:
-    q, scale = quantize_weight4(w)
+def dequantized(kernels: Q8Kernels, w: torch.Tensor) -> torch.Tensor:
+    q, scale = quantize_weight4(kernels, w)
     n, k = w.shape
     return (q.float().view(n, k // BLOCK, BLOCK) * scale.unsqueeze(-1)).view(n, k)
 
 
-def test_the_values_are_4_bit_and_a_zero_block_stays_zero() -> None:
+def test_the_values_are_4_bit_and_a_zero_block_stays_zero(kernels: Q8Kernels) -> None:
     w = torch.randn(40, 96)
     w[3, :32] = 0.0
-    q, scale = quantize_weight4(w)
-    assert q.dtype == torch.int8 and int(q.min()) >= -8 and int(q.max()) <= 7
+    q, scale = quantize_weight4(kernels, w)
+    assert q.dtype == torch.int8
+    assert int(q.min()) >= -8
+    assert int(q.max()) <= 7
     assert int(q.min()) == -8 or int(q.max()) == 7  # the range is used
-    assert float(scale[3, 0]) == 0.0 and not q[3, :32].any()
+    assert float(scale[3, 0]) == 0.0
+    assert not q[3, :32].any()
     # each block's scale is the least-squares one for its values: no other scale does better
-    restored = dequantized(w)
+    # (also with importance: the error weighed by it)
+    restored = dequantized(kernels, w)
     for factor in (0.98, 1.02):
         worse = (q.float().view(40, 3, 32) * (scale * factor).unsqueeze(-1)).view(40, 96)
         assert float((worse - w).norm()) > float((restored - w).norm())
+    importance = torch.rand(96) * 10
+    q, scale = quantize_weight4(kernels, w, importance)
+    restored = (q.float().view(40, 3, 32) * scale.unsqueeze(-1)).view(40, 96)
+    for factor in (0.98, 1.02):
+        worse = (q.float().view(40, 3, 32) * (scale * factor).unsqueeze(-1)).view(40, 96)
+        assert float(((worse - w) ** 2 * importance).sum()) > float(
+            ((restored - w) ** 2 * importance).sum()
+        )
+
+
+def test_importance_makes_the_heavy_columns_more_exact(kernels: Q8Kernels) -> None:
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 64, generator=gen)
+    importance = torch.ones(64)
+    importance[::8] = 100.0  # a few features much larger than the others
+    plain, weighed = (
+        (q.float().view(64, 2, 32) * s.unsqueeze(-1)).view(64, 64)
+        for q, s in (quantize_weight4(kernels, w), quantize_weight4(kernels, w, importance))
+    )
+    heavy = slice(None, None, 8)
+    assert float((weighed - w)[:, heavy].norm()) < float((plain - w)[:, heavy].norm())
 
 
 def test_the_packed_nibbles_are_the_values_plus_8_in_the_documented_order() -> None:
@@ -72,16 +97,18 @@ def test_the_product_is_the_dequantized_product(kernels: Q8Kernels, n: int, k: i
     gen = torch.Generator().manual_seed(n)
     w, x = torch.randn(n, k, generator=gen), torch.randn(5, k, generator=gen)
     layer = Q4Linear.from_weight(kernels, w)
-    assert layer.bits == 4 and layer.out_features == n and layer.in_features == k
+    assert layer.bits == 4
+    assert layer.out_features == n
+    assert layer.in_features == k
     # only the activations' int8 rounding stands between the two
-    assert relative_error(layer(x), x @ dequantized(w).T) < 0.015
+    assert relative_error(layer(x), x @ dequantized(kernels, w).T) < 0.015
 
 
 def test_the_embedding_reads_the_dequantized_rows(kernels: Q8Kernels) -> None:
     w = torch.randn(50, 64)
     rows = Q8Embedding(Q4Linear.from_weight(kernels, w))(torch.tensor([[3, 7, 49]]))
     # the scales are stored in float16: within its rounding
-    assert torch.allclose(rows[0], dequantized(w)[[3, 7, 49]], rtol=2e-3, atol=1e-6)
+    assert torch.allclose(rows[0], dequantized(kernels, w)[[3, 7, 49]], rtol=2e-3, atol=1e-6)
 
 
 def test_a_row_gets_the_same_bits_alone_or_in_a_batch(kernels: Q8Kernels) -> None:
@@ -108,7 +135,7 @@ def test_every_x86_body_gives_the_bits_of_the_one_this_cpu_runs(
     gen = torch.Generator().manual_seed(4)
     for n, k, m in [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8), (48, 64, 17)]:
         w, x = torch.randn(n, k, generator=gen), torch.randn(m, k, generator=gen)
-        packed = pack_weight4(*quantize_weight4(w))
+        packed = pack_weight4(*quantize_weight4(kernels, w))
         ours, theirs = Q4Linear(kernels, packed, n), Q4Linear(other, packed, n)
         assert torch.equal(ours(x), theirs(x)), (n, k, m)
         ids = torch.tensor([0, n - 1, n // 2])
@@ -126,7 +153,9 @@ def small_q4_model(kernels: Q8Kernels) -> Gemma3Model:
             setattr(block, name, Q4Linear.from_weight(kernels, dequantize_q8(kernels, linear)))
     head = model.lm_head
     assert isinstance(head, Q8Linear)
-    q8._install(model, kernels, Q4Linear.from_weight(kernels, dequantize_q8(kernels, head)), tied=True)
+    q8._install(
+        model, kernels, Q4Linear.from_weight(kernels, dequantize_q8(kernels, head)), tied=True
+    )
     return model
 
 
@@ -138,7 +167,7 @@ def test_the_fused_decode_step_on_4_bit_weights_gives_a_row_the_same_bits_alone_
     kernels: Q8Kernels,
 ) -> None:
     model = small_q4_model(kernels)
-    assert all(getattr(b, "qkv").bits == 4 for b in model.blocks)
+    assert all(b.qkv.bits == 4 for b in model.blocks)
     prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(3))
     batched = decode_logits(model, prompts, [0, 1, 2], fused=True)
     for i in range(3):

@@ -153,6 +153,23 @@ static void quantize_and_products(void) {
         snprintf(name, sizeof name, "rows4.%" PRId64 "x%" PRId64, N, K);
         print_words(name, "exact", rows, 4 * K, 4);
         free_weight(&w4);
+        /* 4-bit rounding of float weights, plain and weighed by importance */
+        float *wf = malloc(sizeof(float) * N * K), *importance = malloc(sizeof(float) * K);
+        int8_t *q4 = malloc((size_t)(N * K));
+        float *s4 = malloc(sizeof(float) * N * K / QK);
+        fill(wf, N * K, -1.0f, 1.0f);
+        fill(importance, K, 0.0f, 4.0f);
+        for (int pass = 0; pass < 2; pass++) {
+            q4_quantize_weight(wf, pass ? importance : NULL, q4, s4, N, K);
+            snprintf(name, sizeof name, "quantize4.%d.%" PRId64 "x%" PRId64 ".q", pass, N, K);
+            print_words(name, "exact", q4, N * K, 1);
+            snprintf(name, sizeof name, "quantize4.%d.%" PRId64 "x%" PRId64 ".s", pass, N, K);
+            print_words(name, "exact", s4, N * K / QK, 4);
+        }
+        free(wf);
+        free(importance);
+        free(q4);
+        free(s4);
         free(rows);
         free(x);
         free(xs);

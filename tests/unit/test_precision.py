@@ -145,7 +145,8 @@ def test_int4_on_cpu_is_planned_for_the_native_engines_4_bit_kernels(device: str
     # the loader refuses it where the transformers engine would have to run it (no CPU kernels)
     result = plan(device=device, cuda=False, quantization="int4")
     assert (result.device, result.dtype, result.quantization) == ("cpu", torch.float32, "int4")
-    assert result.bnb_config is None and not result.cpu_dynamic_int8
+    assert result.bnb_config is None
+    assert not result.cpu_dynamic_int8
 
 
 def test_int8_on_cuda_is_a_bitsandbytes_8bit_config() -> None:

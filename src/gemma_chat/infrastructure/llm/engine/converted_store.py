@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
+from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q8Kernels,
@@ -74,7 +74,7 @@ class WeightFormat:
     name: str  # float32 | bfloat16 | float16 | q8 | q4 (also the cache entry's name)
     dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
     kernels: Q8Kernels | None = None
-    bits: BlockBits = BlockBits()  # of the head and the blocks' projections, with kernels
+    bits: BlockBits = field(default_factory=BlockBits)  # of the head and blocks, with kernels
 
     @classmethod
     def floating(cls, dtype: torch.dtype) -> WeightFormat:

@@ -118,6 +118,19 @@ class Q8Kernels:
         product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k)
         return y
 
+    def quantize_weight4(
+        self, w: torch.Tensor, importance: torch.Tensor | None, q: torch.Tensor, s: torch.Tensor
+    ) -> None:
+        """``q8.quantize_weight4``'s work, into ``q`` and ``s``."""
+        self._lib.q4_quantize_weight(
+            w.data_ptr(),
+            0 if importance is None else importance.data_ptr(),
+            q.data_ptr(),
+            s.data_ptr(),
+            w.shape[0],
+            w.shape[1],
+        )
+
     def argmax(self, logits: torch.Tensor) -> list[int]:
         """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints (-1 for
         a row with a NaN or an infinite top: a broken model's output)."""
@@ -222,50 +235,21 @@ def pack_weight(
 
 
 def quantize_weight4(
-    weight: torch.Tensor, importance: torch.Tensor | None = None
+    kernels: Q8Kernels, weight: torch.Tensor, importance: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float -> int8 [N, K] in -8..7 and float32 scales [N, K/32]: per block of 32, of
     a few scales near GGUF Q4_0's (the largest magnitude as -8 or as 7), the one whose values,
     rounded and then given their least-squares scale, leave the smallest squared error, each
     column's error weighed by ``importance`` [K] (the mean square of that input feature, as
-    llama.cpp's importance matrix) where given."""
-    n, k = weight.shape
-    weights = (
-        torch.ones(1, k // BLOCK, BLOCK)
-        if importance is None
-        else importance.float().clamp_min(1e-12).reshape(1, k // BLOCK, BLOCK)
-    )
+    llama.cpp's importance matrix) where given (``q4_quantize_weight`` in C: seconds for the
+    embedded model's head, where torch took minutes)."""
+    w = weight.detach().float().contiguous()
+    n, k = w.shape
     q = torch.empty((n, k), dtype=torch.int8)
     scales = torch.empty((n, k // BLOCK), dtype=torch.float32)
-    rows = max(1, 2**22 // max(k, 1))  # ~4M values at a time: bounded memory
-    for start in range(0, n, rows):
-        w = weight[start : start + rows].float().reshape(-1, k // BLOCK, BLOCK)
-        top = w.gather(-1, w.abs().argmax(dim=-1, keepdim=True))  # the signed largest
-        best_error = torch.full(w.shape[:-1], float("inf"))
-        best_q = torch.zeros_like(w)
-        best_scale = torch.zeros(w.shape[:-1])
-        for divisor in _Q4_DIVISORS:
-            d = top / divisor
-            for _ in range(2):  # rounded at d, then once more at the scale fitted to that
-                inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-                candidate = torch.round(w * inverse).clamp(-8, 7)
-                norm = (weights * candidate * candidate).sum(-1)
-                scale = torch.where(
-                    norm > 0, (weights * w * candidate).sum(-1) / norm, torch.zeros_like(norm)
-                )
-                error = (weights * (w - scale.unsqueeze(-1) * candidate) ** 2).sum(-1)
-                better = error < best_error
-                best_error = torch.where(better, error, best_error)
-                best_scale = torch.where(better, scale, best_scale)
-                best_q = torch.where(better.unsqueeze(-1), candidate, best_q)
-                d = scale.unsqueeze(-1)
-        q[start : start + rows] = best_q.reshape(-1, k).to(torch.int8)
-        scales[start : start + rows] = best_scale
+    weights = None if importance is None else importance.float().clamp_min(1e-12).contiguous()
+    kernels.quantize_weight4(w, weights, q, scales)
     return q, scales
-
-
-# Q4_0's -8 first, then scales a little larger or smaller (the largest value rounded to 7, 6..)
-_Q4_DIVISORS = (-8.0, -7.5, -7.0, -6.5, 7.0, 7.5, -8.5)
 
 
 def pack_weight4(
@@ -354,7 +338,7 @@ class Q4Linear(Q8Linear):
         cls, kernels: Q8Kernels, weight: torch.Tensor, importance: torch.Tensor | None = None
     ) -> Q8Linear:
         """Quantize a float weight [N, K] to 4 bits (``quantize_weight4``)."""
-        values = quantize_weight4(weight.detach(), importance)
+        values = quantize_weight4(kernels, weight, importance)
         return cls(kernels, pack_weight4(*values), int(weight.shape[0]))
 
 

@@ -65,6 +65,13 @@ void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
 
+/* w [N, K] float32 -> q [N, K] int8 in -8..7, scale [N, K/32] float32: per block of 32, of a
+ * few scales near GGUF Q4_0's, the one whose rounding (with its least-squares scale) leaves the
+ * smallest squared error, each column's weighed by importance [K] (the mean square of that
+ * input feature; NULL: all alike). For q4p_matmul's weights, once per model. */
+void q4_quantize_weight(const float *w, const float *importance, int8_t *q, float *scale,
+                        int64_t N, int64_t K);
+
 /* The same two with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
 void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                 float mult, float *y, int64_t M, int64_t N, int64_t K);
