@@ -448,8 +448,12 @@ def format_rows(f: dict[str, Any], ref: dict[str, Any] | None) -> list[tuple[str
             f"{b['perplexity_vs_fp32'] * 100:+.1f} %",
             "within 3 %",
         ),
-        ("weight MB read per token", f"{a['bytes_per_token'] / 1e6:.0f}",
-         f"{b['bytes_per_token'] / 1e6:.0f}", ""),
+        (
+            "weight MB read per token",
+            f"{a['bytes_per_token'] / 1e6:.0f}",
+            f"{b['bytes_per_token'] / 1e6:.0f}",
+            "",
+        ),
         (
             "  x tokens/s, GB/s (of bandwidth)",
             f"{a['weights_read_gb_s']:.1f} ({a['of_bandwidth'] * 100:.0f} %)",
