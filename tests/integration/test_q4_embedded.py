@@ -1,9 +1,14 @@
 """int4 on the embedded Gemma 3 270M: greedy answers the same alone and batched, and the next
-token the int8 model would pick at nearly every position of a few texts."""
+token the int8 model would pick at most positions of a few texts."""
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import heapq
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,11 +26,8 @@ PROMPTS = [
     "List some fruits.",
     "Describe the sea.",
 ]
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. It was a sunny day in the small village.",
-    "Python is a programming language that lets you work quickly and integrate systems.",
-    "Once upon a time there was a princess who lived in a castle by the sea. Every morning",
-]
+# a few standard-library docstrings (not the calibration text's modules), ~1,000 tokens
+TEXTS = [module.__doc__ or "" for module in (difflib, heapq, shutil, tempfile, zipfile)]
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -77,7 +79,7 @@ def next_tokens(model: Gemma3Model, ids: list[int]) -> torch.Tensor:
     return logits[0].argmax(-1)
 
 
-def test_the_next_token_agrees_with_int8s_at_nearly_every_position(
+def test_the_next_token_agrees_with_int8s_at_most_positions(
     int4: GemmaLLM, embedded_llm: GemmaLLM
 ) -> None:
     int8 = embedded_llm._generator
@@ -85,8 +87,10 @@ def test_the_next_token_agrees_with_int8s_at_nearly_every_position(
     four = int4._generator
     agree = total = 0
     for text in TEXTS:
-        ids = [2, *four.tokenizer.encode(text)]  # type: ignore[union-attr]
+        ids = [2, *four.tokenizer.encode(text)[:255]]  # type: ignore[union-attr]
         a, b = next_tokens(int8.model, ids), next_tokens(four.model, ids)  # type: ignore[union-attr]
         agree += int((a == b).sum())
         total += len(ids)
-    assert agree / total >= 0.85, f"{agree} of {total}"
+    # measured: 612 of 759 (81 %; DEVELOPMENT.md, "4-bit weights"); a wrong nibble order or
+    # scale gives next to none
+    assert agree / total >= 0.75, f"{agree} of {total}"
