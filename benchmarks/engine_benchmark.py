@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed, memory and quality of gemma-chat on the embedded model, beside llama.cpp.
 
-    python benchmarks/engine_benchmark.py [--quick] [--json PATH]
+    python benchmarks/engine_benchmark.py [--quick] [--structured-only] [--formats-only] [--json PATH]
 
 Every ratio is measured side by side in this one run (these machines are noisy). The llama.cpp
 column needs the optional benchmark extra (``pip install -e '.[bench]'``); without it that
@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from gemma_chat import ChatSession, GemmaLLM, GenerationConfig, InferenceService, get_settings
+from gemma_chat import (
+    ChatSession,
+    GemmaLLM,
+    GenerationConfig,
+    InferenceService,
+    ResponseFormat,
+    get_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STORY = "Once upon a time"
@@ -74,6 +81,90 @@ async def concurrently(
         *(service.generate_response(ChatSession(), p, **params) for p in prompts)
     )
     return time.perf_counter() - started, sum(r.token_usage.completion_tokens for r in results)
+
+
+# A schema whose answers outlast the decode budget (a long string): the constrained rows decode
+# as many tokens as the free ones, so both halves of the mix weigh the same.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 40},
+        "story": {"type": "string", "minLength": 2000},
+    },
+    "required": ["title", "story"],
+    "additionalProperties": False,
+}
+
+
+async def mixed_batch(
+    llm: Any, prompts: list[str], *, constrained: bool, **params: Any
+) -> tuple[float, float]:
+    """Aggregate tokens per second of wall time and per second of this process's CPU time, for
+    one request per prompt at once; with ``constrained``, every other request follows
+    ``STORY_SCHEMA``. (CPU time does not count the other jobs of a shared machine.)"""
+    schema = ResponseFormat.json_schema(STORY_SCHEMA)
+    configs = [
+        GenerationConfig(
+            max_new_tokens=DECODE_TOKENS,
+            response_format=schema if constrained and i % 2 == 0 else None,
+            **params,
+        )
+        for i in range(len(prompts))
+    ]
+    wall, cpu = time.perf_counter(), time.process_time()
+    results = await asyncio.gather(
+        *(
+            llm.generate([{"role": "user", "content": p}], c)
+            for p, c in zip(prompts, configs, strict=True)
+        )
+    )
+    tokens = sum(r.token_usage.completion_tokens for r in results)
+    return tokens / (time.perf_counter() - wall), tokens / (time.process_time() - cpu)
+
+
+async def structured() -> dict[str, Any]:
+    """8 concurrent requests, half JSON-schema-constrained, against all free (greedy and with
+    the default sampling); and what the grammar costs per constrained token and per full mask.
+
+    Ratios are medians over interleaved rounds, in wall time and in CPU time (which other
+    jobs on a shared machine do not inflate)."""
+    figures: dict[str, Any] = {}
+    settings = get_settings(cache={"enabled": False}, model={"chat_format": "gemma"})
+    async with InferenceService(settings) as service:
+        llm: Any = service.llm
+        prompts = [f"Tell me story number {i} about a dragon." for i in range(8)]
+        await mixed_batch(llm, prompts[:2], constrained=True, temperature=0.0)  # compile, warm
+        for name, params in (("greedy", {"temperature": 0.0}), ("sampled", {"seed": 1})):
+            free: list[tuple[float, float]] = []
+            mixed: list[tuple[float, float]] = []
+            for _ in range(5):  # interleaved rounds (a noisy machine)
+                free.append(await mixed_batch(llm, prompts, constrained=False, **params))
+                mixed.append(await mixed_batch(llm, prompts, constrained=True, **params))
+            figures[f"aggregate_8_free_{name}_tok_s"] = max(f[0] for f in free)
+            figures[f"aggregate_8_half_constrained_{name}_tok_s"] = max(m[0] for m in mixed)
+            figures[f"half_constrained_vs_free_{name}"] = statistics.median(
+                m[0] / f[0] for m, f in zip(mixed, free, strict=True)
+            )
+            figures[f"half_constrained_vs_free_{name}_cpu"] = statistics.median(
+                m[1] / f[1] for m, f in zip(mixed, free, strict=True)
+            )
+        stats = llm.get_model_info()["scheduler"]
+        figures["mask_ms_per_constrained_token"] = (
+            1000 * stats["mask_seconds"] / max(1, stats["constrained_tokens"])
+        )
+        figures["full_masks_per_constrained_token"] = stats["masked_rows"] / max(
+            1, stats["constrained_tokens"]
+        )
+        # One full mask of a 262,144-token row (fill the bitmask, apply it), alone.
+        constraint = llm._grammar_compiler().constraint(ResponseFormat.json_schema(STORY_SCHEMA))
+        row = torch.randn(llm._generator.vocab_size)
+        rounds = 200
+        started = time.perf_counter()
+        for _ in range(rounds):
+            constraint._filled = False
+            constraint.mask_(row)
+        figures["full_mask_ms"] = 1000 * (time.perf_counter() - started) / rounds
+    return figures
 
 
 async def ours() -> dict[str, Any]:
@@ -361,13 +452,24 @@ def main() -> None:
         "--formats-only", action="store_true", help="only int8 vs int4 (and llama.cpp's decode)"
     )
     parser.add_argument(
+        "--structured-only",
+        action="store_true",
+        help="only the constrained-decoding figures (8 requests, half JSON-schema-constrained)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json"
     )
     args = parser.parse_args()
 
+    if args.structured_only:
+        mixed = asyncio.run(structured())
+        report_structured(mixed)
+        print(json.dumps(mixed, indent=1))
+        return
     figures: dict[str, Any] = {}
     if not args.formats_only:
         figures["ours"] = asyncio.run(ours())
+        figures["ours"].update(asyncio.run(structured()))
         if not args.quick:
             figures["ours"].update(cold_start_and_memory())
     figures["weight_formats"] = asyncio.run(weight_formats())
@@ -460,6 +562,8 @@ def engine_table(o: dict[str, Any], ref: dict[str, Any] | None) -> None:
         ),
     ]
     table(("figure", "gemma-chat", "llama.cpp", "ratio", "target"), rows)
+    if "aggregate_8_free_greedy_tok_s" in o:
+        report_structured(o)
 
 
 def format_rows(f: dict[str, Any], ref: dict[str, Any] | None) -> list[tuple[str, ...]]:
@@ -522,6 +626,22 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def report_structured(o: dict[str, Any]) -> None:
+    print("\nconstrained decoding: 8 concurrent requests, half JSON-schema-constrained")
+    for name in ("greedy", "sampled"):
+        print(
+            f"  {name}: {o[f'aggregate_8_half_constrained_{name}_tok_s']:.1f} tok/s vs "
+            f"{o[f'aggregate_8_free_{name}_tok_s']:.1f} all free = "
+            f"{o[f'half_constrained_vs_free_{name}']:.2f}x, in CPU time "
+            f"{o[f'half_constrained_vs_free_{name}_cpu']:.2f}x (median ratios; target >= 0.9x)"
+        )
+    print(
+        f"  grammar cost per constrained token {o['mask_ms_per_constrained_token']:.3f} ms "
+        f"({o['full_masks_per_constrained_token'] * 100:.0f} % of them masked whole); "
+        f"one full mask of the row {o['full_mask_ms']:.3f} ms"
+    )
 
 
 if __name__ == "__main__":

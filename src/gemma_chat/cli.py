@@ -135,7 +135,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: GEMMA_SERVER__HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: GEMMA_SERVER__PORT.")] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API."""
+    """Serve the OpenAI-compatible API and the chat page (http://HOST:PORT/)."""
     from gemma_chat.server.main import serve as run_server
 
     run_server(_settings(), host=host, port=port)

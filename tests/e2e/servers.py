@@ -36,16 +36,32 @@ def wait_until_healthy(
         time.sleep(0.05)
 
 
+def wait_until_answering(url: str, *, timeout: float) -> None:
+    """Poll ``url``/health until it answers, whatever its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+
 @contextmanager
-def threaded_server(app: Any, *, timeout: float = 60) -> Iterator[str]:
-    """``app`` served by uvicorn on a thread of this process; yields its base URL."""
+def threaded_server(app: Any, *, timeout: float = 60, healthy: bool = True) -> Iterator[str]:
+    """``app`` served by uvicorn on a thread of this process; yields its base URL once it is
+    healthy (``healthy`` False: once it answers at all, its model perhaps still loading)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, timeout=timeout)
+        if healthy:
+            wait_until_healthy(url, timeout=timeout)
+        else:
+            wait_until_answering(url, timeout=timeout)
         yield url
     finally:
         server.should_exit = True

@@ -161,3 +161,25 @@ def test_a_corrupt_copy_of_the_converted_model_is_detected(
         weights.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(CorruptEntryError, match="checksum"):
         verify(copy)
+
+
+@pytest.mark.asyncio
+async def test_a_conversation_past_the_sliding_window_reuses_its_keys_and_answers_as_recomputed(
+    llm: GemmaLLM, cache_dir: Path
+) -> None:
+    # Past the 512-position window and its ring (window + one 256-token pass): the sliding
+    # layers hold only their last positions, the global layers every one.
+    history = chat("Here is a long list of facts about the sea and its creatures. " * 70)
+    first = await llm.generate(history, GREEDY)
+    ring = llm._generator.scheduler.cache.ring  # type: ignore[union-attr]
+    assert first.token_usage.prompt_tokens > ring
+    turn = [*history, {"role": "assistant", "content": first.text}, *chat("Summarise it.")]
+    before = scheduler(llm)["reused_tokens"]
+    answer = await llm.generate(turn, GREEDY)
+    assert scheduler(llm)["reused_tokens"] - before > ring
+    fresh = engine(cache_dir, max_batch_size=1)
+    await fresh.load()
+    try:
+        assert (await fresh.generate(turn, GREEDY)).text == answer.text
+    finally:
+        await fresh.unload()

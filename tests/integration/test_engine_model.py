@@ -31,11 +31,11 @@ def reference_logits(reference: object, ids: torch.Tensor) -> torch.Tensor:
 def test_prefill_matches_transformers_beyond_the_sliding_window(models: tuple) -> None:
     reference, lean = models
     ids = torch.randint(10, 300, (1, 150), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(lean.config, slots=1, dtype=torch.float32, capacity=32)
+    cache = KVCache(lean.config, slots=1, dtype=torch.float32)
     with torch.inference_mode():
         ours = lean(ids, torch.arange(150).view(1, -1), torch.tensor([0]), cache, last_only=False)
     torch.testing.assert_close(ours[0], reference_logits(reference, ids), rtol=1e-4, atol=1e-4)
-    assert cache.capacity >= 150
+    assert cache.capacity(0) >= 150
 
 
 def test_decoding_token_by_token_matches_a_full_forward_pass(models: tuple) -> None:
@@ -81,20 +81,69 @@ def test_a_saved_prefix_restored_into_another_slot_continues_identically(models:
     with torch.inference_mode():
         lean(ids[:, :39], torch.arange(39).view(1, -1), torch.tensor([0]), cache)
         expected = lean(ids[:, 39:], torch.tensor([[39]]), torch.tensor([0]), cache)
-        k, v = cache.read(0, 39)
-        cache.write(1, k, v)
+        cache.write(1, cache.read(0, 39), 39)
         restored = lean(ids[:, 39:], torch.tensor([[39]]), torch.tensor([1]), cache)
     torch.testing.assert_close(restored, expected)
 
 
-def test_the_cache_grows_rows_and_positions_without_losing_or_shrinking(models: tuple) -> None:
+def test_a_slot_grows_alone_keeping_what_it_holds_and_gives_its_memory_back(
+    models: tuple,
+) -> None:
     _, lean = models
-    cache = KVCache(lean.config, slots=3, dtype=torch.float32, capacity=16)
-    cache.ensure(1, 700)  # beyond the model's 512 positions: asked for, so given
-    cache.k[:, 0, :, 650] = 1.0
-    cache.ensure(3, 20)  # more rows, fewer positions: keeps the 700
-    assert cache.slots == 3
-    assert cache.capacity >= 700
-    assert bool((cache.k[:, 0, :, 650] == 1.0).all())
+    cache = KVCache(lean.config, slots=3, dtype=torch.float32, chunk=16)
+    cache.ensure(0, 20)
+    cache.ensure(1, 20)
+    other = cache.slot_nbytes(1)
+    global_layer = lean.config.sliding_layers.index(False)
+    cache.layer(0, global_layer)[0][:, 10] = 1.0
+    cache.ensure(0, 700)  # beyond the model's 512 positions: asked for, so given
+    assert cache.capacity(0) >= 700
+    assert cache.local_capacity(0) == cache.ring  # the sliding layers stop at their ring
+    assert bool((cache.layer(0, global_layer)[0][:, 10] == 1.0).all())
+    assert cache.slot_nbytes(1) == other  # the other slot did not grow
+    assert cache.capacity(2) == 0  # nor did an unused one
+    cache.release(0)
+    assert cache.nbytes == other
     with pytest.raises(ValueError, match="beyond"):
-        cache.ensure(4, 10)
+        cache.ensure(3, 10)
+
+
+def test_decoding_past_the_ring_matches_transformers(models: tuple) -> None:
+    # A ring of the window (64) and 16 positions: it wraps several times over 300 tokens.
+    reference, lean = models
+    ids = torch.randint(10, 300, (1, 300), generator=torch.Generator().manual_seed(4))
+    expected = reference_logits(reference, ids)
+    cache = KVCache(lean.config, slots=2, dtype=torch.float32, chunk=16)
+    assert cache.ring < 150
+    slots = torch.tensor([1])
+    with torch.inference_mode():
+        prefill = lean(ids[:, :150], torch.arange(150).view(1, -1), slots, cache, last_only=False)
+        torch.testing.assert_close(prefill[0], expected[:150], rtol=1e-4, atol=1e-4)
+        for pos in range(150, 300):
+            step = lean(ids[:, pos : pos + 1], torch.tensor([[pos]]), slots, cache)
+            torch.testing.assert_close(step[0], expected[pos], rtol=1e-4, atol=1e-4)
+    assert cache.local_capacity(1) == cache.ring
+
+
+def test_a_snapshot_past_the_ring_serves_only_prefixes_whose_window_it_holds(
+    models: tuple,
+) -> None:
+    _, lean = models
+    ids = torch.randint(10, 300, (1, 200), generator=torch.Generator().manual_seed(5))
+    cache = KVCache(lean.config, slots=2, dtype=torch.float32, chunk=16)
+    with torch.inference_mode():
+        lean(ids, torch.arange(200).view(1, -1), torch.tensor([0]), cache)
+        snapshot = cache.read(0, 200)
+        window = lean.config.sliding_window
+        assert snapshot.local_from == 200 - cache.ring
+        assert snapshot.serves(200)
+        assert snapshot.serves(snapshot.local_from + window - 1)
+        assert not snapshot.serves(snapshot.local_from + window - 2)
+        assert not cache.holds_window(0, 200, snapshot.local_from + window - 2)
+        prefix = snapshot.local_from + window  # restored into another slot, continued
+        cache.write(1, snapshot, prefix)
+        rest = torch.arange(prefix, 200).view(1, -1)
+        restored = lean(ids[:, prefix:], rest, torch.tensor([1]), cache)
+        fresh = KVCache(lean.config, slots=1, dtype=torch.float32, chunk=16)
+        recomputed = lean(ids, torch.arange(200).view(1, -1), torch.tensor([0]), fresh)
+    torch.testing.assert_close(restored, recomputed, rtol=1e-5, atol=1e-5)

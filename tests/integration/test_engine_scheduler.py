@@ -412,3 +412,64 @@ async def test_an_idle_engine_gives_its_kv_memory_back_and_conversations_still_r
     assert scheduler_info(llm)["reused_tokens"] > info["reused_tokens"]
     assert again.text == first[3].text
     await llm.unload()
+
+
+def slot_bytes(llm: GemmaLLM) -> list[int]:
+    cache = llm._generator.scheduler.cache  # type: ignore[union-attr]
+    return [cache.slot_nbytes(i) for i in range(cache.max_slots)]
+
+
+@pytest.mark.asyncio
+async def test_a_long_conversation_grows_only_its_own_slot_and_gives_it_back_when_evicted(
+    tiny_model_dir: Path,
+) -> None:
+    llm = engine_llm(tiny_model_dir, max_batch_size=2, kv_cache_budget_mb=0)
+    await llm.load()
+    await llm.generate(chat("short one"), GREEDY)
+    before = slot_bytes(llm)
+    short = next(i for i, size in enumerate(before) if size > 0)
+    assert before[1 - short] == 0  # an unused slot holds nothing
+    long = GenerationConfig(temperature=0.0, max_new_tokens=1000)
+    await llm.generate(chat("a long story " * 150), long)
+    grown = slot_bytes(llm)
+    assert grown[short] == before[short]  # the long conversation cost the short one nothing
+    assert grown[1 - short] > 2 * grown[short]
+    assert scheduler_info(llm)["kv_cache_slots_mb"][1 - short] > 0
+    await llm.unload()
+
+    # One slot: a new conversation takes the long one's over, and its memory comes back.
+    one = engine_llm(tiny_model_dir, max_batch_size=1, kv_cache_budget_mb=0)
+    await one.load()
+    await one.generate(chat("a long story " * 150), long)
+    long_mb = scheduler_info(one)["kv_cache_mb"]
+    await one.generate(chat("Hello there"), GREEDY)
+    assert scheduler_info(one)["kv_cache_mb"] < long_mb / 2
+    assert scheduler_info(one)["kv_cache_mb"] == round(sum(slot_bytes(one)) / 2**20, 2)
+    await one.unload()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("quantization", ["auto", "none"])  # int8 (fused rows) and float32
+async def test_a_conversation_past_the_sliding_layers_ring_is_reused_and_answers_as_recomputed(
+    tiny_model_dir: Path, quantization: str
+) -> None:
+    # The tiny model's window is 64 positions: a ring of 320 (window + one 256-token chunk).
+    llm = engine_llm(tiny_model_dir, max_batch_size=2, quantization=quantization)
+    await llm.load()
+    long = GenerationConfig(temperature=0.0, max_new_tokens=120)
+    history = chat("tell me everything you know " * 70)
+    first = await llm.generate(history, long)
+    ring = llm._generator.scheduler.cache.ring  # type: ignore[union-attr]
+    assert first.token_usage.prompt_tokens > ring  # prefilled in passes, the ring wrapped
+    turn = [*history, {"role": "assistant", "content": first.text}, *chat("and more " * 10)]
+    before = scheduler_info(llm)["reused_tokens"]
+    answer = await llm.generate(turn, long)
+    assert scheduler_info(llm)["reused_tokens"] - before > ring
+    fresh = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
+    await fresh.load()
+    assert (await fresh.generate(turn, long)).text == answer.text
+    await fresh.generate(chat("something else"), GREEDY)  # the turn moves to the store
+    again = await fresh.generate(turn, long)  # and comes back from it
+    assert again.text == answer.text
+    await llm.unload()
+    await fresh.unload()

@@ -265,7 +265,9 @@ def test_the_fused_blocks_keep_keys_and_values_in_float16_and_refuse_another_cac
     cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
     with torch.inference_mode():
         model(prompt, positions, torch.tensor([0]), cache)
-        assert cache.k[:, 0, :, :6].abs().sum() > 0  # written, as float16
+        written = cache.read(0, 6)
+        assert all(t.dtype == torch.float16 for t in written.tensors())
+        assert all(t.abs().sum() > 0 for t in written.tensors())
         with pytest.raises(ValueError, match="float16 KV cache"):
             wrong = KVCache(model.config, slots=1, dtype=torch.float32)
             model(prompt, positions, torch.tensor([0]), wrong)
@@ -289,9 +291,11 @@ def test_the_portable_build_writes_the_same_float16_keys_and_values(
         with torch.inference_mode():
             model(prompt, torch.arange(24).view(1, -1), torch.tensor([0]), cache)
         caches.append(cache)
-    assert torch.equal(caches[0].k[0], caches[1].k[0])
-    assert torch.equal(caches[0].v[0], caches[1].v[0])
-    assert caches[0].k[0, 0, :, :24].abs().sum() > 0
+    first_layer = [cache.read(0, 24).local_k[0] for cache in caches]  # a sliding layer
+    values = [cache.read(0, 24).local_v[0] for cache in caches]
+    assert torch.equal(first_layer[0], first_layer[1])
+    assert torch.equal(values[0], values[1])
+    assert first_layer[0].abs().sum() > 0
 
 
 def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bits(
@@ -315,8 +319,9 @@ def test_a_prompt_prefilled_whole_in_pieces_or_token_by_token_gives_the_same_bit
     one_by_one, one_cache = run([(0, 1, False)] + [(i, i + 1, True) for i in range(1, 20)])
     assert torch.equal(whole, pieces)
     assert torch.equal(whole, one_by_one)
-    assert torch.equal(whole_cache.k, pieces_cache.k)
-    assert torch.equal(whole_cache.v, one_cache.v)
+    held = [cache.read(1, 20).tensors() for cache in (whole_cache, pieces_cache, one_cache)]
+    assert all(torch.equal(a, b) for a, b in zip(held[0], held[1], strict=True))
+    assert all(torch.equal(a, c) for a, c in zip(held[0], held[2], strict=True))
 
 
 def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) -> None:
@@ -612,3 +617,55 @@ def test_the_avx2_build_decodes_as_the_portable_one(
     vector = decode_logits(small_q8_model(each_build), prompts, [0, 1, 2], fused=True)
     assert relative_error(vector, plain) < 1e-4
     assert torch.equal(vector.argmax(-1), plain.argmax(-1))
+
+
+def test_a_ring_past_the_window_gives_the_bits_of_a_cache_that_keeps_every_position(
+    each_build: Q8Kernels,
+) -> None:
+    # The sliding layers' window is 8: a ring of 16 positions (chunk 8) wraps many times over
+    # 60 prompt tokens and 40 greedy ones; a chunk of 4096 keeps every position in place.
+    model = small_q8_model(each_build)
+    prompt = torch.randint(0, 96, (1, 60), generator=torch.Generator().manual_seed(11))
+    rows = torch.tensor([1])
+
+    def run(chunk: int) -> tuple[list[int], torch.Tensor]:
+        cache = KVCache(model.config, slots=2, dtype=model.kv_dtype, chunk=chunk)
+        tokens: list[int] = []
+        with torch.inference_mode():
+            logits = model(prompt, torch.arange(60).view(1, -1), rows, cache)
+            for step in range(40):
+                tokens.append(int(logits[0].argmax()))
+                at = torch.tensor([[60 + step]])
+                logits = model(torch.tensor([tokens[-1:]]), at, rows, cache, decoding=True)
+        assert cache.local_capacity(1) == (16 if chunk == 8 else 112)  # ring, or every position
+        return tokens, logits
+
+    ring_tokens, ring_logits = run(8)
+    full_tokens, full_logits = run(4096)
+    assert ring_tokens == full_tokens
+    assert torch.equal(ring_logits, full_logits)
+
+
+def test_rows_of_a_long_prompt_go_in_passes_that_give_the_bits_of_one_pass(
+    each_build: Q8Kernels,
+) -> None:
+    # One sequence decoding beside another's 50-token prompt: with a chunk of 8 the prompt
+    # goes in 7 passes (the ring wraps between them), with 4096 in one.
+    model = small_q8_model(each_build)
+    gen = torch.Generator().manual_seed(12)
+    first, second = torch.randint(0, 96, (30,), generator=gen), torch.randint(
+        0, 96, (50,), generator=gen
+    )
+
+    def run(chunk: int) -> torch.Tensor:
+        cache = KVCache(model.config, slots=2, dtype=model.kv_dtype, chunk=chunk)
+        with torch.inference_mode():
+            model.forward_rows(
+                first, torch.arange(30), torch.zeros(30, dtype=torch.long), cache, [29]
+            )
+            ids = torch.cat([first[-1:], second])
+            positions = torch.cat([torch.tensor([30]), torch.arange(50)])
+            slots = torch.tensor([0] + [1] * 50)
+            return model.forward_rows(ids, positions, slots, cache, [0, 50])
+
+    assert torch.equal(run(8), run(4096))

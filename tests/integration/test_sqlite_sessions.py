@@ -218,7 +218,7 @@ async def test_a_database_of_schema_1_is_migrated_with_its_sessions(tmp_path: Pa
     assert (await repository.get("old")).message_count == 3
     await repository.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
 
 

@@ -331,6 +331,12 @@ static void decoder_block(void) {
                            E, H, HKV, D, I, window, 1e-6f, 0.17677669529663687f};
         const size_t cache = (size_t)(slots * HKV * capacity * D);
         uint16_t *k_cache = calloc(cache, sizeof(uint16_t)), *v_cache = calloc(cache, 2);
+        int64_t k_slots[3], v_slots[3], capacities[3]; /* each slot's rows, side by side */
+        for (int64_t s = 0; s < slots; s++) {
+            k_slots[s] = (int64_t)(uintptr_t)(k_cache + s * HKV * capacity * D);
+            v_slots[s] = (int64_t)(uintptr_t)(v_cache + s * HKV * capacity * D);
+            capacities[s] = capacity;
+        }
         float prompt[20 * 64];
         int64_t pslots[20], positions[20];
         fill(prompt, 20 * E, -2.0f, 2.0f);
@@ -338,16 +344,16 @@ static void decoder_block(void) {
             pslots[i] = 1;
             positions[i] = i;
         }
-        gemma_decode_block(&blk, prompt, 20, pslots, positions, cos_table, sin_table, k_cache,
-                           v_cache, capacity);
+        gemma_decode_block(&blk, prompt, 20, pslots, positions, cos_table, sin_table, k_slots,
+                           v_slots, capacities);
         char name[64];
         snprintf(name, sizeof name, "block.w%" PRId64 ".prefill", window);
         print_words(name, "close", prompt, 20 * E, 4);
         float step[3 * 64];
         fill(step, 3 * E, -2.0f, 2.0f);
         const int64_t sslots[3] = {1, 0, 2}, spositions[3] = {20, 0, 0};
-        gemma_decode_block(&blk, step, 3, sslots, spositions, cos_table, sin_table, k_cache,
-                           v_cache, capacity);
+        gemma_decode_block(&blk, step, 3, sslots, spositions, cos_table, sin_table, k_slots,
+                           v_slots, capacities);
         snprintf(name, sizeof name, "block.w%" PRId64 ".decode", window);
         print_words(name, "close", step, 3 * E, 4);
         /* keys and values come from the int8 products, the norms and rotary: no body of its own

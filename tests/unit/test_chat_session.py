@@ -234,7 +234,7 @@ def test_a_session_survives_a_json_round_trip() -> None:
 
 def test_the_stored_form_is_versioned_and_complete() -> None:
     data = full_session().to_dict()
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert set(data) == {
         "schema_version",
         "id",

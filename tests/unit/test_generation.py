@@ -187,7 +187,7 @@ def test_only_a_chunk_with_a_finish_reason_is_final() -> None:
 
 
 def test_finish_reasons_are_their_string_values() -> None:
-    assert [r.value for r in FinishReason] == ["stop", "length", "cancelled"]
+    assert [r.value for r in FinishReason] == ["stop", "length", "cancelled", "tool_calls"]
 
 
 def test_an_inference_response_has_a_json_ready_dict() -> None:

@@ -62,7 +62,7 @@ def test_content_must_be_a_string(content: object) -> None:
 
 def test_an_unknown_role_is_rejected_on_construction() -> None:
     with pytest.raises(InvalidMessageError, match="Unknown role"):
-        Message("tool", "x")  # type: ignore[arg-type]
+        Message("wizard", "x")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("token_count", [-1, 1.5, "3", True])

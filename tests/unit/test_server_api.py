@@ -75,8 +75,12 @@ def test_a_chat_completion_has_openais_shape(client: TestClient, llm: FakeLLM) -
     assert data["object"] == "chat.completion"
     assert data["id"].startswith("chatcmpl-")
     assert data["model"] == "fake-model"
-    assert data["choices"][0]["message"] == {"role": "assistant", "content": "Hello from the"}
-    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello from the",
+        "refusal": None,
+    }
+    assert data["choices"][0]["finish_reason"] == "length"  # cut by max_tokens
     usage = data["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert llm.messages_seen[-1] == [
@@ -122,7 +126,9 @@ def test_models_lists_the_served_model(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({**CHAT, "n": 2}, 400, "n=1"),
+        ({**CHAT, "n": 9}, 400, "n=9"),
+        ({**CHAT, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        ({**CHAT, "functions": []}, 400, "Unsupported field"),
         ({**CHAT, "messages": []}, 422, "messages"),
         ({**CHAT, "messages": [{"role": "assistant", "content": "x"}]}, 400, "last message"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages"),
@@ -276,7 +282,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_move_with_requests_tokens_and_time_to_first_token(client: TestClient) -> None:
     before = client.get("/metrics").text
     client.post("/v1/chat/completions", json=CHAT)
-    client.post("/v1/chat/completions", json={**CHAT, "n": 3})
+    client.post("/v1/chat/completions", json={**CHAT, "n": 9})
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         r.read()
     after = client.get("/metrics").text
@@ -302,7 +308,7 @@ def test_a_raw_completion_continues_the_prompt_without_a_chat_format(
     data = response.json()
     assert data["object"] == "text_completion"
     assert data["choices"][0]["text"] == "Hello from"
-    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["finish_reason"] == "length"  # cut by max_tokens
     assert llm.calls[-1].prompt == "Once upon a time"  # as sent: no chat format
     assert llm.calls[-1].kwargs["raw"] is True
     body = {"prompt": "Once", "stream": True, "stream_options": {"include_usage": True}}

@@ -41,6 +41,8 @@ def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
         ("get", "/v1/sessions/{session_id}", "200", {"id", "messages", "token_usage"}),
         ("delete", "/v1/sessions/{session_id}", "200", {"id", "deleted"}),
         ("post", "/v1/sessions/{session_id}/messages", "200", {"message", "usage", "cached"}),
+        ("patch", "/v1/sessions/{session_id}", "200", {"id", "title", "system_prompt"}),
+        ("post", "/v1/sessions/{session_id}/regenerate", "200", {"message", "usage", "cached"}),
         ("get", "/health", "200", {"status"}),
     ],
 )

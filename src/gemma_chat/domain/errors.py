@@ -7,6 +7,9 @@ lets callers catch an error the usual way (``except ValueError``)::
     ├── ValidationError (ValueError)             input the library rejects
     │   ├── InvalidMessageError                  a chat message: type, role, content, length
     │   ├── InvalidGenerationConfigError         a generation parameter out of range
+    │   │   ├── InvalidSchemaError               a response format's schema, regex or grammar
+    │   │   └── UnknownToolError                 tool_choice names a tool not offered
+    │   ├── NothingToRegenerateError             a session that does not end with an answer
     │   └── ContextLengthExceededError           the conversation does not fit the context
     ├── SessionNotFoundError (KeyError)
     ├── SessionConflictError                     another writer saved the session first
@@ -21,7 +24,8 @@ lets callers catch an error the usual way (``except ValueError``)::
     │   ├── OutOfMemoryError (MemoryError)
     │   ├── BackendUnavailableError              the model's server cannot be reached
     │   ├── BackendOverloadedError               the model's server stays overloaded (429)
-    │   └── BrokenLogitsError (ValueError)       the model's next-token scores are NaN / inf
+    │   ├── BrokenLogitsError (ValueError)       the model's next-token scores are NaN / inf
+    │   └── StructuredOutputError                an answer that does not parse as asked
     ├── GenerationCancelledError
     └── GenerationTimeoutError (TimeoutError)    over GEMMA_LIMITS__REQUEST_TIMEOUT_SECONDS
 """
@@ -41,14 +45,18 @@ __all__ = [
     "InferenceError",
     "InvalidGenerationConfigError",
     "InvalidMessageError",
+    "InvalidSchemaError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotLoadedError",
+    "NothingToRegenerateError",
     "OutOfMemoryError",
     "ServiceStateError",
     "SessionBusyError",
     "SessionConflictError",
     "SessionNotFoundError",
+    "StructuredOutputError",
+    "UnknownToolError",
     "ValidationError",
 ]
 
@@ -75,6 +83,39 @@ class InvalidMessageError(ValidationError):
 
 class InvalidGenerationConfigError(ValidationError):
     """A generation parameter outside its accepted range."""
+
+
+class InvalidSchemaError(InvalidGenerationConfigError):
+    """A response format (or a tool's parameters) the grammar library cannot compile: an
+    invalid JSON schema, regular expression or grammar. The message has the library's reason."""
+
+
+class UnknownToolError(InvalidGenerationConfigError):
+    """``tool_choice`` names a tool that is not among the request's ``tools``."""
+
+    def __init__(self, name: str, offered: list[str]) -> None:
+        self.name = name
+        self.offered = offered
+        listed = ", ".join(repr(n) for n in offered) or "none"
+        super().__init__(
+            f"tool_choice names the tool {name!r}, which is not among the tools offered "
+            f"({listed}).",
+            field="tool_choice",
+        )
+
+
+class NothingToRegenerateError(ValidationError):
+    """A regeneration asked of a session whose last message is not an answer to a user's."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return (
+            f"Chat session {self.session_id!r} does not end with an answer to regenerate: "
+            "send a message first."
+        )
 
 
 class SessionNotFoundError(GemmaChatError, KeyError):
@@ -254,3 +295,13 @@ class BrokenLogitsError(InferenceError, ValueError):
             "Cannot choose the next token: the model's next-token scores have no finite "
             "probability (NaN or infinite logits); its output is broken."
         )
+
+
+class StructuredOutputError(InferenceError):
+    """The answer does not parse as the response format asked (most often: cut short by
+    max_new_tokens). ``text`` is what the model wrote; ``finish_reason`` why it stopped."""
+
+    def __init__(self, message: str, *, text: str, finish_reason: str) -> None:
+        super().__init__(message)
+        self.text = text
+        self.finish_reason = finish_reason

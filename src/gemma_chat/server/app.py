@@ -22,7 +22,7 @@ from gemma_chat.server.dependencies import ServerState
 from gemma_chat.server.errors import install_error_handlers
 from gemma_chat.server.metrics import install_metrics
 from gemma_chat.server.middleware import BodySizeLimit
-from gemma_chat.server.routers import health, openai, sessions
+from gemma_chat.server.routers import docs, health, openai, responses, sessions, web
 from gemma_chat.shared.config import Settings, default_server_storage_url, get_settings
 
 __all__ = ["create_app"]
@@ -53,7 +53,15 @@ def create_app(
                 await state.loading
             await state.service.close()
 
-    app = FastAPI(title="gemma-chat", version=__version__, lifespan=lifespan)
+    # /docs is routers/docs.py's (Swagger UI's files served here, not from a CDN); no /redoc.
+    app = FastAPI(
+        title="gemma-chat",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
     app.state.gemma = state
     install_error_handlers(app)
     install_metrics(app, state.metrics)
@@ -66,7 +74,7 @@ def create_app(
             allow_headers=["*"],
         )
 
-    for api in (health, openai, sessions):
+    for api in (health, openai, responses, sessions, docs, web):
         api.attach_router(app)
     return app
 

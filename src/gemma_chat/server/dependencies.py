@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.server.errors import APIError, ClientDisconnected
@@ -55,17 +56,26 @@ def state_of(request: Request) -> ServerState:
     return state
 
 
-async def require_api_key(request: Request) -> None:
+# Declares the bearer scheme in /openapi.json, so /docs's "Authorize" sends the key; the check
+# itself is require_api_key's (a missing or non-bearer header is None here, not FastAPI's 403).
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    description="GEMMA_SERVER__API_KEY, when the server sets one.",
+)
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
     """Every /v1 route: ``Authorization: Bearer <GEMMA_SERVER__API_KEY>`` when a key is set."""
     expected = state_of(request).settings.server.api_key
     if expected is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
+    given = credentials.credentials if credentials is not None else ""
     # compare_digest: the time taken does not reveal how much of the key was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.get_secret_value().encode()
-    ):
+    if not hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode()):
         raise APIError(
             401,
             "Missing or wrong API key: send `Authorization: Bearer <key>`.",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from gemma_chat.domain.errors import (
     GemmaChatError,
     GenerationTimeoutError,
     ModelNotFoundError,
+    NothingToRegenerateError,
     OutOfMemoryError,
     ServiceStateError,
     SessionBusyError,
@@ -85,6 +87,8 @@ def error_response(
 def _status_of(exc: GemmaChatError) -> tuple[int, str, str | None]:
     if isinstance(exc, ContextLengthExceededError):
         return 400, "invalid_request_error", "context_length_exceeded"
+    if isinstance(exc, NothingToRegenerateError):
+        return 400, "invalid_request_error", "nothing_to_regenerate"
     if isinstance(exc, ValidationError):
         return 400, "invalid_request_error", None
     if isinstance(exc, SessionNotFoundError):
@@ -153,12 +157,19 @@ def public_error(exc: GemmaChatError) -> PublicError:
     return public
 
 
+# pydantic's tags for a union's members in an error location: a type ("str", "list[...]",
+# "function-after[...]") or a model's class name; the API's own fields are snake_case.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|dict|list|.*\[.*\]|[A-Z]\w*)$")
+
+
 def field_path(loc: Sequence[int | str]) -> str:
     """A pydantic error location as a client writes the field: ``messages[0].content``."""
     path = ""
     for part in loc:
         if part == "body" and not path:
             continue
+        if isinstance(part, str) and _UNION_MEMBER.match(part):
+            continue  # which member of a union pydantic tried, not a field
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path
 
@@ -200,6 +211,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"The request body is not valid JSON: {reason} at character {at}."
             return error_response(422, message, "invalid_request_error")
         where = field_path(first.get("loc", ()))
+        if first.get("type") == "extra_forbidden":
+            # A field this server does not implement: refused by name, never silently ignored.
+            message = f"Unsupported field {where!r}: this server does not implement it."
+            return error_response(400, message, "invalid_request_error", param=where or None)
         message = f"Invalid request: {where or 'body'}: {first.get('msg', 'invalid value')}."
         return error_response(422, message, "invalid_request_error", param=where or None)
 

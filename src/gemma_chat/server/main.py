@@ -43,7 +43,13 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again; this handler
     # (restored by uvicorn before it does) turns that into a clean exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.Server(server_config(settings, create_app(settings), host=host, port=port)).run()
+    config = server_config(settings, create_app(settings), host=host, port=port)
+    if settings.server.web_ui:
+        # uvicorn's own logger (set up by its Config), beside its "Uvicorn running on ...".
+        logging.getLogger("uvicorn.error").info(
+            "The chat page: http://%s:%d/ (the API's docs: /docs)", config.host, config.port
+        )
+    uvicorn.Server(config).run()
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -16,7 +18,9 @@ from gemma_chat.server.protocol import StreamErrorBody, StreamErrorEvent
 if TYPE_CHECKING:
     from gemma_chat.server.dependencies import Admission
 
-__all__ = ["DONE", "Primed", "error_event", "event", "primed"]
+__all__ = ["DONE", "Primed", "error_event", "event", "primed", "side_by_side"]
+
+T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
 
@@ -34,7 +38,7 @@ def error_event(exc: GemmaChatError) -> str:
     return event(StreamErrorEvent(error=body))
 
 
-async def primed(chunks: AsyncIterator[StreamChunk], admission: Admission) -> Any:
+async def primed(chunks: AsyncIterator[T], admission: Admission) -> Primed[T]:
     """Wait for the first chunk before answering: a request the model refuses (too long for
     its context, say) is then an HTTP error, not an error event in a started stream."""
     try:
@@ -48,17 +52,17 @@ async def primed(chunks: AsyncIterator[StreamChunk], admission: Admission) -> An
     return Primed(first, chunks)
 
 
-class Primed:
+class Primed(Generic[T]):
     """The first chunk again, then the rest; closing it closes the stream behind it."""
 
-    def __init__(self, first: StreamChunk | None, rest: AsyncIterator[StreamChunk]) -> None:
+    def __init__(self, first: T | None, rest: AsyncIterator[T]) -> None:
         self._first = first
         self._rest = rest
 
-    def __aiter__(self) -> Primed:
+    def __aiter__(self) -> Primed[T]:
         return self
 
-    async def __anext__(self) -> StreamChunk:
+    async def __anext__(self) -> T:
         if self._first is not None:
             first, self._first = self._first, None
             return first
@@ -66,3 +70,43 @@ class Primed:
 
     async def aclose(self) -> None:
         await self._rest.aclose()  # type: ignore[attr-defined]
+
+
+async def side_by_side(
+    streams: Sequence[AsyncIterator[StreamChunk]],
+) -> AsyncIterator[tuple[int, StreamChunk]]:
+    """Each stream's chunks as they come, tagged with the stream's index (OpenAI's ``n``
+    choices, generated side by side in the engine's batch). Closing it closes every stream; the
+    first error of any stream is raised."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:  # type: ignore[type-var]
+            async for chunk in only:
+                yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, StreamChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[StreamChunk]) -> None:
+        try:
+            async with aclosing(stream) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    await queue.put((index, chunk))
+        except Exception as exc:
+            await queue.put((index, exc))
+        finally:
+            queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

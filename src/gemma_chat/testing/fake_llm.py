@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable, Sequence
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_chat.domain.models import ChatMessage, GenerationConfig
+from gemma_chat.domain.models import (
+    ChatMessage,
+    Completion,
+    FinishReason,
+    GenerationConfig,
+    ResponseFormat,
+    StreamChunk,
+    TokenUsage,
+    ToolCall,
+)
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
+from gemma_chat.infrastructure.llm.generation.tool_prompt import call_block
 from gemma_chat.shared.config import Settings, get_settings
+
+# What a scripted answer may be: text, a tool call (or several), or a JSON-ready value
+# (a dict, a list, a pydantic model instance) answered as JSON.
+Scripted = Any
 
 __all__ = ["FakeLLM", "GenerationCall", "create_mock_llm"]
 
@@ -24,6 +39,13 @@ class GenerationCall:
 class FakeLLM(BaseLLM):
     """Answers with ``responses`` in turn (cycling), word by word when streamed.
 
+    A response may be text, a ``ToolCall`` (or a list of them: the model calls those tools, as
+    the embedded model would, in the fenced format), or a JSON-ready value (a dict, a list, a
+    pydantic model instance: answered as its JSON). With a JSON-schema ``response_format`` and
+    an answer that is not JSON, the fake answers the schema's smallest example instead (so
+    ``parsed`` works in tests without scripting). ``calls[i].kwargs["response_format"]`` is
+    the grammar the request asked for (tools included).
+
     State to assert on: ``calls``, ``load_count``, ``unload_count``, ``inference_count``.
     Failures to inject: ``fail_with`` (raised by the next generations) and ``fail_after_chunks``
     (raised mid-stream). ``delay`` sleeps before each chunk, to test slow models.
@@ -31,7 +53,7 @@ class FakeLLM(BaseLLM):
 
     def __init__(
         self,
-        responses: Iterable[str] = ("mock response",),
+        responses: Iterable[Scripted] = ("mock response",),
         *,
         model_name: str = "fake-llm",
         settings: Settings | None = None,
@@ -44,7 +66,7 @@ class FakeLLM(BaseLLM):
             update={"model": settings.model.model_copy(update={"name": model_name})}
         )
         super().__init__(settings)
-        self.responses = list(responses) or [""]
+        self.responses = [_scripted_text(r) for r in responses] or [""]
         self._cycle = itertools.cycle(self.responses)
         self._context_length = context_length
         self.delay = delay
@@ -78,32 +100,108 @@ class FakeLLM(BaseLLM):
         self.messages_seen.append(list(messages))
         return super().stream(messages, config)
 
-    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> str:
+    async def _generate_implementation(self, prompt: str, **kwargs: Any) -> str | Completion:
         self.calls.append(GenerationCall(prompt, kwargs))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_with is not None:
             raise self.fail_with
-        return self._answer(kwargs)
+        text, cut = self._answer(kwargs)
+        usage = TokenUsage(self.count_tokens(prompt), self.count_tokens(text))
+        return Completion(text, FinishReason.LENGTH if cut else FinishReason.STOP, usage)
 
-    async def _stream_implementation(self, prompt: str, **kwargs: Any) -> AsyncIterator[str]:
+    async def _stream_implementation(
+        self, prompt: str, **kwargs: Any
+    ) -> AsyncIterator[str | StreamChunk]:
         self.calls.append(GenerationCall(prompt, kwargs))
         try:
             if self.fail_with is not None and self.fail_after_chunks is None:
                 raise self.fail_with
-            words = self._answer(kwargs).split(" ")
+            text, cut = self._answer(kwargs)
+            words = text.split(" ")
             for index, word in enumerate(words):
                 if self.fail_after_chunks is not None and index == self.fail_after_chunks:
                     raise self.fail_with or RuntimeError("injected mid-stream failure")
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 yield word if index == 0 else " " + word
+            if cut:
+                yield StreamChunk("", FinishReason.LENGTH)
         finally:
             self.streams_closed += 1
 
-    def _answer(self, kwargs: dict[str, Any]) -> str:
-        words = next(self._cycle).split(" ")
-        return " ".join(words[: kwargs["max_new_tokens"]])
+    def _answer(self, kwargs: dict[str, Any]) -> tuple[str, bool]:
+        """The next answer, cut to ``max_new_tokens`` words, and whether it was cut (its
+        finish reason is then ``length``, as a model's that ran out of tokens). A JSON answer
+        for a JSON response format and a tool call are never cut."""
+        text = next(self._cycle)
+        fmt = kwargs.get("response_format")
+        if isinstance(fmt, ResponseFormat) and fmt.is_json and not _is_json(text):
+            return json.dumps(example_of(fmt.schema or {"type": "object"})), False
+        if "```tool_call" in text:  # a call is never cut short
+            return text, False
+        words = text.split(" ")
+        limit = kwargs["max_new_tokens"]
+        return " ".join(words[:limit]), len(words) > limit
+
+
+def _scripted_text(response: Scripted) -> str:
+    if isinstance(response, str):
+        return response
+    if isinstance(response, ToolCall):
+        return call_block(response)
+    if (
+        isinstance(response, list | tuple)
+        and response
+        and all(isinstance(r, ToolCall) for r in response)
+    ):
+        return "\n".join(call_block(r) for r in response)
+    dump = getattr(response, "model_dump_json", None)  # a pydantic model instance
+    if callable(dump):
+        return str(dump())
+    return json.dumps(response, ensure_ascii=False)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def example_of(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """The smallest value valid under a (common) JSON schema: required properties only, empty
+    arrays, zeros, empty strings, the first of an enum or of ``anyOf``."""
+    root = root if root is not None else schema
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).lstrip("#/").split("/"):
+            target = target[part]
+        return example_of(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return example_of(schema[combined][0], root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {k: example_of(properties.get(k, {}), root) for k in schema.get("required", [])}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), root)] * int(schema.get("minItems", 0))
+    if kind == "string":
+        return "a" * int(schema.get("minLength", 0))
+    if kind in ("integer", "number"):
+        minimum = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        return max(0, int(minimum) + (1 if "exclusiveMinimum" in schema else 0))
+    if kind == "boolean":
+        return False
+    return None
 
 
 def create_mock_llm(response: str = "mock response") -> FakeLLM:

@@ -57,7 +57,7 @@ class Answers:
             await record(hit, True)
             if hit.text:
                 yield StreamChunk(hit.text)
-            yield StreamChunk("", hit.finish_reason, hit.token_usage)
+            yield StreamChunk("", hit.finish_reason, hit.token_usage, hit.tool_calls)
             return
         parts: list[str] = []
         async with aclosing(self._guard.stream(llm.stream(messages, config))) as chunks:
@@ -65,7 +65,10 @@ class Answers:
                 parts.append(chunk.text)
                 if chunk.finish_reason is not None:
                     completion = Completion(
-                        "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
+                        "".join(parts),
+                        chunk.finish_reason,
+                        chunk.token_usage or TokenUsage(),
+                        chunk.tool_calls,
                     )
                     if completion.finish_reason is not FinishReason.CANCELLED:
                         self._cache.put(key, completion)

@@ -13,6 +13,7 @@ from gemma_chat.domain.errors import (
 )
 from gemma_chat.domain.models import ChatMessage, ChatSession, GenerationConfig, Role
 from gemma_chat.domain.models.message import validate_content
+from gemma_chat.domain.models.structured import tool_calls_from_openai
 from gemma_chat.shared.config import Settings
 
 __all__ = ["RequestPolicy"]
@@ -42,11 +43,15 @@ class RequestPolicy:
         overrides: Mapping[str, Any],
     ) -> GenerationConfig:
         """A turn on a session: the session's type, the user message and the config."""
-        if not isinstance(session, ChatSession | str):
-            raise ServiceStateError(
-                f"session must be a ChatSession or a session id, got {type(session).__name__}."
-            )
+        _check_session(session)
         return self.text(user_message, "user_message", temperature, overrides)
+
+    def regeneration(
+        self, session: ChatSession | str, temperature: float | None, overrides: Mapping[str, Any]
+    ) -> GenerationConfig:
+        """A new answer to a session's last user message (checked when it was sent)."""
+        _check_session(session)
+        return self.generation_config(temperature, overrides)
 
     def text(
         self, text: str, what: str, temperature: float | None, overrides: Mapping[str, Any]
@@ -83,11 +88,11 @@ class RequestPolicy:
             if role is Role.SYSTEM:
                 system.append(content)
             else:
-                turns.append({"role": role.value, "content": content})
-        if role is not Role.USER:
+                turns.append(_with_tool_fields({"role": role.value, "content": content}, message))
+        if role not in (Role.USER, Role.TOOL):
             raise InvalidMessageError(
-                f"messages[{len(messages) - 1}].role must be 'user': the last message is the one "
-                "answered."
+                f"messages[{len(messages) - 1}].role must be 'user' (or 'tool', a tool's result): "
+                "the last message is the one answered."
             )
         prompt = "\n\n".join(system)
         # As a session's system prompt: a blank one is none.
@@ -130,11 +135,12 @@ class RequestPolicy:
         except InvalidMessageError as exc:
             raise InvalidMessageError(f"messages[{index}].role: {exc}") from None
         what = f"messages[{index}].content"
+        content = message.get("content")
+        if content is None and role is Role.ASSISTANT and message.get("tool_calls"):
+            content = ""  # OpenAI's assistant message that only calls tools
         # A system prompt may be blank (then there is none), and what a model wrote is taken as
         # it was: as a session takes them.
-        content = validate_content(
-            message.get("content"), what=what, model_output=role is not Role.USER
-        )
+        content = validate_content(content, what=what, model_output=role is not Role.USER)
         self._check_length(content, what)
         return role, content
 
@@ -143,5 +149,35 @@ class RequestPolicy:
         if len(text) > limit:
             raise InvalidMessageError(
                 f"{what} has {len(text)} characters; the limit is {limit} "
-                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS)."
+                "(GEMMA_LIMITS__MAX_MESSAGE_CHARS).",
+                field=what,
             )
+
+
+def _with_tool_fields(checked: ChatMessage, message: Mapping[str, Any]) -> ChatMessage:
+    """``checked`` with the message's tool calls (an assistant's) or the call it answers (a
+    tool's), validated: unknown keys elsewhere stay the adapters' concern."""
+    index_role = checked["role"]
+    calls = message.get("tool_calls")
+    if calls:
+        if index_role != Role.ASSISTANT.value:
+            raise InvalidMessageError("Only an assistant message has tool_calls.")
+        checked["tool_calls"] = [
+            c.to_openai() for c in tool_calls_from_openai(calls, where="tool_calls")
+        ]
+    if index_role == Role.TOOL.value:
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise InvalidMessageError(
+                "A tool message needs the tool_call_id of the call it answers.",
+                field="tool_call_id",
+            )
+        checked["tool_call_id"] = call_id
+    return checked
+
+
+def _check_session(session: object) -> None:
+    if not isinstance(session, ChatSession | str):
+        raise ServiceStateError(
+            f"session must be a ChatSession or a session id, got {type(session).__name__}."
+        )

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from gemma_chat.domain.models import (
     Completion,
     GenerationConfig,
     InferenceResponse,
+    Message,
     Role,
 )
 
@@ -37,6 +38,7 @@ class Turn:
     messages: list[ChatMessage]  # the conversation sent to the model
     config: GenerationConfig
     started: float  # time.perf_counter() when the turn got its session and model
+    replaces_last: bool = False  # a regeneration: recorded in the last turn's place
 
 
 class Turns:
@@ -52,35 +54,66 @@ class Turns:
     async def open(
         self,
         session: ChatSession | str,
-        user_message: str,
+        user_message: str | None,
         config: GenerationConfig,
         model: AbstractAsyncContextManager[LLMProtocol],
     ) -> AsyncIterator[Turn]:
+        """The turn answering ``user_message``; None: the last turn's user message again, the
+        new answer to replace that turn's when it is recorded (a regeneration)."""
         # The session is read inside its lock: a turn queued behind another sees that turn.
         session_id = _session_id(session)
         lock = self._lock(session_id)
         if self._reject_busy and lock.locked():
             raise SessionBusyError(session_id)
-        async with lock, model as llm:
+        async with lock:
             chat_session = await self.resolve(session)
+            history = chat_session.to_chat_messages()
+            regenerating = user_message is None
+            if user_message is None:
+                user_message = chat_session.last_turn()[0].content
+                history = history[:-2]
             messages: list[ChatMessage] = [
-                *chat_session.to_chat_messages(),
+                *history,
                 {"role": Role.USER.value, "content": user_message},
             ]
-            yield Turn(llm, chat_session, user_message, messages, config, time.perf_counter())
+            async with model as llm:
+                yield Turn(
+                    llm,
+                    chat_session,
+                    user_message,
+                    messages,
+                    config,
+                    time.perf_counter(),
+                    replaces_last=regenerating,
+                )
+
+    @asynccontextmanager
+    async def exclusive(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's lock (waiting for a turn under way) to change it between turns."""
+        async with self._lock(session_id):
+            yield
 
     async def resolve(self, session: ChatSession | str) -> ChatSession:
         return await self._sessions.get(session) if isinstance(session, str) else session
 
     async def record(
-        self, turn: Turn, completion: Completion, *, cached: bool
+        self,
+        turn: Turn,
+        completion: Completion,
+        *,
+        cached: bool,
+        steps: Sequence[Message] = (),
     ) -> InferenceResponse:
-        """Add the user message, the answer and their usage to the session, all at once."""
+        """Add the user message, the answer and their usage to the session, all at once
+        (``steps``: tool calls and results before the answer)."""
         with turn.session.recording_turn(
             turn.user_message,
             completion.text,
             completion.token_usage,
             user_token_count=_count_tokens(turn.llm, turn.user_message),
+            tool_calls=completion.tool_calls,
+            steps=steps,
+            replacing_last=turn.replaces_last,
         ) as (_, answer):
             # A refused save (another process saved the session first) takes the turn back.
             if await self._sessions.contains(turn.session.id):
@@ -116,6 +149,7 @@ class Turns:
             session_id=session_id,
             message_id=message_id or uuid.uuid4().hex,
             cached=cached,
+            tool_calls=completion.tool_calls,
         )
 
     def _lock(self, session_id: str) -> asyncio.Lock:

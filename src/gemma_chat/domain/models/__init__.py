@@ -9,6 +9,14 @@ from gemma_chat.domain.models.generation import (
 )
 from gemma_chat.domain.models.message import ChatMessage, Message, Role, TokenUsage
 from gemma_chat.domain.models.session import ChatSession
+from gemma_chat.domain.models.structured import (
+    ResponseFormat,
+    ResponseFormatKind,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolDefinition,
+)
 
 __all__ = [
     "ChatMessage",
@@ -18,7 +26,13 @@ __all__ = [
     "GenerationConfig",
     "InferenceResponse",
     "Message",
+    "ResponseFormat",
+    "ResponseFormatKind",
     "Role",
     "StreamChunk",
     "TokenUsage",
+    "ToolCall",
+    "ToolChoice",
+    "ToolChoiceMode",
+    "ToolDefinition",
 ]

@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gemma_chat.domain.errors import InvalidGenerationConfigError
+from gemma_chat.domain.errors import InvalidGenerationConfigError, UnknownToolError
 from gemma_chat.domain.models.message import TokenUsage
+from gemma_chat.domain.models.structured import (
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolDefinition,
+)
 
 __all__ = ["Completion", "FinishReason", "GenerationConfig", "InferenceResponse", "StreamChunk"]
 
@@ -18,6 +25,7 @@ class FinishReason(StrEnum):
     STOP = "stop"  # the model ended its turn or a stop sequence was reached
     LENGTH = "length"  # max_new_tokens was reached
     CANCELLED = "cancelled"  # the caller stopped the generation
+    TOOL_CALLS = "tool_calls"  # the model called tools (the answer's ``tool_calls``)
 
 
 def _is_number(value: object) -> bool:
@@ -33,7 +41,8 @@ class GenerationConfig:
     """Sampling parameters of one request, validated on construction.
 
     ``temperature == 0`` means greedy decoding; ``top_k == 0`` and ``top_p == 1`` switch those
-    filters off.
+    filters off. ``response_format`` constrains the answer's text; ``tools`` are functions the
+    model may call, as ``tool_choice`` says (None: ``auto`` when there are tools).
     """
 
     temperature: float = 0.7
@@ -43,8 +52,12 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repetition_penalty: float = 1.0
+    response_format: ResponseFormat | None = None
+    tools: tuple[ToolDefinition, ...] = ()
+    tool_choice: ToolChoice | None = None
 
     def __post_init__(self) -> None:
+        self._check_structured()
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif isinstance(self.stop, list | tuple):
@@ -91,6 +104,49 @@ class GenerationConfig:
         object.__setattr__(self, "top_p", float(self.top_p))
         object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
 
+    def _check_structured(self) -> None:
+        if self.response_format is not None and not isinstance(
+            self.response_format, ResponseFormat
+        ):
+            raise InvalidGenerationConfigError(
+                f"response_format must be a ResponseFormat, got "
+                f"{type(self.response_format).__name__}.",
+                field="response_format",
+            )
+        if isinstance(self.tools, list):
+            object.__setattr__(self, "tools", tuple(self.tools))
+        if not isinstance(self.tools, tuple) or not all(
+            isinstance(t, ToolDefinition) for t in self.tools
+        ):
+            raise InvalidGenerationConfigError(
+                "tools must be a list of ToolDefinition values.", field="tools"
+            )
+        names = [t.name for t in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InvalidGenerationConfigError(
+                f"Two tools are named {duplicates[0]!r}: tool names must be unique.",
+                field="tools",
+            )
+        if self.tool_choice is not None:
+            object.__setattr__(self, "tool_choice", ToolChoice.parse(self.tool_choice))
+            choice = self.tool_choice
+            assert choice is not None
+            if choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and not self.tools:
+                raise InvalidGenerationConfigError(
+                    f"tool_choice={choice.name or choice.mode.value!r} needs tools.",
+                    field="tool_choice",
+                )
+            if choice.mode is ToolChoiceMode.NAMED and choice.name not in names:
+                raise UnknownToolError(str(choice.name), names)
+
+    @property
+    def tool_mode(self) -> ToolChoiceMode:
+        """How the model may use tools: ``none`` without tools, ``auto`` unless chosen."""
+        if not self.tools:
+            return ToolChoiceMode.NONE
+        return self.tool_choice.mode if self.tool_choice is not None else ToolChoiceMode.AUTO
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
@@ -113,9 +169,22 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
+        """JSON-ready; the structured-output fields only when set."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
             "stop": list(self.stop)
         }
+        for name in _STRUCTURED:
+            del data[name]
+        if self.response_format is not None:
+            data["response_format"] = self.response_format.to_dict()
+        if self.tools:
+            data["tools"] = [t.to_openai() for t in self.tools]
+        if self.tool_choice is not None:
+            data["tool_choice"] = self.tool_choice.to_openai()
+        return data
+
+
+_STRUCTURED = ("response_format", "tools", "tool_choice")
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
@@ -132,15 +201,18 @@ class Completion:
     text: str
     finish_reason: FinishReason = FinishReason.STOP
     token_usage: TokenUsage = field(default_factory=TokenUsage)
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
-    """A piece of a streamed answer; the last one carries ``finish_reason`` and ``token_usage``."""
+    """A piece of a streamed answer; the last one carries ``finish_reason`` and ``token_usage``,
+    and the answer's ``tool_calls`` when the model called tools."""
 
     text: str
     finish_reason: FinishReason | None = None
     token_usage: TokenUsage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def is_final(self) -> bool:
@@ -149,7 +221,12 @@ class StreamChunk:
 
 @dataclass(frozen=True, slots=True)
 class InferenceResponse:
-    """One completed assistant turn, as ``InferenceService`` returns it."""
+    """One completed assistant turn, as ``InferenceService`` returns it.
+
+    ``tool_calls``: the calls the model made (``finish_reason`` is then ``tool_calls``);
+    ``parsed``: with a ``response_format``, the answer as the object it describes (an
+    instance of the pydantic model passed, or the JSON value), else None.
+    """
 
     content: str
     token_usage: TokenUsage
@@ -159,9 +236,12 @@ class InferenceResponse:
     session_id: str | None  # None for a stateless chat (nothing stored)
     message_id: str
     cached: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()
+    parsed: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        calls = {"tool_calls": [c.to_openai() for c in self.tool_calls]} if self.tool_calls else {}
+        return calls | {
             "content": self.content,
             "token_usage": self.token_usage.to_dict(),
             "finish_reason": self.finish_reason.value,

@@ -7,9 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from gemma_chat.domain.errors import InvalidMessageError
+from gemma_chat.domain.models.structured import ToolCall
 
 # C0 controls other than tab, newline and carriage return, and DEL: never text a model reads.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -36,6 +37,7 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"  # a tool's result, answering an assistant's tool call
 
     @classmethod
     def parse(cls, value: object) -> Role:
@@ -47,10 +49,14 @@ class Role(StrEnum):
 
 
 class ChatMessage(TypedDict):
-    """A message as LLMs take it: OpenAI's ``{"role": ..., "content": ...}`` shape."""
+    """A message as LLMs take it: OpenAI's ``{"role": ..., "content": ...}`` shape; an
+    assistant's message may carry ``tool_calls`` (OpenAI's shape), a tool's result names the
+    call it answers (``tool_call_id``)."""
 
     role: str
     content: str
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +163,28 @@ class Message:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = field(default_factory=utc_now)
     token_count: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # the call a tool message answers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role.parse(self.role))
-        # A model may answer nothing (it ended its turn at once), or odd bytes: kept as written.
-        validate_content(self.content, model_output=self.role is Role.ASSISTANT)
+        # A model may answer nothing (it ended its turn at once), or odd bytes: kept as written;
+        # a tool's result is what the tool returned.
+        validate_content(self.content, model_output=self.role in (Role.ASSISTANT, Role.TOOL))
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        if self.tool_calls and self.role is not Role.ASSISTANT:
+            raise InvalidMessageError("Only an assistant message has tool calls.")
+        if not all(isinstance(c, ToolCall) for c in self.tool_calls):
+            raise InvalidMessageError("tool_calls must be ToolCall values.")
+        if (self.role is Role.TOOL) != (self.tool_call_id is not None):
+            raise InvalidMessageError(
+                "A tool message, and only a tool message, names the call it answers "
+                "(tool_call_id)."
+            )
+        if self.tool_call_id is not None and (
+            not isinstance(self.tool_call_id, str) or not self.tool_call_id
+        ):
+            raise InvalidMessageError("tool_call_id must be a non-empty string.")
         if not isinstance(self.id, str) or not self.id:
             raise InvalidMessageError(f"A message id must be a non-empty string, got {self.id!r}.")
         if self.token_count is not None and (
@@ -174,16 +197,26 @@ class Message:
             )
 
     def to_chat_message(self) -> ChatMessage:
-        return {"role": self.role.value, "content": self.content}
+        message: ChatMessage = {"role": self.role.value, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "role": self.role.value,
             "content": self.content,
             "created_at": self.created_at.isoformat(),
             "token_count": self.token_count,
         }
+        if self.tool_calls:
+            data["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
@@ -193,4 +226,6 @@ class Message:
             id=data["id"],
             created_at=datetime.fromisoformat(data["created_at"]),
             token_count=data.get("token_count"),
+            tool_calls=tuple(ToolCall.from_openai(c) for c in data.get("tool_calls") or ()),
+            tool_call_id=data.get("tool_call_id"),
         )

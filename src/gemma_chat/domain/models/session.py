@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from gemma_chat.domain.errors import InvalidMessageError
+from gemma_chat.domain.errors import InvalidMessageError, NothingToRegenerateError
 from gemma_chat.domain.models.message import (
     ChatMessage,
     Message,
@@ -17,10 +17,12 @@ from gemma_chat.domain.models.message import (
     utc_now,
     validate_text,
 )
+from gemma_chat.domain.models.structured import ToolCall
 
 __all__ = ["ChatSession"]
 
-_SCHEMA_VERSION = 1
+# 2: messages may carry tool calls (assistant) and the call they answer (tool); 1 is read too.
+_SCHEMA_VERSION = 2
 
 
 class ChatSession:
@@ -132,6 +134,16 @@ class ChatSession:
             self._token_usage += token_usage
         return message
 
+    def last_turn(self) -> tuple[Message, Message]:
+        """The last user message and the answer to it (what a regeneration replaces)."""
+        if (
+            len(self._messages) >= 2
+            and self._messages[-2].role is Role.USER
+            and self._messages[-1].role is Role.ASSISTANT
+        ):
+            return self._messages[-2], self._messages[-1]
+        raise NothingToRegenerateError(self.id)
+
     def record_turn(
         self,
         user_content: str,
@@ -139,15 +151,33 @@ class ChatSession:
         token_usage: TokenUsage,
         *,
         user_token_count: int | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+        steps: Sequence[Message] = (),
+        replacing_last: bool = False,
     ) -> tuple[Message, Message]:
-        """Append a user message, its reply and their usage together, all validated first."""
+        """Append a user message, its reply and their usage together, all validated first.
+
+        ``tool_calls``: the calls the reply makes. ``steps``: the messages between the user's
+        and the reply (assistant tool calls and the tools' results) when tools were run.
+        ``replacing_last``: the new turn takes the place of the last one (``last_turn``), as a
+        regenerated answer does; the usage still adds up, since those tokens were generated.
+        """
         user = Message(Role.USER, user_content, token_count=user_token_count)
         assistant = Message(
             Role.ASSISTANT,
             assistant_content,
             token_count=token_usage.completion_tokens,
+            tool_calls=tuple(tool_calls),
         )
-        self._messages.extend((user, assistant))
+        for step in steps:
+            if not isinstance(step, Message) or step.role not in (Role.ASSISTANT, Role.TOOL):
+                raise InvalidMessageError(
+                    "A turn's steps are assistant tool calls and tool results (Message values)."
+                )
+        if replacing_last:
+            self.last_turn()
+            del self._messages[-2:]
+        self._messages.extend((user, *steps, assistant))
         self._token_usage += token_usage
         self._touch()
         return user, assistant
@@ -160,19 +190,45 @@ class ChatSession:
         token_usage: TokenUsage,
         *,
         user_token_count: int | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+        steps: Sequence[Message] = (),
+        replacing_last: bool = False,
     ) -> Iterator[tuple[Message, Message]]:
         """``record_turn``, taken back if the block raises (a store that refused to save it):
         the session is never left with a turn its store does not have."""
-        kept = (len(self._messages), self._token_usage, self.updated_at)
+        kept = (list(self._messages), self._token_usage, self.updated_at)
         turn = self.record_turn(
-            user_content, assistant_content, token_usage, user_token_count=user_token_count
+            user_content,
+            assistant_content,
+            token_usage,
+            user_token_count=user_token_count,
+            tool_calls=tool_calls,
+            steps=steps,
+            replacing_last=replacing_last,
         )
         try:
             yield turn
         except BaseException:
-            del self._messages[kept[0] :]
-            self._token_usage, self.updated_at = kept[1], kept[2]
+            self._messages, self._token_usage, self.updated_at = kept
             raise
+
+    def update(
+        self,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the title, the system prompt ("" removes it) and the metadata (replaced
+        whole); None leaves one as it is. All are checked first: a bad one changes nothing."""
+        draft = ChatSession(
+            self.title if title is None else title,
+            system_prompt=self._system_prompt if system_prompt is None else system_prompt,
+            metadata=self.metadata if metadata is None else metadata,
+        )
+        self._title, self._system_prompt = draft.title, draft.system_prompt
+        self._metadata = draft.metadata
+        self._touch()
 
     def clear(self) -> None:
         """Forget the messages and usage; keep the id, title, system prompt and metadata."""
@@ -215,6 +271,12 @@ class ChatSession:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChatSession:
         try:
+            if isinstance(data, Mapping) and data.get("schema_version", 1) > _SCHEMA_VERSION:
+                raise InvalidMessageError(
+                    f"A chat session stored by a newer gemma-chat (schema "
+                    f"{data['schema_version']}, this one reads up to {_SCHEMA_VERSION}): "
+                    "upgrade gemma-chat."
+                )
             if data["id"] is None:  # would otherwise get a fresh id: the stored one is lost
                 raise InvalidMessageError("A stored chat session must have an id.")
             session = cls(

@@ -53,6 +53,11 @@ _MIGRATIONS = [
     """,
     # 2: the version a save compares and swaps (rows written before count as version 1)
     "ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+    # 3: an assistant message's tool calls (OpenAI's JSON), the call a tool message answers
+    """
+    ALTER TABLE messages ADD COLUMN tool_calls TEXT;
+    ALTER TABLE messages ADD COLUMN tool_call_id TEXT
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -204,14 +209,26 @@ def _write(db: sqlite3.Connection, data: dict[str, Any], version: int, *, adding
         messages = data["messages"]
         db.executemany(
             """
-            INSERT INTO messages (session_id, position, id, role, content, created_at, token_count)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO messages (session_id, position, id, role, content, created_at, token_count,
+                                  tool_calls, tool_call_id)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(session_id, position) DO UPDATE SET
                 id = excluded.id, role = excluded.role, content = excluded.content,
-                created_at = excluded.created_at, token_count = excluded.token_count
+                created_at = excluded.created_at, token_count = excluded.token_count,
+                tool_calls = excluded.tool_calls, tool_call_id = excluded.tool_call_id
             """,
             [
-                (data["id"], i, m["id"], m["role"], m["content"], m["created_at"], m["token_count"])
+                (
+                    data["id"],
+                    i,
+                    m["id"],
+                    m["role"],
+                    m["content"],
+                    m["created_at"],
+                    m["token_count"],
+                    json.dumps(m["tool_calls"], ensure_ascii=False) if "tool_calls" in m else None,
+                    m.get("tool_call_id"),
+                )
                 for i, m in enumerate(messages)
             ],
         )
@@ -238,10 +255,18 @@ def _read(db: sqlite3.Connection, session_id: str) -> tuple[dict[str, Any], int]
         if row is None:
             return None
         messages = [
-            {"id": m[0], "role": m[1], "content": m[2], "created_at": m[3], "token_count": m[4]}
+            {
+                "id": m[0],
+                "role": m[1],
+                "content": m[2],
+                "created_at": m[3],
+                "token_count": m[4],
+                **({"tool_calls": json.loads(m[5])} if m[5] is not None else {}),
+                **({"tool_call_id": m[6]} if m[6] is not None else {}),
+            }
             for m in db.execute(
-                "SELECT id, role, content, created_at, token_count FROM messages "
-                "WHERE session_id = ? ORDER BY position",
+                "SELECT id, role, content, created_at, token_count, tool_calls, tool_call_id "
+                "FROM messages WHERE session_id = ? ORDER BY position",
                 (session_id,),
             )
         ]

@@ -4,10 +4,11 @@ stream chunks. A field marked ``exclude_if=absent`` is left out of a chunk's JSO
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gemma_chat.domain.models import ToolCall
 from gemma_chat.server.protocol.common import (
     ChatGenerationRequest,
     ChatMessageIn,
@@ -16,6 +17,15 @@ from gemma_chat.server.protocol.common import (
     StreamOptions,
     UsageInfo,
     absent,
+)
+from gemma_chat.server.protocol.tools import (
+    FunctionCallDelta,
+    FunctionCallOut,
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallOut,
+    ToolChoice,
+    ToolDefinition,
 )
 
 __all__ = [
@@ -42,6 +52,29 @@ class ChatCompletionRequest(ChatGenerationRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
     n: int = 1
     stream_options: StreamOptions | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    modalities: list[Literal["text"]] | None = None
+
+    def structured_parameters(self) -> dict[str, Any]:
+        """``response_format``, ``tools`` and ``tool_choice`` as the service takes them (the
+        library reads OpenAI's dict shapes)."""
+        choice = self.tool_choice
+        return {
+            "response_format": (
+                self.response_format.model_dump(by_alias=True, exclude_none=True)
+                if self.response_format is not None
+                else None
+            ),
+            "tools": (
+                [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+            ),
+            "tool_choice": choice.model_dump() if isinstance(choice, BaseModel) else choice,
+        }
 
     @property
     def include_usage(self) -> bool:
@@ -53,6 +86,19 @@ class CompletionRequest(GenerationRequest):
     max_tokens: int | None = 16  # OpenAI's default for /v1/completions
     n: int = 1
     stream_options: StreamOptions | None = None
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def unsupported_value(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo=true is not supported."
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported."
+        if self.best_of not in (None, 1):
+            return "best_of", "best_of is not supported; n is."
+        return super().unsupported_value()
 
     @property
     def include_usage(self) -> bool:
@@ -79,7 +125,22 @@ class ModelList(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=absent)
+    refusal: None = None
+
+    @classmethod
+    def of(cls, text: str, calls: tuple[ToolCall, ...]) -> ChatMessageOut:
+        """OpenAI's assistant message: with calls, ``tool_calls`` and the text or null."""
+        if not calls:
+            return cls(content=text)
+        return cls(
+            content=text or None,
+            tool_calls=[
+                ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+                for c in calls
+            ],
+        )
 
 
 class ChatCompletionChoice(BaseModel):
@@ -101,6 +162,22 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=absent)
     content: str | None = Field(default=None, exclude_if=absent)
+    tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=absent)
+
+    @classmethod
+    def tool_call_deltas(cls, calls: tuple[ToolCall, ...]) -> list[DeltaMessage]:
+        """Calls as OpenAI streams them: each one's id, type and name, then its arguments."""
+        deltas: list[DeltaMessage] = []
+        for index, call in enumerate(calls):
+            head = ToolCallDelta(
+                index=index,
+                id=call.id,
+                type="function",
+                function=FunctionCallDelta(name=call.name, arguments=""),
+            )
+            body = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.arguments))
+            deltas += [cls(tool_calls=[head]), cls(tool_calls=[body])]
+        return deltas
 
 
 class ChunkChoice(BaseModel):

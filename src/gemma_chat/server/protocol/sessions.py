@@ -20,8 +20,10 @@ __all__ = [
     "SessionMessage",
     "SessionMessageRequest",
     "SessionMessageResponse",
+    "SessionRegenerateRequest",
     "SessionReply",
     "SessionSummary",
+    "SessionUpdate",
 ]
 
 
@@ -33,10 +35,26 @@ class SessionCreate(BaseModel):
     metadata: dict[str, object] = Field(default_factory=dict)
 
 
+class SessionUpdate(BaseModel):
+    """What a PATCH changes; a field left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    title: str | None = None
+    system_prompt: str | None = Field(None, description='"" removes the system prompt.')
+    metadata: dict[str, object] | None = Field(None, description="Replaces the metadata whole.")
+
+
 class SessionMessageRequest(ChatGenerationRequest):
     model_config = ConfigDict(extra="forbid")
 
     content: str
+
+
+class SessionRegenerateRequest(ChatGenerationRequest):
+    """A new answer to the last user message; the generation parameters as for a message."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class SessionSummary(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import ChatMessage, StreamChunk
+from gemma_chat.domain.models import StreamChunk, TokenUsage
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -19,6 +21,12 @@ from gemma_chat.server.dependencies import (
     serve_model,
 )
 from gemma_chat.server.errors import ERROR_RESPONSES, APIError
+from gemma_chat.server.messages import (
+    chat_conversation,
+    choices_allowed,
+    refuse,
+    refuse_unsupported,
+)
 from gemma_chat.server.protocol import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -42,8 +50,7 @@ from gemma_chat.server.protocol import (
     new_id,
     now,
 )
-from gemma_chat.server.sse import DONE, error_event, event, primed
-from gemma_chat.shared.config import LimitsSettings
+from gemma_chat.server.sse import DONE, error_event, event, primed, side_by_side
 
 __all__ = ["attach_router", "router"]
 
@@ -67,48 +74,38 @@ def attach_router(app: FastAPI) -> None:
 
 @router.get("/models", response_model=ModelList)
 async def list_models(service: Service) -> ModelList:
+    return ModelList(data=[ModelCard(id=name) for name in await _served(service)])
+
+
+@router.get("/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, service: Service) -> ModelCard:
+    if model_id in await _served(service) or model_id in service.settings.server.models:
+        return ModelCard(id=model_id)
+    raise APIError(
+        404,
+        f"The model {model_id!r} is not served here.",
+        kind="not_found_error",
+        code="model_not_found",
+        param="model",
+    )
+
+
+async def _served(service: InferenceService) -> list[str]:
     info = await service.get_model_info()
-    names = [service.llm.model_name, *info.get("other_models_loaded", [])]
-    return ModelList(data=[ModelCard(id=name) for name in names])
+    return [service.llm.model_name, *info.get("other_models_loaded", [])]
 
 
-def _conversation(request: ChatCompletionRequest, limits: LimitsSettings) -> list[ChatMessage]:
-    """The messages as ``service.chat`` takes them (``developer`` is OpenAI's newer name for
-    ``system``). The service validates them all; the three checks here come first because their
-    errors name OpenAI's ``param`` (the library's errors carry no field path)."""
-    if len(request.messages) > limits.max_messages:
-        raise APIError(
-            400,
-            f"{len(request.messages)} messages; the limit is {limits.max_messages} "
-            "(GEMMA_LIMITS__MAX_MESSAGES).",
-            kind="invalid_request_error",
-            param="messages",
-        )
-    for index, message in enumerate(request.messages):
-        if len(message.content) > limits.max_message_chars:
-            raise APIError(
-                400,
-                f"messages[{index}] has {len(message.content)} characters; the limit is "
-                f"{limits.max_message_chars} (GEMMA_LIMITS__MAX_MESSAGE_CHARS).",
-                kind="invalid_request_error",
-                param=f"messages[{index}].content",
-            )
-    if request.messages[-1].role != "user":
-        raise APIError(
-            400,
-            "The last message must have role 'user': it is the one the model answers.",
-            kind="invalid_request_error",
-            param="messages",
-        )
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.content}
-        for m in request.messages
-    ]
+def _chat_features(request: ChatCompletionRequest) -> None:
+    """What the route cannot do is refused by name."""
+    if request.logprobs or request.top_logprobs:
+        raise refuse("logprobs are not supported yet.", "logprobs")
 
 
-def _only_one_choice(n: int) -> None:
-    if n != 1:
-        raise APIError(400, "Only n=1 is supported.", kind="invalid_request_error", param="n")
+def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
+    """Choice ``index``'s parameters: its own seed, so seeded choices differ yet repeat."""
+    if index == 0 or parameters.get("seed") is None:
+        return parameters
+    return {**parameters, "seed": parameters["seed"] + index}
 
 
 @router.post(
@@ -117,16 +114,19 @@ def _only_one_choice(n: int) -> None:
     responses=_streamed(ChatCompletionChunk),
 )
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
-    _only_one_choice(request.n)
-    messages = _conversation(request, service.settings.limits)
+    refuse_unsupported(request)
+    choices_allowed(request.n, service.settings.limits)
+    _chat_features(request)
+    messages: list[Any] = chat_conversation(request.messages, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
+    parameters.update(request.structured_parameters())
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
         chunk_id, created = new_id("chatcmpl"), now()
 
-        def chunk(delta: DeltaMessage, finish: FinishName | None) -> ChatCompletionChunk:
-            choice = ChunkChoice(delta=delta, finish_reason=finish)
+        def chunk(index: int, delta: DeltaMessage, finish: FinishName | None) -> BaseModel:
+            choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
             return ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
 
         def usage_chunk(usage: UsageInfo | None) -> ChatCompletionUsageChunk:
@@ -134,28 +134,39 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
                 id=chunk_id, created=created, model=model, choices=[], usage=usage
             )
 
-        chunks = await admission.until_disconnected(
-            primed(service.stream_chat(messages, **parameters), admission)
-        )
+        streams = [
+            service.stream_chat(messages, **_seeded(parameters, index))
+            for index in range(request.n)
+        ]
+        chunks = await admission.until_disconnected(primed(side_by_side(streams), admission))
         events = _events(
             chunks,
+            request.n,
             chunk,
             usage_chunk if request.include_usage else None,
             first_token_timer(http),
             first=DeltaMessage(role="assistant", content=""),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
-    response = await admission.answer(service.chat(messages, **parameters))
-    choice = ChatCompletionChoice(
-        message=ChatMessageOut(content=response.content),
-        finish_reason=finish_name(response.finish_reason),
+    responses = await admission.answer(
+        asyncio.gather(
+            *(service.chat(messages, **_seeded(parameters, i)) for i in range(request.n))
+        )
     )
+    choices = [
+        ChatCompletionChoice(
+            index=index,
+            message=ChatMessageOut.of(response.content, response.tool_calls),
+            finish_reason=finish_name(response.finish_reason),
+        )
+        for index, response in enumerate(responses)
+    ]
     return ChatCompletionResponse(
         id=new_id("chatcmpl"),
         created=now(),
-        model=response.model,
-        choices=[choice],
-        usage=UsageInfo.of(response.token_usage),
+        model=responses[0].model,
+        choices=choices,
+        usage=UsageInfo.total([r.token_usage for r in responses]),
     )
 
 
@@ -164,20 +175,23 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
 )
 async def completions(request: CompletionRequest, service: Service, http: Request) -> Any:
     """A raw prompt, continued as it is (no chat format)."""
+    refuse_unsupported(request)
+    if request.logprobs:
+        raise refuse("logprobs are not supported yet.", "logprobs")
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
     if len(prompts) != 1:
-        raise APIError(
-            400, "Send one prompt (a string).", kind="invalid_request_error", param="prompt"
-        )
-    _only_one_choice(request.n)
+        raise refuse("Send one prompt (a string).", "prompt")
+    choices_allowed(request.n, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
     model = parameters.get("model", service.llm.model_name)
     completion_id, created = new_id("cmpl"), now()
     admission = Admission(http)
     if request.stream:
 
-        def chunk(delta: DeltaMessage, finish: FinishName | None) -> CompletionChunk:
-            choice = CompletionChunkChoice(text=delta.content or "", finish_reason=finish)
+        def chunk(index: int, delta: DeltaMessage, finish: FinishName | None) -> BaseModel:
+            choice = CompletionChunkChoice(
+                index=index, text=delta.content or "", finish_reason=finish
+            )
             return CompletionChunk(id=completion_id, created=created, model=model, choices=[choice])
 
         def usage_chunk(usage: UsageInfo | None) -> CompletionUsageChunk:
@@ -185,49 +199,65 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
                 id=completion_id, created=created, model=model, choices=[], usage=usage
             )
 
-        chunks = await admission.until_disconnected(
-            primed(service.stream_completion(prompts[0], **parameters), admission)
-        )
+        streams = [
+            service.stream_completion(prompts[0], **_seeded(parameters, index))
+            for index in range(request.n)
+        ]
+        chunks = await admission.until_disconnected(primed(side_by_side(streams), admission))
         events = _events(
             chunks,
+            request.n,
             chunk,
             usage_chunk if request.include_usage else None,
             first_token_timer(http),
         )
         return StreamingResponse(admission.stream(events), media_type="text/event-stream")
-    completion = await admission.answer(service.complete(prompts[0], **parameters))
-    choice = CompletionChoice(
-        text=completion.text, finish_reason=finish_name(completion.finish_reason)
+    completions = await admission.answer(
+        asyncio.gather(
+            *(service.complete(prompts[0], **_seeded(parameters, i)) for i in range(request.n))
+        )
     )
+    choices = [
+        CompletionChoice(
+            index=index, text=completion.text, finish_reason=finish_name(completion.finish_reason)
+        )
+        for index, completion in enumerate(completions)
+    ]
     return CompletionResponse(
         id=completion_id,
         created=created,
         model=model,
-        choices=[choice],
-        usage=UsageInfo.of(completion.token_usage),
+        choices=choices,
+        usage=UsageInfo.total([c.token_usage for c in completions]),
     )
 
 
 async def _events(
-    chunks: AsyncIterator[StreamChunk],
-    chunk: Callable[[DeltaMessage, FinishName | None], BaseModel],
+    chunks: AsyncIterator[tuple[int, StreamChunk]],
+    n: int,
+    chunk: Callable[[int, DeltaMessage, FinishName | None], BaseModel],
     usage_chunk: Callable[[UsageInfo | None], BaseModel] | None,
     on_first_text: Callable[[], None],
     first: DeltaMessage | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI's stream: one id throughout, the finish reason on its own chunk, then the usage
-    (when asked for) on a chunk without choices, then ``[DONE]``."""
+    """OpenAI's stream: one id throughout, each choice's finish reason on its own chunk, then the
+    usage of all choices (when asked for) on a chunk without choices, then ``[DONE]``."""
+    usages: list[TokenUsage | None] = []
     try:
         if first is not None:
-            yield event(chunk(first, None))
-        async for piece in chunks:
+            for index in range(n):
+                yield event(chunk(index, first, None))
+        async for index, piece in chunks:
             if piece.text:
                 on_first_text()
-                yield event(chunk(DeltaMessage(content=piece.text), None))
+                yield event(chunk(index, DeltaMessage(content=piece.text), None))
+            for delta in DeltaMessage.tool_call_deltas(piece.tool_calls):
+                yield event(chunk(index, delta, None))
             if piece.finish_reason is not None:
-                yield event(chunk(DeltaMessage(), finish_name(piece.finish_reason)))
-                if usage_chunk is not None:
-                    yield event(usage_chunk(UsageInfo.of(piece.token_usage)))
+                yield event(chunk(index, DeltaMessage(), finish_name(piece.finish_reason)))
+                usages.append(piece.token_usage)
+        if usage_chunk is not None:
+            yield event(usage_chunk(UsageInfo.total(usages)))
     except GemmaChatError as exc:
         yield error_event(exc)
     finally:

@@ -138,6 +138,8 @@ class ServerSettings(_Section):
     header_timeout_seconds: float = Field(10.0, gt=0)
     # A kept-alive connection idle this long between requests is closed.
     keep_alive_seconds: int = Field(5, ge=1)
+    # The chat page at / (server/static); off for API-only deployments (/docs stays).
+    web_ui: bool = True
 
 
 class LimitsSettings(_Section):
@@ -148,6 +150,8 @@ class LimitsSettings(_Section):
     max_message_chars: int = Field(32_000, ge=1)
     max_tokens: int = Field(4096, ge=1)
     max_stop_sequences: int = Field(4, ge=0)
+    # OpenAI's n: choices per request, generated side by side in one batch.
+    max_choices: int = Field(8, ge=1)
     request_timeout_seconds: float = Field(300.0, gt=0)
     # A turn on a session that is answering another: "queue" runs it after that one (in arrival
     # order); "reject" refuses it at once (SessionBusyError, HTTP 409).

@@ -37,10 +37,18 @@ from gemma_chat.domain.models import (
     Role,
     StreamChunk,
     TokenUsage,
+    ToolCall,
+    ToolChoiceMode,
 )
 from gemma_chat.domain.models.message import validate_content
 from gemma_chat.infrastructure.llm.adapters.conversation import fit_to_context, validated_messages
 from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter, cut_at_stop
+from gemma_chat.infrastructure.llm.generation.tool_prompt import (
+    ToolCallFilter,
+    parse_tool_calls,
+    render_tool_conversation,
+    tool_grammar,
+)
 from gemma_chat.shared.config import Settings, get_settings
 
 __all__ = ["BaseLLM", "LLMState"]
@@ -62,12 +70,23 @@ class BaseLLM(ABC):
     Subclasses receive the formatted prompt and the generation parameters as keyword arguments
     (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``seed``,
     ``repetition_penalty``) and return the text, or a ``Completion`` with exact token counts.
+
+    Structured output and tools: a request with a response format or tools adds
+    ``response_format`` (a ``ResponseFormat``: the grammar the answer must follow, tools
+    included) to the keyword arguments; an adapter that can constrain decoding applies it, one
+    that cannot ignores it. Tools are prompted (``generation/tool_prompt.py``: described in the
+    system turn, calls and results as fenced blocks) and the calls parsed back from the answer,
+    unless the adapter sets ``native_tools``: it then receives ``tools`` and ``tool_choice``
+    too, and the messages with their tool calls, and returns the calls in its ``Completion``.
     """
 
     # An adapter of a chat API (a remote server formats the prompt itself) sets this to receive
     # the conversation as ``messages`` among the keyword arguments of a chat request: the
     # validated messages, after any history truncation.
     takes_messages: ClassVar[bool] = False
+    # An adapter of a backend with its own tool calling (an OpenAI-compatible server) sets
+    # this: tools and the messages' tool calls go to it as they are.
+    native_tools: ClassVar[bool] = False
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else get_settings()
@@ -243,7 +262,10 @@ class BaseLLM(ABC):
         if isinstance(result, Completion):
             text, stopped = cut_at_stop(result.text, config.stop)
             completion = Completion(
-                text, FinishReason.STOP if stopped else result.finish_reason, result.token_usage
+                text,
+                FinishReason.STOP if stopped else result.finish_reason,
+                result.token_usage,
+                result.tool_calls,
             )
         else:
             text, stopped = cut_at_stop(result, config.stop)
@@ -252,8 +274,18 @@ class BaseLLM(ABC):
                 FinishReason.STOP,
                 TokenUsage(prompt_tokens, self.count_tokens(text)),
             )
+        if self._prompts_tools(config, raw):
+            text, calls = parse_tool_calls(completion.text, config.tools)
+            if calls:
+                completion = Completion(
+                    text, FinishReason.TOOL_CALLS, completion.token_usage, calls
+                )
         self._record(completion.token_usage)
         return completion
+
+    def _prompts_tools(self, config: GenerationConfig, raw: bool) -> bool:
+        """Whether tools go through the prompt (and calls come back in the answer's text)."""
+        return not raw and not self.native_tools and config.tool_mode is not ToolChoiceMode.NONE
 
     async def _stream_prompt(
         self,
@@ -265,6 +297,8 @@ class BaseLLM(ABC):
         chat: list[ChatMessage] | None = None,
     ) -> AsyncGenerator[StreamChunk, None]:
         stops = StopSequenceFilter(config.stop)
+        calls = ToolCallFilter(config.tools) if self._prompts_tools(config, raw) else None
+        tool_calls: tuple[ToolCall, ...] = ()
         finish = FinishReason.STOP
         usage: TokenUsage | None = None
         pieces = self._stream_implementation(prompt, **self._kwargs(config, raw, chat))
@@ -274,9 +308,12 @@ class BaseLLM(ABC):
                     text = piece.text
                     finish = piece.finish_reason or finish
                     usage = piece.token_usage or usage
+                    tool_calls = piece.tool_calls or tool_calls
                 else:
                     text = piece
                 released = stops.push(text)
+                if calls is not None:
+                    released = calls.push(released)
                 if released:
                     yield StreamChunk(released)
                 if stops.stopped:
@@ -294,8 +331,14 @@ class BaseLLM(ABC):
         tail = stops.flush()
         if usage is None:
             usage = TokenUsage(prompt_tokens, self.count_tokens(stops.text))
+        if calls is not None:
+            tail = calls.push(tail)
+            rest, tool_calls = calls.finish()
+            tail += rest
+        if tool_calls:
+            finish = FinishReason.TOOL_CALLS
         self._record(usage)
-        yield StreamChunk(tail, finish, usage)
+        yield StreamChunk(tail, finish, usage, tool_calls)
 
     def get_model_info(self) -> dict[str, Any]:
         return {
@@ -336,6 +379,11 @@ class BaseLLM(ABC):
         the messages it holds)."""
         self._require_loaded()
         chat = validated_messages(messages)
+        if not self.native_tools:
+            choice = config.tool_choice
+            chat = render_tool_conversation(
+                chat, config.tools, config.tool_mode, choice.name if choice else None
+            )
         return fit_to_context(
             self, chat, config.max_new_tokens, truncate=self.settings.model.truncate_history
         )
@@ -343,11 +391,28 @@ class BaseLLM(ABC):
     def _kwargs(
         self, config: GenerationConfig, raw: bool = False, chat: list[ChatMessage] | None = None
     ) -> dict[str, Any]:
-        # ``raw`` and ``messages`` only when they apply, so that adapters written before them
-        # never see them.
+        # ``raw``, ``messages`` and the structured-output arguments only when they apply, so
+        # that adapters written before them never see them.
         kwargs = config.to_dict() | ({"raw": True} if raw else {})
+        for name in ("response_format", "tools", "tool_choice"):
+            kwargs.pop(name, None)
         if chat is not None and self.takes_messages:
             kwargs["messages"] = chat
+        if self.native_tools and not raw:
+            if config.tools:
+                kwargs["tools"] = config.tools
+            if config.tool_choice is not None:
+                kwargs["tool_choice"] = config.tool_choice
+            if config.response_format is not None:
+                kwargs["response_format"] = config.response_format
+            return kwargs
+        choice = config.tool_choice
+        mode = ToolChoiceMode.NONE if raw else config.tool_mode
+        grammar = tool_grammar(
+            config.tools, mode, choice.name if choice else None, config.response_format
+        )
+        if grammar is not None:
+            kwargs["response_format"] = grammar
         return kwargs
 
     def _prepare_raw(self, prompt: str, config: GenerationConfig) -> int:

@@ -9,6 +9,7 @@ from typing import Protocol
 from gemma_chat.domain.errors import ContextLengthExceededError, InvalidMessageError
 from gemma_chat.domain.models import ChatMessage, Role
 from gemma_chat.domain.models.message import validate_content
+from gemma_chat.domain.models.structured import tool_calls_from_openai
 
 __all__ = ["PromptFormatter", "fit_to_context", "validated_messages"]
 
@@ -54,14 +55,15 @@ def fit_to_context(
 
 
 def validated_messages(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """``messages`` as a list of {role, content} with valid roles and contents."""
+    """``messages`` as a list of {role, content} with valid roles and contents (an assistant's
+    may carry ``tool_calls``, a tool's result its ``tool_call_id``)."""
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise InvalidMessageError("messages must be a list of {'role', 'content'} dicts.")
     if not messages:
         raise InvalidMessageError("messages must not be empty.")
     chat: list[ChatMessage] = []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+        if not isinstance(message, dict) or set(message) - _KEYS:
             raise InvalidMessageError(
                 f"messages[{index}] must be a dict with 'role' and 'content', got {message!r:.80}."
             )
@@ -69,7 +71,26 @@ def validated_messages(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         content = validate_content(
             message.get("content"),
             what=f"messages[{index}].content",
-            model_output=role is Role.ASSISTANT,
+            model_output=role in (Role.ASSISTANT, Role.TOOL),
         )
-        chat.append({"role": role.value, "content": content})
+        checked: ChatMessage = {"role": role.value, "content": content}
+        calls = message.get("tool_calls")
+        if calls:
+            where = f"messages[{index}].tool_calls"
+            if role is not Role.ASSISTANT:
+                raise InvalidMessageError(f"{where}: only an assistant message has tool calls.")
+            checked["tool_calls"] = [
+                c.to_openai() for c in tool_calls_from_openai(calls, where=where)
+            ]
+        if role is Role.TOOL:
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidMessageError(
+                    f"messages[{index}].tool_call_id: a tool message names the call it answers."
+                )
+            checked["tool_call_id"] = call_id
+        chat.append(checked)
     return chat
+
+
+_KEYS = {"role", "content", "tool_calls", "tool_call_id"}

@@ -26,6 +26,7 @@ from gemma_chat.domain.errors import (
 from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
+from gemma_chat.infrastructure.llm.generation.constraints import GrammarCompiler, TokenConstraint
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
 from gemma_chat.infrastructure.llm.generation.token_generator import TokenGenerator
@@ -52,6 +53,7 @@ class GemmaLLM(BaseLLM):
         self._chat_format: ChatFormat | None = None  # None: the tokenizer's chat template
         self._control_tokens: re.Pattern[str] | None = None
         self._last_encoded: tuple[str, list[int]] | None = None
+        self._grammars: GrammarCompiler | None = None  # built at the first constrained request
         self.load_seconds: float | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -93,6 +95,7 @@ class GemmaLLM(BaseLLM):
         )
         self._control_tokens = None  # for this tokenizer, compiled on first need
         self._last_encoded = None
+        self._grammars = None
         self._generator, self._plan, self._source = generator, plan, source
         self.load_seconds = time.perf_counter() - started
         logger.info("Loaded %s in %.1f s (%s)", self.model_name, self.load_seconds, plan.describe())
@@ -206,10 +209,30 @@ class GemmaLLM(BaseLLM):
     async def _generate_implementation(self, prompt: str, **kwargs: Any) -> Completion:
         return await self._completion_from_stream(prompt, **kwargs)
 
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self._grammars is None:
+            generator = self._require_generator()
+            self._grammars = GrammarCompiler(
+                generator.tokenizer, generator.vocab_size, generator.end_ids
+            )
+        return self._grammars
+
+    async def _constraint(self, kwargs: dict[str, Any]) -> TokenConstraint | None:
+        """The answer's grammar state, when the request has a response format (compiled off
+        the event loop: the first one also reads the vocabulary)."""
+        response_format = kwargs.get("response_format")
+        if response_format is None:
+            return None
+        compiler = self._grammar_compiler()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, compiler.constraint, response_format
+        )
+
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
     ) -> AsyncIterator[StreamChunk]:
         generator = self._require_generator()
+        constraint = await self._constraint(kwargs)
         event_loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
         # A raw completion continues the prompt as it is: no chat format, no turn markers.
@@ -236,6 +259,7 @@ class GemmaLLM(BaseLLM):
             decode=generator.tokenizer.decode,
             emit=emit,
             strip_leading_space=chat_format is not None and chat_format.strip_leading_space,
+            constraint=constraint,
         )
         generator.submit(job)
         try:

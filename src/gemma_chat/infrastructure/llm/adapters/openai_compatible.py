@@ -25,10 +25,19 @@ from gemma_chat.domain.errors import (
     ConfigurationError,
     GemmaChatError,
     InferenceError,
+    InvalidGenerationConfigError,
     ModelNotFoundError,
     ModelNotLoadedError,
 )
-from gemma_chat.domain.models import Completion, FinishReason, StreamChunk, TokenUsage
+from gemma_chat.domain.models import (
+    Completion,
+    FinishReason,
+    ResponseFormat,
+    ResponseFormatKind,
+    StreamChunk,
+    TokenUsage,
+    ToolCall,
+)
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.adapters.openai_errors import (
     RemoteServer,
@@ -63,6 +72,7 @@ class OpenAICompatibleLLM(BaseLLM):
     """
 
     takes_messages = True
+    native_tools = True  # tools, tool calls and response formats go to the server as they are
 
     def __init__(
         self, settings: Settings | None = None, *, http_client: httpx2.AsyncClient | None = None
@@ -211,7 +221,48 @@ class OpenAICompatibleLLM(BaseLLM):
                 extra["repetition_penalty"] = kwargs["repetition_penalty"]
             if extra:
                 params["extra_body"] = extra
+        if raw:
+            return params
+        if kwargs.get("tools"):
+            params["tools"] = [t.to_openai() for t in kwargs["tools"]]
+        if kwargs.get("tool_choice") is not None:
+            params["tool_choice"] = kwargs["tool_choice"].to_openai()
+        if kwargs.get("response_format") is not None:
+            self._response_format(kwargs["response_format"], params)
         return params
+
+    def _response_format(self, fmt: ResponseFormat, params: dict[str, Any]) -> None:
+        """OpenAI's ``response_format`` for JSON; the other kinds as vLLM's guided decoding
+        fields (llama.cpp's ``grammar`` for a grammar), which only servers beyond OpenAI's API
+        read: sent with GEMMA_REMOTE__SAMPLING_EXTRAS only."""
+        if fmt.kind is ResponseFormatKind.JSON_SCHEMA:
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": fmt.name,
+                    "schema": dict(fmt.schema or {}),
+                    "strict": fmt.strict,
+                },
+            }
+            return
+        if fmt.kind is ResponseFormatKind.JSON_OBJECT:
+            params["response_format"] = {"type": "json_object"}
+            return
+        if not self.settings.remote.sampling_extras:
+            raise InvalidGenerationConfigError(
+                f"A {fmt.kind.value} response format is not in OpenAI's API: set "
+                "GEMMA_REMOTE__SAMPLING_EXTRAS=true for a server that takes vLLM's guided "
+                "decoding fields (vLLM, SGLang, gemma-chat), or use a JSON schema.",
+                field="response_format",
+            )
+        extra = params.setdefault("extra_body", {})
+        if fmt.kind is ResponseFormatKind.REGEX:
+            extra["guided_regex"] = fmt.pattern
+        elif fmt.kind is ResponseFormatKind.CHOICE:
+            extra["guided_choice"] = list(fmt.choices)
+        else:
+            extra["guided_grammar"] = fmt.grammar
+            extra["grammar"] = fmt.grammar  # llama.cpp's server
 
     async def _send(self, prompt: str, kwargs: dict[str, Any], **extra: Any) -> Any:
         """One request to /chat/completions (or /completions for a raw prompt), retried while
@@ -232,9 +283,14 @@ class OpenAICompatibleLLM(BaseLLM):
             raise InferenceError(f"{self.server} answered without any choice.")
         choice = answer.choices[0]
         text: str = (choice.text if kwargs.get("raw") else choice.message.content) or ""
-        return Completion(
-            text, _finish(choice.finish_reason), self._usage(answer.usage, prompt, text)
-        )
+        calls: tuple[ToolCall, ...] = ()
+        if not kwargs.get("raw") and choice.message.tool_calls:
+            calls = tuple(
+                ToolCall(c.function.name, c.function.arguments or "{}", c.id or _call_id(i))
+                for i, c in enumerate(choice.message.tool_calls)
+            )
+        finish = FinishReason.TOOL_CALLS if calls else _finish(choice.finish_reason)
+        return Completion(text, finish, self._usage(answer.usage, prompt, text), calls)
 
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
@@ -246,6 +302,7 @@ class OpenAICompatibleLLM(BaseLLM):
         finish: FinishReason | None = None
         usage: Any = None
         parts: list[str] = []
+        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         try:
             async for chunk in stream:
                 usage = chunk.usage or usage
@@ -254,6 +311,12 @@ class OpenAICompatibleLLM(BaseLLM):
                     if text:
                         parts.append(text)
                         yield StreamChunk(text)
+                    for delta in (None if raw else choice.delta.tool_calls) or ():
+                        call = calls.setdefault(delta.index, ["", "", ""])
+                        call[0] = delta.id or call[0]
+                        if delta.function is not None:
+                            call[1] += delta.function.name or ""
+                            call[2] += delta.function.arguments or ""
                     if choice.finish_reason:
                         finish = _finish(choice.finish_reason)
         except openai.APITimeoutError as exc:  # no piece within the timeout
@@ -271,7 +334,13 @@ class OpenAICompatibleLLM(BaseLLM):
                 f"{self.server} ended its stream before the answer was finished (no "
                 "finish_reason); the answer is incomplete."
             )
-        yield StreamChunk("", finish, self._usage(usage, prompt, "".join(parts)))
+        tool_calls = tuple(
+            ToolCall(name, arguments or "{}", call_id or _call_id(index))
+            for index, (call_id, name, arguments) in sorted(calls.items())
+        )
+        if tool_calls:
+            finish = FinishReason.TOOL_CALLS
+        yield StreamChunk("", finish, self._usage(usage, prompt, "".join(parts)), tool_calls)
 
     def _usage(self, usage: Any, prompt: str, text: str) -> TokenUsage:
         """The server's token counts; estimates when it sent none."""
@@ -330,4 +399,10 @@ class OpenAICompatibleLLM(BaseLLM):
 
 
 def _finish(reason: str | None) -> FinishReason:
+    if reason == "tool_calls":
+        return FinishReason.TOOL_CALLS
     return FinishReason.LENGTH if reason == "length" else FinishReason.STOP
+
+
+def _call_id(index: int) -> str:
+    return f"call_{index}"

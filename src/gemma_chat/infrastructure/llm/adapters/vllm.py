@@ -28,6 +28,8 @@ from gemma_chat.domain.models import (
     ChatMessage,
     Completion,
     FinishReason,
+    ResponseFormat,
+    ResponseFormatKind,
     StreamChunk,
     TokenUsage,
 )
@@ -60,6 +62,27 @@ def sampling_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
         "seed": kwargs["seed"],
         "repetition_penalty": kwargs["repetition_penalty"],
     }
+
+
+def structured_arguments(vllm: Any, fmt: ResponseFormat) -> dict[str, Any]:
+    """The answer's grammar as vLLM's structured-output parameters (``structured_outputs``
+    since vLLM 0.11; ``guided_decoding`` before): xgrammar's EBNF, as ours, for a grammar."""
+    kind = fmt.kind
+    fields: dict[str, Any]
+    if kind is ResponseFormatKind.JSON_SCHEMA:
+        fields = {"json": dict(fmt.schema or {})}
+    elif kind is ResponseFormatKind.JSON_OBJECT:
+        fields = {"json_object": True}
+    elif kind is ResponseFormatKind.REGEX:
+        fields = {"regex": fmt.pattern}
+    elif kind is ResponseFormatKind.CHOICE:
+        fields = {"choice": list(fmt.choices)}
+    else:
+        fields = {"grammar": fmt.grammar}
+    params = vllm.sampling_params
+    if hasattr(params, "StructuredOutputsParams"):
+        return {"structured_outputs": params.StructuredOutputsParams(**fields)}
+    return {"guided_decoding": params.GuidedDecodingParams(**fields)}
 
 
 def _import_vllm() -> Any:
@@ -213,7 +236,10 @@ class VLLMLLM(BaseLLM):
         engine = self._require_engine()
         # A chat prompt is the template's output, BOS included; a raw prompt gets one here.
         ids = self._encode(prompt, special=bool(kwargs.get("raw")))
-        parameters = self._vllm.SamplingParams(**sampling_arguments(kwargs))
+        arguments = sampling_arguments(kwargs)
+        if kwargs.get("response_format") is not None:
+            arguments |= structured_arguments(self._vllm, kwargs["response_format"])
+        parameters = self._vllm.SamplingParams(**arguments)
         request_id = uuid.uuid4().hex
         outputs = engine.generate({"prompt_token_ids": ids}, parameters, request_id)
         sent = 0

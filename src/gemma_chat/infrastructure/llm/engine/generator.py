@@ -117,6 +117,10 @@ class NativeGenerator:
     def end_ids(self) -> frozenset[int]:
         return self._end_ids
 
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
     def submit(self, job: GenerationJob) -> None:
         self.scheduler.submit(job)
 

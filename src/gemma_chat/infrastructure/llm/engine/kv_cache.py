@@ -1,76 +1,241 @@
-"""The engine's KV cache: one row ("slot") per sequence, grown on demand."""
+"""The engine's KV cache: each slot (a sequence) holds its own keys and values.
+
+Gemma 3 has two kinds of layers. A sliding-window layer's query sees only the last ``window``
+positions, so its keys and values live in a ring of ``ring`` positions (the window and the
+largest number of a sequence's tokens fed in one pass, ``chunk``): position p at p % ring. A
+global layer's query sees every position before it, so its keys and values grow with the
+sequence (position p at p). Each slot's memory is its own: one long conversation grows its own
+rows, not every slot's, and ``release`` hands a slot's memory back.
+
+For the fused C blocks (``gemma_decode_block``), every layer has a table of each slot's address
+and capacity (``k_addresses``, ``v_addresses``, ``capacities``: [L, slots] int64).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 
-__all__ = ["KVCache"]
+__all__ = ["DEFAULT_CHUNK", "KVCache", "KVSnapshot"]
+
+# A sequence's tokens fed to the model in one pass at most: the ring must hold them beside the
+# window, so it is a memory cost per slot; prefill passes of this size still multiply full tiles.
+DEFAULT_CHUNK = 256
+_POSITIONS = 16  # capacities are whole blocks of 16 positions (the C attention reads 16 at once)
 
 
-class KVCache:
-    """Keys and values of every layer for up to ``slots`` sequences: [L, B, H_kv, T, D] each.
+def _whole_blocks(length: int) -> int:
+    return -(-length // _POSITIONS) * _POSITIONS
 
-    Both the slot axis and the time axis grow on demand (the time axis doubling), so one short
-    conversation holds one small row, not ``slots`` rows of the longest one.
-    """
 
-    def __init__(
-        self, config: Gemma3Config, slots: int, dtype: torch.dtype, capacity: int = 256
-    ) -> None:
-        self.config = config
-        self.dtype = dtype
-        self.max_slots = slots
-        capacity = -(-capacity // 16) * 16  # whole blocks of 16 positions (the C attention)
-        shape = (config.num_layers, 1, config.num_kv_heads, capacity, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)  # [L, B, H_kv, T, D]
-        self.v = torch.zeros(shape, dtype=dtype)
+@dataclass(frozen=True, slots=True)
+class KVSnapshot:
+    """A copy of one sequence's keys and values for positions [0, length): every position for the
+    global layers, the last ones (from ``local_from``) for the sliding-window layers."""
 
-    @property
-    def slots(self) -> int:
-        """Rows allocated so far."""
-        return self.k.shape[1]
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
+    length: int
+    local_from: int
+    window: int
+    local_k: torch.Tensor  # [L_local, H_kv, length - local_from, D]
+    local_v: torch.Tensor
+    global_k: torch.Tensor  # [L_global, H_kv, length, D]
+    global_v: torch.Tensor
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
-    def ensure(self, slots: int, length: int) -> None:
-        """Make room for rows [0, slots) and positions [0, length)."""
-        if slots <= self.slots and length <= self.capacity:
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.local_k, self.local_v, self.global_k, self.global_v
+
+    def serves(self, prefix: int) -> bool:
+        """Whether the first ``prefix`` positions can be restored from it: the next position's
+        window must be held (its earlier positions are gone from the ring)."""
+        return 0 < prefix <= self.length and _holds_window(self.local_from, prefix, self.window)
+
+
+def _holds_window(first_held: int, prefix: int, window: int) -> bool:
+    """Whether keys from ``first_held`` on cover the window of the query at position ``prefix``."""
+    return first_held <= max(0, prefix + 1 - window)
+
+
+@dataclass(slots=True)
+class _SlotRows:
+    local_k: torch.Tensor  # [L_local, H_kv, local capacity, D]
+    local_v: torch.Tensor
+    global_k: torch.Tensor  # [L_global, H_kv, global capacity, D]
+    global_v: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.local_k, self.local_v, self.global_k, self.global_v)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class KVCache:
+    """Keys and values of up to ``slots`` sequences, each slot's rows allocated as it grows."""
+
+    def __init__(
+        self,
+        config: Gemma3Config,
+        slots: int,
+        dtype: torch.dtype,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
+        self.config = config
+        self.dtype = dtype
+        self.max_slots = slots
+        self.chunk = chunk
+        self.window = config.sliding_window
+        # Each layer's place: (sliding?, index among the layers of its kind).
+        self._local_layers = [i for i, s in enumerate(config.sliding_layers) if s]
+        self._global_layers = [i for i, s in enumerate(config.sliding_layers) if not s]
+        self._place = [
+            (s, (self._local_layers if s else self._global_layers).index(i))
+            for i, s in enumerate(config.sliding_layers)
+        ]
+        # A pass writes up to ``chunk`` positions before its first one attends to the window
+        # behind it: the ring holds both.
+        self.ring = _whole_blocks(self.window + chunk)
+        self._rows: list[_SlotRows | None] = [None] * slots
+        layers = config.num_layers
+        self.k_addresses = torch.zeros((layers, slots), dtype=torch.int64)
+        self.v_addresses = torch.zeros((layers, slots), dtype=torch.int64)
+        self.capacities = torch.zeros((layers, slots), dtype=torch.int64)
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return sum(rows.nbytes for rows in self._rows if rows is not None)
+
+    def slot_nbytes(self, slot: int) -> int:
+        rows = self._rows[slot]
+        return 0 if rows is None else rows.nbytes
+
+    def capacity(self, slot: int) -> int:
+        """Positions the slot's global layers hold (the sliding ones hold at most ``ring``)."""
+        rows = self._rows[slot]
+        return 0 if rows is None else int(rows.global_k.shape[2])
+
+    def local_capacity(self, slot: int) -> int:
+        rows = self._rows[slot]
+        return 0 if rows is None else int(rows.local_k.shape[2])
+
+    # -- growing and releasing --------------------------------------------------------------------
+
+    def ensure(self, slot: int, length: int, *, exact: bool = False) -> None:
+        """Make room in ``slot`` for positions [0, length) (keeping what it holds); ``exact``:
+        no more than that (the caller reserved a whole turn), else grown by a quarter at least,
+        so that a sequence fed token by token copies its rows rarely."""
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} is beyond the cache's {self.max_slots} slots")
+        rows = self._rows[slot]
+        local = min(self.ring, _whole_blocks(length))
+        if rows is None:
+            self._rows[slot] = self._new_rows(local, _whole_blocks(length))
+            self._publish(slot)
             return
-        if slots > self.max_slots:
-            raise ValueError(f"slot {slots - 1} is beyond the cache's {self.max_slots} slots")
-        new_length = self.capacity
-        while new_length < length:
-            new_length *= 2
-        # Doubling stops at the model's window (unless asked for more), and never shrinks.
-        limit = max(length, self.config.max_position_embeddings)
-        new_length = max(self.capacity, min(new_length, limit))
-        new_length = -(-new_length // 16) * 16  # whole blocks of 16 positions
-        # Rows double too (up to the maximum): each growth copies the whole cache.
-        rows = (
-            self.slots if slots <= self.slots else min(max(slots, 2 * self.slots), self.max_slots)
+        old_local, old_global = int(rows.local_k.shape[2]), int(rows.global_k.shape[2])
+        if length <= old_global and local <= old_local:
+            return
+        wanted = length if exact else max(length, old_global + old_global // 4)
+        new_global = max(old_global, _whole_blocks(wanted))
+        new_local = max(old_local, min(self.ring, _whole_blocks(max(local, new_global))))
+        grown = self._new_rows(new_local, new_global)
+        # A ring smaller than ``ring`` has never wrapped: its positions are where they were.
+        grown.local_k[:, :, :old_local] = rows.local_k
+        grown.local_v[:, :, :old_local] = rows.local_v
+        grown.global_k[:, :, :old_global] = rows.global_k
+        grown.global_v[:, :, :old_global] = rows.global_v
+        self._rows[slot] = grown
+        self._publish(slot)
+
+    def release(self, slot: int) -> None:
+        """Hand the slot's memory back (what it held is gone)."""
+        self._rows[slot] = None
+        self._publish(slot)
+
+    def _new_rows(self, local: int, global_: int) -> _SlotRows:
+        c = self.config
+        local = local if self._local_layers else 0
+        global_ = global_ if self._global_layers else 0
+
+        def zeros(layers: int, length: int) -> torch.Tensor:
+            return torch.zeros((layers, c.num_kv_heads, length, c.head_dim), dtype=self.dtype)
+
+        n_local, n_global = len(self._local_layers), len(self._global_layers)
+        return _SlotRows(
+            zeros(n_local, local),
+            zeros(n_local, local),
+            zeros(n_global, global_),
+            zeros(n_global, global_),
         )
-        shape = (self.k.shape[0], rows, self.k.shape[2], new_length)
-        grown_k = self.k.new_zeros((*shape, self.k.shape[4]))
-        grown_v = self.v.new_zeros(grown_k.shape)
-        grown_k[:, : self.slots, :, : self.capacity] = self.k
-        grown_v[:, : self.slots, :, : self.capacity] = self.v
-        self.k, self.v = grown_k, grown_v
 
-    def read(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A copy of one slot's first ``length`` positions: [L, H_kv, length, D] each."""
-        return self.k[:, slot, :, :length].clone(), self.v[:, slot, :, :length].clone()
+    def _publish(self, slot: int) -> None:
+        """The slot's addresses and capacities in the tables the C blocks read."""
+        for layer in range(self.config.num_layers):
+            k, v = self.layer(slot, layer) if self._rows[slot] is not None else (None, None)
+            self.k_addresses[layer, slot] = 0 if k is None else k.data_ptr()
+            self.v_addresses[layer, slot] = 0 if v is None else v.data_ptr()
+            self.capacities[layer, slot] = 0 if k is None else k.shape[1]
 
-    def write(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Put a saved prefix (from ``read``) back into ``slot``."""
-        length = k.shape[2]
-        self.ensure(slot + 1, length)
-        self.k[:, slot, :, :length] = k
-        self.v[:, slot, :, :length] = v
+    # -- access -----------------------------------------------------------------------------------
+
+    def layer(self, slot: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot's keys and values of one layer: [H_kv, capacity, D] each, position p at
+        p % capacity."""
+        rows = self._rows[slot]
+        if rows is None:
+            raise ValueError(f"slot {slot} holds no keys and values")
+        sliding, index = self._place[layer]
+        if sliding:
+            return rows.local_k[index], rows.local_v[index]
+        return rows.global_k[index], rows.global_v[index]
+
+    def holds_window(self, slot: int, cached: int, prefix: int) -> bool:
+        """Whether the first ``prefix`` of the ``cached`` positions in ``slot`` can be continued
+        from: the sliding layers' ring still holds the window before position ``prefix``."""
+        first_held = max(0, cached - self.local_capacity(slot)) if self._local_layers else 0
+        return _holds_window(first_held, prefix, self.window)
+
+    def read(self, slot: int, length: int) -> KVSnapshot:
+        """A copy of the slot's positions [0, length) (the ring's last ones, for sliding layers)."""
+        rows = self._rows[slot]
+        if rows is None:
+            raise ValueError(f"slot {slot} holds no keys and values")
+        ring = int(rows.local_k.shape[2])
+        local_from = max(0, length - ring) if self._local_layers else 0
+        where = torch.arange(local_from, length) % ring if self._local_layers else torch.arange(0)
+        return KVSnapshot(
+            length=length,
+            local_from=local_from,
+            window=self.window,
+            local_k=rows.local_k[:, :, where].clone(),
+            local_v=rows.local_v[:, :, where].clone(),
+            global_k=rows.global_k[:, :, :length].clone(),
+            global_v=rows.global_v[:, :, :length].clone(),
+        )
+
+    def write(self, slot: int, snapshot: KVSnapshot, length: int) -> None:
+        """Put a snapshot's first ``length`` positions (``snapshot.serves(length)``) in ``slot``."""
+        if not snapshot.serves(length):
+            raise ValueError(f"the snapshot cannot give back its first {length} positions")
+        self.ensure(slot, length)
+        rows = self._rows[slot]
+        assert rows is not None
+        ring = int(rows.local_k.shape[2])
+        start = max(snapshot.local_from, length - ring)
+        if self._local_layers:
+            where = torch.arange(start, length) % ring
+            held = slice(start - snapshot.local_from, length - snapshot.local_from)
+            rows.local_k[:, :, where] = snapshot.local_k[:, :, held]
+            rows.local_v[:, :, where] = snapshot.local_v[:, :, held]
+        rows.global_k[:, :, :length] = snapshot.global_k[:, :, :length]
+        rows.global_v[:, :, :length] = snapshot.global_v[:, :, :length]

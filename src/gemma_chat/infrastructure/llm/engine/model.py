@@ -2,8 +2,10 @@
 
 The same weights as transformers' ``Gemma3ForCausalLM``, with fewer operations per step:
 q/k/v and gate/up projections fused into one matmul each, RMSNorm scales precomputed, rotary
-tables precomputed, and a KV cache (``kv_cache.py``) with one row ("slot") per sequence, so that
-several sequences at different positions decode in one batched step.
+tables precomputed, and a KV cache (``kv_cache.py``) with one slot per sequence, so that several
+sequences at different positions decode in one batched step. A pass feeds at most the cache's
+``chunk`` tokens of a sequence (its sliding-window layers keep a ring of the window and one
+chunk): longer prompts go in several passes, which give the same results.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.generation.sampling import finite_argmax
 
 __all__ = ["Block", "BlockDecoder", "Gemma3Model", "select_rows"]
+
+# Rows of one pass of the fused blocks at most: their activations, not the weights, are then
+# most of a pass's memory.
+_ROWS_PER_PASS = 1024
 
 
 class BlockDecoder(Protocol):
@@ -77,12 +83,11 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,  # [B, S, E]
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [B, S, D]
-        slots: torch.Tensor,  # [B] cache rows
+        slots: list[int],  # [B] cache slots
         positions: torch.Tensor,  # [B, S]
         cache: KVCache,
         mask: torch.Tensor,  # [B, 1, S, T] additive
         length: int,  # T: cache positions attended to
-        contiguous: int | None = None,  # first slot, when ``slots`` is a run of slots
         decoding: bool = False,
     ) -> torch.Tensor:
         b, s, _ = x.shape
@@ -95,19 +100,23 @@ class Block(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
 
-        # Write the new keys/values at their positions, then attend over the first T.
-        layer_k, layer_v = cache.k[self.layer], cache.v[self.layer]  # [slots, H_kv, T_cap, D]
-        rows = slots.view(b, 1, 1).expand(b, self.kv_heads, s)
-        heads = torch.arange(self.kv_heads).view(1, -1, 1).expand(b, -1, s)
-        cols = positions.view(b, 1, s).expand(b, self.kv_heads, s)
-        layer_k[rows, heads, cols] = k.to(layer_k.dtype)
-        layer_v[rows, heads, cols] = v.to(layer_v.dtype)
-        if contiguous is not None:  # a view: no copy of the cache
-            keys = layer_k[contiguous : contiguous + b, :, :length]  # [B, H_kv, T, D]
-            values = layer_v[contiguous : contiguous + b, :, :length]
+        # Write the new keys/values at their positions in each sequence's slot (position p at
+        # p % capacity), then attend over positions [0, T): a sliding layer's ring gives back its
+        # window, and the older positions it no longer holds are masked out.
+        layers = [cache.layer(slot, self.layer) for slot in slots]  # [H_kv, capacity, D] each
+        for i, (layer_k, layer_v) in enumerate(layers):
+            at = positions[i] % layer_k.shape[1]
+            layer_k[:, at] = k[i].to(layer_k.dtype)
+            layer_v[:, at] = v[i].to(layer_v.dtype)
+        held = [
+            (_positions(layer_k, length), _positions(layer_v, length))
+            for layer_k, layer_v in layers
+        ]
+        if b == 1:  # a view where the slot holds [0, T) in order: no copy
+            keys, values = held[0][0].unsqueeze(0), held[0][1].unsqueeze(0)  # [1, H_kv, T, D]
         else:
-            keys = layer_k[slots, :, :length]  # a copy, for scattered slots
-            values = layer_v[slots, :, :length]
+            keys = torch.stack([k for k, _ in held])  # [B, H_kv, T, D]
+            values = torch.stack([v for _, v in held])
         keys, values = keys.to(q.dtype), values.to(q.dtype)  # a cache may hold a narrower dtype
         if decoding:  # one query per sequence: the fused kernel, the same for every step
             out = F.scaled_dot_product_attention(
@@ -123,6 +132,27 @@ class Block(nn.Module):
         h = self.down(F.gelu(gate, approximate="tanh") * up)
         result: torch.Tensor = x + self.post_feedforward_norm(h)
         return result
+
+
+def _positions(layer: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions [0, length) of one slot's layer [H_kv, capacity, D] (a ring wraps around)."""
+    if length <= layer.shape[1]:
+        return layer[:, :length]
+    return layer[:, torch.arange(length) % layer.shape[1]]
+
+
+def _passes(slots: list[int], chunk: int, most: int) -> list[list[int]]:
+    """Rows in passes, in order: at most ``chunk`` rows of a slot and ``most`` rows in all in a
+    pass (a sequence's rows come in order, so each pass continues the one before)."""
+    passes: list[list[int]] = [[]]
+    counts: dict[int, int] = {}
+    for row, slot in enumerate(slots):
+        if counts.get(slot, 0) == chunk or len(passes[-1]) == most:
+            passes.append([])
+            counts = {}
+        passes[-1].append(row)
+        counts[slot] = counts.get(slot, 0) + 1
+    return passes
 
 
 def _attention(
@@ -212,8 +242,23 @@ class Gemma3Model(nn.Module):
         decoding: bool = False,
     ) -> torch.Tensor:
         """Logits: [B, V] for each sequence's last position (or [B, S, V])."""
+        s = input_ids.shape[1]
+        if s > cache.chunk:  # in passes of the cache's chunk: its rings hold one at a time
+            pieces = [
+                self.forward(
+                    input_ids[:, i : i + cache.chunk],
+                    positions[:, i : i + cache.chunk],
+                    slots,
+                    cache,
+                    last_only=last_only,
+                    decoding=decoding,
+                )
+                for i in range(0, s, cache.chunk)
+            ]
+            return pieces[-1] if last_only else torch.cat(pieces, dim=1)
+        for slot, last in zip(slots.tolist(), positions.max(dim=1).values.tolist(), strict=True):
+            cache.ensure(slot, last + 1)
         length = int(positions.max().item()) + 1  # T
-        cache.ensure(int(slots.max().item()) + 1, length)
         dtype = self.compute_dtype
         lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
         x = lookup(input_ids).to(dtype)
@@ -255,19 +300,43 @@ class Gemma3Model(nn.Module):
         wanted: list[int],  # rows whose next-token logits are needed (each sequence's last)
     ) -> torch.Tensor:
         """Logits [len(wanted), V]: prompts being prefilled and sequences being decoded, in one
-        pass over the weights."""
+        pass over the weights (several for long prompts: ``_passes``)."""
         assert self.block_decoder is not None, "forward_rows needs the fused blocks"
-        length = int(positions.max().item()) + 1
-        cache.ensure(int(slots.max().item()) + 1, length)
-        lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
-        x = lookup(input_ids).to(self.compute_dtype)
-        x = x * torch.tensor(self.embed_scale, dtype=self.compute_dtype)  # [R, E]
-        x = select_rows(self.block_decoder.rows(self, x, positions, slots, cache), wanted)
+        row_slots = slots.tolist()
+        last: dict[int, int] = {}
+        for slot, position in zip(row_slots, positions.tolist(), strict=True):
+            last[slot] = max(last.get(slot, 0), position)
+        for slot, position in last.items():
+            cache.ensure(slot, position + 1)
+        passes = _passes(row_slots, cache.chunk, _ROWS_PER_PASS)
+        if len(passes) == 1:
+            x = select_rows(self._rows(input_ids, positions, slots, cache), wanted)
+        else:  # one after another: each continues the sequences the one before fed
+            out: dict[int, torch.Tensor] = {}
+            keep = set(wanted)
+            for rows in passes:
+                index = torch.tensor(rows, dtype=torch.long)
+                ids, at, rows_slots = (
+                    t.index_select(0, index) for t in (input_ids, positions, slots)
+                )
+                y = self._rows(ids, at, rows_slots, cache)
+                out.update((row, y[i]) for i, row in enumerate(rows) if row in keep)
+            x = torch.stack([out[row] for row in wanted])
         logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
         softcap = self.config.final_logit_softcapping
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
+
+    def _rows(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """The fused blocks on rows of tokens: [R] -> hidden states [R, E]."""
+        assert self.block_decoder is not None
+        lookup = self.embed_lookup if self.embed_lookup is not None else self.embed
+        x = lookup(input_ids).to(self.compute_dtype)
+        x = x * torch.tensor(self.embed_scale, dtype=self.compute_dtype)  # [R, E]
+        return self.block_decoder.rows(self, x, positions, slots, cache)
 
     def _blocks(
         self,
@@ -284,12 +353,11 @@ class Gemma3Model(nn.Module):
             cos, sin = self.rope_tables(local, length)
             ropes[local] = (cos[positions].to(dtype), sin[positions].to(dtype))  # [B, S, D]
             masks[local] = self._mask(positions, length, local, dtype)
-        first = int(slots[0])
-        run = first if slots.tolist() == list(range(first, first + len(slots))) else None
+        slot_list = slots.tolist()
         for block in self.blocks:
             assert isinstance(block, Block)
             local = block.sliding
-            x = block(x, ropes[local], slots, positions, cache, masks[local], length, run, decoding)
+            x = block(x, ropes[local], slot_list, positions, cache, masks[local], length, decoding)
         return x
 
     def _mask(

@@ -175,9 +175,11 @@ class Q8Kernels:
         slots: torch.Tensor,  # [R] int64
         positions: torch.Tensor,  # [R] int64
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [P, D] float32
-        cache: tuple[torch.Tensor, torch.Tensor],  # this layer's keys, values: [slots, H, T, D]
+        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # this layer's table (KVCache)
     ) -> None:
-        keys, values = cache
+        """One block on rows of tokens. ``cache``: per slot, the address of this layer's keys and
+        of its values, and their capacity ([slots] int64 each; ``KVCache.k_addresses``...)."""
+        keys, values, capacities = cache
         self._lib.gemma_decode_block(
             block,
             x.data_ptr(),
@@ -188,7 +190,7 @@ class Q8Kernels:
             rope[1].data_ptr(),
             keys.data_ptr(),
             values.data_ptr(),
-            keys.shape[2],
+            capacities.data_ptr(),
         )
 
 
@@ -420,11 +422,12 @@ class Q8BlockDecoder:
         """Every block on rows of tokens: x [R, E] -> [R, E].
 
         Each row has its slot and position: the rows' keys and values are written to the cache
-        first, then each row attends to its sequence's positions up to its own. Prefill and
+        first, then each row attends to its sequence's positions up to its own (the cache holds
+        room for all of them: ``KVCache.ensure``, at most ``chunk`` rows of a slot). Prefill and
         decode are the same computation, so a token's keys and values are the same bits whether
         it was prefilled whole, in pieces, decoded, or beside other sequences' tokens."""
-        if cache.k.dtype != torch.float16:
-            raise ValueError(f"the fused blocks need a float16 KV cache, not {cache.k.dtype}")
+        if cache.dtype != torch.float16:
+            raise ValueError(f"the fused blocks need a float16 KV cache, not {cache.dtype}")
         if not self._args:
             self._build()
         rows = x.float().contiguous()  # updated in place, block by block
@@ -437,7 +440,8 @@ class Q8BlockDecoder:
         for layer, (block, args) in enumerate(zip(self._blocks, self._args, strict=True)):
             assert isinstance(block, Block)
             rope = ropes[block.sliding]
-            self.kernels.block(args, rows, row_slots, at, rope, (cache.k[layer], cache.v[layer]))
+            table = (cache.k_addresses[layer], cache.v_addresses[layer], cache.capacities[layer])
+            self.kernels.block(args, rows, row_slots, at, rope, table)
         return rows
 
 

@@ -3,7 +3,8 @@
 Requests join at step boundaries: each new request is prefilled on its own (reusing the longest
 cached prefix of its prompt), then every running request advances one token per batched decode
 step. A request leaves as soon as it finishes or is cancelled, and its keys and values stay in
-its slot (or move to the prefix store) for the conversation's next turn.
+its slot (or move to the prefix store) for the conversation's next turn. Each slot's memory is
+its own (``KVCache``): a slot taken by another conversation, or idle, gives its memory back.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 
 from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
-from gemma_chat.infrastructure.llm.engine.batch_sampling import choose_tokens
-from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+from gemma_chat.infrastructure.llm.engine.batch_sampling import MaskStats, choose_tokens
+from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK, KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
@@ -51,9 +52,14 @@ class SchedulerStats:
     prefilled_tokens: int = 0
     reused_tokens: int = 0
     max_batch: int = 0
+    masks: MaskStats = field(default_factory=MaskStats)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "masks"} | {
+            "constrained_tokens": self.masks.constrained_tokens,
+            "masked_rows": self.masks.masked_rows,
+            "mask_seconds": round(self.masks.mask_seconds, 6),
+        }
 
 
 class BatchScheduler:
@@ -65,15 +71,15 @@ class BatchScheduler:
         dtype: torch.dtype,
         prefix_budget_bytes: int,
         idle_release_seconds: float | None = None,
+        chunk: int = DEFAULT_CHUNK,
         name: str = "gemma-engine",
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
-        self.cache = KVCache(model.config, slots=max_batch_size, dtype=dtype)
-        self._empty_cache_bytes = self.cache.nbytes
+        self.cache = KVCache(model.config, slots=max_batch_size, dtype=dtype, chunk=chunk)
         # After this long with nothing to do, the slots' keys and values move to the prefix
-        # store (within its budget) and the cache shrinks back to one small row: the memory a
-        # burst of long conversations grew gives itself back (None: never).
+        # store (within its budget) and every slot's memory is handed back: the memory a burst
+        # of long conversations grew gives itself back (None: never).
         self.idle_release_seconds = idle_release_seconds
         self.store = PrefixStore(prefix_budget_bytes)
         self.stats = SchedulerStats()
@@ -158,15 +164,15 @@ class BatchScheduler:
             return admitted
 
     def _holds_idle_memory(self) -> bool:
-        return self.cache.nbytes > self._empty_cache_bytes
+        return self.cache.nbytes > 0
 
     def _release_idle_memory(self) -> None:
         """Keep the idle slots' conversations in the prefix store (a next turn copies its
-        prefix back) and shrink the cache to its first size."""
+        prefix back) and hand every slot's memory back."""
         for slot in self._slots:
             self._save(slot)
             slot.tokens = []
-        self.cache = KVCache(self.model.config, slots=self.max_batch_size, dtype=self.cache.dtype)
+            self.cache.release(slot.index)
         _return_freed_memory()
         logger.debug("engine idle: KV cache released, %d prefixes stored", len(self.store))
 
@@ -226,7 +232,10 @@ class BatchScheduler:
         self, logits: torch.Tensor, slots: list[_Slot], seen: Callable[[int], list[int]]
     ) -> list[int | None]:
         """The rows' next tokens, chosen for the whole batch at once (``choose_tokens``)."""
-        return choose_tokens(self.model, logits, [s.sampler for s in slots], seen)
+        constraints = [s.job.constraint if s.job is not None else None for s in slots]
+        return choose_tokens(
+            self.model, logits, [s.sampler for s in slots], seen, constraints, self.stats.masks
+        )
 
     def _prefill(self, job: GenerationJob) -> None:
         """A new request's prompt alone (models without ``forward_rows``)."""
@@ -273,7 +282,8 @@ class BatchScheduler:
         try:
             # Room for the whole answer and a next turn's message now: growing the cache later
             # copies all of it, mid-answer or in the next turn's time to first token.
-            self.cache.ensure(slot.index + 1, len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN)
+            room = len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN
+            self.cache.ensure(slot.index, room, exact=True)
         except Exception as exc:
             logger.exception("no room in the cache")
             self._fail([slot], exc)
@@ -306,6 +316,7 @@ class BatchScheduler:
         """A failed pass: its requests fail, and their slots' caches are no longer trusted."""
         for slot in slots:
             slot.tokens = []
+            self.cache.release(slot.index)
             if slot.job is not None:
                 slot.job.fail(error)
             self._release(slot, None)
@@ -320,6 +331,8 @@ class BatchScheduler:
             if token is not None and token < 0:  # no finite probability in the row
                 raise BrokenLogitsError()
             if token is None:
+                if job.constraint is not None:  # no batched choice: masked here
+                    job.constraint.mask_(logits)
                 seen = (
                     torch.tensor(slot.tokens, dtype=torch.long)
                     if sampler.params.repetition_penalty != 1.0
@@ -348,26 +361,39 @@ class BatchScheduler:
         free = [s for s in self._slots if s.job is None]
         here = max(free, key=lambda s: (common_prefix_length(s.tokens, prompt), s.last_used))
         in_slot = min(common_prefix_length(here.tokens, prompt), limit)
-        stored, in_store = self.store.best_match(prompt)
-        in_store = min(in_store, limit)
+        if not self.cache.holds_window(here.index, len(here.tokens), in_slot):
+            in_slot = 0  # the sliding layers' ring has moved past that point
+        stored, in_store = self.store.best_match(prompt, limit)
+        empty = next((s for s in free if not s.tokens), None)
         if in_slot > 0 and in_slot >= in_store:
-            if len(here.tokens) - in_slot > _WORTH_KEEPING:
-                self._save(here)  # another conversation that shared only a beginning
-            return here, in_slot
-        # Nothing better in place: the least recently used slot, its content kept in the store.
+            if empty is None or len(here.tokens) - in_slot <= _WORTH_KEEPING:
+                if len(here.tokens) - in_slot > _WORTH_KEEPING:
+                    # Another conversation that shared only a beginning: kept in the store, and
+                    # the memory its rest took handed back.
+                    held = self.cache.read(here.index, len(here.tokens))
+                    self.store.put(here.tokens, held)
+                    self.cache.release(here.index)
+                    self.cache.write(here.index, held, in_slot)
+                return here, in_slot
+            # Another conversation's beginning (a system prompt, an edited history): copied to
+            # an empty slot, and that conversation kept in its own.
+            self.cache.write(empty.index, self.cache.read(here.index, len(here.tokens)), in_slot)
+            return empty, in_slot
+        # Nothing better in place: the least recently used slot (an empty one first), its
+        # content kept in the store.
         target = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
         self._save(target)
         target.tokens = []
+        self.cache.release(target.index)  # the next conversation grows its own
         if stored is not None and in_store > 0:
-            self.cache.write(target.index, stored.k[:, :, :in_store], stored.v[:, :, :in_store])
+            self.cache.write(target.index, stored.kv, in_store)
             return target, in_store
         return target, 0
 
     def _save(self, slot: _Slot) -> None:
         """Copy the slot's keys and values to the prefix store (within its budget)."""
         if len(slot.tokens) > _WORTH_KEEPING:
-            k, v = self.cache.read(slot.index, len(slot.tokens))
-            self.store.put(slot.tokens, k, v)
+            self.store.put(slot.tokens, self.cache.read(slot.index, len(slot.tokens)))
 
     def _abort_all(self) -> None:
         for slot in self._slots:
@@ -381,6 +407,10 @@ class BatchScheduler:
             "active": self.active_count,
             "queued": self.queue_depth,
             "kv_cache_mb": round(self.cache.nbytes / 2**20, 2),
+            # each slot's share: a long conversation grows its own
+            "kv_cache_slots_mb": [
+                round(self.cache.slot_nbytes(i) / 2**20, 2) for i in range(self.max_batch_size)
+            ],
             "prefix_store_mb": round(self.store.nbytes / 2**20, 2),
             "prefix_store_entries": len(self.store),
         }

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from gemma_chat.infrastructure.llm.generation.constraints import TokenConstraint
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
 __all__ = ["Forward", "decode_one_token", "generate_tokens", "prefill"]
@@ -38,11 +39,17 @@ def generate_tokens(
     cache: Any,
     sampler: TokenSampler,
     max_new_tokens: int,
+    constraint: TokenConstraint | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel."""
+    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel.
+
+    ``constraint``: the answer's grammar, as a logits processor (the caller feeds it the
+    tokens, through the job)."""
     seen = input_ids[0]  # [S]
     logits = prefill(forward, input_ids, cache)  # [V]
     for step in range(max_new_tokens):
+        if constraint is not None:
+            logits = constraint.mask_(logits.float())
         token = sampler(logits, seen)
         yield token
         if step + 1 == max_new_tokens:

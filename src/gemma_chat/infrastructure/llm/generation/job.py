@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gemma_chat.domain.errors import InferenceError
 from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage
+from gemma_chat.infrastructure.llm.generation.constraints import TokenConstraint
 from gemma_chat.infrastructure.llm.generation.detokenizer import IncrementalDetokenizer
 from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
 from gemma_chat.infrastructure.llm.generation.stop_sequences import StopSequenceFilter
@@ -30,6 +32,7 @@ class GenerationJob:
     decode: Callable[[list[int]], str]
     emit: Emit
     strip_leading_space: bool = False
+    constraint: TokenConstraint | None = None  # the grammar the answer follows
     cancel: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
@@ -50,9 +53,11 @@ class GenerationJob:
         if token in self.end_ids:
             self.finish(FinishReason.STOP)
             return False
+        if self.constraint is not None and not self.constraint.accept(token):
+            raise InferenceError(f"The answer's grammar refused token {token}.")
         self.generated.append(token)
         self._push(self._detokenizer.push(token))
-        if self._stops.stopped:
+        if self._stops.stopped or (self.constraint is not None and self.constraint.is_terminated):
             self.finish(FinishReason.STOP)
         elif self.cancel.is_set():
             self.finish(FinishReason.CANCELLED)

@@ -76,6 +76,11 @@ class TransformersGenerator:
     def end_ids(self) -> frozenset[int]:
         return self._end_ids
 
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (may exceed the tokenizer's vocabulary)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
     def submit(self, job: GenerationJob) -> None:
         self._executor.submit(self._run, job)
 
@@ -115,6 +120,7 @@ class TransformersGenerator:
                     DynamicCache(config=self.model.config),
                     TokenSampler(job.sampling, device=device),
                     job.max_new_tokens,
+                    job.constraint,
                 )
                 for token in tokens:
                     if not job.accept(token):

@@ -47,6 +47,16 @@ class HFTokenizersTokenizer:
         size: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
         return size
 
+    def token_pieces(self) -> list[str]:
+        """Every token's text as the vocabulary spells it (``▁`` for a space, ``<0x0A>`` for a
+        byte), by id; "" for an unused id."""
+        return [self._tokenizer.id_to_token(i) or "" for i in range(self.vocab_size)]
+
+    def backend_json(self) -> str | None:
+        """The tokenizer.json this tokenizer was read from (None when not at hand)."""
+        text: str = self._tokenizer.to_str()
+        return text
+
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
         return ids

@@ -103,6 +103,7 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         ids = (ctypes.c_int32 * room)()
         count = library.bpe_special_ids(self._handle, ids, room)
         self._special = frozenset(self._token(i) for i in ids[:count])
+        self._directory: Path | None = None  # where tokenizer.json is, when loaded from one
 
     @classmethod
     def load(cls, directory: Path, cache_dir: Path) -> NativeBPETokenizer | None:
@@ -123,7 +124,9 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         if not handle:
             logger.warning("Could not read %s; using tokenizer.json", path)
             return None
-        return cls(library, handle, HFTokenizersTokenizer.read_config(directory))
+        tokenizer = cls(library, handle, HFTokenizersTokenizer.read_config(directory))
+        tokenizer._directory = directory
+        return tokenizer
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -142,6 +145,14 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
     def vocab_size(self) -> int:
         size: int = self._lib.bpe_vocab_size(self._handle)
         return size
+
+    def token_pieces(self) -> list[str]:
+        return [self._token(i) for i in range(self.vocab_size)]
+
+    def backend_json(self) -> str | None:
+        """The tokenizer.json beside ``tokenizer.bpe`` (what kind of vocabulary it is)."""
+        path = self._directory / "tokenizer.json" if self._directory is not None else None
+        return path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
 
     def encode(self, text: str) -> list[int]:
         data = text.encode("utf-8")

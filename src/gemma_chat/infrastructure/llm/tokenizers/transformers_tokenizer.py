@@ -18,6 +18,11 @@ class TransformersTokenizer:
         self.bos_token: str | None = tokenizer.bos_token
         self.chat_template: str | None = getattr(tokenizer, "chat_template", None)
 
+    @property
+    def hf_tokenizer(self) -> Any:
+        """The transformers tokenizer itself (for libraries that read it, as xgrammar)."""
+        return self._tokenizer
+
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self._tokenizer(text, add_special_tokens=False).input_ids
         return ids

@@ -6,7 +6,9 @@
  * own and in a fixed order, so a token's result does not depend on the rows beside it: batched
  * decoding equals decoding alone, and a prompt prefilled whole equals one prefilled in pieces.
  */
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "q8_impl.h"
 
@@ -24,6 +26,11 @@ static void rope(float *v, const float *cos, const float *sin, int64_t d) {
         v[i] = a * cos[i] - b * sin[i];
         v[i + half] = b * cos[i + half] + a * sin[i + half];
     }
+}
+
+/* A slot's keys or values for this layer, from the address table. */
+static inline uint16_t *slot_keys(const int64_t *table, int64_t slot) {
+    return (uint16_t *)(uintptr_t)table[slot];
 }
 
 typedef struct {
@@ -57,8 +64,8 @@ typedef struct {
     const float *attn_in;
     const int64_t *slots, *positions;
     const float *cos_table, *sin_table;
-    uint16_t *k_cache, *v_cache; /* float16 */
-    int64_t capacity, split;
+    const int64_t *k_slots, *v_slots, *capacities; /* per slot: float16 [HKV, cap, D] */
+    int64_t split;
     const int64_t *runs; /* attention tasks' first rows (block_attention) */
     scratch *m;
 } block_job;
@@ -94,9 +101,10 @@ static void row_stage(void *ctx, int64_t b) {
             float *k = row + NQ + hd * D, *v = row + NQ + NKV + hd * D;
             q8_rms_norm(k, blk->k_norm, k, D, blk->eps);
             rope(k, c, s, D);
-            const int64_t at = ((j->slots[b] * HKV + hd) * j->capacity + j->positions[b]) * D;
-            q8_store_halves(j->k_cache + at, k, D);
-            q8_store_halves(j->v_cache + at, v, D);
+            const int64_t slot = j->slots[b], cap = j->capacities[slot];
+            const int64_t at = (hd * cap + j->positions[b] % cap) * D;
+            q8_store_halves(slot_keys(j->k_slots, slot) + at, k, D);
+            q8_store_halves(slot_keys(j->v_slots, slot) + at, v, D);
         }
         break;
     }
@@ -163,9 +171,9 @@ static void attention_task(void *ctx, int64_t task) {
         t0 = lo < t0 ? lo : t0;
         t1 = p + 1 > t1 ? p + 1 : t1;
     }
-    const int64_t T = t1 - t0, queries = (r1 - r0) * per_task;
-    const uint16_t *keys = j->k_cache + ((slot * HKV + kv) * j->capacity) * D;
-    const uint16_t *values = j->v_cache + ((slot * HKV + kv) * j->capacity) * D;
+    const int64_t T = t1 - t0, queries = (r1 - r0) * per_task, cap = j->capacities[slot];
+    const uint16_t *keys = slot_keys(j->k_slots, slot) + kv * cap * D;
+    const uint16_t *values = slot_keys(j->v_slots, slot) + kv * cap * D;
     float *weights = calloc((size_t)(queries * T), sizeof(float)); /* [queries, T] from t0 */
     float *key = malloc(sizeof(float) * (size_t)D);                /* dots16's room */
     /* Scores 16 keys at a time, in blocks aligned to multiples of 16 positions, so that a
@@ -180,7 +188,7 @@ static void attention_task(void *ctx, int64_t task) {
             for (int64_t g = 0; g < per_task; g++) {
                 const float *q = j->m->y + r * NQKV + (first_head + g) * D;
                 float *w = weights + ((r - r0) * per_task + g) * T - t0;
-                q8_dots16(q, keys + tb * D, D, block, key);
+                q8_dots16(q, keys + (tb % cap) * D, D, block, key); /* cap: 16s */
                 for (int64_t t = tb > lo ? tb : lo; t < tb + 16 && t <= p; t++)
                     w[t] = block[t - tb] * blk->scaling;
             }
@@ -194,6 +202,17 @@ static void attention_task(void *ctx, int64_t task) {
             for (int64_t t = 0; t <= p - lo; t++) w[t] /= total;
         }
     }
+    /* Positions [t0, t1) in a ring that wrapped between them: the values copied out in position
+     * order, so the sums below add the same numbers in the same order as without a ring. */
+    const uint16_t *span = values + (t0 % cap) * D;
+    uint16_t *unwrapped = NULL;
+    if (t0 % cap + T > cap) {
+        const int64_t head = cap - t0 % cap;
+        unwrapped = malloc(sizeof(uint16_t) * (size_t)(T * D));
+        memcpy(unwrapped, span, sizeof(uint16_t) * (size_t)(head * D));
+        memcpy(unwrapped + head * D, values, sizeof(uint16_t) * (size_t)((T - head) * D));
+        span = unwrapped;
+    }
     /* out[query] = sum over t of weight[query, t] * value[t], 16 queries at a time */
     for (int64_t q0 = 0; q0 < queries; q0 += 16) {
         const int64_t nq = queries - q0 < 16 ? queries - q0 : 16;
@@ -202,8 +221,9 @@ static void attention_task(void *ctx, int64_t task) {
             const int64_t r = r0 + (q0 + i) / per_task, g = (q0 + i) % per_task;
             outs[i] = j->m->attn + r * NQ + (first_head + g) * D;
         }
-        q8_weighted_sums(weights + q0 * T, T, nq, values + t0 * D, D, outs);
+        q8_weighted_sums(weights + q0 * T, T, nq, span, D, outs);
     }
+    free(unwrapped);
     free(weights);
     free(key);
 }
@@ -239,14 +259,15 @@ static void block_out(block_job *job, int64_t B) {
     rows(job, ROW_FFN_RESIDUAL, B);
 }
 
-/* k_cache/v_cache in float16: half the memory and reads of float32, as llama.cpp's default
- * cache; perplexity unchanged. */
+/* Keys and values in float16: half the memory and reads of float32, as llama.cpp's default
+ * cache; perplexity unchanged. Each slot's own rows (k_slots/v_slots): one long conversation
+ * grows its own memory, not every slot's. */
 void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
                         const int64_t *positions, const float *cos_table, const float *sin_table,
-                        uint16_t *k_cache, uint16_t *v_cache, int64_t capacity) {
+                        const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities) {
     scratch m = scratch_for(blk, B);
     block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
-                     k_cache, v_cache, capacity, 1, NULL, &m};
+                     k_slots, v_slots, capacities, 1, NULL, &m};
     block_qkv(&job, B);
     block_attention(&job, B);
     block_out(&job, B);

@@ -87,10 +87,12 @@ void q8_argmax_rows(const float *x, int64_t R, int64_t N, int64_t *out);
 void q8_top_k_rows(const float *x, int64_t R, int64_t N, int64_t k, float *values, int64_t *ids);
 
 /* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
- * k_cache/v_cache: this layer's [slots, kv_heads, capacity, head_dim] float16. */
+ * k_slots/v_slots: per cache slot, the address of this layer's keys/values for that slot,
+ * [kv_heads, capacities[slot], head_dim] float16, position p at p % capacity (a ring for sliding
+ * layers; capacities are multiples of 16, and hold every position a row of the call reads). */
 void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
                         const int64_t *positions, const float *cos_table, const float *sin_table,
-                        uint16_t *k_cache, uint16_t *v_cache, int64_t capacity);
+                        const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities);
 /* cffi:end */
 
 #endif
