@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed, memory and quality of gemma-chat on the embedded model, beside llama.cpp.
 
-    python benchmarks/engine_benchmark.py [--quick] [--structured-only] [--formats-only] [--json PATH]
+    python benchmarks/engine_benchmark.py [--quick] [--structured-only | --formats-only] [--json P]
 
 Every ratio is measured side by side in this one run (these machines are noisy). The llama.cpp
 column needs the optional benchmark extra (``pip install -e '.[bench]'``); without it that
