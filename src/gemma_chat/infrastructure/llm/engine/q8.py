@@ -6,8 +6,9 @@ the system's C compiler into variants, of which the best one this CPU runs is lo
 bound with cffi from the header itself. Weights are packed for AVX-512 VNNI (AVX2
 reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
-(``Q8BlockDecoder``). Perplexity against float32 is measured by benchmarks/engine_benchmark.py
-(figures in DEVELOPMENT.md).
+(``Q8BlockDecoder``). ``Q4Linear``: the same with 4-bit weights (``kernels/matmul4.c``), which
+``quantization=int4`` gives the output head (``BlockBits``). Perplexity against float32 is
+measured by benchmarks/engine_benchmark.py (figures in DEVELOPMENT.md).
 """
 
 from __future__ import annotations
