@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed, memory and quality of gemma-chat on the embedded model, beside llama.cpp.
 
-    python benchmarks/engine_benchmark.py [--quick] [--structured-only] [--json PATH]
+    python benchmarks/engine_benchmark.py [--quick] [--structured-only | --formats-only] [--json P]
 
 Every ratio is measured side by side in this one run (these machines are noisy). The llama.cpp
 column needs the optional benchmark extra (``pip install -e '.[bench]'``); without it that
@@ -253,6 +253,101 @@ async def ours() -> dict[str, Any]:
     return figures
 
 
+async def weight_formats() -> dict[str, Any]:
+    """int8 and int4 side by side: single-stream decode on completions that run to their token
+    limit, perplexity against float32, and the weight bytes a decode step reads times tokens/s
+    against the read bandwidth measured here."""
+    figures: dict[str, Any] = {"read_bandwidth_gb_s": read_bandwidth()}
+    steps = step_times()
+    for quantization in ("int8", "int4"):
+        settings = get_settings(
+            cache={"enabled": False}, model={"chat_format": "gemma", "quantization": quantization}
+        )
+        async with InferenceService(settings) as service:
+            await service.generate_response(ChatSession(), "Hello", **greedy(8))
+            engine: Any = service.llm
+            rate = max([await our_decode_rate(service, STORY, DECODE_TOKENS) for _ in range(3)])
+            served, float32 = perplexity(engine)
+            step_bytes = bytes_per_token(engine._generator.model)
+            figures[quantization] = {
+                "kernels": engine.get_model_info().get("kernels"),
+                "single_stream_tok_s": rate,
+                "perplexity": served,
+                "perplexity_fp32": float32,
+                "perplexity_vs_fp32": served / float32 - 1,
+                "bytes_per_token": step_bytes,
+                "weights_read_gb_s": step_bytes * rate / 1e9,
+                "of_bandwidth": step_bytes * rate / 1e9 / figures["read_bandwidth_gb_s"],
+                **steps[quantization],
+            }
+    return figures
+
+
+def step_times(repeats: int = 60) -> dict[str, dict[str, float]]:
+    """Seconds of one decode step (one row) and of its output head product alone, int8 and
+    int4 interleaved, the best of ``repeats`` each: on a shared machine the least disturbed
+    runs, where whole completions are disturbed by everything else."""
+    from gemma_chat.infrastructure.llm.engine.converted_store import (
+        ConvertedModelStore,
+        WeightFormat,
+    )
+    from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+    from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
+    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
+
+    settings = get_settings()
+    kernels = load_kernels(settings.cache_dir)
+    assert kernels is not None, "the native kernels need a C compiler"
+    store = ConvertedModelStore(settings.cache_dir)
+    source = resolve_model_source(settings.model.name)
+    formats = {"int8": WeightFormat.q8(kernels), "int4": WeightFormat.q4(kernels)}
+    models = {name: store.load_or_convert(source, f).model for name, f in formats.items()}
+    caches = {}
+    for name, model in models.items():
+        caches[name] = KVCache(model.config, slots=1, dtype=model.kv_dtype)
+        with torch.inference_mode():
+            model(torch.tensor([[2, 100, 200, 300]]), torch.arange(4).view(1, -1),
+                  torch.tensor([0]), caches[name])  # fmt: skip
+    best = {name: {"step_s": float("inf"), "head_s": float("inf")} for name in models}
+    x = torch.randn(1, models["int8"].config.hidden_size)
+    with torch.inference_mode():
+        for repeat in range(repeats):
+            for name, model in models.items():
+                position = torch.tensor([[4 + repeat % 8]])
+                started = time.perf_counter()
+                slot = torch.tensor([0])
+                model(torch.tensor([[500]]), position, slot, caches[name], decoding=True)
+                best[name]["step_s"] = min(best[name]["step_s"], time.perf_counter() - started)
+                started = time.perf_counter()
+                model.lm_head(x)
+                best[name]["head_s"] = min(best[name]["head_s"], time.perf_counter() - started)
+    return best
+
+
+def read_bandwidth() -> float:
+    """GB/s of a float32 sum over 1 GiB (far past the caches) with the engine's threads; the
+    best of five."""
+    data = torch.ones(2**28, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        float(data.sum())
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best / 1e9
+
+
+def bytes_per_token(model: Any) -> int:
+    """The weight bytes one decode step reads: every projection's packed values and scales (the
+    output head's whole table; the embedding lookup reads one row of it), norms aside."""
+    from gemma_chat.infrastructure.llm.engine.q8 import Q8Linear
+
+    total = 0
+    for module in {id(m): m for m in model.modules() if isinstance(m, Q8Linear)}.values():
+        total += module.q.numel() * module.q.element_size()
+        total += module.scale.numel() * module.scale.element_size()
+    return total
+
+
 def perplexity(llm: GemmaLLM) -> tuple[float, float]:
     """Perplexity of the served weights and of float32 weights on the first 1,024 tokens."""
     from gemma_chat.infrastructure.llm.engine.converted_store import (
@@ -354,6 +449,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the subprocess figures")
     parser.add_argument(
+        "--formats-only", action="store_true", help="only int8 vs int4 (and llama.cpp's decode)"
+    )
+    parser.add_argument(
         "--structured-only",
         action="store_true",
         help="only the constrained-decoding figures (8 requests, half JSON-schema-constrained)",
@@ -368,10 +466,13 @@ def main() -> None:
         report_structured(mixed)
         print(json.dumps(mixed, indent=1))
         return
-    figures: dict[str, Any] = {"ours": asyncio.run(ours())}
-    figures["ours"].update(asyncio.run(structured()))
-    if not args.quick:
-        figures["ours"].update(cold_start_and_memory())
+    figures: dict[str, Any] = {}
+    if not args.formats_only:
+        figures["ours"] = asyncio.run(ours())
+        figures["ours"].update(asyncio.run(structured()))
+        if not args.quick:
+            figures["ours"].update(cold_start_and_memory())
+    figures["weight_formats"] = asyncio.run(weight_formats())
     figures["llama_cpp"] = llama_cpp()
     figures["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__}
     report(figures)
@@ -381,8 +482,16 @@ def main() -> None:
 
 
 def report(figures: dict[str, Any]) -> None:
-    o, ref = figures["ours"], figures["llama_cpp"]
+    ref = figures["llama_cpp"]
+    if "ours" in figures:
+        engine_table(figures["ours"], ref)
+    formats = figures.get("weight_formats")
+    if formats:
+        print(f"\nweight formats (read bandwidth {formats['read_bandwidth_gb_s']:.1f} GB/s):")
+        table(("figure", "int8", "int4", "int4 target"), format_rows(formats, ref))
 
+
+def engine_table(o: dict[str, Any], ref: dict[str, Any] | None) -> None:
     def ratio(a: float, b: float | None) -> str:
         return f"{a / b:.2f}x" if b else "(no llama.cpp)"
 
@@ -452,12 +561,71 @@ def report(figures: dict[str, Any]) -> None:
             "within 3 %",
         ),
     ]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    header = ("figure", "gemma-chat", "llama.cpp", "ratio", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    table(("figure", "gemma-chat", "llama.cpp", "ratio", "target"), rows)
+    if "aggregate_8_free_greedy_tok_s" in o:
+        report_structured(o)
+
+
+def format_rows(f: dict[str, Any], ref: dict[str, Any] | None) -> list[tuple[str, ...]]:
+    a, b = f["int8"], f["int4"]
+    llama = ref["single_stream_tok_s"] if ref else None
+    return [
+        ("kernels", str(a["kernels"]), str(b["kernels"]), ""),
+        (
+            "single-stream decode tok/s",
+            f"{a['single_stream_tok_s']:.1f}",
+            f"{b['single_stream_tok_s']:.1f}",
+            ">= 2.0x llama.cpp",
+        ),
+        (
+            "  vs llama.cpp",
+            f"{a['single_stream_tok_s'] / llama:.2f}x" if llama else "(no llama.cpp)",
+            f"{b['single_stream_tok_s'] / llama:.2f}x" if llama else "(no llama.cpp)",
+            "",
+        ),
+        (
+            "perplexity (float32)",
+            f"{a['perplexity']:.2f} ({a['perplexity_fp32']:.2f})",
+            f"{b['perplexity']:.2f} ({b['perplexity_fp32']:.2f})",
+            "",
+        ),
+        (
+            "  vs float32",
+            f"{a['perplexity_vs_fp32'] * 100:+.1f} %",
+            f"{b['perplexity_vs_fp32'] * 100:+.1f} %",
+            "within 3 %",
+        ),
+        (
+            "weight MB read per token",
+            f"{a['bytes_per_token'] / 1e6:.0f}",
+            f"{b['bytes_per_token'] / 1e6:.0f}",
+            "",
+        ),
+        (
+            "decode step alone, best of 60 (its tok/s)",
+            f"{a['step_s'] * 1e3:.1f} ms ({1 / a['step_s']:.0f})",
+            f"{b['step_s'] * 1e3:.1f} ms ({1 / b['step_s']:.0f})",
+            "",
+        ),
+        (
+            "  of which the output head",
+            f"{a['head_s'] * 1e3:.1f} ms",
+            f"{b['head_s'] * 1e3:.1f} ms",
+            "",
+        ),
+        (
+            "  x tokens/s, GB/s (of bandwidth)",
+            f"{a['weights_read_gb_s']:.1f} ({a['of_bandwidth'] * 100:.0f} %)",
+            f"{b['weights_read_gb_s']:.1f} ({b['of_bandwidth'] * 100:.0f} %)",
+            ">= 75 %",
+        ),
+    ]
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    report_structured(o)
 
 
 def report_structured(o: dict[str, Any]) -> None:

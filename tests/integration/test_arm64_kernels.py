@@ -31,6 +31,7 @@ OPERATIONS = [
     "q8_quantize_block",
     "q8_store_halves",
     "q8_tiles_product",
+    "q4_tiles_product",
     "q8_dot_f32",
     "q8_dots16",
     "q8_max_f32",
@@ -147,6 +148,7 @@ def test_each_build_runs_the_bodies_it_was_built_for(builds: dict[str, Results])
     assert chosen("arm-neon-sdot") == {op: f"{op}_neon" for op in OPERATIONS}
     without_sdot = {op: f"{op}_neon" for op in OPERATIONS}
     without_sdot["q8_tiles_product"] = "q8_tiles_product_generic"
+    without_sdot["q4_tiles_product"] = "q4_tiles_product_generic"
     assert chosen("arm-neon") == without_sdot
     kinds = {build: builds[build]["vector_kernels"][0] for build in builds}
     assert kinds == {"arm-generic": "0", "arm-neon-sdot": "3", "arm-neon": "0", "host-generic": "0"}
@@ -166,6 +168,8 @@ def test_the_neon_float_bodies_differ_from_the_generic_ones_only_in_rounding(
     assert neon["dots16.256"] != generic["dots16.256"]  # the NEON body ran, in its own order
     assert neon["matmul.250x256x4"] == generic["matmul.250x256x4"]
     assert any(w != "00000000" for w in generic["matmul.250x256x4"][1])
+    assert neon["matmul4.250x256x4"] == generic["matmul4.250x256x4"]
+    assert any(w != "00000000" for w in generic["matmul4.250x256x4"][1])
 
 
 def test_this_machines_generic_build_gives_the_arm64_generic_bits(

@@ -269,10 +269,23 @@ async def test_int8_quantization_works_on_cpu(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_int4_runs_on_the_native_engine_and_the_model_info_says_so(
+    tiny_model_dir: Path,
+) -> None:
+    llm = await loaded(tiny_model_dir, "native", quantization="int4")
+    info = llm.get_model_info()
+    assert (info["engine"], info["quantization"], info["weights"]) == ("native", "int4", "q4")
+    assert Path(info["converted_cache"]).name.split("-")[1] == "q4"  # its own cache entry
+    first = await llm.generate(HELLO, GREEDY)
+    assert first.token_usage.completion_tokens > 0
+    assert first == await llm.generate(HELLO, GREEDY)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("model", "performance", "message"),
     [
-        ({"quantization": "int4"}, {}, "int4 is not supported on CPU"),
+        ({"quantization": "int4"}, {"engine": "transformers"}, "int4 on CPU needs the native"),
         ({}, {"device": "cuda"}, "no CUDA device"),
         ({"attn_implementation": "flash_attention_2"}, {}, "needs a CUDA device"),
     ],

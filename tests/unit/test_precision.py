@@ -140,14 +140,13 @@ def test_int8_on_cpu_is_dynamic_int8_in_float32(dtype: str) -> None:
     assert result.bnb_config is None
 
 
-def test_int4_on_cpu_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match=r"int4 is not supported on CPU"):
-        plan(device="cpu", quantization="int4")
-
-
-def test_int4_on_auto_without_cuda_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="int4"):
-        plan(device="auto", cuda=False, quantization="int4")
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_int4_on_cpu_is_planned_for_the_native_engines_4_bit_kernels(device: str) -> None:
+    # the loader refuses it where the transformers engine would have to run it (no CPU kernels)
+    result = plan(device=device, cuda=False, quantization="int4")
+    assert (result.device, result.dtype, result.quantization) == ("cpu", torch.float32, "int4")
+    assert result.bnb_config is None
+    assert not result.cpu_dynamic_int8
 
 
 def test_int8_on_cuda_is_a_bitsandbytes_8bit_config() -> None:

@@ -71,7 +71,15 @@ class GemmaLLM(BaseLLM):
         if settings.performance.num_threads:
             torch.set_num_threads(settings.performance.num_threads)
         generator: TokenGenerator
-        if self._use_engine(plan, source):
+        use_engine = self._use_engine(plan, source)
+        if plan.device == "cpu" and plan.quantization == "int4" and not use_engine:
+            raise ConfigurationError(
+                "GEMMA_MODEL__QUANTIZATION=int4 on CPU needs the native engine (Gemma 3 text "
+                "models, GEMMA_PERFORMANCE__ENGINE=auto or native): the transformers engine has "
+                "no 4-bit CPU kernels (bitsandbytes 4-bit needs CUDA). Use int8 or bf16, or a "
+                "CUDA device."
+            )
+        if use_engine:
             from gemma_chat.infrastructure.llm.engine.generator import NativeGenerator
 
             generator = NativeGenerator(settings, source, plan)
@@ -103,7 +111,7 @@ class GemmaLLM(BaseLLM):
         reasons = []
         if plan.device != "cpu":
             reasons.append("it runs on CPU only")
-        if plan.quantization not in ("none", "auto", "int8"):
+        if plan.quantization not in ("none", "auto", "int8", "int4"):
             reasons.append(f"it has no {plan.quantization} quantization")
         if self.settings.performance.compile:
             reasons.append("torch.compile applies to the transformers engine")

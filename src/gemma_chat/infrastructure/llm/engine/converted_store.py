@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
+from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
     GGUFCheckpoint,
@@ -40,7 +41,12 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
 )
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, empty_q8_model, quantize_model
+from gemma_chat.infrastructure.llm.engine.q8 import (
+    BlockBits,
+    Q8Kernels,
+    empty_q8_model,
+    quantize_model,
+)
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
@@ -70,9 +76,10 @@ LOCK_TIMEOUT_SECONDS = 30 * 60
 class WeightFormat:
     """How weights are stored and computed: a float dtype, or int8 blocks (``kernels``)."""
 
-    name: str  # float32 | bfloat16 | float16 | q8
+    name: str  # float32 | bfloat16 | float16 | q8 | q4 (also the cache entry's name)
     dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
     kernels: Q8Kernels | None = None
+    bits: BlockBits = field(default_factory=BlockBits)  # of the head and blocks, with kernels
 
     @classmethod
     def floating(cls, dtype: torch.dtype) -> WeightFormat:
@@ -81,6 +88,20 @@ class WeightFormat:
     @classmethod
     def q8(cls, kernels: Q8Kernels) -> WeightFormat:
         return cls("q8", torch.float32, kernels)
+
+    @classmethod
+    def q4(cls, kernels: Q8Kernels) -> WeightFormat:
+        """The embedding / output head (most of the bytes) in 4-bit blocks (``q8.pack_weight4``),
+        the decoder blocks in int8: cached under its own key beside the int8 copy. Why not the
+        blocks too: DEVELOPMENT.md, "4-bit weights"."""
+        return cls("q4", torch.float32, kernels, bits=BlockBits(head=4, blocks=8))
+
+    @property
+    def quantization(self) -> str:
+        """As the settings name it: int8, int4 (a 4-bit head), or none (float weights)."""
+        if self.kernels is None:
+            return "none"
+        return "int4" if 4 in (self.bits.head, self.bits.blocks) else "int8"
 
 
 class ConvertedModel:
@@ -170,7 +191,7 @@ class ConvertedModelStore:
             model = Gemma3Model(Gemma3Config.from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
         if weights.kernels is not None:
-            empty_q8_model(model, weights.kernels, tied=tied)
+            empty_q8_model(model, weights.kernels, tied=tied, bits=weights.bits)
         else:
             if "lm_head.weight" not in state:
                 state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
@@ -198,7 +219,7 @@ class ConvertedModelStore:
         try:
             steps.set_postfix_str("tokenizer")
             checkpoint = open_checkpoint(source.directory, source.gguf_file)
-            save_tokenizer(source, checkpoint, tmp)
+            hf_tokenizer = save_tokenizer(source, checkpoint, tmp)
             write_vocabulary(tmp)  # the native tokenizer's copy, where it applies
             steps.update()
             steps.set_postfix_str("weights")
@@ -216,7 +237,13 @@ class ConvertedModelStore:
             lean = load_hf_state_dict(Gemma3Config.from_hf(config), checkpoint, weights.dtype)
             del checkpoint
             if weights.kernels is not None:
-                quantize_model(lean, weights.kernels, tied=tied)
+                importance = None
+                if 4 in (weights.bits.head, weights.bits.blocks):  # the 4-bit rounding's weights
+                    ids = hf_tokenizer(calibration_text())["input_ids"]
+                    importance = input_importance(lean, ids)
+                quantize_model(
+                    lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance
+                )
             steps.update()
             steps.set_postfix_str("saving")
             state = dict(lean.state_dict())
@@ -248,9 +275,10 @@ class ConvertedModelStore:
                 shutil.rmtree(other, ignore_errors=True)
 
 
-def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> None:
+def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> Any:
     """The checkpoint's tokenizer as ``tokenizer.json`` + ``tokenizer_config.json``, with its
-    chat template (a GGUF's ``tokenizer.chat_template``, or the directory's own)."""
+    chat template (a GGUF's ``tokenizer.chat_template``, or the directory's own); returned,
+    for the 4-bit rounding's calibration text."""
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"local_files_only": True}
@@ -260,6 +288,7 @@ def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) ->
     if not getattr(tokenizer, "chat_template", None) and isinstance(checkpoint, GGUFCheckpoint):
         tokenizer.chat_template = checkpoint.chat_template
     tokenizer.save_pretrained(target)
+    return tokenizer
 
 
 def end_of_generation_ids(source: ModelSource, config: dict[str, Any]) -> list[int]:

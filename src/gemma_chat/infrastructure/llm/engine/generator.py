@@ -69,6 +69,14 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
     int8 products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
     dtype. A kernel variant named in the settings that this CPU cannot run is refused here."""
     variant = choose_variant(settings.performance.kernel_variant).name
+    if plan.quantization == "int4":
+        kernels = load_kernels(settings.cache_dir, variant=variant)
+        if kernels is None:
+            raise ConfigurationError(
+                "GEMMA_MODEL__QUANTIZATION=int4 on the native engine needs a C compiler to "
+                "build its kernels once (`apt-get install gcc`); or use quantization=none."
+            )
+        return WeightFormat.q4(kernels)
     if plan.quantization in ("auto", "int8"):
         kernels = load_kernels(settings.cache_dir, variant=variant)
         if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
@@ -166,7 +174,8 @@ class NativeGenerator:
                 round(self.memory_limit_bytes / 2**20) if self.memory_limit_bytes else None
             ),
             "weights": self.weights.name,
-            "quantization": "int8" if self.weights.kernels is not None else "none",
+            # which weights run: int8 or int4 blocks, or "none" (the float dtype below)
+            "quantization": self.weights.quantization,
             # The C kernels' build the model computes with (native.VARIANTS), if any.
             "kernels": self.weights.kernels.variant if self.weights.kernels is not None else None,
             "dtype": str(self.model.compute_dtype).removeprefix("torch."),

@@ -6,8 +6,9 @@ the system's C compiler into variants, of which the best one this CPU runs is lo
 bound with cffi from the header itself. Weights are packed for AVX-512 VNNI (AVX2
 reads the same layout, with the same int8 products); every output is reduced in a fixed order, so
 results do not depend on the batch size, and each decoder block runs in one C call
-(``Q8BlockDecoder``). Perplexity against float32 is measured by benchmarks/engine_benchmark.py
-(figures in DEVELOPMENT.md).
+(``Q8BlockDecoder``). ``Q4Linear``: the same with 4-bit weights (``kernels/matmul4.c``), which
+``quantization=int4`` gives the output head (``BlockBits``). Perplexity against float32 is
+measured by benchmarks/engine_benchmark.py (figures in DEVELOPMENT.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, 
 
 __all__ = [
     "BLOCK",
+    "BlockBits",
+    "Q4Linear",
     "Q8BlockDecoder",
     "Q8Embedding",
     "Q8Kernels",
@@ -37,8 +42,10 @@ __all__ = [
     "empty_q8_model",
     "load_kernels",
     "pack_weight",
+    "pack_weight4",
     "quantize_model",
     "quantize_weight",
+    "quantize_weight4",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,14 +111,26 @@ class Q8Kernels:
         return q, s
 
     def matmul(self, xq: torch.Tensor, xs: torch.Tensor, w: Q8Linear) -> torch.Tensor:
-        """[M, K] x [N, K]^T -> [M, N] float32."""
+        """[M, K] x [N, K]^T -> [M, N] float32 (int8 or 4-bit weights, as ``w.bits`` says)."""
         m, k = xq.shape
         y = torch.empty((m, w.out_features), dtype=torch.float32)
         weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
-        self._lib.q8p_matmul(
-            xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k
-        )
+        product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
+        product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k)
         return y
+
+    def quantize_weight4(
+        self, w: torch.Tensor, importance: torch.Tensor | None, q: torch.Tensor, s: torch.Tensor
+    ) -> None:
+        """``q8.quantize_weight4``'s work, into ``q`` and ``s``."""
+        self._lib.q4_quantize_weight(
+            w.data_ptr(),
+            0 if importance is None else importance.data_ptr(),
+            q.data_ptr(),
+            s.data_ptr(),
+            w.shape[0],
+            w.shape[1],
+        )
 
     def argmax(self, logits: torch.Tensor) -> list[int]:
         """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints (-1 for
@@ -138,7 +157,8 @@ class Q8Kernels:
         """Rows ``ids`` of ``w`` as float32: [R] -> [R, K]."""
         ids = ids.to(torch.int64).contiguous()
         out = torch.empty((ids.numel(), w.in_features), dtype=torch.float32)
-        self._lib.q8p_rows(
+        lookup = self._lib.q4p_rows if w.bits == 4 else self._lib.q8p_rows
+        lookup(
             w.q.data_ptr(),
             w.scale.data_ptr(),
             w.mult,
@@ -213,17 +233,65 @@ def pack_weight(
     tiles, blocks = q.shape[0] // LANES, k // BLOCK
     packed = (q.to(torch.int16) + 128).to(torch.uint8)
     packed = packed.view(tiles, LANES, blocks, 8, 4).permute(0, 2, 3, 1, 4).contiguous()
-    largest = float(scale.max()) if scale.numel() else 0.0
+    halves, factor = _float16_scales(scale, tiles, blocks)
+    return packed, halves, factor
+
+
+def quantize_weight4(
+    kernels: Q8Kernels, weight: torch.Tensor, importance: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> int8 [N, K] in -8..7 and float32 scales [N, K/32]: per block of 32, of
+    a few scales near GGUF Q4_0's (the largest magnitude as -8 or as 7), the one whose values,
+    rounded and then given their least-squares scale, leave the smallest squared error, each
+    column's error weighed by ``importance`` [K] (the mean square of that input feature, as
+    llama.cpp's importance matrix) where given (``q4_quantize_weight`` in C: seconds for the
+    embedded model's head, where torch took minutes)."""
+    w = weight.detach().float().contiguous()
+    n, k = w.shape
+    q = torch.empty((n, k), dtype=torch.int8)
+    scales = torch.empty((n, k // BLOCK), dtype=torch.float32)
+    weights = None if importance is None else importance.float().clamp_min(1e-12).contiguous()
+    kernels.quantize_weight4(w, weights, q, scales)
+    return q, scales
+
+
+def pack_weight4(
+    q: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4-bit values [N, K] (int8, -8..7) and scales [N, K/32] -> the 4-bit kernel's layout
+    (``kernels/matmul4.c``): bytes [N/16, K/32, 4, 16, 4], each the values of k = 4g + j (low
+    nibble) and 16 + 4g + j (high nibble) plus 8; float16 scales and their factor as
+    ``pack_weight``'s."""
+    n, k = q.shape
+    pad = -n % LANES
+    q = torch.cat([q, q.new_zeros((pad, k))]) if pad else q
+    scale = torch.cat([scale, scale.new_zeros((pad, k // BLOCK))]) if pad else scale
+    tiles, blocks = q.shape[0] // LANES, k // BLOCK
+    nibbles = (q.to(torch.int16) + 8).to(torch.uint8)  # [N, K]
+    nibbles = nibbles.view(tiles, LANES, blocks, 2, 4, 4)  # [t, lane, b, half, g, j]
+    packed = nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)  # [t, lane, b, g, j]
+    packed = packed.permute(0, 2, 3, 1, 4).contiguous()  # [t, b, g, lane, j]
+    halves, factor = _float16_scales(scale, tiles, blocks)
+    return packed, halves, factor
+
+
+def _float16_scales(
+    scale: torch.Tensor, tiles: int, blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales [N, K/32] -> float16 [N/16, K/32, 16] divided by a power of two that keeps them
+    well inside float16's range, and that factor [1]."""
+    largest = float(scale.abs().max()) if scale.numel() else 0.0
     exponent = math.floor(math.log2(2.0**14 / largest)) if largest > 0 else 0
     mult = 2.0**-exponent
     halves = (scale / mult).to(torch.float16)
     halves = halves.view(tiles, LANES, blocks).permute(0, 2, 1).contiguous()
-    return packed, halves, torch.tensor([mult], dtype=torch.float32)
+    return halves, torch.tensor([mult], dtype=torch.float32)
 
 
 class Q8Linear(nn.Module):
     """``y = x W^T`` with W in int8 blocks; activations are quantized per row as they come."""
 
+    bits = 8
     q: torch.Tensor
     scale: torch.Tensor
     scale_factor: torch.Tensor
@@ -237,7 +305,7 @@ class Q8Linear(nn.Module):
         super().__init__()
         self.kernels = kernels
         q, scale, factor = packed
-        self.register_buffer("q", q)  # [N/16, K/32, 8, 16, 4] uint8
+        self.register_buffer("q", q)  # [N/16, K/32, 8, 16, 4] uint8 (4-bit: [.., 4, 16, 4])
         self.register_buffer("scale", scale)  # [N/16, K/32, 16] float16
         self.register_buffer("scale_factor", factor)  # [1] float32
         self.out_features = out_features
@@ -261,6 +329,20 @@ class Q8Linear(nn.Module):
         xq, xs = self.kernels.quantize(rows)
         y = self.kernels.matmul(xq, xs, self)  # [M, N]
         return y.view(*shape[:-1], self.out_features)
+
+
+class Q4Linear(Q8Linear):
+    """``y = x W^T`` with W in 4-bit blocks (``pack_weight4``); activations as ``Q8Linear``."""
+
+    bits = 4
+
+    @classmethod
+    def from_weight(
+        cls, kernels: Q8Kernels, weight: torch.Tensor, importance: torch.Tensor | None = None
+    ) -> Q8Linear:
+        """Quantize a float weight [N, K] to 4 bits (``quantize_weight4``)."""
+        values = quantize_weight4(kernels, weight, importance)
+        return cls(kernels, pack_weight4(*values), int(weight.shape[0]))
 
 
 class Q8Embedding(nn.Module):
@@ -327,6 +409,7 @@ class Q8BlockDecoder:
             "mult": linear.mult,
             "n": linear.out_features,
             "k": linear.in_features,
+            "bits": linear.bits,
         }
 
     def rows(
@@ -363,34 +446,63 @@ class Q8BlockDecoder:
         return rows
 
 
-def quantize_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:
-    """Replace the model's projections by int8 ones, in place (activations become float32)."""
-    for block in model.blocks:
+@dataclass(frozen=True)
+class BlockBits:
+    """The bits of each kind of projection: the (tied) embedding / output head, and the
+    decoder blocks' projections; each 8 (int8) or 4."""
+
+    head: int = 8
+    blocks: int = 8
+
+
+def quantize_model(
+    model: Gemma3Model,
+    kernels: Q8Kernels,
+    *,
+    tied: bool,
+    bits: BlockBits = BlockBits(),
+    importance: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Replace the model's projections by int8 or 4-bit ones, in place (activations become
+    float32). ``importance``: the mean square of each input feature of a projection, by name
+    (``calibration.input_importance``), which the 4-bit rounding weighs its errors by."""
+    importance = importance or {}
+
+    def quantized(name: str, weight: torch.Tensor, width: int) -> Q8Linear:
+        if width == 4:
+            return Q4Linear.from_weight(kernels, weight, importance.get(name))
+        return Q8Linear.from_weight(kernels, weight)
+
+    for i, block in enumerate(model.blocks):
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, Q8Linear.from_weight(kernels, linear.weight))
+            setattr(block, name, quantized(f"blocks.{i}.{name}", linear.weight, bits.blocks))
     weight: torch.Tensor = model.lm_head.weight  # type: ignore[assignment]
-    _install(model, kernels, Q8Linear.from_weight(kernels, weight), tied=tied)
+    _install(model, kernels, quantized("lm_head", weight, bits.head), tied=tied)
 
 
-def empty_q8_model(model: Gemma3Model, kernels: Q8Kernels, *, tied: bool) -> None:
-    """Give a meta-device model int8 projections of the right shapes, to load a state dict into."""
+def empty_q8_model(
+    model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+) -> None:
+    """Give a meta-device model int8 or 4-bit projections of the right shapes, to load a state
+    dict into."""
 
-    def empty(out_features: int, in_features: int) -> Q8Linear:
+    def empty(out_features: int, in_features: int, width: int) -> Q8Linear:
+        groups = 8 if width == 8 else 4  # 64-byte groups per block and tile
         tiles, blocks = -(-out_features // LANES), in_features // BLOCK
         packed = (
-            torch.empty((tiles, blocks, 8, LANES, 4), dtype=torch.uint8, device="meta"),
+            torch.empty((tiles, blocks, groups, LANES, 4), dtype=torch.uint8, device="meta"),
             torch.empty((tiles, blocks, LANES), dtype=torch.float16, device="meta"),
             torch.empty(1, device="meta"),
         )
-        return Q8Linear(kernels, packed, out_features)
+        return (Q4Linear if width == 4 else Q8Linear)(kernels, packed, out_features)
 
     for block in model.blocks:
         for name in _LINEARS:
             linear = getattr(block, name)
-            setattr(block, name, empty(linear.out_features, linear.in_features))
+            setattr(block, name, empty(linear.out_features, linear.in_features, bits.blocks))
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
-    _install(model, kernels, empty(head.out_features, head.in_features), tied=tied)
+    _install(model, kernels, empty(head.out_features, head.in_features, bits.head), tied=tied)
 
 
 def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool) -> None:

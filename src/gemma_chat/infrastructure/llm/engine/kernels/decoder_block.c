@@ -12,11 +12,11 @@
 
 #include "q8_impl.h"
 
-/* q8 projection of M rows: x [M, K] float -> y [M, N] */
+/* Projection of M rows on int8 or 4-bit weights: x [M, K] float -> y [M, N] */
 static void project(const q8_weight *w, const float *x, float *y, int64_t M, int8_t *xq,
                     float *xs) {
     q8_quantize_rows(x, xq, xs, M, w->k);
-    q8p_matmul(xq, xs, w->q, w->s, w->mult, y, M, w->n, w->k);
+    (w->bits == 4 ? q4p_matmul : q8p_matmul)(xq, xs, w->q, w->s, w->mult, y, M, w->n, w->k);
 }
 
 static void rope(float *v, const float *cos, const float *sin, int64_t d) {

@@ -12,6 +12,7 @@
  *   thread_pool.c          the workers every parallel loop runs on
  *   quantize*.c            float32 -> int8 blocks, float32 -> float16 rows
  *   matmul*.c              int8 products on packed weights, the embedding lookup
+ *   matmul4*.c             the same on 4-bit weights
  *   attention*.c           scores, softmax, weighted sums over float16 keys and values
  *   activations*.c         RMSNorm, GELU
  *   select*.c              argmax, top-k
@@ -26,12 +27,13 @@
 #include <stdint.h>
 
 /* cffi:begin */
-/* One packed int8 weight [n, k] (see matmul.c for the layout). */
+/* One packed weight [n, k]: int8 (matmul.c's layout) or 4-bit (matmul4.c's). */
 typedef struct {
-    const uint8_t *q;  /* packed: [N/16][K/32][8][16][4] */
+    const uint8_t *q;  /* packed: int8 [N/16][K/32][8][16][4], 4-bit [N/16][K/32][4][16][4] */
     const uint16_t *s; /* float16: [N/16][K/32][16] */
     float mult;        /* scales are stored times 1 / mult (float16 range) */
     int64_t n, k;
+    int64_t bits;      /* 4: the 4-bit layout; 8 (or 0): int8 */
 } q8_weight;
 
 /* One Gemma 3 decoder block's weights and shape. */
@@ -61,6 +63,19 @@ void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint
 
 /* Rows ids[r] of the packed table, as floats: out [R, K] (the embedding lookup). */
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
+              int64_t K, float *out);
+
+/* w [N, K] float32 -> q [N, K] int8 in -8..7, scale [N, K/32] float32: per block of 32, of a
+ * few scales near GGUF Q4_0's, the one whose rounding (with its least-squares scale) leaves the
+ * smallest squared error, each column's weighed by importance [K] (the mean square of that
+ * input feature; NULL: all alike). For q4p_matmul's weights, once per model. */
+void q4_quantize_weight(const float *w, const float *importance, int8_t *q, float *scale,
+                        int64_t N, int64_t K);
+
+/* The same two with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
+void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                float mult, float *y, int64_t M, int64_t N, int64_t K);
+void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
 
 /* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax), or -1

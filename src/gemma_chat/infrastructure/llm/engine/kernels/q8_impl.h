@@ -120,6 +120,10 @@ typedef void tiles_product_fn(const int8_t *xq, const float *xs, const int32_t *
                               int64_t M, int64_t t, int two, int64_t N, int64_t K);
 tiles_product_fn q8_tiles_product_generic, q8_tiles_product_avx512, q8_tiles_product_avx2;
 tiles_product_fn q8_tiles_product_neon;
+/* matmul4*.c: the same on 4-bit weights; xc: 8 * the sum of each row's block (the correction
+ * for the weights' +8), which every body but NEON's needs */
+tiles_product_fn q4_tiles_product_generic, q4_tiles_product_avx512, q4_tiles_product_avx2;
+tiles_product_fn q4_tiles_product_neon;
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
@@ -243,6 +247,16 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #else
 #define q8_tiles_product q8_tiles_product_generic
 #define Q8_USES_BLOCK_SUMS 1
+#endif
+
+#if defined(Q8_AVX512_VNNI)
+#define q4_tiles_product q4_tiles_product_avx512
+#elif defined(Q8_AVX2_INT8)
+#define q4_tiles_product q4_tiles_product_avx2
+#elif defined(Q8_NEON_DOTPROD)
+#define q4_tiles_product q4_tiles_product_neon
+#else
+#define q4_tiles_product q4_tiles_product_generic
 #endif
 
 #if defined(Q8_AVX512)
