@@ -40,8 +40,9 @@ def generate_tokens(
     sampler: TokenSampler,
     max_new_tokens: int,
     constraint: TokenConstraint | None = None,
-) -> Iterator[int]:
-    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel.
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield new token ids, each with the logits [V] it was chosen from; the caller stops
+    iterating on end-of-turn, stop text or cancel.
 
     ``constraint``: the answer's grammar, as a logits processor (the caller feeds it the
     tokens, through the job)."""
@@ -51,7 +52,7 @@ def generate_tokens(
         if constraint is not None:
             logits = constraint.mask_(logits.float())
         token = sampler(logits, seen)
-        yield token
+        yield token, logits
         if step + 1 == max_new_tokens:
             return  # no forward pass for a token that would never be used
         next_ids = torch.tensor([[token]], device=input_ids.device)  # [1, 1]

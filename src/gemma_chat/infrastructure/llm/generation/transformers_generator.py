@@ -122,8 +122,8 @@ class TransformersGenerator:
                     job.max_new_tokens,
                     job.constraint,
                 )
-                for token in tokens:
-                    if not job.accept(token):
+                for token, logits in tokens:
+                    if not job.accept(token, job.score(logits, token)):
                         break
                 job.finish(FinishReason.LENGTH)  # no-op unless the tokens ran out first
         except BaseException as exc:
