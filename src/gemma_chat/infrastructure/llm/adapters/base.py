@@ -295,7 +295,10 @@ class BaseLLM(ABC):
             text, calls = parse_tool_calls(completion.text, config.tools)
             if calls:
                 completion = Completion(
-                    text, FinishReason.TOOL_CALLS, completion.token_usage, calls,
+                    text,
+                    FinishReason.TOOL_CALLS,
+                    completion.token_usage,
+                    calls,
                     completion.logprobs,
                 )
         self._record(completion.token_usage)

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 class GemmaLLM(BaseLLM):
     supports_logprobs = True  # both generators score each token (GenerationJob.score)
+
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-load")
