@@ -66,7 +66,8 @@ async def test_sampled_tokens_have_their_probability_in_the_model_s_row(
     config = GenerationConfig(temperature=1.0, seed=3, max_new_tokens=12, logprobs=0)
     completion = await llm.generate(HELLO, config)
     await llm.unload()
-    assert completion.logprobs and all(e.top == () for e in completion.logprobs)
+    assert completion.logprobs
+    assert all(e.top == () for e in completion.logprobs)
     assert all(-100.0 < e.logprob <= 0.0 for e in completion.logprobs)
 
 
@@ -101,14 +102,18 @@ def test_logprobs_through_the_openai_client(tiny_model_dir: Path) -> None:
         )
     content = answer.choices[0].logprobs.content
     assert content
-    assert answer.usage is not None and len(content) == answer.usage.completion_tokens
+    assert answer.usage is not None
+    assert len(content) == answer.usage.completion_tokens
     for entry in content:
         assert entry.logprob <= 0.0
         assert entry.bytes == list(entry.token.encode())
-        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token
     assert [e.token for e in streamed] == [e.token for e in content]
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-3)
     logprobs = legacy.choices[0].logprobs
-    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert logprobs is not None
+    assert logprobs.tokens
+    assert logprobs.token_logprobs
     assert "".join(logprobs.tokens) == legacy.choices[0].text
     assert all(len(top) <= 2 for top in logprobs.top_logprobs or [])

@@ -97,7 +97,8 @@ def test_text_held_back_by_a_stop_sequence_carries_its_entries_later() -> None:
     job.finish(FinishReason.LENGTH)
     final = chunks[-1]
     assert isinstance(final, StreamChunk)
-    assert final.text == "!" and [e.token for e in final.logprobs] == ["!"]
+    assert final.text == "!"
+    assert [e.token for e in final.logprobs] == ["!"]
 
 
 def test_score_is_the_log_softmax_of_the_row_with_the_top_alternatives() -> None:
@@ -117,7 +118,8 @@ def test_score_is_the_log_softmax_of_the_row_with_the_top_alternatives() -> None
 def test_tokens_a_grammar_ruled_out_are_not_alternatives() -> None:
     job = _job([], logprobs=3)
     entry = job.score(torch.tensor([-math.inf, 1.0, -math.inf, 0.0]), 1)
-    assert entry is not None and [t for t, _ in entry.top] == ["Hel", " wor"]
+    assert entry is not None
+    assert [t for t, _ in entry.top] == ["Hel", " wor"]
 
 
 # -- over HTTP ------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ def test_chat_logprobs_have_openai_s_shape(client: OpenAI) -> None:
         model="m", messages=USER, logprobs=True, top_logprobs=2, temperature=0
     )
     logprobs = answer.choices[0].logprobs
-    assert logprobs is not None and logprobs.content is not None
+    assert logprobs is not None
+    assert logprobs.content is not None
     assert [e.token for e in logprobs.content] == ["one", " two", " three"]
     first = logprobs.content[0]
     assert first.logprob == pytest.approx(math.log(0.5))
@@ -186,7 +189,8 @@ def test_top_logprobs_without_logprobs_or_above_20_is_a_400_naming_it(
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="m", messages=USER, **extra)
     body = raised.value.body
-    assert isinstance(body, dict) and body["param"] == "top_logprobs"
+    assert isinstance(body, dict)
+    assert body["param"] == "top_logprobs"
 
 
 def test_completions_logprobs_have_the_legacy_shape(client: OpenAI) -> None:
@@ -196,7 +200,8 @@ def test_completions_logprobs_have_the_legacy_shape(client: OpenAI) -> None:
     assert logprobs.tokens == ["one", " two", " three"]
     assert logprobs.text_offset == [0, 3, 7]
     assert logprobs.token_logprobs == pytest.approx([math.log(0.5)] * 3)
-    assert logprobs.top_logprobs is not None and list(logprobs.top_logprobs[1]) == [" two", "alt1"]
+    assert logprobs.top_logprobs is not None
+    assert list(logprobs.top_logprobs[1]) == [" two", "alt1"]
     streamed: list[int] = []
     for chunk in client.completions.create(
         model="m", prompt="Hi", logprobs=2, max_tokens=5, stream=True
@@ -210,7 +215,8 @@ def test_completions_logprobs_above_20_is_a_400_naming_it(client: OpenAI) -> Non
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model="m", prompt="Hi", logprobs=21)
     body = raised.value.body
-    assert isinstance(body, dict) and body["param"] == "logprobs"
+    assert isinstance(body, dict)
+    assert body["param"] == "logprobs"
 
 
 def test_a_backend_without_logprobs_refuses_them_by_name() -> None:
@@ -218,7 +224,8 @@ def test_a_backend_without_logprobs_refuses_them_by_name() -> None:
         with pytest.raises(openai.BadRequestError) as raised:
             client.chat.completions.create(model="m", messages=USER, logprobs=True)
         body = raised.value.body
-        assert isinstance(body, dict) and body["param"] == "logprobs"
+        assert isinstance(body, dict)
+        assert body["param"] == "logprobs"
         assert "log probabilities" in body["message"]
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="m", messages=USER, logprobs=True, stream=True)
