@@ -4,12 +4,12 @@ stream chunks. A field marked ``exclude_if=absent`` is left out of a chunk's JSO
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from gemma_chat.domain.models import TokenLogprob, ToolCall
+from gemma_chat.domain.models import ToolCall
+from gemma_chat.domain.models.generation import MAX_TOP_LOGPROBS
 from gemma_chat.server.protocol.common import (
     ChatGenerationRequest,
     ChatMessageIn,
@@ -19,6 +19,7 @@ from gemma_chat.server.protocol.common import (
     UsageInfo,
     absent,
 )
+from gemma_chat.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs
 from gemma_chat.server.protocol.tools import (
     FunctionCallDelta,
     FunctionCallOut,
@@ -36,17 +37,14 @@ __all__ = [
     "ChatCompletionResponse",
     "ChatCompletionUsageChunk",
     "ChatMessageOut",
-    "ChoiceLogprobs",
     "ChunkChoice",
     "CompletionChoice",
     "CompletionChunk",
     "CompletionChunkChoice",
-    "CompletionLogprobs",
     "CompletionRequest",
     "CompletionResponse",
     "CompletionUsageChunk",
     "DeltaMessage",
-    "LogprobEntry",
     "ModelCard",
     "ModelList",
 ]
@@ -83,6 +81,19 @@ class ChatCompletionRequest(ChatGenerationRequest):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def logprob_alternatives(self) -> int | None:
+        """The alternatives per token asked for (None: no log probabilities)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def unsupported_value(self) -> tuple[str, str] | None:
+        top = self.top_logprobs
+        if top is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true."
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+            return "top_logprobs", f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}."
+        return super().unsupported_value()
 
 
 class CompletionRequest(GenerationRequest):
@@ -122,75 +133,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-# -- log probabilities ----------------------------------------------------------------------
-
-# What OpenAI sends for a token of no probability (JSON has no -Infinity).
-_NO_PROBABILITY = -9999.0
-
-
-def _finite(logprob: float) -> float:
-    return logprob if math.isfinite(logprob) else _NO_PROBABILITY
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-    @classmethod
-    def of(cls, token: str, logprob: float) -> TopLogprob:
-        return cls(token=token, logprob=_finite(logprob), bytes=list(token.encode()))
-
-
-class LogprobEntry(TopLogprob):
-    """One generated token: its text, natural-log probability, UTF-8 bytes, alternatives."""
-
-    top_logprobs: list[TopLogprob]
-
-    @classmethod
-    def entry(cls, logprob: TokenLogprob) -> LogprobEntry:
-        return cls(
-            token=logprob.token,
-            logprob=_finite(logprob.logprob),
-            bytes=list(logprob.token.encode()),
-            top_logprobs=[TopLogprob.of(token, value) for token, value in logprob.top],
-        )
-
-
-class ChoiceLogprobs(BaseModel):
-    """A chat choice's (or chunk choice's) ``logprobs``."""
-
-    content: list[LogprobEntry] | None
-    refusal: None = None
-
-    @classmethod
-    def of(cls, logprobs: tuple[TokenLogprob, ...]) -> ChoiceLogprobs:
-        return cls(content=[LogprobEntry.entry(e) for e in logprobs])
-
-
-class CompletionLogprobs(BaseModel):
-    """The legacy ``/v1/completions`` shape: parallel lists; ``text_offset`` counts characters
-    from the start of the generated text."""
-
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-    @classmethod
-    def of(cls, logprobs: tuple[TokenLogprob, ...], offset: int = 0) -> CompletionLogprobs:
-        offsets: list[int] = []
-        for entry in logprobs:
-            offsets.append(offset)
-            offset += len(entry.token)
-        return cls(
-            tokens=[e.token for e in logprobs],
-            token_logprobs=[_finite(e.logprob) for e in logprobs],
-            top_logprobs=[{token: _finite(v) for token, v in e.top} for e in logprobs],
-            text_offset=offsets,
-        )
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
 from gemma_chat.domain.models import StreamChunk, TokenLogprob, TokenUsage
-from gemma_chat.domain.models.generation import MAX_TOP_LOGPROBS
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -98,16 +97,6 @@ async def _served(service: InferenceService) -> list[str]:
     return [service.llm.model_name, *info.get("other_models_loaded", [])]
 
 
-def _chat_logprobs(request: ChatCompletionRequest) -> int | None:
-    """The alternatives per token the request asks for (None: no log probabilities)."""
-    top = request.top_logprobs
-    if top is not None and not request.logprobs:
-        raise refuse("top_logprobs needs logprobs: true.", "top_logprobs")
-    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise refuse(f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs")
-    return (top or 0) if request.logprobs else None
-
-
 def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
     """Choice ``index``'s parameters: its own seed, so seeded choices differ yet repeat."""
     if index == 0 or parameters.get("seed") is None:
@@ -123,7 +112,7 @@ def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     refuse_unsupported(request)
     choices_allowed(request.n, service.settings.limits)
-    logprobs = _chat_logprobs(request)
+    logprobs = request.logprob_alternatives
     messages: list[Any] = chat_conversation(request.messages, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
     parameters.update(request.structured_parameters(), logprobs=logprobs)
