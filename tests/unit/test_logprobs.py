@@ -229,3 +229,21 @@ def test_a_backend_without_logprobs_refuses_them_by_name() -> None:
         assert "log probabilities" in body["message"]
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="m", messages=USER, logprobs=True, stream=True)
+
+
+@pytest.mark.asyncio
+async def test_the_remote_adapter_refuses_logprobs_before_sending_anything() -> None:
+    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.unit.test_openai_compatible_llm import connected
+
+    fake = FakeOpenAIServer()
+    async with connected(fake) as llm:
+        config = GenerationConfig(logprobs=2)
+        with pytest.raises(InvalidGenerationConfigError) as raised:
+            await llm.generate(USER, config)
+        assert raised.value.field == "logprobs"
+        with pytest.raises(InvalidGenerationConfigError):
+            [chunk async for chunk in llm.stream(USER, config)]
+        with pytest.raises(InvalidGenerationConfigError):
+            await llm.complete("Hi", config)
+    assert fake.requests == []
