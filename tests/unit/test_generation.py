@@ -127,7 +127,8 @@ def test_none_overrides_are_ignored() -> None:
 
 def test_unknown_override_names_are_rejected_and_the_accepted_ones_listed() -> None:
     with pytest.raises(
-        InvalidGenerationConfigError, match=r"max_tokens, temprature: accepted are max_new_tokens"
+        InvalidGenerationConfigError,
+        match=r"max_tokens, temprature: accepted are logprobs, max_new_tokens",
     ):
         GenerationConfig().with_overrides(temprature=0.1, max_tokens=5)
 

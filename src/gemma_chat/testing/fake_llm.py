@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from gemma_chat.domain.models import (
     GenerationConfig,
     ResponseFormat,
     StreamChunk,
+    TokenLogprob,
     TokenUsage,
     ToolCall,
 )
@@ -49,7 +51,12 @@ class FakeLLM(BaseLLM):
     State to assert on: ``calls``, ``load_count``, ``unload_count``, ``inference_count``.
     Failures to inject: ``fail_with`` (raised by the next generations) and ``fail_after_chunks``
     (raised mid-stream). ``delay`` sleeps before each chunk, to test slow models.
+
+    Log probabilities (``logprobs`` in the config): each word is one token of probability 1/2,
+    its alternatives itself and then ``alt1``, ``alt2``... of halving probabilities.
     """
+
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -108,7 +115,13 @@ class FakeLLM(BaseLLM):
             raise self.fail_with
         text, cut = self._answer(kwargs)
         usage = TokenUsage(self.count_tokens(prompt), self.count_tokens(text))
-        return Completion(text, FinishReason.LENGTH if cut else FinishReason.STOP, usage)
+        logprobs = tuple(
+            entry
+            for i, word in enumerate(text.split(" "))
+            if (entry := _word_logprob(word if i == 0 else " " + word, kwargs)) is not None
+        )
+        finish = FinishReason.LENGTH if cut else FinishReason.STOP
+        return Completion(text, finish, usage, logprobs=logprobs)
 
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
@@ -124,7 +137,9 @@ class FakeLLM(BaseLLM):
                     raise self.fail_with or RuntimeError("injected mid-stream failure")
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                yield word if index == 0 else " " + word
+                piece = word if index == 0 else " " + word
+                entry = _word_logprob(piece, kwargs)
+                yield piece if entry is None else StreamChunk(piece, logprobs=(entry,))
             if cut:
                 yield StreamChunk("", FinishReason.LENGTH)
         finally:
@@ -143,6 +158,16 @@ class FakeLLM(BaseLLM):
         words = text.split(" ")
         limit = kwargs["max_new_tokens"]
         return " ".join(words[:limit]), len(words) > limit
+
+
+def _word_logprob(piece: str, kwargs: dict[str, Any]) -> TokenLogprob | None:
+    """A scripted word's entry (None when the request asks for none)."""
+    alternatives = kwargs.get("logprobs")
+    if alternatives is None:
+        return None
+    names = [piece, *(f"alt{i}" for i in range(1, alternatives))][:alternatives]
+    top = tuple((name, math.log(0.5) * (i + 1)) for i, name in enumerate(names))
+    return TokenLogprob(piece, math.log(0.5), top)
 
 
 def _scripted_text(response: Scripted) -> str:

@@ -16,6 +16,7 @@ from gemma_chat.domain.models import (
     FinishReason,
     GenerationConfig,
     StreamChunk,
+    TokenLogprob,
     TokenUsage,
 )
 
@@ -56,19 +57,25 @@ class Answers:
         if hit is not None:
             await record(hit, True)
             if hit.text:
-                yield StreamChunk(hit.text)
-            yield StreamChunk("", hit.finish_reason, hit.token_usage, hit.tool_calls)
+                yield StreamChunk(hit.text, logprobs=hit.logprobs)
+            final_logprobs = () if hit.text else hit.logprobs
+            yield StreamChunk(
+                "", hit.finish_reason, hit.token_usage, hit.tool_calls, final_logprobs
+            )
             return
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async with aclosing(self._guard.stream(llm.stream(messages, config))) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.text)
+                logprobs += chunk.logprobs
                 if chunk.finish_reason is not None:
                     completion = Completion(
                         "".join(parts),
                         chunk.finish_reason,
                         chunk.token_usage or TokenUsage(),
                         chunk.tool_calls,
+                        tuple(logprobs),
                     )
                     if completion.finish_reason is not FinishReason.CANCELLED:
                         self._cache.put(key, completion)

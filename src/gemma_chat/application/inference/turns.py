@@ -150,6 +150,7 @@ class Turns:
             message_id=message_id or uuid.uuid4().hex,
             cached=cached,
             tool_calls=completion.tool_calls,
+            logprobs=completion.logprobs,
         )
 
     def _lock(self, session_id: str) -> asyncio.Lock:

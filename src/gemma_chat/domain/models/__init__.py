@@ -6,6 +6,7 @@ from gemma_chat.domain.models.generation import (
     GenerationConfig,
     InferenceResponse,
     StreamChunk,
+    TokenLogprob,
 )
 from gemma_chat.domain.models.message import ChatMessage, Message, Role, TokenUsage
 from gemma_chat.domain.models.session import ChatSession
@@ -30,6 +31,7 @@ __all__ = [
     "ResponseFormatKind",
     "Role",
     "StreamChunk",
+    "TokenLogprob",
     "TokenUsage",
     "ToolCall",
     "ToolChoice",

@@ -18,7 +18,18 @@ from gemma_chat.domain.models.structured import (
     ToolDefinition,
 )
 
-__all__ = ["Completion", "FinishReason", "GenerationConfig", "InferenceResponse", "StreamChunk"]
+__all__ = [
+    "MAX_TOP_LOGPROBS",
+    "Completion",
+    "FinishReason",
+    "GenerationConfig",
+    "InferenceResponse",
+    "StreamChunk",
+    "TokenLogprob",
+]
+
+# The most alternatives a token's log probability entry lists (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
 
 
 class FinishReason(StrEnum):
@@ -37,12 +48,24 @@ def _is_int(value: object) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's text and natural-log probability, and the ``top`` alternatives
+    (text, log probability) the model gave most probability to at that step, best first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationConfig:
     """Sampling parameters of one request, validated on construction.
 
     ``temperature == 0`` means greedy decoding; ``top_k == 0`` and ``top_p == 1`` switch those
     filters off. ``response_format`` constrains the answer's text; ``tools`` are functions the
     model may call, as ``tool_choice`` says (None: ``auto`` when there are tools).
+    ``logprobs``: None for none; else each generated token's log probability with that many
+    (0 to ``MAX_TOP_LOGPROBS``) most probable alternatives.
     """
 
     temperature: float = 0.7
@@ -55,6 +78,7 @@ class GenerationConfig:
     response_format: ResponseFormat | None = None
     tools: tuple[ToolDefinition, ...] = ()
     tool_choice: ToolChoice | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self._check_structured()
@@ -98,6 +122,13 @@ class GenerationConfig:
             "repetition_penalty",
             self.repetition_penalty,
             "a number greater than 0 and at most 10 (1 = off)",
+        )
+        _check(
+            self.logprobs is None
+            or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS),
+            "logprobs",
+            self.logprobs,
+            f"an integer from 0 to {MAX_TOP_LOGPROBS} (alternatives per token), or None",
         )
         # Store plain floats: 1 and 1.0 must give the same cache key.
         object.__setattr__(self, "temperature", float(self.temperature))
@@ -169,12 +200,14 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; the structured-output fields only when set."""
+        """JSON-ready; the structured-output fields and ``logprobs`` only when set."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
             "stop": list(self.stop)
         }
         for name in _STRUCTURED:
             del data[name]
+        if self.logprobs is None:  # keys of answers cached before logprobs existed still match
+            del data["logprobs"]
         if self.response_format is not None:
             data["response_format"] = self.response_format.to_dict()
         if self.tools:
@@ -202,17 +235,20 @@ class Completion:
     finish_reason: FinishReason = FinishReason.STOP
     token_usage: TokenUsage = field(default_factory=TokenUsage)
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()  # with ``GenerationConfig.logprobs``
 
 
 @dataclass(frozen=True, slots=True)
 class StreamChunk:
     """A piece of a streamed answer; the last one carries ``finish_reason`` and ``token_usage``,
-    and the answer's ``tool_calls`` when the model called tools."""
+    and the answer's ``tool_calls`` when the model called tools. ``logprobs``: the entries of
+    the tokens whose text this chunk carries (the last chunk: all not yet sent)."""
 
     text: str
     finish_reason: FinishReason | None = None
     token_usage: TokenUsage | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def is_final(self) -> bool:
@@ -238,6 +274,7 @@ class InferenceResponse:
     cached: bool = False
     tool_calls: tuple[ToolCall, ...] = ()
     parsed: Any = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # with ``GenerationConfig.logprobs``
 
     def to_dict(self) -> dict[str, Any]:
         calls = {"tool_calls": [c.to_openai() for c in self.tool_calls]} if self.tool_calls else {}

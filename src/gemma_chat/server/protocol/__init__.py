@@ -24,6 +24,7 @@ from gemma_chat.server.protocol.common import (
     new_id,
     now,
 )
+from gemma_chat.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs
 from gemma_chat.server.protocol.openai import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -94,10 +95,12 @@ __all__ = [
     "ChatGenerationRequest",
     "ChatMessageIn",
     "ChatMessageOut",
+    "ChoiceLogprobs",
     "ChunkChoice",
     "CompletionChoice",
     "CompletionChunk",
     "CompletionChunkChoice",
+    "CompletionLogprobs",
     "CompletionRequest",
     "CompletionResponse",
     "CompletionUsageChunk",

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gemma_chat.domain.models import ToolCall
+from gemma_chat.domain.models.generation import MAX_TOP_LOGPROBS
 from gemma_chat.server.protocol.common import (
     ChatGenerationRequest,
     ChatMessageIn,
@@ -18,6 +19,7 @@ from gemma_chat.server.protocol.common import (
     UsageInfo,
     absent,
 )
+from gemma_chat.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs
 from gemma_chat.server.protocol.tools import (
     FunctionCallDelta,
     FunctionCallOut,
@@ -79,6 +81,19 @@ class ChatCompletionRequest(ChatGenerationRequest):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def logprob_alternatives(self) -> int | None:
+        """The alternatives per token asked for (None: no log probabilities)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def unsupported_value(self) -> tuple[str, str] | None:
+        top = self.top_logprobs
+        if top is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true."
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+            return "top_logprobs", f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}."
+        return super().unsupported_value()
 
 
 class CompletionRequest(GenerationRequest):
@@ -147,7 +162,7 @@ class ChatCompletionChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: FinishName
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -184,7 +199,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: FinishName | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -208,7 +223,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishName
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -224,7 +239,7 @@ class CompletionChunkChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishName | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionChunk(BaseModel):

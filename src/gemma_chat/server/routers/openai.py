@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from gemma_chat.application.inference import InferenceService
 from gemma_chat.domain.errors import GemmaChatError
-from gemma_chat.domain.models import StreamChunk, TokenUsage
+from gemma_chat.domain.models import StreamChunk, TokenLogprob, TokenUsage
 from gemma_chat.server.dependencies import (
     Admission,
     Service,
@@ -34,10 +34,12 @@ from gemma_chat.server.protocol import (
     ChatCompletionResponse,
     ChatCompletionUsageChunk,
     ChatMessageOut,
+    ChoiceLogprobs,
     ChunkChoice,
     CompletionChoice,
     CompletionChunk,
     CompletionChunkChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     CompletionUsageChunk,
@@ -95,12 +97,6 @@ async def _served(service: InferenceService) -> list[str]:
     return [service.llm.model_name, *info.get("other_models_loaded", [])]
 
 
-def _chat_features(request: ChatCompletionRequest) -> None:
-    """What the route cannot do is refused by name."""
-    if request.logprobs or request.top_logprobs:
-        raise refuse("logprobs are not supported yet.", "logprobs")
-
-
 def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
     """Choice ``index``'s parameters: its own seed, so seeded choices differ yet repeat."""
     if index == 0 or parameters.get("seed") is None:
@@ -116,17 +112,27 @@ def _seeded(parameters: dict[str, Any], index: int) -> dict[str, Any]:
 async def chat_completions(request: ChatCompletionRequest, service: Service, http: Request) -> Any:
     refuse_unsupported(request)
     choices_allowed(request.n, service.settings.limits)
-    _chat_features(request)
+    logprobs = request.logprob_alternatives
     messages: list[Any] = chat_conversation(request.messages, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
-    parameters.update(request.structured_parameters())
+    parameters.update(request.structured_parameters(), logprobs=logprobs)
     model = parameters.get("model", service.llm.model_name)
     admission = Admission(http)  # 429 when too many requests are in flight
     if request.stream:
         chunk_id, created = new_id("chatcmpl"), now()
 
-        def chunk(index: int, delta: DeltaMessage, finish: FinishName | None) -> BaseModel:
-            choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
+        def chunk(
+            index: int,
+            delta: DeltaMessage,
+            finish: FinishName | None,
+            entries: tuple[TokenLogprob, ...] = (),
+        ) -> BaseModel:
+            choice = ChunkChoice(
+                index=index,
+                delta=delta,
+                finish_reason=finish,
+                logprobs=ChoiceLogprobs.of(entries) if entries else None,
+            )
             return ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
 
         def usage_chunk(usage: UsageInfo | None) -> ChatCompletionUsageChunk:
@@ -158,6 +164,7 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
             index=index,
             message=ChatMessageOut.of(response.content, response.tool_calls),
             finish_reason=finish_name(response.finish_reason),
+            logprobs=ChoiceLogprobs.of(response.logprobs) if logprobs is not None else None,
         )
         for index, response in enumerate(responses)
     ]
@@ -176,21 +183,31 @@ async def chat_completions(request: ChatCompletionRequest, service: Service, htt
 async def completions(request: CompletionRequest, service: Service, http: Request) -> Any:
     """A raw prompt, continued as it is (no chat format)."""
     refuse_unsupported(request)
-    if request.logprobs:
-        raise refuse("logprobs are not supported yet.", "logprobs")
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
     if len(prompts) != 1:
         raise refuse("Send one prompt (a string).", "prompt")
     choices_allowed(request.n, service.settings.limits)
     parameters = request.generation_parameters(serve_model(service, request.model))
+    parameters["logprobs"] = request.logprobs  # validated with the other parameters
     model = parameters.get("model", service.llm.model_name)
     completion_id, created = new_id("cmpl"), now()
     admission = Admission(http)
     if request.stream:
 
-        def chunk(index: int, delta: DeltaMessage, finish: FinishName | None) -> BaseModel:
+        offsets = [0] * request.n  # each choice's characters so far, for text_offset
+
+        def chunk(
+            index: int,
+            delta: DeltaMessage,
+            finish: FinishName | None,
+            entries: tuple[TokenLogprob, ...] = (),
+        ) -> BaseModel:
+            scored = None
+            if entries:
+                scored = CompletionLogprobs.of(entries, offsets[index])
+                offsets[index] += sum(len(e.token) for e in entries)
             choice = CompletionChunkChoice(
-                index=index, text=delta.content or "", finish_reason=finish
+                index=index, text=delta.content or "", finish_reason=finish, logprobs=scored
             )
             return CompletionChunk(id=completion_id, created=created, model=model, choices=[choice])
 
@@ -219,7 +236,12 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
     )
     choices = [
         CompletionChoice(
-            index=index, text=completion.text, finish_reason=finish_name(completion.finish_reason)
+            index=index,
+            text=completion.text,
+            finish_reason=finish_name(completion.finish_reason),
+            logprobs=(
+                CompletionLogprobs.of(completion.logprobs) if request.logprobs is not None else None
+            ),
         )
         for index, completion in enumerate(completions)
     ]
@@ -235,26 +257,30 @@ async def completions(request: CompletionRequest, service: Service, http: Reques
 async def _events(
     chunks: AsyncIterator[tuple[int, StreamChunk]],
     n: int,
-    chunk: Callable[[int, DeltaMessage, FinishName | None], BaseModel],
+    chunk: Callable[[int, DeltaMessage, FinishName | None, tuple[TokenLogprob, ...]], BaseModel],
     usage_chunk: Callable[[UsageInfo | None], BaseModel] | None,
     on_first_text: Callable[[], None],
     first: DeltaMessage | None = None,
 ) -> AsyncIterator[str]:
     """OpenAI's stream: one id throughout, each choice's finish reason on its own chunk, then the
-    usage of all choices (when asked for) on a chunk without choices, then ``[DONE]``."""
+    usage of all choices (when asked for) on a chunk without choices, then ``[DONE]``. Log
+    probability entries go with the text they belong to, or with the finish reason."""
     usages: list[TokenUsage | None] = []
     try:
         if first is not None:
             for index in range(n):
-                yield event(chunk(index, first, None))
+                yield event(chunk(index, first, None, ()))
         async for index, piece in chunks:
+            entries = piece.logprobs
             if piece.text:
                 on_first_text()
-                yield event(chunk(index, DeltaMessage(content=piece.text), None))
+                yield event(chunk(index, DeltaMessage(content=piece.text), None, entries))
+                entries = ()
             for delta in DeltaMessage.tool_call_deltas(piece.tool_calls):
-                yield event(chunk(index, delta, None))
+                yield event(chunk(index, delta, None, ()))
             if piece.finish_reason is not None:
-                yield event(chunk(index, DeltaMessage(), finish_name(piece.finish_reason)))
+                finish = finish_name(piece.finish_reason)
+                yield event(chunk(index, DeltaMessage(), finish, entries))
                 usages.append(piece.token_usage)
         if usage_chunk is not None:
             yield event(usage_chunk(UsageInfo.total(usages)))

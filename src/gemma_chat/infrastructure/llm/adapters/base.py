@@ -25,6 +25,7 @@ from gemma_chat.domain.errors import (
     ContextLengthExceededError,
     GemmaChatError,
     InferenceError,
+    InvalidGenerationConfigError,
     ModelLoadError,
     ModelNotLoadedError,
     OutOfMemoryError,
@@ -36,6 +37,7 @@ from gemma_chat.domain.models import (
     GenerationConfig,
     Role,
     StreamChunk,
+    TokenLogprob,
     TokenUsage,
     ToolCall,
     ToolChoiceMode,
@@ -78,6 +80,10 @@ class BaseLLM(ABC):
     system turn, calls and results as fenced blocks) and the calls parsed back from the answer,
     unless the adapter sets ``native_tools``: it then receives ``tools`` and ``tool_choice``
     too, and the messages with their tool calls, and returns the calls in its ``Completion``.
+
+    Log probabilities: an adapter that sets ``supports_logprobs`` receives ``logprobs`` (the
+    alternatives per token) when a request asks for them, and returns each token's entry in
+    its ``StreamChunk``s or ``Completion``; a request for them to any other adapter is refused.
     """
 
     # An adapter of a chat API (a remote server formats the prompt itself) sets this to receive
@@ -87,6 +93,8 @@ class BaseLLM(ABC):
     # An adapter of a backend with its own tool calling (an OpenAI-compatible server) sets
     # this: tools and the messages' tool calls go to it as they are.
     native_tools: ClassVar[bool] = False
+    # An adapter that returns each token's log probability sets this.
+    supports_logprobs: ClassVar[bool] = False
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else get_settings()
@@ -117,7 +125,9 @@ class BaseLLM(ABC):
         """Yield the answer in pieces; by default the whole answer in one piece."""
         result = await self._generate_implementation(prompt, **kwargs)
         if isinstance(result, Completion):
-            yield StreamChunk(result.text, result.finish_reason, result.token_usage)
+            yield StreamChunk(
+                result.text, result.finish_reason, result.token_usage, logprobs=result.logprobs
+            )
         else:
             yield result
 
@@ -143,12 +153,18 @@ class BaseLLM(ABC):
         ``_stream_implementation``): its pieces joined, with the final chunk's finish reason and
         usage."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async for chunk in self._stream_implementation(prompt, **kwargs):
             text = chunk.text if isinstance(chunk, StreamChunk) else chunk
             parts.append(text)
+            if isinstance(chunk, StreamChunk):
+                logprobs += chunk.logprobs
             if isinstance(chunk, StreamChunk) and chunk.finish_reason is not None:
                 return Completion(
-                    "".join(parts), chunk.finish_reason, chunk.token_usage or TokenUsage()
+                    "".join(parts),
+                    chunk.finish_reason,
+                    chunk.token_usage or TokenUsage(),
+                    logprobs=tuple(logprobs),
                 )
         raise InferenceError(f"{type(self).__name__}'s stream ended without a final chunk")
 
@@ -266,6 +282,7 @@ class BaseLLM(ABC):
                 FinishReason.STOP if stopped else result.finish_reason,
                 result.token_usage,
                 result.tool_calls,
+                result.logprobs,
             )
         else:
             text, stopped = cut_at_stop(result, config.stop)
@@ -278,7 +295,11 @@ class BaseLLM(ABC):
             text, calls = parse_tool_calls(completion.text, config.tools)
             if calls:
                 completion = Completion(
-                    text, FinishReason.TOOL_CALLS, completion.token_usage, calls
+                    text,
+                    FinishReason.TOOL_CALLS,
+                    completion.token_usage,
+                    calls,
+                    completion.logprobs,
                 )
         self._record(completion.token_usage)
         return completion
@@ -301,6 +322,9 @@ class BaseLLM(ABC):
         tool_calls: tuple[ToolCall, ...] = ()
         finish = FinishReason.STOP
         usage: TokenUsage | None = None
+        # Entries of tokens whose text is held back (stop sequences, tool calls): they go with
+        # the next chunk that carries text, or the final one.
+        logprobs: list[TokenLogprob] = []
         pieces = self._stream_implementation(prompt, **self._kwargs(config, raw, chat))
         try:
             async for piece in pieces:
@@ -309,13 +333,15 @@ class BaseLLM(ABC):
                     finish = piece.finish_reason or finish
                     usage = piece.token_usage or usage
                     tool_calls = piece.tool_calls or tool_calls
+                    logprobs += piece.logprobs
                 else:
                     text = piece
                 released = stops.push(text)
                 if calls is not None:
                     released = calls.push(released)
                 if released:
-                    yield StreamChunk(released)
+                    yield StreamChunk(released, logprobs=tuple(logprobs))
+                    logprobs.clear()
                 if stops.stopped:
                     finish = FinishReason.STOP
                     break
@@ -338,7 +364,7 @@ class BaseLLM(ABC):
         if tool_calls:
             finish = FinishReason.TOOL_CALLS
         self._record(usage)
-        yield StreamChunk(tail, finish, usage, tool_calls)
+        yield StreamChunk(tail, finish, usage, tool_calls, tuple(logprobs))
 
     def get_model_info(self) -> dict[str, Any]:
         return {
@@ -378,6 +404,7 @@ class BaseLLM(ABC):
         """Validate the conversation and fit it into the context window: (prompt, its tokens,
         the messages it holds)."""
         self._require_loaded()
+        self._check_logprobs(config)
         chat = validated_messages(messages)
         if not self.native_tools:
             choice = config.tool_choice
@@ -417,6 +444,7 @@ class BaseLLM(ABC):
 
     def _prepare_raw(self, prompt: str, config: GenerationConfig) -> int:
         self._require_loaded()
+        self._check_logprobs(config)
         validate_content(prompt, what="prompt")
         prompt_tokens = self.count_tokens(prompt)
         limit = self.context_length
@@ -427,6 +455,14 @@ class BaseLLM(ABC):
                 context_length=limit,
             )
         return prompt_tokens
+
+    def _check_logprobs(self, config: GenerationConfig) -> None:
+        if config.logprobs is not None and not self.supports_logprobs:
+            raise InvalidGenerationConfigError(
+                f"{type(self).__name__} ({self.model_name!r}) cannot return log probabilities: "
+                "ask without logprobs.",
+                field="logprobs",
+            )
 
     def _record(self, usage: TokenUsage) -> None:
         self.inference_count += 1

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 
 class GemmaLLM(BaseLLM):
+    supports_logprobs = True  # both generators score each token (GenerationJob.score)
+
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-load")
@@ -271,6 +273,7 @@ class GemmaLLM(BaseLLM):
             emit=emit,
             strip_leading_space=chat_format is not None and chat_format.strip_leading_space,
             constraint=constraint,
+            logprobs=kwargs.get("logprobs"),
         )
         generator.submit(job)
         try:

@@ -339,7 +339,7 @@ class BatchScheduler:
                     else _NO_TOKENS
                 )
                 token = sampler(logits, seen)
-            accepted = job.accept(token)
+            accepted = job.accept(token, job.score(logits, token))
         except Exception as exc:  # e.g. logits without a finite probability: this request alone
             logger.exception("choosing or handing over the next token failed")
             self._fail([slot], exc)

@@ -14,7 +14,7 @@ import torch
 from gemma_chat.infrastructure.llm.generation.constraints import TokenConstraint
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
-__all__ = ["Forward", "decode_one_token", "generate_tokens", "prefill"]
+__all__ = ["Forward", "decode_one_token", "generate_scored_tokens", "generate_tokens", "prefill"]
 
 Forward = Callable[..., Any]
 
@@ -41,7 +41,22 @@ def generate_tokens(
     max_new_tokens: int,
     constraint: TokenConstraint | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel.
+    """Yield new token ids; the caller stops iterating on end-of-turn, stop text or cancel."""
+    scored = generate_scored_tokens(forward, input_ids, cache, sampler, max_new_tokens, constraint)
+    for token, _ in scored:
+        yield token
+
+
+def generate_scored_tokens(
+    forward: Forward,
+    input_ids: torch.Tensor,
+    cache: Any,
+    sampler: TokenSampler,
+    max_new_tokens: int,
+    constraint: TokenConstraint | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield new token ids, each with the logits [V] it was chosen from (for its log
+    probability); the caller stops iterating on end-of-turn, stop text or cancel.
 
     ``constraint``: the answer's grammar, as a logits processor (the caller feeds it the
     tokens, through the job)."""
@@ -51,7 +66,7 @@ def generate_tokens(
         if constraint is not None:
             logits = constraint.mask_(logits.float())
         token = sampler(logits, seen)
-        yield token
+        yield token, logits
         if step + 1 == max_new_tokens:
             return  # no forward pass for a token that would never be used
         next_ids = torch.tensor([[token]], device=input_ids.device)  # [1, 1]

@@ -10,8 +10,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from gemma_chat.domain.errors import InferenceError
-from gemma_chat.domain.models import FinishReason, StreamChunk, TokenUsage
+from gemma_chat.domain.models import FinishReason, StreamChunk, TokenLogprob, TokenUsage
 from gemma_chat.infrastructure.llm.generation.constraints import TokenConstraint
 from gemma_chat.infrastructure.llm.generation.detokenizer import IncrementalDetokenizer
 from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
@@ -33,6 +35,8 @@ class GenerationJob:
     emit: Emit
     strip_leading_space: bool = False
     constraint: TokenConstraint | None = None  # the grammar the answer follows
+    # None: no log probabilities; else each token's, with this many alternatives
+    logprobs: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
@@ -41,13 +45,16 @@ class GenerationJob:
         self._detokenizer = IncrementalDetokenizer(self.decode)
         self._stops = StopSequenceFilter(self.stop)
         self._leading = self.strip_leading_space
+        # Entries of tokens whose text no chunk has carried yet (held back by the stop filter).
+        self._pending: list[TokenLogprob] = []
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def accept(self, token: int) -> bool:
-        """Take the next token; False once the job is finished (the generator drops it)."""
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> bool:
+        """Take the next token (and its log probability entry, when the job asks for them);
+        False once the job is finished (the generator drops it)."""
         if self.done:
             return False
         if token in self.end_ids:
@@ -56,6 +63,8 @@ class GenerationJob:
         if self.constraint is not None and not self.constraint.accept(token):
             raise InferenceError(f"The answer's grammar refused token {token}.")
         self.generated.append(token)
+        if logprob is not None:
+            self._pending.append(logprob)
         self._push(self._detokenizer.push(token))
         if self._stops.stopped or (self.constraint is not None and self.constraint.is_terminated):
             self.finish(FinishReason.STOP)
@@ -64,6 +73,22 @@ class GenerationJob:
         elif len(self.generated) >= self.max_new_tokens:
             self.finish(FinishReason.LENGTH)
         return not self.done
+
+    def score(self, logits: torch.Tensor, token: int) -> TokenLogprob | None:
+        """``token``'s log probability entry in ``logits`` [V], the row it was chosen from
+        (None when the job asks for none)."""
+        if self.logprobs is None:
+            return None
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top: tuple[tuple[str, float], ...] = ()
+        if self.logprobs > 0:
+            values, ids = torch.topk(logprobs, min(self.logprobs, logprobs.shape[-1]))
+            top = tuple(
+                (self.decode([i]), v)
+                for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+                if v > float("-inf")  # tokens a grammar ruled out are no alternatives
+            )
+        return TokenLogprob(self.decode([token]), float(logprobs[token]), top)
 
     def finish(self, reason: FinishReason) -> None:
         """End the job: release held-back text and send the final chunk with the usage."""
@@ -74,7 +99,7 @@ class GenerationJob:
         if not self._stops.stopped:
             tail = self._stops.push(self._lstrip(self._detokenizer.flush())) + self._stops.flush()
         usage = TokenUsage(len(self.prompt_ids), len(self.generated))
-        self.emit(StreamChunk(tail, reason, usage))
+        self.emit(StreamChunk(tail, reason, usage, logprobs=self._take_pending()))
 
     def fail(self, error: BaseException) -> None:
         if not self.done:
@@ -84,7 +109,12 @@ class GenerationJob:
     def _push(self, delta: str) -> None:
         released = self._stops.push(self._lstrip(delta))
         if released:
-            self.emit(StreamChunk(released))
+            self.emit(StreamChunk(released, logprobs=self._take_pending()))
+
+    def _take_pending(self) -> tuple[TokenLogprob, ...]:
+        taken = tuple(self._pending)
+        self._pending.clear()
+        return taken
 
     def _lstrip(self, delta: str) -> str:
         # Whitespace before the answer's first character belongs to the format ("Assistant: x").

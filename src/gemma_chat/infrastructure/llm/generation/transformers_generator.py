@@ -10,7 +10,7 @@ import torch
 
 from gemma_chat.domain.models import FinishReason
 from gemma_chat.infrastructure.llm.generation.chat_format import END_OF_TURN
-from gemma_chat.infrastructure.llm.generation.decoding import Forward, generate_tokens
+from gemma_chat.infrastructure.llm.generation.decoding import Forward, generate_scored_tokens
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
@@ -114,7 +114,7 @@ class TransformersGenerator:
             with torch.inference_mode():
                 device = self.model.device
                 input_ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=device)
-                tokens = generate_tokens(
+                tokens = generate_scored_tokens(
                     self.forward,
                     input_ids,  # [1, S]
                     DynamicCache(config=self.model.config),
@@ -122,8 +122,8 @@ class TransformersGenerator:
                     job.max_new_tokens,
                     job.constraint,
                 )
-                for token in tokens:
-                    if not job.accept(token):
+                for token, logits in tokens:
+                    if not job.accept(token, job.score(logits, token)):
                         break
                 job.finish(FinishReason.LENGTH)  # no-op unless the tokens ran out first
         except BaseException as exc:
