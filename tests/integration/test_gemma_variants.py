@@ -199,8 +199,8 @@ def test_reusing_a_prefix_gives_what_recomputing_it_gives(case: Case, kernels: Q
     with torch.inference_mode():
         recomputed = _rows(model, tokens, 0, 0, cache)
         _rows(model, tokens[:25], 0, 1, cache)  # the prefix, as a finished turn left it
-        k, v = cache.read(1, 25)
-        cache.write(2, k, v)  # moved to another slot, as from the prefix store
+        snapshot = cache.read(1, 25)
+        cache.write(2, snapshot, 25)  # moved to another slot, as from the prefix store
         reused = _rows(model, tokens[25:], 25, 2, cache)
     assert torch.equal(reused, recomputed)
 
