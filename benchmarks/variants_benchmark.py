@@ -86,7 +86,8 @@ async def measure_ours() -> dict[str, Any]:
         figures["concurrent_vs_sequential_8"] = sequential / concurrent
 
         engine: Any = service.llm
-        prompt = prefill_prompt(engine._generator.tokenizer)
+        generator = getattr(engine, "_generator", None) or engine._loop  # _loop: before 2026-12
+        prompt = prefill_prompt(generator.tokenizer)
         best = float("inf")
         for attempt in range(2):  # a fresh prompt each time: nothing to reuse
             started = time.perf_counter()
