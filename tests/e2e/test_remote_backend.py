@@ -94,7 +94,7 @@ async def test_a_session_runs_on_our_server_through_the_openai_protocol(
     assert first.model == f"openai:{SERVED}"
     assert first.token_usage.completion_tokens == len(SERVED_ANSWER.split(" "))
     assert "".join(c.text for c in chunks) == "Hello from the"
-    assert chunks[-1].finish_reason is FinishReason.STOP
+    assert chunks[-1].finish_reason is FinishReason.LENGTH  # cut at max_new_tokens=3
     assert chunks[-1].token_usage is not None
     assert chunks[-1].token_usage.completion_tokens == 3
     # The second turn sent the whole conversation, the first answer included.
