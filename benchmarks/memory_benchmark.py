@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import re
 import shutil
 import subprocess
@@ -26,21 +25,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_flags  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_TOKENS = 16
-
-
-def cpu_flags() -> str:
-    """The CPU's model and its vector flags (lscpu), written beside every figure."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    model = fields.get("Model name", "").strip()
-    flags = fields.get("Flags", "").split()
-    vector = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx", "sve", "asimd"))]
-    return f"{model}; {' '.join(vector) or 'no AVX/NEON flags'}"
 
 
 def words() -> list[str]:

@@ -16,30 +16,17 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_flags  # benchmarks/machine.py, beside this script
 
 from gemma_chat import ChatSession, GenerationConfig, InferenceService, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 64  # per request; Gemma's turn format, in which the base model writes until the limit
-
-
-def cpu_flags() -> str:
-    """The CPU's model and its vector flags (lscpu), written beside every figure."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    model = fields.get("Model name", "").strip()
-    flags = fields.get("Flags", "").split()
-    vector = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx", "sve", "asimd"))]
-    return f"{model}; {' '.join(vector) or 'no AVX/NEON flags'}"
 
 
 async def ours_at(service: InferenceService, level: int) -> dict[str, float]:

@@ -24,27 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_flags  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "benchmarks" / "figures"
 PREFILL_TOKENS = 1400
 DECODE_TOKENS = 64
-
-
-def cpu_flags() -> str:
-    """The vector-unit flags ``lscpu`` reports (what decides which variants run)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    model = flags = ""
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("Flags:"):
-            wanted = ("avx", "fma", "f16c", "neon", "asimd", "dotprod", "i8mm", "sve")
-            flags = " ".join(f for f in line.split()[1:] if f.startswith(wanted))
-    return f"{model}; {flags}"
 
 
 def prefill_prompt(tokenizer: Any) -> str:
