@@ -100,6 +100,8 @@ int q8_vector_kernels(void) {
     return 1;
 #elif defined(Q8_AVX2_INT8)
     return 2;
+#elif defined(Q8_NEON_I8MM)
+    return 4;
 #elif defined(Q8_NEON_DOTPROD)
     return 3;
 #else

@@ -47,6 +47,9 @@ static inline const char *ahead(const uint8_t *p) {
 #if defined(__ARM_FEATURE_DOTPROD)
 #define Q8_NEON_DOTPROD 1 /* the int8 products (sdot) */
 #endif
+#if defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_FEATURE_MATMUL_INT8)
+#define Q8_NEON_I8MM 1 /* the int8 products of several rows (usmmla), one row with sdot */
+#endif
 #endif
 
 /* ---- Thread pool (thread_pool.c) ------------------------------------------------------------ */
@@ -124,6 +127,7 @@ tiles_product_fn q8_tiles_product_neon;
  * for the weights' +8), which every body but NEON's needs */
 tiles_product_fn q4_tiles_product_generic, q4_tiles_product_avx512, q4_tiles_product_avx2;
 tiles_product_fn q4_tiles_product_neon;
+tiles_product_fn q8_tiles_product_i8mm, q4_tiles_product_i8mm; /* matmul*_neon.c, with i8mm */
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
@@ -241,6 +245,9 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #elif defined(Q8_AVX2_INT8)
 #define q8_tiles_product q8_tiles_product_avx2
 #define Q8_USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
+#elif defined(Q8_NEON_I8MM)
+#define q8_tiles_product q8_tiles_product_i8mm
+#define Q8_USES_BLOCK_SUMS 1 /* usmmla on unsigned weights: 128 * sum(x) comes back out */
 #elif defined(Q8_NEON_DOTPROD)
 #define q8_tiles_product q8_tiles_product_neon
 #define Q8_USES_BLOCK_SUMS 0 /* sdot on signed weights (w + 128 - 128) */
@@ -253,6 +260,8 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q4_tiles_product q4_tiles_product_avx512
 #elif defined(Q8_AVX2_INT8)
 #define q4_tiles_product q4_tiles_product_avx2
+#elif defined(Q8_NEON_I8MM)
+#define q4_tiles_product q4_tiles_product_i8mm
 #elif defined(Q8_NEON_DOTPROD)
 #define q4_tiles_product q4_tiles_product_neon
 #else
