@@ -125,9 +125,10 @@ static void quantize_and_products(void) {
         print_words("quantize.q", "exact", q, M * K, 1);
         print_words("quantize.s", "exact", s, M * K / QK, 4);
     }
-    /* products: tails of N (not a multiple of 16), odd M, K from one block to twenty */
+    /* products: tails of N (not a multiple of 16), odd M, K from one block to twenty; M = 7:
+     * a four-row pass, a row pair and a lone row (the i8mm bodies' three kinds) */
     const int64_t shapes[][3] = {{72, 96, 5}, {100, 64, 9}, {40, 640, 1}, {16, 32, 8},
-                                 {33, 128, 3}, {250, 256, 4}, {48, 64, 17}};
+                                 {33, 128, 3}, {250, 256, 4}, {48, 64, 17}, {24, 160, 7}};
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int64_t N = shapes[c][0], K = shapes[c][1], M = shapes[c][2];
         q8_weight w = random_weight(N, K, 0.01f);

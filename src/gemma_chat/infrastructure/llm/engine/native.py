@@ -1,7 +1,8 @@
 """Our C code (``kernels/*.c``), compiled with the system's C compiler into named variants.
 
 Each variant is one set of fixed compiler flags (``VARIANTS``): a generic build any CPU of the
-architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``).
+architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``,
+``neon-i8mm``).
 At run time the best variant the CPU reports supporting is chosen (``choose_variant``): never one
 whose instructions the CPU lacks, so a cache directory shared by two machines, or an image built
 on one CPU and run on another, runs the right code. ``GEMMA_PERFORMANCE__KERNEL_VARIANT`` forces
@@ -95,6 +96,12 @@ VARIANTS: tuple[KernelVariant, ...] = (
         # armv8.1-a's LSE atomics, RDM and CRC32 come with armv8.2-a: the compiler may use them.
         frozenset({"asimd", "asimddp", "atomics", "asimdrdm", "crc32"}),
     ),
+    KernelVariant(
+        "neon-i8mm",
+        "aarch64",
+        ("-march=armv8.2-a+dotprod+i8mm",),  # neon-dotprod's, and the 8-bit matrix multiplies
+        frozenset({"asimd", "asimddp", "atomics", "asimdrdm", "crc32", "i8mm"}),
+    ),
 )
 
 _built: dict[Path, Path | None] = {}  # this process's answer per entry: worked out once
@@ -145,6 +152,7 @@ _DARWIN_ARM = {
     "hw.optional.arm.FEAT_LSE": "atomics",
     "hw.optional.arm.FEAT_RDM": "asimdrdm",
     "hw.optional.armv8_crc32": "crc32",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
 }
 _DARWIN_X86 = {
     "sse3": "pni",
