@@ -210,14 +210,17 @@ def test_the_i8mm_build_gives_the_sdot_builds_bits_everywhere(builds: dict[str, 
 
 def test_the_i8mm_build_runs_i8mm_instructions(binaries: dict[str, Path]) -> None:
     # on an emulated CPU with the dot product and without i8mm (Neoverse N1) the i8mm build
-    # stops at an illegal instruction where the sdot build runs: the comparisons above ran usmmla
+    # stops at an illegal instruction where the sdot build runs: the comparisons above ran i8mm
     emulator = qemu()
     assert emulator is not None
     known = subprocess.run([emulator, "-cpu", "help"], capture_output=True, text=True).stdout
     if "neoverse-n1" not in known:
         pytest.skip(f"{emulator} does not emulate a Neoverse N1 (dot product without i8mm)")
-    command = [emulator, "-cpu", "neoverse-n1"]
-    sdot = subprocess.run([*command, str(binaries["arm-neon-sdot"])], capture_output=True, timeout=300)
-    assert sdot.returncode == 0
-    i8mm = subprocess.run([*command, str(binaries["arm-neon-i8mm"])], capture_output=True, timeout=300)
+
+    def on_n1(build: str) -> subprocess.CompletedProcess[bytes]:
+        command = [emulator, "-cpu", "neoverse-n1", str(binaries[build])]
+        return subprocess.run(command, capture_output=True, timeout=300)
+
+    assert on_n1("arm-neon-sdot").returncode == 0
+    i8mm = on_n1("arm-neon-i8mm")
     assert i8mm.returncode == -signal.SIGILL or b"Illegal instruction" in i8mm.stderr

@@ -99,7 +99,7 @@ class Q8Kernels:
         self._lib = self.ffi.dlopen(str(library))
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         self._lib.gemma_set_threads(torch.get_num_threads())
-        self.vectorized = bool(self._lib.q8_vector_kernels())  # AVX-512 VNNI, AVX2 or NEON sdot
+        self.vectorized = bool(self._lib.q8_vector_kernels())  # VNNI, AVX2, NEON sdot or i8mm
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [M, K] float32 -> int8 values [M, K] and float32 scales [M, K/32]."""

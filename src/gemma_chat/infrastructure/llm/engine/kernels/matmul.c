@@ -9,7 +9,8 @@
  *
  * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
  * row's result does not depend on the rows computed beside it. The generic body is here; the
- * instruction-set ones are in matmul_avx512.c (VNNI) and matmul_avx2.c.
+ * instruction-set ones are in matmul_avx512.c (VNNI), matmul_avx2.c and matmul_neon.c (sdot,
+ * and usmmla with i8mm).
  */
 #include <stdlib.h>
 

@@ -50,8 +50,9 @@ typedef struct {
 /* Threads to use (the caller's own included), before the first product; 0: one per CPU. */
 void gemma_set_threads(int n);
 
-/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 3 ARM64 NEON dot product, 0 the portable
- * loops (correct, but slower than bfloat16: the engine then uses int8 only when asked to). */
+/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 3 ARM64 NEON dot product, 4 the same with
+ * i8mm's matrix multiply, 0 the portable loops (correct, but slower than bfloat16: the engine
+ * then uses int8 only when asked to). */
 int q8_vector_kernels(void);
 
 /* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/32] float32 */
