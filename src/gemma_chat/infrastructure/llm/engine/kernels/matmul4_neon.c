@@ -153,7 +153,8 @@ static inline __attribute__((always_inline)) void tile_product_mm(
             const float32x4_t s4 = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc + 4 * v)));
             const float32x4_t s0 = vzip1q_f32(s4, s4), s1 = vzip2q_f32(s4, s4);
             for (int p = 0; p < rp; p++) {
-                f[p][2 * v] = vfmaq_f32(f[p][2 * v], vcvtq_f32_s32(acc[p][0]), vmulq_f32(dx[p], s0));
+                f[p][2 * v] =
+                    vfmaq_f32(f[p][2 * v], vcvtq_f32_s32(acc[p][0]), vmulq_f32(dx[p], s0));
                 f[p][2 * v + 1] =
                     vfmaq_f32(f[p][2 * v + 1], vcvtq_f32_s32(acc[p][1]), vmulq_f32(dx[p], s1));
             }

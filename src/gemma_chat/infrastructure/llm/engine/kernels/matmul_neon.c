@@ -110,7 +110,6 @@ static inline __attribute__((always_inline)) void tile_product_mm(
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *w = wq + (t * nb + b) * (8 * 64);
         __builtin_prefetch(ahead(w));
-        __builtin_prefetch(ahead(w) + 256);
         int32x4_t c4[RP]; /* -128 * sum(x): [row 2p, 2p + 1, 2p, 2p + 1] */
         int8x16_t x8[RP][4]; /* row pair p's k 8o..8o+7: [row 2p, row 2p + 1] */
         float32x4_t dx[RP];  /* [x scale of row 2p, of 2p + 1, of 2p, of 2p + 1] */
@@ -147,7 +146,8 @@ static inline __attribute__((always_inline)) void tile_product_mm(
             const float32x4_t s4 = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc + 4 * v)));
             const float32x4_t s0 = vzip1q_f32(s4, s4), s1 = vzip2q_f32(s4, s4);
             for (int p = 0; p < rp; p++) {
-                f[p][2 * v] = vfmaq_f32(f[p][2 * v], vcvtq_f32_s32(acc[p][0]), vmulq_f32(dx[p], s0));
+                f[p][2 * v] =
+                    vfmaq_f32(f[p][2 * v], vcvtq_f32_s32(acc[p][0]), vmulq_f32(dx[p], s0));
                 f[p][2 * v + 1] =
                     vfmaq_f32(f[p][2 * v + 1], vcvtq_f32_s32(acc[p][1]), vmulq_f32(dx[p], s1));
             }
