@@ -12,9 +12,10 @@ and one pass's chunk, at most; float16 with the int8 kernels, else the compute d
 
 A model is refused when its weights, the prefix store's budget and the keys and values of a
 ``RESERVED_TOKENS``-token conversation exceed the memory limit, or when it is to be converted
-and the conversion's peak does: conversion goes one tensor at a time (``conversion.py``), so
-its peak is about the engine's model (read back once written) plus the largest weight being
-converted (``conversion_bytes``).
+and the conversion's peak does: conversion goes one tensor at a time (``conversion.py``) and
+frees each before the converted model is read back, so its peak is the larger of the engine's
+model and the largest weight being converted (``conversion_bytes``; measured: DEVELOPMENT.md,
+"Conversion, tensor by tensor").
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ __all__ = [
 
 RESERVED_TOKENS = 4096  # a conversation's worth of keys and values counted in the check
 _BLOCK, _LANES, _POSITIONS = 32, 16, 16  # q8.BLOCK, q8.LANES, kv_cache's blocks of positions
-# Bytes per weight of the largest weight while it is converted: its float32 parts as read and
-# their float32 concatenation (q, k, v; gate, up), or the float32 weight, its quantized copy
-# and the few rows' temporaries; a bfloat16 tensor as read lives until its float32 copy exists.
-_CONVERSION_BYTES_PER_WEIGHT = 10
+# Bytes per weight of a weight being converted: float32 (4) beside the bfloat16 it was read
+# from (2) or its int8 / 4-bit copy and a few rows' temporaries; a weight made of parts (q, k,
+# v; gate, up) holds the float32 parts and their concatenation (8).
+_CONVERTING_BYTES_PER_WEIGHT = 6
+_CONCATENATING_BYTES_PER_WEIGHT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,7 @@ class MemoryEstimate:
     prefix_budget_bytes: int
     kv_fixed_bytes: int = 0  # the sliding-window layers' rings, once full
     ring: int = 0  # positions a sliding-window layer's ring holds
-    largest_weight: int = 0  # weights of the largest lean weight (the head, usually)
+    converting_bytes: int = 0  # the most one weight takes while it is converted
 
     def kv_bytes(self, tokens: int) -> int:
         """One sequence's keys and values at ``tokens`` positions, as ``KVCache`` holds them
@@ -68,9 +70,9 @@ class MemoryEstimate:
 
     @property
     def conversion_bytes(self) -> int:
-        """The peak of a first load: conversion holds one weight at a time in float32 with its
-        converted copy, then the converted model is read back (converted_store.py)."""
-        return self.weights_bytes + _CONVERSION_BYTES_PER_WEIGHT * self.largest_weight
+        """The peak of a first load: conversion holds one weight at a time (in float32, with
+        its converted copy), then the converted model is read back (converted_store.py)."""
+        return max(self.weights_bytes, self.converting_bytes)
 
     @property
     def required_bytes(self) -> int:
@@ -135,7 +137,10 @@ def estimate_memory(
         prefix_budget_bytes=prefix_budget_bytes,
         kv_fixed_bytes=sliding * per_position * ring,
         ring=ring if sliding else 0,
-        largest_weight=max(table, *(n * k for n, k in shapes)),
+        converting_bytes=max(
+            _CONVERTING_BYTES_PER_WEIGHT * max(table, *(n * k for n, k in shapes[1::2])),
+            _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
+        ),
     )
 
 

@@ -105,7 +105,6 @@ class TransformersGenerator:
             ),
             "memory_footprint_mb": round(self.model.get_memory_footprint() / 2**20, 1),
             "weights_mb": round(self.model.get_memory_footprint() / 2**20, 1),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
             "kv_cache_mb_per_1k_tokens": _kv_mb_per_1k_tokens(config, self.model.dtype),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
