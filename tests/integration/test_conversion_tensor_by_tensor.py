@@ -111,15 +111,15 @@ def test_tensor_by_tensor_writes_the_bytes_of_the_whole_model_conversion(
     config = Gemma3Config.from_hf(checkpoint.config)
     tied = bool(checkpoint.config["tie_word_embeddings"])
     chosen = kernels if quantized else None
+    old_path, new_path = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
     whole_model_conversion(
-        checkpoint, config, tmp_path / "old.safetensors", dtype=dtype, kernels=chosen, bits=bits,
-        tied=tied,
-    )  # fmt: skip
+        checkpoint, config, old_path, dtype=dtype, kernels=chosen, bits=bits, tied=tied
+    )
     convert_weights(
         checkpoint,
         lean_weight_sources(config, tied=tied),
         config,
-        tmp_path / "new.safetensors",
+        new_path,
         dtype=dtype,
         kernels=chosen,
         bits=bits,

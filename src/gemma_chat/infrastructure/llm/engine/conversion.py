@@ -154,7 +154,9 @@ def convert_weights(
         parts = [checkpoint[source].float() for source in sources[name]]
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
 
-    def put_matrix(name: str, weight: torch.Tensor, width: int, importance: torch.Tensor | None):
+    def put_matrix(
+        name: str, weight: torch.Tensor, width: int, importance: torch.Tensor | None
+    ) -> None:
         """A projection [N, K]: quantized (``<module>.q`` ...) or cast (``<module>.weight``)."""
         module = name.removesuffix(".weight")
         if kernels is None:
