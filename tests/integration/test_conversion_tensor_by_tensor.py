@@ -126,9 +126,7 @@ def test_tensor_by_tensor_writes_the_bytes_of_the_whole_model_conversion(
         tied=tied,
         calibration_ids=CALIBRATION_IDS.tolist(),
     )
-    old, new = (tmp_path / "old.safetensors").read_bytes(), (
-        tmp_path / "new.safetensors"
-    ).read_bytes()
+    old, new = old_path.read_bytes(), new_path.read_bytes()
     assert len(new) == len(old)
     assert new == old
 
