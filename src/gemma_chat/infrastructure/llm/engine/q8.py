@@ -300,9 +300,9 @@ def _float16_scales(
     return halves, torch.tensor([mult], dtype=torch.float32)
 
 
-# Rows quantized and packed at a time by ``quantize_packed`` (a multiple of LANES): its
-# temporaries are those of this many rows, not of the whole matrix.
-_ROWS_AT_A_TIME = 4096
+# Weights quantized and packed at a time by ``quantize_packed`` (whole tiles of rows): its
+# temporaries are those of this many weights, not of the whole matrix.
+_WEIGHTS_AT_A_TIME = 1 << 24
 
 
 def quantize_packed(
@@ -311,43 +311,38 @@ def quantize_packed(
     kernels: Q8Kernels | None = None,
     importance: torch.Tensor | None = None,
     *,
-    rows: int = _ROWS_AT_A_TIME,
+    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A float weight [N, K] in the kernels' layout, the same bytes as
     ``pack_weight(*quantize_weight(w))`` (``bits`` 8) or ``pack_weight4(*quantize_weight4(...))``
-    (4, which needs ``kernels``), computed ``rows`` rows at a time: beside the weight and the
-    result, only a few rows' temporaries are held (the 4-bit rounding, in C, holds its int8
-    values [N, K] too)."""
-    if rows % LANES:
-        raise ValueError(f"rows must be a multiple of {LANES}, got {rows}")
+    (4, which needs ``kernels``), packed ``rows`` rows at a time: beside the weight and the
+    result, its int8 values [N, K] and a few rows' temporaries are held, not torch's
+    temporaries of the whole matrix."""
     w = weight.detach()
     n, k = w.shape
+    if rows is None:
+        rows = max(LANES, _WEIGHTS_AT_A_TIME // max(k, 1) // LANES * LANES)
+    if rows % LANES:
+        raise ValueError(f"rows must be a multiple of {LANES}, got {rows}")
     tiles, blocks = -(-n // LANES), k // BLOCK
     groups = 8 if bits == 8 else 4
     packed = torch.empty((tiles, blocks, groups, LANES, 4), dtype=torch.uint8)
     halves = torch.empty((tiles, blocks, LANES), dtype=torch.float16)
-    if bits == 8:
-        scales = torch.cat(
-            [
-                _block_scales(w[s : s + rows].float().reshape(-1, blocks, BLOCK))
-                for s in range(0, n, rows)
-            ]
-        )
-        mult = _scale_factor(scales)
-        del scales
+    if bits == 8:  # rounded a few rows at a time (torch's temporaries are of those rows)
+        q = torch.empty((n, k), dtype=torch.int8)
+        scale = torch.empty((n, blocks), dtype=torch.float32)
         for s in range(0, n, rows):
-            part = pack_weight(*quantize_weight(w[s : s + rows]), mult=mult)
-            packed[s // LANES : s // LANES + part[0].shape[0]] = part[0]
-            halves[s // LANES : s // LANES + part[1].shape[0]] = part[1]
-    else:
-        if kernels is None:
-            raise ValueError("4-bit weights are rounded by the kernels: give them")
+            q[s : s + rows], scale[s : s + rows] = quantize_weight(w[s : s + rows])
+    elif kernels is None:
+        raise ValueError("4-bit weights are rounded by the kernels: give them")
+    else:  # in C, without temporaries
         q, scale = quantize_weight4(kernels, w, importance)
-        mult = _scale_factor(scale)
-        for s in range(0, n, rows):
-            part = pack_weight4(q[s : s + rows], scale[s : s + rows], mult=mult)
-            packed[s // LANES : s // LANES + part[0].shape[0]] = part[0]
-            halves[s // LANES : s // LANES + part[1].shape[0]] = part[1]
+    mult = _scale_factor(scale)  # the whole matrix's
+    pack = pack_weight if bits == 8 else pack_weight4
+    for s in range(0, n, rows):
+        part = pack(q[s : s + rows], scale[s : s + rows], mult=mult)
+        packed[s // LANES : s // LANES + part[0].shape[0]] = part[0]
+        halves[s // LANES : s // LANES + part[1].shape[0]] = part[1]
     return packed, halves, torch.tensor([mult], dtype=torch.float32)
 
 
