@@ -4,16 +4,21 @@ values in the ``KVCache`` at any length (sliding-window layers keep a ring)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from gemma_chat import get_settings
+from gemma_chat.domain.errors import ModelTooLargeError
+from gemma_chat.infrastructure.llm.engine.architecture import complete_text_config
 from gemma_chat.infrastructure.llm.engine.checkpoint import SafetensorsCheckpoint
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
-from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
+from gemma_chat.infrastructure.llm.engine.converted_store import WeightFormat
+from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes, check_memory
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
 from gemma_chat.infrastructure.llm.engine.q8 import (
@@ -23,6 +28,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     quantize_model,
 )
 from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources, load_hf_state_dict
+from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 
 from .gemma_variants import build_text_model
 
@@ -109,3 +115,67 @@ def test_the_kv_estimate_is_what_the_cache_holds_at_every_length(dtype: torch.dt
         assert cache.slot_nbytes(1) == estimate.kv_bytes(tokens), tokens
     # Past the ring, each token adds the global layers' keys and values only.
     assert estimate.kv_bytes(1016) - estimate.kv_bytes(1000) == 16 * estimate.kv_bytes_per_token
+
+
+def _published(directory: Path, **fields: object) -> ModelSource:
+    """A checkpoint directory holding only a published config.json (the check reads no more)."""
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "gemma3_text", **fields}))
+    return ModelSource(directory)
+
+
+GEMMA3_4B = dict(
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    vocab_size=262_208,
+    sliding_window=1024,
+)
+GEMMA3_270M = dict(
+    hidden_size=640,
+    intermediate_size=2048,
+    num_hidden_layers=18,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    vocab_size=262_144,
+    sliding_window=512,
+)
+
+
+def test_a_model_whose_int8_weights_fit_is_converted_not_refused_for_its_float32_size(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    source = _published(tmp_path / "gemma-3-4b", **GEMMA3_4B)
+    config = Gemma3Config.from_hf(
+        complete_text_config(json.loads((source.directory / "config.json").read_text()))
+    )
+    estimate = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True)
+    assert estimate.conversion_bytes == estimate.weights_bytes  # the int8 model is the peak
+    assert estimate.conversion_bytes < 4 * estimate.parameters / 3  # not the float32 model
+    limit_mb = estimate.required_bytes // 2**20 + 64
+    settings = get_settings(performance={"memory_limit_mb": limit_mb, "kv_cache_budget_mb": 0})
+    weights = WeightFormat.q8(kernels)
+    assert check_memory(settings, source, weights, converting=True) == limit_mb * 2**20
+
+
+def test_a_conversion_whose_largest_weight_would_not_fit_is_refused_with_the_numbers(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """270M: the table is most of the model, so converting it (6 bytes a weight) takes more
+    than running the int8 model."""
+    source = _published(tmp_path / "gemma-3-270m", **GEMMA3_270M)
+    config = Gemma3Config.from_hf(
+        complete_text_config(json.loads((source.directory / "config.json").read_text()))
+    )
+    estimate = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True)
+    assert estimate.conversion_bytes > estimate.required_bytes
+    limit_mb = (estimate.required_bytes + estimate.conversion_bytes) // 2 // 2**20
+    settings = get_settings(performance={"memory_limit_mb": limit_mb, "kv_cache_budget_mb": 0})
+    weights = WeightFormat.q8(kernels)
+    assert check_memory(settings, source, weights, converting=False) == limit_mb * 2**20
+    with pytest.raises(ModelTooLargeError, match="converting it once"):
+        check_memory(settings, source, weights, converting=True)
