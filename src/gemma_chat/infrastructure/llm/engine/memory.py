@@ -43,6 +43,9 @@ _BLOCK, _LANES, _POSITIONS = 32, 16, 16  # q8.BLOCK, q8.LANES, kv_cache's blocks
 # v; gate, up) holds the float32 parts and their concatenation (8).
 _CONVERTING_BYTES_PER_WEIGHT = 6
 _CONCATENATING_BYTES_PER_WEIGHT = 8
+# torch's temporaries while one piece of a matrix is rounded to int8 (``q8.quantize_packed``:
+# 16M weights a piece, a few float32 and int16 copies of it).
+_ROUNDING_TEMPORARIES_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,8 @@ def estimate_memory(
         prefix_budget_bytes=prefix_budget_bytes,
         kv_fixed_bytes=sliding * per_position * ring,
         ring=ring if sliding else 0,
-        converting_bytes=max(
+        converting_bytes=_ROUNDING_TEMPORARIES_BYTES
+        + max(
             _CONVERTING_BYTES_PER_WEIGHT * max(table, *(n * k for n, k in shapes[1::2])),
             _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
         ),
