@@ -158,7 +158,6 @@ void q8_weighted_sums_avx2(const float *w, int64_t T, int64_t nq, const uint16_t
                            float **outs);
 
 /* activations*.c */
-void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
 /* out[i] = gelu_tanh(gate[i]) * up[i] */
 void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
@@ -233,7 +232,6 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_argmax_row q8_argmax_row_generic
 #define q8_top_k_scan q8_top_k_scan_generic
 #endif
-#define q8_rms_norm q8_rms_norm_generic
 
 #if defined(Q8_AVX512_VNNI)
 #define q8_tiles_product q8_tiles_product_avx512
@@ -355,6 +353,30 @@ static inline __m256 exp8(__m256 x) {
                                          _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))));
 }
 #endif
+
+/* ---- RMSNorm (norm*.c): the same bits in every body ---------------------------------------- */
+#define Q8_NORM_LANES 16 /* double sums of squares, lane i % 16 */
+void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_avx512(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_avx2(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_neon(const float *x, const float *scale, float *out, int64_t n, float eps);
+#if defined(Q8_AVX512)
+#define q8_rms_norm q8_rms_norm_avx512
+#elif defined(Q8_NEON)
+#define q8_rms_norm q8_rms_norm_neon
+#elif defined(Q8_AVX2)
+#define q8_rms_norm q8_rms_norm_avx2
+#else
+#define q8_rms_norm q8_rms_norm_generic
+#endif
+
+/* 1 / sqrt(mean of squares + eps) from the 16 lanes' sums (consumed): lane j + 8 into lane j,
+ * then j + 4, j + 2, j + 1, as every body adds them */
+static inline float q8_rms_inverse(double *lanes, int64_t n, float eps) {
+    for (int width = Q8_NORM_LANES / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
+    return 1.0f / sqrtf((float)(lanes[0] / (double)n) + eps);
+}
 
 /* ---- top-k's heap (select*.c): a min-heap on rank, the lowest-ranked candidate at the root.
  * Ranks: a larger value first, and of equal values the lower index. */
