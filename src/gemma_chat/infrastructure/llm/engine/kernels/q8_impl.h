@@ -124,6 +124,12 @@ tiles_product_fn q8_tiles_product_neon;
  * for the weights' +8), which every body but NEON's needs */
 tiles_product_fn q4_tiles_product_generic, q4_tiles_product_avx512, q4_tiles_product_avx2;
 tiles_product_fn q4_tiles_product_neon;
+/* matmul.c: y [M, N] = x [M, K] times packed w [N, K] transposed, tile pairs on the thread pool,
+ * each through product; offset: what the weights are stored plus (xc = offset * each row's
+ * block sums; 0: no xc) */
+void q8_tiled_matmul(tiles_product_fn *product, int32_t offset, const int8_t *xq,
+                     const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
+                     float *y, int64_t M, int64_t N, int64_t K);
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
