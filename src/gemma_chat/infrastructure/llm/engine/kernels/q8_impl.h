@@ -5,8 +5,9 @@
  * and may have bodies for an instruction set (q8_<op>_avx512, q8_<op>_avx2, q8_<op>_neon) in their
  * own files, compiled when the build's -march has it. The names without a suffix below are this
  * build's choice, as ggml-cpu's arch-fallback.h. Bodies give the reference's bits where the
- * reference defines them (int8 sums, quantization, float16 stores, weighted sums, argmax, top-k);
- * where the order of float additions differs (dot products, exp, GELU) they agree within rounding.
+ * reference defines them (int8 sums, quantization, float16 stores, weighted sums, argmax, top-k,
+ * RMSNorm); where the order of float additions differs (dot products, exp, GELU) they agree
+ * within rounding.
  */
 #ifndef GEMMA_Q8_IMPL_H
 #define GEMMA_Q8_IMPL_H
