@@ -42,6 +42,7 @@ OPERATIONS = [
     "q8_gelu_tanh_mul",
     "q8_argmax_row",
     "q8_top_k_scan",
+    "q8_rms_norm",
 ]
 # where a body adds in its own order or uses its own exp: |a - b| <= CLOSE * max |b| per section
 CLOSE = 1e-5
@@ -175,8 +176,8 @@ def test_each_build_runs_the_bodies_it_was_built_for(builds: dict[str, Results])
 
 @pytest.mark.parametrize("build", ["arm-neon-sdot", "arm-neon-i8mm", "arm-neon"])
 def test_the_neon_bodies_give_the_generic_results(builds: dict[str, Results], build: str) -> None:
-    # the same bits for int8 products, quantization, float16 stores, weighted sums, argmax and
-    # top-k; dot products, exp and GELU (own order of adds, own exp) within CLOSE
+    # the same bits for int8 products, quantization, float16 stores, weighted sums, argmax,
+    # top-k and RMSNorm; dot products, exp and GELU (own order of adds, own exp) within CLOSE
     compare(builds[build], builds["arm-generic"], same_architecture=True)
 
 

@@ -31,7 +31,7 @@ from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, load_kernels, quantize_model
+from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, quantize_model
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 
 from .gemma_variants import build_multimodal_model, build_text_model, write_gguf
@@ -95,14 +95,6 @@ class Case:
 
 
 _cases: dict[str, Case] = {}
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    return built
 
 
 @pytest.fixture(params=list(CASES))

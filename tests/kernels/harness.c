@@ -107,6 +107,7 @@ static void bodies(void) {
     BODY(q8_gelu_tanh_mul);
     BODY(q8_argmax_row);
     BODY(q8_top_k_scan);
+    BODY(q8_rms_norm);
 }
 
 static void quantize_and_products(void) {
@@ -378,6 +379,28 @@ static void decoder_block(void) {
     free(sin_table);
 }
 
+/* RMSNorm: the same bits in every body (lanes of double sums in a fixed tree); lengths with and
+ * without a tail past the 16 lanes, values far apart in size. Last: the inputs drawn before it
+ * stay those of the sections above. */
+static void norms(void) {
+    char name[64];
+    const int64_t norm_lengths[] = {1, 15, 16, 37, 256, 640};
+    for (int c = 0; c < 6; c++) {
+        const int64_t n = norm_lengths[c];
+        float *x = malloc(sizeof(float) * n), *scale = malloc(sizeof(float) * n);
+        float *out = malloc(sizeof(float) * n);
+        fill(x, n, -40.0f, 40.0f);
+        fill(scale, n, 0.5f, 1.5f);
+        if (n > 3) x[3] = 1e-20f, x[n - 1] = 3e4f;
+        q8_rms_norm(x, scale, out, n, 1e-6f);
+        snprintf(name, sizeof name, "rms_norm.%" PRId64, n);
+        print_words(name, "exact", out, n, 4);
+        free(x);
+        free(scale);
+        free(out);
+    }
+}
+
 int main(void) {
     gemma_set_threads(2);
     bodies();
@@ -385,5 +408,6 @@ int main(void) {
     selection();
     block_operations();
     decoder_block();
+    norms();
     return 0;
 }

@@ -173,7 +173,11 @@ class ConvertedModelStore:
         # The tokenizer parses on another thread (without the GIL) while the weights load; it may
         # have started already, before torch was imported (tokenizer_prefetch).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(open_tokenizer, directory)
+            # in the kernels' own library (a forced variant: not the auto one beside it)
+            variant = weights.kernels.variant if weights.kernels is not None else "auto"
+            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(
+                open_tokenizer, directory, variant
+            )
             verify(directory)
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())

@@ -73,7 +73,8 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
     """int8 blocks when asked for, or by default where the kernel variant that runs has vector
     int8 products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
     dtype. A kernel variant named in the settings that this CPU cannot run is refused here."""
-    variant = choose_variant(settings.performance.kernel_variant).name
+    variant = settings.performance.kernel_variant
+    choose_variant(variant)  # a named one this CPU cannot run: refused before anything loads
     if plan.quantization == "int4":
         kernels = load_kernels(settings.cache_dir, variant=variant)
         if kernels is None:
@@ -90,7 +91,7 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
             logger.info(
                 "No vector int8 products in the %s kernels (neither AVX-512 VNNI nor AVX2 with "
                 "FMA and F16C): bfloat16 weights, faster here than int8",
-                variant,
+                kernels.variant,
             )
             return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":

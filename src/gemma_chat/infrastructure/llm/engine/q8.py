@@ -28,7 +28,7 @@ from torch import nn
 
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
-from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, choose_variant
+from gemma_chat.infrastructure.llm.engine.native import KERNELS, choose_variant, resolve_library
 
 __all__ = [
     "BLOCK",
@@ -197,13 +197,15 @@ class Q8Kernels:
 
 
 def load_kernels(cache_dir: Path, *, variant: str = "auto") -> Q8Kernels | None:
-    """The compiled kernels (``native.build_library``): the best variant this CPU runs, or the
-    one named (a ``ConfigurationError`` if this CPU cannot run it); None when no C compiler can
-    build them."""
-    chosen = choose_variant(variant).name
-    library = build_library(cache_dir, variant=chosen)
-    if library is None:
+    """The compiled kernels (``native.resolve_library``): the best variant this CPU runs whose
+    build works, or the one named (a ``ConfigurationError`` if this CPU cannot run it); None when
+    no C compiler can build them."""
+    if variant != "auto":
+        choose_variant(variant)  # refused before anything is built
+    found = resolve_library(cache_dir, variant=variant)
+    if found is None:
         return None
+    chosen, library = found
     try:
         return Q8Kernels(library, chosen)
     except OSError as exc:  # not a library any more (changed under us): built again next time

@@ -14,7 +14,8 @@
  *   matmul*.c              int8 products on packed weights, the embedding lookup
  *   matmul4*.c             the same on 4-bit weights
  *   attention*.c           scores, softmax, weighted sums over float16 keys and values
- *   activations*.c         RMSNorm, GELU
+ *   norm*.c                RMSNorm
+ *   activations*.c         GELU
  *   select*.c              argmax, top-k
  *   decoder_block.c        one Gemma 3 decoder block from the above
  * where the file without a suffix holds the generic (reference) body of each operation and
