@@ -224,10 +224,10 @@ def convert_weights(
             packed = pack_weight4(*values)
             for part, tensor in zip(("q", "scale", "scale_factor"), packed, strict=True):
                 writer.write(f"lm_head.{part}", tensor)
-            del values
-            if bits.lookup == 8:
-                put_matrix("embed_lookup.table.weight", table, 8, None)
-        elif kernels is not None:  # the int8 (or 4-bit) table is both the head and the lookup
+            del values, table
+        elif kernels is not None:  # the int8 (or 4-bit) table is the head (and the lookup)
             put_matrix("lm_head.weight", read("embed.weight"), bits.head, head_importance)
+        if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
+            put_matrix("embed_lookup.table.weight", read("embed.weight"), 8, None)
     finally:
         writer.close()
