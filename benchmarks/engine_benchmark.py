@@ -338,11 +338,17 @@ def read_bandwidth() -> float:
 
 def bytes_per_token(model: Any) -> int:
     """The weight bytes one decode step reads: every projection's packed values and scales (the
-    output head's whole table; the embedding lookup reads one row of it), norms aside."""
+    output head's whole table; the embedding lookup reads one row of it, or of a table of its
+    own, which is left out), norms aside."""
     from gemma_chat.infrastructure.llm.engine.q8 import Q8Linear
 
     total = 0
-    for module in {id(m): m for m in model.modules() if isinstance(m, Q8Linear)}.values():
+    read = {
+        id(m): m
+        for name, m in model.named_modules()
+        if isinstance(m, Q8Linear) and not name.startswith("embed_lookup.")
+    }
+    for module in read.values():
         total += module.q.numel() * module.q.element_size()
         total += module.scale.numel() * module.scale.element_size()
     return total

@@ -50,7 +50,9 @@ def main() -> None:
         fields = {"model_type": "gemma3_text", **dict(zip(COLUMNS, values, strict=True))}
         config = Gemma3Config.from_hf(complete_text_config(fields))
         q8 = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True)
-        q4 = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True, head_bits=4)
+        q4 = estimate_memory(  # int4: the 4-bit head and the lookups' own int8 table
+            config, quantized=True, dtype=torch.float32, tied=True, head_bits=4, lookup_bits=8
+        )
         bf16 = estimate_memory(config, quantized=False, dtype=torch.bfloat16, tied=True)
         kv = " | ".join(gib(q8.kv_bytes(n)) for n in CONTEXTS)
         print(

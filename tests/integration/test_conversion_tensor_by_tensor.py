@@ -22,6 +22,7 @@ from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.conversion import SafetensorsWriter, convert_weights
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
+    Q4Linear,
     Q8Kernels,
     load_kernels,
     pack_weight,
@@ -227,3 +228,81 @@ def test_a_conversion_holds_one_weight_of_the_checkpoint_at_a_time(
         assert counted.most_alive == one_weight
     assert counted.most_alive < whole_model / 2
     assert counted.alive == 0
+
+
+class _HeadInputs(torch.nn.Module):
+    """Stands in for a model's output head: keeps its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.found.append(x.reshape(-1, x.shape[-1]).float().clone())
+        return x[..., :1]
+
+
+def test_a_gptq_head_is_fitted_on_the_whole_models_head_inputs(
+    checkpoint: Checkpoint, kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
+    from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
+
+    tied = bool(checkpoint.config["tie_word_embeddings"])
+    if not tied:
+        pytest.skip("the GPTQ head is the tied table's")
+    config = Gemma3Config.from_hf(checkpoint.config)
+    bits = BlockBits(head=4, blocks=8, lookup=8)
+    ids = CALIBRATION_IDS.tolist()
+    gen = torch.Generator().manual_seed(2)
+    text = [[2, *ids[:300]], [2, *ids[300:]]]
+    samples = [[2, *torch.randint(3, 500, (40,), generator=gen).tolist()] for _ in range(3)]
+    target = tmp_path / "new.safetensors"
+    convert_weights(
+        checkpoint,
+        lean_weight_sources(config, tied=tied),
+        config,
+        target,
+        dtype=torch.float32,
+        kernels=kernels,
+        bits=bits,
+        tied=tied,
+        calibration_ids=ids,
+        head_sequences=(text, samples),
+    )
+    written = load_file(target)
+    # the same head inputs from the whole float model, op by op
+    lean = load_hf_state_dict(config, checkpoint, torch.float32)
+    table = lean.embed.weight.detach().clone()
+    recorder = _HeadInputs()
+    lean.lm_head = recorder
+    for sequence in text + samples:
+        cache = KVCache(config, slots=1, dtype=torch.float32)
+        with torch.inference_mode():
+            tokens = torch.tensor([sequence])
+            positions = torch.arange(len(sequence)).view(1, -1)
+            lean(tokens, positions, torch.tensor([0]), cache, last_only=False)
+    text_x = torch.cat(recorder.found[: len(text)])
+    x = torch.cat(recorder.found).double()
+    values = gptq_weight4(kernels, table, x.T @ x / x.shape[0], (text_x * text_x).mean(dim=0))
+    n = table.shape[0]
+
+    def restored(packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return kernels.rows(Q4Linear(kernels, packed, n), torch.arange(n))
+
+    def output_error(weight: torch.Tensor) -> float:
+        return float(((x.float() @ (weight - table).T) ** 2).mean())
+
+    head = (written["lm_head.q"], written["lm_head.scale"], written["lm_head.scale_factor"])
+    plain = pack_weight4(*quantize_weight4(kernels, table, (text_x * text_x).mean(dim=0)))
+    # GPTQ's rounding carries each error forward, so float sums in another order can move
+    # later roundings: the products' error is compared, not the bytes
+    fitted, reference = output_error(restored(head)), output_error(restored(pack_weight4(*values)))
+    assert abs(fitted - reference) < 0.05 * reference
+    assert fitted < 0.8 * output_error(restored(plain))
+    # the lookups read an int8 copy of the float table, per-weight rounded
+    lookup = pack_weight(*quantize_weight(table))
+    assert torch.equal(written["embed_lookup.table.q"], lookup[0])
+    assert torch.equal(written["embed_lookup.table.scale"], lookup[1])

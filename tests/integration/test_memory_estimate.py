@@ -38,6 +38,7 @@ FORMATS = {
     "bfloat16": (torch.bfloat16, None),
     "int8": (torch.float32, BlockBits()),
     "int4-head": (torch.float32, BlockBits(head=4, blocks=8)),
+    "int4-head-int8-lookups": (torch.float32, BlockBits(head=4, blocks=8, lookup=8)),
     "int4-everywhere": (torch.float32, BlockBits(head=4, blocks=4)),
 }
 
@@ -92,6 +93,7 @@ def test_the_weights_estimate_is_the_converted_model_bytes(
         tied=tied,
         head_bits=(bits or BlockBits()).head,
         block_bits=(bits or BlockBits()).blocks,
+        lookup_bits=(bits or BlockBits()).lookup,
     )
     assert estimate.weights_bytes == held
     # ... and what the model holds in memory once loaded (the tied table counted once).

@@ -9,17 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.native import cpu_features
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BLOCK,
+    BlockBits,
     Q4Linear,
     Q8Embedding,
     Q8Kernels,
     Q8Linear,
+    empty_q8_model,
     load_kernels,
     pack_weight4,
+    quantize_model,
     quantize_weight4,
 )
 
@@ -184,3 +188,93 @@ def test_a_4_bit_model_prefilled_whole_or_token_by_token_gives_the_same_bits(
         for t in range(12):
             step = model(prompt[:, t : t + 1], torch.tensor([[t]]), slot, steps_cache)
             assert torch.equal(step[0], whole[0, t])
+
+
+def correlated_inputs(rows: int, k: int, seed: int) -> torch.Tensor:
+    """Inputs whose features are correlated and of unequal size, as a norm's outputs are."""
+    gen = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(k, k, generator=torch.Generator().manual_seed(99)) / k**0.5
+    mixing += torch.diag(torch.rand(k, generator=torch.Generator().manual_seed(98)) * 3)
+    return torch.randn(rows, k, generator=gen) @ mixing
+
+
+def test_gptq_rounding_lowers_the_products_error_against_plain_rounding(
+    kernels: Q8Kernels,
+) -> None:
+    k = 128
+    w = torch.randn(96, k, generator=torch.Generator().manual_seed(4))
+    x = correlated_inputs(4000, k, seed=1)
+    covariance = x.double().T @ x.double() / x.shape[0]
+    importance = (x * x).mean(dim=0)
+    plain = quantize_weight4(kernels, w, importance)
+    fitted = gptq_weight4(kernels, w, covariance, importance)
+    q, scale = fitted
+    assert q.dtype == torch.int8
+    assert q.shape == (96, k)
+    assert scale.shape == (96, k // BLOCK)
+    assert int(q.min()) >= -8
+    assert int(q.max()) <= 7
+
+    def output_error(values: tuple[torch.Tensor, torch.Tensor], inputs: torch.Tensor) -> float:
+        q, s = values
+        restored = (q.float().view(96, -1, BLOCK) * s.unsqueeze(-1)).view(96, k)
+        return float(((inputs @ (restored - w).T) ** 2).mean())
+
+    # on the calibration inputs and on fresh ones from the same distribution
+    for inputs in (x, correlated_inputs(4000, k, seed=2)):
+        assert output_error(fitted, inputs) < 0.8 * output_error(plain, inputs)
+    # the weight itself is further off: what the int8 lookup table is for (BlockBits.lookup)
+    assert output_error(fitted, torch.eye(k)) > output_error(plain, torch.eye(k))
+
+
+def test_a_model_with_a_gptq_head_and_its_own_lookup_table_loads_back_the_same(
+    kernels: Q8Kernels,
+) -> None:
+    config = small_q8_model(kernels).config
+    torch.manual_seed(0)
+    fresh = Gemma3Model(config)  # a float model, as small_q8_model's before quantizing
+    for parameter in fresh.parameters():
+        parameter.data.normal_(0.0, 0.3)
+    fresh.lm_head.weight = fresh.embed.weight  # type: ignore[union-attr]
+    bits = BlockBits(head=4, blocks=8, lookup=8)
+    x = correlated_inputs(500, 64, seed=3)
+    values = gptq_weight4(kernels, fresh.embed.weight, x.double().T @ x.double() / 500)
+    quantize_model(fresh, kernels, tied=True, bits=bits, head_values=values)
+    assert isinstance(fresh.lm_head, Q4Linear)
+    assert isinstance(fresh.embed_lookup, Q8Embedding)
+    table = fresh.embed_lookup.table
+    assert isinstance(table, Q8Linear)
+    assert table.bits == 8
+    state = fresh.state_dict()
+    assert "embed_lookup.table.q" in state
+    with torch.device("meta"):
+        loaded = Gemma3Model(config)
+    empty_q8_model(loaded, kernels, tied=True, bits=bits)
+    loaded.load_state_dict(state, assign=True, strict=True)
+    prompt = torch.randint(0, 96, (1, 10), generator=torch.Generator().manual_seed(6))
+    outputs = []
+    for m in (fresh, loaded):
+        cache = KVCache(m.config, slots=1, dtype=m.kv_dtype)
+        with torch.inference_mode():
+            outputs.append(m(prompt, torch.arange(10).view(1, -1), torch.tensor([0]), cache))
+    assert torch.equal(outputs[0], outputs[1])
+    # the lookup reads the int8 table, not the 4-bit head
+    ids = torch.tensor([[5, 7]])
+    assert torch.equal(fresh.embed_lookup(ids)[0], kernels.rows(table, ids[0]))
+
+
+def test_the_int4_entry_has_a_key_of_its_own_rounding(kernels: Q8Kernels, tmp_path: Path) -> None:
+    from gemma_chat.infrastructure.llm.engine.converted_store import (
+        FORMAT_VERSION,
+        Q4_FORMAT_VERSION,
+        ConvertedModelStore,
+        WeightFormat,
+    )
+
+    store, digest = ConvertedModelStore(tmp_path), "ab" * 32
+    four = store.key(digest, WeightFormat.q4(kernels))
+    # main's importance-weighted entries were "-q4-v3": never read as this rounding's
+    assert four.endswith(f"-q4-v{FORMAT_VERSION}.{Q4_FORMAT_VERSION}")
+    assert Q4_FORMAT_VERSION >= 3
+    assert store.key(digest, WeightFormat.q8(kernels)).endswith(f"-q8-v{FORMAT_VERSION}")
+    assert WeightFormat.q4(kernels).bits == BlockBits(head=4, blocks=8, lookup=8)

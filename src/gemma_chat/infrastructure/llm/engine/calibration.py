@@ -11,6 +11,13 @@ numbers, bit for bit, holding one block's float weights at a time (conversion, t
 tensor: ``conversion.py``). Both measure each projection on the tokens of the model's last
 pass over the text (the cache's ``chunk`` tokens of it): that is what the first one did, and
 the second one keeps its numbers so that converted models stay the same bytes.
+
+The output head's GPTQ rounding (``gptq.py``) needs more: the covariance of the head's inputs
+(the final norm's outputs), over text varied enough that the rounding does not fit one kind of
+text. Docstrings alone made it worse on other text (DEVELOPMENT.md, "4-bit weights"), so the
+covariance also takes in the model's own samples (``model_samples``: seeded, from the first
+token), which range over whatever the model was trained on: prose, code, markup, languages.
+``BlockByBlockImportance.head_inputs`` gives those inputs for any sequence, block by block.
 """
 
 from __future__ import annotations
@@ -40,12 +47,18 @@ from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, RMSNo
 
 __all__ = [
     "CALIBRATION_TOKENS",
+    "SAMPLES",
+    "SAMPLE_SEED",
+    "SAMPLE_TOKENS",
     "BlockByBlockImportance",
+    "calibration_sequences",
     "calibration_text",
     "input_importance",
+    "model_samples",
 ]
 
 CALIBRATION_TOKENS = 1024
+SAMPLES, SAMPLE_TOKENS, SAMPLE_SEED = 16, 160, 0  # the model's own text for the head's covariance
 _LINEARS = ("qkv", "o", "gate_up", "down")
 _MODULES = (json, argparse, textwrap, asyncio, collections, logging, pathlib, subprocess,
             threading, unittest, email, http)  # fmt: skip
@@ -153,6 +166,38 @@ class BlockByBlockImportance:
             for _, x in self._passes:
                 record(norm, (norm(x),))
         return found["lm_head"]
+
+    def head_inputs(self, norm_weight: torch.Tensor) -> torch.Tensor:
+        """The output head's inputs [T, E] at every token of the passes, after every block has
+        run (``norm_weight``: the final norm's float32 weight)."""
+        norm = RMSNorm(self.config.hidden_size, self.config.rms_norm_eps)
+        norm.weight = torch.nn.Parameter(norm_weight, requires_grad=False)
+        with torch.inference_mode():
+            return torch.cat([norm(x).reshape(-1, x.shape[-1]).float() for _, x in self._passes])
+
+
+def calibration_sequences(ids: list[int], bos: int) -> list[list[int]]:
+    """The calibration text's tokens ``ids`` (without a first token) in sequences of at most
+    ``CALIBRATION_TOKENS``, each starting with ``bos``."""
+    step = CALIBRATION_TOKENS - 1
+    return [[bos, *ids[i : i + step]] for i in range(0, len(ids), step)]
+
+
+def model_samples(model: Gemma3Model, bos: int) -> list[list[int]]:
+    """``SAMPLES`` texts of ``SAMPLE_TOKENS`` tokens (``bos`` first) that ``model`` writes from
+    its first token, sampled at temperature 1 from a seeded generator, all in one batch."""
+    generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    cache = KVCache(model.config, slots=SAMPLES, dtype=model.kv_dtype)
+    tokens = torch.full((SAMPLES, 1), bos)
+    written = [tokens]
+    slots = torch.arange(SAMPLES)
+    with torch.inference_mode():
+        for position in range(SAMPLE_TOKENS - 1):
+            positions = torch.full((SAMPLES, 1), position)
+            logits = model(tokens, positions, slots, cache, last_only=True).float()  # [B, V]
+            tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            written.append(tokens)
+    return [row.tolist() for row in torch.cat(written, dim=1)]
 
 
 def _recorder(found: dict[str, torch.Tensor], name: str) -> Any:

@@ -23,11 +23,13 @@ import torch
 
 from gemma_chat.infrastructure.llm.engine.calibration import BlockByBlockImportance
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q8Kernels,
     empty_q8_model,
+    pack_weight4,
     quantize_packed,
 )
 
@@ -137,13 +139,16 @@ def convert_weights(
     bits: BlockBits,
     tied: bool,
     calibration_ids: list[int] | None = None,
+    head_sequences: tuple[list[list[int]], list[list[int]]] | None = None,
 ) -> None:
     """Write the converted weights of ``checkpoint`` (float32 tensors by the checkpoint's names)
     to ``target``: each lean weight of ``sources`` (its name -> the checkpoint tensors it is
     made of, in order: embedding, blocks, final norm, untied head) read, converted and written
     in turn. With ``kernels``, projections become int8 or 4-bit blocks (``bits``), the rest
     ``dtype``; a 4-bit projection's rounding is weighed by its inputs' importance over
-    ``calibration_ids`` (``calibration.BlockByBlockImportance``)."""
+    ``calibration_ids`` (``calibration.BlockByBlockImportance``). ``head_sequences``: the
+    calibration text's sequences and the model's samples, over which a tied 4-bit head's inputs
+    are taken for its GPTQ rounding (``gptq.py``; without them, per-weight rounding)."""
     layout = converted_layout(config, dtype=dtype, kernels=kernels, bits=bits, tied=tied)
     writer = SafetensorsWriter(target, layout)
     calibrating = kernels is not None and 4 in (bits.head, bits.blocks)
@@ -168,11 +173,17 @@ def convert_weights(
 
     try:
         calibration: BlockByBlockImportance | None = None
+        text_runs: list[BlockByBlockImportance] = []  # the head's GPTQ inputs, block by block
+        sample_runs: list[BlockByBlockImportance] = []
         if calibrating or "embed.weight" in layout:
             table = read("embed.weight")
             if calibrating:
                 assert calibration_ids is not None
                 calibration = BlockByBlockImportance(config, table, calibration_ids)
+                if head_sequences is not None and tied and bits.head == 4:
+                    text, samples = head_sequences
+                    text_runs = [BlockByBlockImportance(config, table, ids) for ids in text]
+                    sample_runs = [BlockByBlockImportance(config, table, ids) for ids in samples]
             if "embed.weight" in layout:  # float, or the untied table beside an int8 head
                 writer.write("embed.weight", table.to(dtype))
             del table
@@ -183,9 +194,10 @@ def convert_weights(
             if calibration is not None:  # the block runs on the calibration text first
                 held = {n: read(n) for n in names}
                 prefix = f"blocks.{layer}."
-                importance = calibration.block(
-                    layer, {n.removeprefix(prefix): t for n, t in held.items()}
-                )
+                block_weights = {n.removeprefix(prefix): t for n, t in held.items()}
+                importance = calibration.block(layer, block_weights)
+                for run in text_runs + sample_runs:
+                    run.block(layer, block_weights)
             for name in names:
                 weight = held.pop(name) if name in held else read(name)
                 module = name.removesuffix(".weight")
@@ -197,10 +209,25 @@ def convert_weights(
         norm = read("norm.weight")
         writer.write("norm.weight", norm)
         head_importance = calibration.head(norm) if calibration is not None else None
-        del calibration, norm
+        text_inputs = [run.head_inputs(norm) for run in text_runs]
+        sample_inputs = [run.head_inputs(norm) for run in sample_runs]
+        del calibration, norm, text_runs, sample_runs
         if not tied:
             put_matrix("lm_head.weight", read("lm_head.weight"), bits.head, head_importance)
-        elif kernels is not None:  # the int8 (or 4-bit) table is both the head and the lookup
+        elif kernels is not None and text_inputs:  # GPTQ head, lookups from their own table
+            table = read("embed.weight")
+            text_x = torch.cat(text_inputs)
+            x = torch.cat([text_x, *sample_inputs]).double()
+            covariance = x.T @ x / x.shape[0]
+            del x, sample_inputs
+            values = gptq_weight4(kernels, table, covariance, (text_x * text_x).mean(dim=0))
+            packed = pack_weight4(*values)
+            for part, tensor in zip(("q", "scale", "scale_factor"), packed, strict=True):
+                writer.write(f"lm_head.{part}", tensor)
+            del values, table
+        elif kernels is not None:  # the int8 (or 4-bit) table is the head (and the lookup)
             put_matrix("lm_head.weight", read("embed.weight"), bits.head, head_importance)
+        if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
+            put_matrix("embed_lookup.table.weight", read("embed.weight"), 8, None)
     finally:
         writer.close()

@@ -33,7 +33,11 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
-from gemma_chat.infrastructure.llm.engine.calibration import calibration_text
+from gemma_chat.infrastructure.llm.engine.calibration import (
+    calibration_sequences,
+    calibration_text,
+    model_samples,
+)
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
     GGUFCheckpoint,
@@ -60,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 # 2: int8 weights packed for the VNNI kernel, float16 scales; 3: the native tokenizer's file
 FORMAT_VERSION = 3
+# of the 4-bit formats, after FORMAT_VERSION's (``-v3.3``): 1 (none), importance-weighted
+# rounding; 2, IQ4_NL's levels (branch iq4-levels); 3, the head rounded by GPTQ, lookups int8
+Q4_FORMAT_VERSION = 3
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -87,10 +94,11 @@ class WeightFormat:
 
     @classmethod
     def q4(cls, kernels: Q8Kernels) -> WeightFormat:
-        """The embedding / output head (most of the bytes) in 4-bit blocks (``q8.pack_weight4``),
-        the decoder blocks in int8: cached under its own key beside the int8 copy. Why not the
-        blocks too: DEVELOPMENT.md, "4-bit weights"."""
-        return cls("q4", torch.float32, kernels, bits=BlockBits(head=4, blocks=8))
+        """The output head (most of the bytes) in 4-bit blocks (``q8.pack_weight4``) rounded by
+        GPTQ (``gptq.py``), embedding lookups from an int8 copy, the decoder blocks in int8:
+        cached under its own key beside the int8 copy. Why not the blocks too: DEVELOPMENT.md,
+        "4-bit weights"."""
+        return cls("q4", torch.float32, kernels, bits=BlockBits(head=4, blocks=8, lookup=8))
 
     @property
     def quantization(self) -> str:
@@ -115,7 +123,10 @@ class ConvertedModelStore:
         self.lock_timeout = lock_timeout
 
     def key(self, source_digest: str, weights: WeightFormat) -> str:
-        return f"{source_digest[:20]}-{weights.name}-v{FORMAT_VERSION}"
+        version = f"{FORMAT_VERSION}"
+        if weights.quantization == "int4":  # the rounding changed: older entries are not reused
+            version += f".{Q4_FORMAT_VERSION}"
+        return f"{source_digest[:20]}-{weights.name}-v{version}"
 
     def has(self, source: ModelSource, weights: WeightFormat) -> bool:
         """Whether a converted entry for this checkpoint and format is on disk (not verified)."""
@@ -233,9 +244,16 @@ class ConvertedModelStore:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             lean_config = Gemma3Config.from_hf(config)
-            ids = None
+            ids, head_sequences = None, None
             if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
                 ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
+                if weights.bits.head == 4 and tied:
+                    bos = hf_tokenizer.bos_token_id
+                    bos = int(bos if bos is not None else ids[0])
+                    text = ids[1:] if ids and ids[0] == bos else ids
+                    head_sequences = self._head_sequences(
+                        source, weights.kernels, text, bos, progress
+                    )
             # One tensor at a time: read (float32), cast or quantized, written, let go.
             convert_weights(
                 checkpoint,
@@ -247,6 +265,7 @@ class ConvertedModelStore:
                 bits=weights.bits,
                 tied=tied,
                 calibration_ids=ids,
+                head_sequences=head_sequences,
             )
             del checkpoint
             steps.update()
@@ -266,6 +285,19 @@ class ConvertedModelStore:
         finally:
             steps.close()
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _head_sequences(
+        self, source: ModelSource, kernels: Q8Kernels, ids: list[int], bos: int, progress: bool
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """What a 4-bit head's GPTQ rounding is fitted on: the calibration text's tokens ``ids``
+        (no first token) in sequences, and samples written by the int8 model (its own entry,
+        converted first if absent: it holds one block's float weights at a time, as this
+        conversion does)."""
+        text = calibration_sequences(ids, bos)
+        eight = self.load_or_convert(source, WeightFormat.q8(kernels), progress=progress)
+        samples = model_samples(eight.model, bos)
+        del eight
+        return text, samples
 
     def _remove_other_versions(self, directory: Path) -> None:
         """Entries of the same model and format written by other versions of gemma-chat."""

@@ -264,6 +264,7 @@ def _estimate(
         prefix_budget_bytes=prefix_budget_bytes,
         head_bits=weights.bits.head,
         block_bits=weights.bits.blocks,
+        lookup_bits=weights.bits.lookup,
     )
 
 

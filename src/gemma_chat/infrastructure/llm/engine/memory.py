@@ -104,11 +104,13 @@ def estimate_memory(
     prefix_budget_bytes: int = 0,
     head_bits: int = 8,
     block_bits: int = 8,
+    lookup_bits: int = 0,
     chunk: int = DEFAULT_CHUNK,
 ) -> MemoryEstimate:
     """``quantized``: the int8 kernels' format (the head in ``head_bits``, the blocks'
-    projections in ``block_bits``: 8 or 4), else float ``dtype``; ``chunk``: the cache's
-    (``KVCache``), whose rings hold it beside the window."""
+    projections in ``block_bits``: 8 or 4; ``lookup_bits`` 8: a tied embedding's lookups from
+    an int8 table of their own, ``q8.BlockBits.lookup``), else float ``dtype``; ``chunk``: the
+    cache's (``KVCache``), whose rings hold it beside the window."""
     c = config
     itemsize = torch.empty((), dtype=dtype).element_size()
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -127,6 +129,8 @@ def estimate_memory(
     head = matrix(c.vocab_size, c.hidden_size, head_bits)
     if not tied:  # the float lookup table beside the head
         head += table * itemsize
+    elif quantized and lookup_bits == 8:
+        head += matrix(c.vocab_size, c.hidden_size, 8)
     norms = c.num_layers * (4 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
     kv_itemsize = 2 if quantized else itemsize  # the int8 kernels keep a float16 cache
     per_position = 2 * kv * kv_itemsize  # keys and values of one layer

@@ -406,11 +406,14 @@ class Q4Linear(Q8Linear):
 
 
 class Q8Embedding(nn.Module):
-    """Looks rows up in the int8 table that also serves as the (tied) output projection."""
+    """Looks rows up in the int8 table that also serves as the (tied) output projection, or in
+    a table of its own."""
 
-    def __init__(self, table: Q8Linear) -> None:
+    def __init__(self, table: Q8Linear, *, own: bool = False) -> None:
         super().__init__()
         self._table = [table]  # not a submodule: the table is saved once, as lm_head
+        if own:  # a table of its own (``BlockBits.lookup``), saved with it
+            self.table = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         table = self._table[0]
@@ -509,10 +512,14 @@ class Q8BlockDecoder:
 @dataclass(frozen=True)
 class BlockBits:
     """The bits of each kind of projection: the (tied) embedding / output head, and the
-    decoder blocks' projections; each 8 (int8) or 4."""
+    decoder blocks' projections; each 8 (int8) or 4. ``lookup``: 0, a tied embedding looks its
+    rows up in the head's table; 8, in an int8 copy of its own (the head's GPTQ rounding,
+    ``gptq.py``, fits the head's products and leaves single rows further from the float ones:
+    a lookup reads a few rows a step, so the copy costs memory, not bytes per step)."""
 
     head: int = 8
     blocks: int = 8
+    lookup: int = 0
 
 
 def quantize_model(
@@ -522,10 +529,12 @@ def quantize_model(
     tied: bool,
     bits: BlockBits = BlockBits(),
     importance: Mapping[str, torch.Tensor] | None = None,
+    head_values: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Replace the model's projections by int8 or 4-bit ones, in place (activations become
     float32). ``importance``: the mean square of each input feature of a projection, by name
-    (``calibration.input_importance``), which the 4-bit rounding weighs its errors by."""
+    (``calibration.input_importance``), which the 4-bit rounding weighs its errors by.
+    ``head_values``: a 4-bit head's values and scales rounded already (``gptq.gptq_weight4``)."""
     importance = importance or {}
 
     def quantized(name: str, weight: torch.Tensor, width: int) -> Q8Linear:
@@ -538,7 +547,13 @@ def quantize_model(
             linear = getattr(block, name)
             setattr(block, name, quantized(f"blocks.{i}.{name}", linear.weight, bits.blocks))
     weight: torch.Tensor = model.lm_head.weight  # type: ignore[assignment]
-    _install(model, kernels, quantized("lm_head", weight, bits.head), tied=tied)
+    head: Q8Linear
+    if bits.head == 4 and head_values is not None:
+        head = Q4Linear(kernels, pack_weight4(*head_values), int(weight.shape[0]))
+    else:
+        head = quantized("lm_head", weight, bits.head)
+    lookup = Q8Linear.from_weight(kernels, weight) if tied and bits.lookup == 8 else None
+    _install(model, kernels, head, tied=tied, lookup=lookup)
 
 
 def empty_q8_model(
@@ -562,13 +577,22 @@ def empty_q8_model(
             linear = getattr(block, name)
             setattr(block, name, empty(linear.out_features, linear.in_features, bits.blocks))
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
-    _install(model, kernels, empty(head.out_features, head.in_features, bits.head), tied=tied)
+    shape = (head.out_features, head.in_features)
+    lookup = empty(*shape, 8) if tied and bits.lookup == 8 else None
+    _install(model, kernels, empty(*shape, bits.head), tied=tied, lookup=lookup)
 
 
-def _install(model: Gemma3Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool) -> None:
+def _install(
+    model: Gemma3Model,
+    kernels: Q8Kernels,
+    head: Q8Linear,
+    *,
+    tied: bool,
+    lookup: Q8Linear | None = None,
+) -> None:
     model.lm_head = head
-    if tied:  # one int8 table for both lookup and projection: the float table goes
-        model.embed_lookup = Q8Embedding(head)
+    if tied:  # the float table goes: lookups read the head's table, or their own (``lookup``)
+        model.embed_lookup = Q8Embedding(lookup or head, own=lookup is not None)
         model.embed = None  # type: ignore[assignment]
     model.compute_dtype = torch.float32
     model.cache_dtype = torch.float16  # the fused blocks keep keys and values in float16
