@@ -277,10 +277,7 @@ class Gemma3Model(nn.Module):
             x = x[:, -1]  # [B, E]
         x = self.norm(x)
         logits: torch.Tensor = self.lm_head(x).float()
-        softcap = self.config.final_logit_softcapping
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return self._soft_capped(logits)
 
     @property
     def kv_dtype(self) -> torch.dtype:
@@ -325,9 +322,15 @@ class Gemma3Model(nn.Module):
                 out.update((row, y[i]) for i, row in enumerate(rows) if row in keep)
             x = torch.stack([out[row] for row in wanted])
         logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
-        softcap = self.config.final_logit_softcapping
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        return self._soft_capped(logits)
+
+    def _soft_capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """``tanh(logits / cap) * cap`` where the config has a final logit cap (Gemma 2 did;
+        Gemma 3 has none), in place: the same operations as the out-of-place formula, so the
+        same bits, without three new [rows, vocabulary] tensors per step."""
+        cap = self.config.final_logit_softcapping
+        if cap:
+            logits.div_(cap).tanh_().mul_(cap)
         return logits
 
     def _rows(
