@@ -189,6 +189,11 @@ def _torch_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return values, ids
 
 
+def _torch_soft_cap_(logits: torch.Tensor, cap: float) -> None:
+    # The out-of-place formula's operations, in place: the same bits.
+    logits.div_(cap).tanh_().mul_(cap)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -216,6 +221,8 @@ class Gemma3Model(nn.Module):
         # of a batch of logits [W, V]; q8.py brings faster ones.
         self.argmax: Callable[[torch.Tensor], list[int]] = finite_argmax
         self.top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] = _torch_top_k
+        # ``tanh(logits / cap) * cap`` in place (a final logit cap); q8.py brings the kernels'.
+        self.soft_cap_: Callable[[torch.Tensor, float], None] = _torch_soft_cap_
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,12 +332,11 @@ class Gemma3Model(nn.Module):
         return self._soft_capped(logits)
 
     def _soft_capped(self, logits: torch.Tensor) -> torch.Tensor:
-        """``tanh(logits / cap) * cap`` where the config has a final logit cap (Gemma 2 did;
-        Gemma 3 has none), in place: the same operations as the out-of-place formula, so the
-        same bits, without three new [rows, vocabulary] tensors per step."""
+        """``tanh(logits / cap) * cap`` where the config has a final logit cap (Gemma 2 had
+        one; Gemma 3 has none), in place (``soft_cap_``): no new [rows, vocabulary] tensors."""
         cap = self.config.final_logit_softcapping
         if cap:
-            logits.div_(cap).tanh_().mul_(cap)
+            self.soft_cap_(logits, cap)
         return logits
 
     def _rows(
