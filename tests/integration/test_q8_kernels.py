@@ -475,6 +475,24 @@ def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels
     pytest.fail("the forked child hung in the kernels")
 
 
+@pytest.mark.parametrize("threads", [2, 4, 8])
+def test_every_item_of_every_parallel_loop_runs_once_whoever_wakes_late(
+    tmp_path: Path, threads: int
+) -> None:
+    # The caller waits only for the workers that joined a loop: a worker waking after its loop
+    # ended must take nothing of the next one while the caller sets it up.
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    program = tmp_path / "pool_stress"
+    sources = [str(Path(__file__).parent / "pool_stress.c"), str(KERNELS / "thread_pool.c")]
+    flags = ["-O2", "-pthread", f"-I{KERNELS}"]
+    subprocess.run([compiler, *flags, *sources, "-o", str(program), "-lm"], check=True)
+    done = subprocess.run(
+        [str(program), str(threads), "30000"], capture_output=True, text=True, timeout=600
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok")
+
+
 # ---- The AVX2 bodies against the generic ones, operation by operation ----------------------
 
 
