@@ -33,21 +33,17 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
-from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
+from gemma_chat.infrastructure.llm.engine.calibration import calibration_text
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
     GGUFCheckpoint,
     open_checkpoint,
 )
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import (
-    BlockBits,
-    Q8Kernels,
-    empty_q8_model,
-    quantize_model,
-)
-from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, empty_q8_model
+from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer, write_vocabulary
@@ -177,7 +173,11 @@ class ConvertedModelStore:
         # The tokenizer parses on another thread (without the GIL) while the weights load; it may
         # have started already, before torch was imported (tokenizer_prefetch).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(open_tokenizer, directory)
+            # in the kernels' own library (a forced variant: not the auto one beside it)
+            variant = weights.kernels.variant if weights.kernels is not None else "auto"
+            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(
+                open_tokenizer, directory, variant
+            )
             verify(directory)
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
@@ -205,7 +205,6 @@ class ConvertedModelStore:
     def convert(
         self, source: ModelSource, weights: WeightFormat, directory: Path, *, progress: bool
     ) -> None:
-        from safetensors.torch import save_file
         from tqdm import tqdm
 
         source.ensure_present()
@@ -233,24 +232,25 @@ class ConvertedModelStore:
             if checkpoint.architecture.unsupported:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
-            # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
-            lean = load_hf_state_dict(Gemma3Config.from_hf(config), checkpoint, weights.dtype)
+            lean_config = Gemma3Config.from_hf(config)
+            ids = None
+            if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
+                ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
+            # One tensor at a time: read (float32), cast or quantized, written, let go.
+            convert_weights(
+                checkpoint,
+                lean_weight_sources(lean_config, tied=tied),
+                lean_config,
+                tmp / WEIGHTS,
+                dtype=weights.dtype,
+                kernels=weights.kernels,
+                bits=weights.bits,
+                tied=tied,
+                calibration_ids=ids,
+            )
             del checkpoint
-            if weights.kernels is not None:
-                importance = None
-                if 4 in (weights.bits.head, weights.bits.blocks):  # the 4-bit rounding's weights
-                    ids = hf_tokenizer(calibration_text())["input_ids"]
-                    importance = input_importance(lean, ids)
-                quantize_model(
-                    lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance
-                )
             steps.update()
             steps.set_postfix_str("saving")
-            state = dict(lean.state_dict())
-            head, table = state.get("lm_head.weight"), state.get("embed.weight")
-            if head is not None and table is not None and head.data_ptr() == table.data_ptr():
-                del state["lm_head.weight"]
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
             write_manifest(tmp)
             try:
