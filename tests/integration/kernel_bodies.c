@@ -36,6 +36,10 @@ void body_gelu_tanh_mul(int which, const float *gate, const float *up, float *ou
     (which ? q8_gelu_tanh_mul_avx2 : q8_gelu_tanh_mul_generic)(gate, up, out, n);
 }
 
+void body_soft_cap(int which, float *x, int64_t n, float cap) {
+    (which ? q8_soft_cap_avx2 : q8_soft_cap_generic)(x, n, cap);
+}
+
 int64_t body_argmax_row(int which, const float *x, int64_t N) {
     return (which ? q8_argmax_row_avx2 : q8_argmax_row_generic)(x, N);
 }

@@ -40,6 +40,7 @@ OPERATIONS = [
     "q8_exp_shifted",
     "q8_weighted_sums",
     "q8_gelu_tanh_mul",
+    "q8_soft_cap",
     "q8_argmax_row",
     "q8_top_k_scan",
     "q8_rms_norm",

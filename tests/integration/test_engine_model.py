@@ -147,3 +147,29 @@ def test_a_snapshot_past_the_ring_serves_only_prefixes_whose_window_it_holds(
         fresh = KVCache(lean.config, slots=1, dtype=torch.float32, chunk=16)
         recomputed = lean(ids, torch.arange(200).view(1, -1), torch.tensor([0]), fresh)
     torch.testing.assert_close(restored, recomputed, rtol=1e-5, atol=1e-5)
+
+
+def test_a_final_logit_cap_is_applied_as_transformers_applies_it(models: tuple) -> None:
+    """Gemma 3 checkpoints have no final logit cap; a config that has one gets
+    ``tanh(logits / cap) * cap`` (in place), with transformers' results and the out-of-place
+    formula's bits."""
+    import dataclasses
+
+    reference, lean = models
+    ids = torch.randint(10, 300, (1, 12), generator=torch.Generator().manual_seed(5))
+    positions, slots = torch.arange(12).view(1, -1), torch.tensor([0])
+    with torch.inference_mode():
+        plain = lean(ids, positions, slots, KVCache(lean.config, slots=1, dtype=torch.float32))
+    original = lean.config
+    lean.config = dataclasses.replace(original, final_logit_softcapping=0.5)
+    reference.config.final_logit_softcapping = 0.5
+    try:
+        with torch.inference_mode():
+            capped = lean(ids, positions, slots, KVCache(lean.config, slots=1, dtype=torch.float32))
+            expected = reference_logits(reference, ids)[-1]
+    finally:
+        lean.config = original
+        reference.config.final_logit_softcapping = None
+    assert capped.abs().max() <= 0.5
+    assert torch.equal(capped, torch.tanh(plain / 0.5) * 0.5)
+    torch.testing.assert_close(capped[0], expected, rtol=1e-4, atol=1e-5)

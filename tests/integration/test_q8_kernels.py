@@ -221,6 +221,23 @@ def test_the_fused_decode_step_gives_a_row_the_same_bits_alone_or_in_a_batch(
         assert torch.equal(alone[0], batched[i])
 
 
+def test_a_capped_models_rows_are_capped_by_the_kernels_alone_or_in_a_batch(
+    each_build: Q8Kernels,
+) -> None:
+    import dataclasses
+
+    model = small_q8_model(each_build)
+    prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(4))
+    plain = decode_logits(model, prompts, [0, 1, 2], fused=True)
+    model.config = dataclasses.replace(model.config, final_logit_softcapping=2.0)
+    assert model.soft_cap_ == each_build.soft_cap_
+    batched = decode_logits(model, prompts, [0, 1, 2], fused=True)
+    assert_capped_as_torch_does(batched, plain, 2.0)
+    for i in range(3):
+        alone = decode_logits(model, prompts[i : i + 1], [i], fused=True)
+        assert torch.equal(bits(alone[0]), bits(batched[i]))
+
+
 @pytest.mark.parametrize("variant", ["generic", "avx2"])
 def test_the_portable_and_avx2_kernels_give_the_same_bits_as_the_native_one(
     kernels: Q8Kernels, tmp_path: Path, variant: str
@@ -345,6 +362,64 @@ def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(
     assert finite_argmax(short) == expected
 
 
+def capped_logits() -> torch.Tensor:
+    """Rows of logits for the final logit cap: ordinary values, past the clamp (|x| > ~237 at
+    cap 30) at both ends, zeros, tiny values, infinities and a NaN; rows of 1003 (a tail)."""
+    x = torch.randn(3, 1003, generator=torch.Generator().manual_seed(7)) * 40
+    x[0, :8] = torch.tensor([0.0, -0.0, 1e-6, -1e-6, 300.0, -300.0, 1e30, -1e30])
+    x[1, :3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    return x
+
+
+def assert_capped_as_torch_does(ours: torch.Tensor, x: torch.Tensor, cap: float) -> None:
+    expected = torch.tanh(x / cap) * cap
+    # a few ulp of tanh, times the cap
+    torch.testing.assert_close(ours, expected, rtol=2e-6, atol=4e-7 * cap, equal_nan=True)
+    assert bool((ours[~ours.isnan()].abs() <= cap).all())
+
+
+def test_the_soft_cap_gives_torchs_results_and_a_row_the_same_bits_alone_or_in_a_batch(
+    each_build: Q8Kernels,
+) -> None:
+    kernels = each_build
+    x = capped_logits()
+    ours = x.clone()
+    kernels.soft_cap_(ours, 30.0)
+    assert_capped_as_torch_does(ours, x, 30.0)
+    assert ours[1, 2].isnan()  # a NaN stays: argmax still reports the broken row
+    for row in range(3):
+        alone = x[row : row + 1].clone()
+        kernels.soft_cap_(alone, 30.0)
+        assert torch.equal(bits(alone[0]), bits(ours[row]))
+    tail = x[0, 5:].clone()  # another start and length: the same bits per element
+    kernels.soft_cap_(tail, 30.0)
+    assert torch.equal(bits(tail), bits(ours[0, 5:]))
+    strided = x.clone().t()  # not contiguous: torch's in-place operations instead
+    kernels.soft_cap_(strided, 30.0)
+    assert_capped_as_torch_does(strided, x.t(), 30.0)
+
+
+def test_the_portable_soft_cap_gives_torchs_results(tmp_path: Path) -> None:
+    portable = load_kernels(tmp_path, variant="generic")
+    assert portable is not None
+    x = capped_logits()
+    ours = x.clone()
+    portable.soft_cap_(ours, 30.0)
+    assert_capped_as_torch_does(ours, x, 30.0)
+
+
+def test_the_avx2_soft_cap_is_as_accurate_as_the_generic_one(bodies: ctypes.CDLL) -> None:
+    x = capped_logits().view(-1)
+    for n in (x.numel(), x.numel() - 3, 5):  # tails of every length
+        results = []
+        for body in (GENERIC, AVX2):
+            out = x[:n].clone()
+            bodies.body_soft_cap(body, out.data_ptr(), n, 30.0)
+            assert_capped_as_torch_does(out, x[:n], 30.0)
+            results.append(out)
+        torch.testing.assert_close(results[1], results[0], rtol=2e-6, atol=1e-5, equal_nan=True)
+
+
 def test_top_k_gives_each_rows_largest_values_in_order_as_torch_does(
     kernels: Q8Kernels, tmp_path: Path
 ) -> None:
@@ -393,6 +468,24 @@ def test_a_forked_child_runs_the_kernels_with_its_own_threads(kernels: Q8Kernels
     pytest.fail("the forked child hung in the kernels")
 
 
+@pytest.mark.parametrize("threads", [2, 4, 8])
+def test_every_item_of_every_parallel_loop_runs_once_whoever_wakes_late(
+    tmp_path: Path, threads: int
+) -> None:
+    # The caller waits only for the workers that joined a loop: a worker waking after its loop
+    # ended must take nothing of the next one while the caller sets it up.
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    program = tmp_path / "pool_stress"
+    sources = [str(Path(__file__).parent / "pool_stress.c"), str(KERNELS / "thread_pool.c")]
+    flags = ["-O2", "-pthread", f"-I{KERNELS}"]
+    subprocess.run([compiler, *flags, *sources, "-o", str(program), "-lm"], check=True)
+    done = subprocess.run(
+        [str(program), str(threads), "30000"], capture_output=True, text=True, timeout=600
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok")
+
+
 # ---- The AVX2 bodies against the generic ones, operation by operation ----------------------
 
 
@@ -420,6 +513,7 @@ def bodies(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
         ("body_exp_shifted", [which, p, i64, f32], f32),
         ("body_weighted_sums", [which, p, i64, i64, p, i64, p], None),
         ("body_gelu_tanh_mul", [which, p, p, p, i64], None),
+        ("body_soft_cap", [which, p, i64, f32], None),
         ("body_argmax_row", [which, p, i64], i64),
         ("body_top_k_heap", [which, p, i64, i64, p, p], None),
     ]:

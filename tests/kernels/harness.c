@@ -105,6 +105,7 @@ static void bodies(void) {
     BODY(q8_exp_shifted);
     BODY(q8_weighted_sums);
     BODY(q8_gelu_tanh_mul);
+    BODY(q8_soft_cap);
     BODY(q8_argmax_row);
     BODY(q8_top_k_scan);
     BODY(q8_rms_norm);
@@ -291,6 +292,14 @@ static void block_operations(void) {
         free(gate);
         free(up);
         free(out);
+    }
+    { /* the final logit cap: 2 rows of 1003 (a tail), past the clamp at both ends */
+        const int64_t R = 2, N = 1003;
+        float *x = malloc(sizeof(float) * R * N);
+        fill(x, R * N, -400.0f, 400.0f);
+        q8_soft_cap_rows(x, R, N, 30.0f);
+        print_words("soft_cap_rows", "close", x, R * N, 4);
+        free(x);
     }
     const int64_t sums[][3] = {{1, 1, 32}, {17, 3, 36}, {40, 8, 6}, {33, 16, 256}, {5, 5, 16}};
     for (int c = 0; c < 5; c++) {

@@ -4,7 +4,6 @@ gemma-chat's errors (for adapters outside ``BaseLLM`` that did not map their own
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 
 from gemma_chat.application.inference.statistics import ServiceStatistics
@@ -77,10 +76,13 @@ class Guard:
 
     async def _timed(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
         """``chunks`` until the request's time limit; then the stream stops with an error."""
-        deadline = time.monotonic() + self._limits.request_timeout_seconds
+        # One deadline on the loop's clock, armed around each wait: asyncio.timeout_at adds no
+        # task and no extra pass of the loop per chunk, as wait_for did.
+        deadline = asyncio.get_running_loop().time() + self._limits.request_timeout_seconds
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(chunks), deadline - time.monotonic())
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             except TimeoutError:

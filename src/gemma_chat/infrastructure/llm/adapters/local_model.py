@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,7 @@ from gemma_chat.domain.models import ChatMessage, Completion, StreamChunk
 from gemma_chat.infrastructure.llm.adapters.base import BaseLLM
 from gemma_chat.infrastructure.llm.generation.chat_format import ChatFormat, choose_chat_format
 from gemma_chat.infrastructure.llm.generation.constraints import GrammarCompiler, TokenConstraint
+from gemma_chat.infrastructure.llm.generation.handoff import LoopHandoff
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.generation.sampling import SamplingParams
 from gemma_chat.infrastructure.llm.generation.token_generator import TokenGenerator
@@ -56,6 +58,11 @@ class GemmaLLM(BaseLLM):
         self._control_tokens: re.Pattern[str] | None = None
         self._last_encoded: tuple[str, list[int]] | None = None
         self._grammars: GrammarCompiler | None = None  # built at the first constrained request
+        # Chunks from the generator's thread to each event loop's streams, one wake-up of the
+        # loop per batch of them (a decode step's), not one per chunk.
+        self._handoffs: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, LoopHandoff[StreamChunk | BaseException]
+        ] = weakref.WeakKeyDictionary()
         self.load_seconds: float | None = None
         self._engine_note: str | None = None  # why the native engine does not run the model
 
@@ -241,19 +248,25 @@ class GemmaLLM(BaseLLM):
             None, compiler.constraint, response_format
         )
 
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> LoopHandoff[StreamChunk | BaseException]:
+        handoff = self._handoffs.get(loop)
+        if handoff is None:
+            handoff = self._handoffs[loop] = LoopHandoff(loop)
+        return handoff
+
     async def _stream_implementation(
         self, prompt: str, **kwargs: Any
     ) -> AsyncIterator[StreamChunk]:
         generator = self._require_generator()
         constraint = await self._constraint(kwargs)
-        event_loop = asyncio.get_running_loop()
+        handoff = self._handoff(asyncio.get_running_loop())
         queue: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
         # A raw completion continues the prompt as it is: no chat format, no turn markers.
         chat_format = None if kwargs.get("raw") else self._chat_format
 
         def emit(item: StreamChunk | BaseException) -> None:
             try:
-                event_loop.call_soon_threadsafe(queue.put_nowait, item)
+                handoff.put(queue, item)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 job.cancel.set()
 

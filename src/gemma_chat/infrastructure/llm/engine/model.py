@@ -189,6 +189,11 @@ def _torch_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return values, ids
 
 
+def _torch_soft_cap_(logits: torch.Tensor, cap: float) -> None:
+    # The out-of-place formula's operations, in place: the same bits.
+    logits.div_(cap).tanh_().mul_(cap)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -216,6 +221,8 @@ class Gemma3Model(nn.Module):
         # of a batch of logits [W, V]; q8.py brings faster ones.
         self.argmax: Callable[[torch.Tensor], list[int]] = finite_argmax
         self.top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] = _torch_top_k
+        # ``tanh(logits / cap) * cap`` in place (a final logit cap); q8.py brings the kernels'.
+        self.soft_cap_: Callable[[torch.Tensor, float], None] = _torch_soft_cap_
         self._rope_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope_tables(self, local: bool, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,10 +284,7 @@ class Gemma3Model(nn.Module):
             x = x[:, -1]  # [B, E]
         x = self.norm(x)
         logits: torch.Tensor = self.lm_head(x).float()
-        softcap = self.config.final_logit_softcapping
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return self._soft_capped(logits)
 
     @property
     def kv_dtype(self) -> torch.dtype:
@@ -325,9 +329,14 @@ class Gemma3Model(nn.Module):
                 out.update((row, y[i]) for i, row in enumerate(rows) if row in keep)
             x = torch.stack([out[row] for row in wanted])
         logits: torch.Tensor = self.lm_head(self.norm(x)).float()  # [W, V]
-        softcap = self.config.final_logit_softcapping
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        return self._soft_capped(logits)
+
+    def _soft_capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """``tanh(logits / cap) * cap`` where the config has a final logit cap (Gemma 2 had
+        one; Gemma 3 has none), in place (``soft_cap_``): no new [rows, vocabulary] tensors."""
+        cap = self.config.final_logit_softcapping
+        if cap:
+            self.soft_cap_(logits, cap)
         return logits
 
     def _rows(

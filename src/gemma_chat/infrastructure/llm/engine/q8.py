@@ -141,6 +141,17 @@ class Q8Kernels:
         self._lib.q8_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
         return [int(i) for i in out.tolist()]
 
+    def soft_cap_(self, logits: torch.Tensor, cap: float) -> None:
+        """``logits = tanh(logits / cap) * cap`` in place, on the kernels' threads (torch's
+        elementwise operations over a batch's logits would start its OpenMP threads, which then
+        spin on the cores these kernels need); ``torch``'s in-place operations for a tensor
+        that is not contiguous float32."""
+        if logits.dtype != torch.float32 or not logits.is_contiguous():
+            logits.div_(cap).tanh_().mul_(cap)
+            return
+        rows = logits.shape[0] if logits.dim() > 1 else 1
+        self._lib.q8_soft_cap_rows(logits.data_ptr(), rows, logits.numel() // max(rows, 1), cap)
+
     def top_k(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's ``k`` largest values, largest first, and their indices (as
         ``torch.topk``): [R, N] -> values [R, k], ids [R, k]."""
@@ -599,3 +610,4 @@ def _install(
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k
+    model.soft_cap_ = kernels.soft_cap_

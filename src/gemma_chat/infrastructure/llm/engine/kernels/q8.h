@@ -15,7 +15,7 @@
  *   matmul4*.c             the same on 4-bit weights
  *   attention*.c           scores, softmax, weighted sums over float16 keys and values
  *   norm*.c                RMSNorm
- *   activations*.c         GELU
+ *   activations*.c         GELU, the final logit cap
  *   select*.c              argmax, top-k
  *   decoder_block.c        one Gemma 3 decoder block from the above
  * where the file without a suffix holds the generic (reference) body of each operation and
@@ -79,6 +79,10 @@ void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint
                 float mult, float *y, int64_t M, int64_t N, int64_t K);
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
+
+/* x: [R, N] float32, in place: cap * tanh(x / cap), a final logit cap (cap > 0). tanh within a
+ * few ulp of tanhf, an element's result the same whatever its row or position; a NaN stays. */
+void q8_soft_cap_rows(float *x, int64_t R, int64_t N, float cap);
 
 /* out[r] = the index of the first largest value of row r of x [R, N] (as torch.argmax), or -1
  * when the row holds a NaN or its largest value is infinite (a broken model's output). */

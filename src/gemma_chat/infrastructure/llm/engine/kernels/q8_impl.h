@@ -175,6 +175,28 @@ void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int
 void q8_gelu_tanh_mul_neon(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_avx2(const float *gate, const float *up, float *out, int64_t n);
 
+/* activations*.c: x[i] = cap * tanh(x[i] / cap) in place (a final logit cap). Every body
+ * computes tanh(u) as the same ratio of an odd and an even polynomial in u (Eigen's fast tanh,
+ * within a few ulp of tanhf; beyond +-TANH_CLAMP tanh is 1 within float rounding); a NaN stays
+ * a NaN. An element's result does not depend on where it is (tails go through the vector
+ * path, masked or padded), so a row gets the same bits alone or in a batch. */
+#define TANH_CLAMP 7.90531110763549805f
+#define TANH_A1 4.89352455891786e-03f
+#define TANH_A3 6.37261928875436e-04f
+#define TANH_A5 1.48572235717979e-05f
+#define TANH_A7 5.12229709037114e-08f
+#define TANH_A9 -8.60467152213735e-11f
+#define TANH_A11 2.00018790482477e-13f
+#define TANH_A13 -2.76076847742355e-16f
+#define TANH_B0 4.89352518554385e-03f
+#define TANH_B2 2.26843463243900e-03f
+#define TANH_B4 1.18534705686654e-04f
+#define TANH_B6 1.19825839466702e-06f
+void q8_soft_cap_generic(float *x, int64_t n, float cap);
+void q8_soft_cap_avx512(float *x, int64_t n, float cap);
+void q8_soft_cap_neon(float *x, int64_t n, float cap);
+void q8_soft_cap_avx2(float *x, int64_t n, float cap);
+
 /* select*.c: row x [N]'s first largest value's index, or -1 (a NaN, or an infinite top) */
 int64_t q8_argmax_row_generic(const float *x, int64_t N);
 int64_t q8_argmax_row_avx512(const float *x, int64_t N);
@@ -199,6 +221,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_exp_shifted q8_exp_shifted_avx512
 #define q8_weighted_sums q8_weighted_sums_avx512
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_avx512
+#define q8_soft_cap q8_soft_cap_avx512
 #define q8_argmax_row q8_argmax_row_avx512
 #define q8_top_k_scan q8_top_k_scan_avx512
 #elif defined(Q8_NEON)
@@ -210,6 +233,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_exp_shifted q8_exp_shifted_neon
 #define q8_weighted_sums q8_weighted_sums_neon
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_neon
+#define q8_soft_cap q8_soft_cap_neon
 #define q8_argmax_row q8_argmax_row_neon
 #define q8_top_k_scan q8_top_k_scan_neon
 #elif defined(Q8_AVX2)
@@ -221,6 +245,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_exp_shifted q8_exp_shifted_avx2
 #define q8_weighted_sums q8_weighted_sums_avx2
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_avx2
+#define q8_soft_cap q8_soft_cap_avx2
 #define q8_argmax_row q8_argmax_row_avx2
 #define q8_top_k_scan q8_top_k_scan_avx2
 #else
@@ -240,6 +265,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_exp_shifted q8_exp_shifted_generic
 #define q8_weighted_sums q8_weighted_sums_generic
 #define q8_gelu_tanh_mul q8_gelu_tanh_mul_generic
+#define q8_soft_cap q8_soft_cap_generic
 #define q8_argmax_row q8_argmax_row_generic
 #define q8_top_k_scan q8_top_k_scan_generic
 #endif

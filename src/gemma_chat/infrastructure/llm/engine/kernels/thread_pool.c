@@ -4,7 +4,9 @@
  * as more of its threads exist (in any thread's team) than there are CPUs, which is the case in
  * a server that has run torch on more than one thread; every region then waits for sleeping
  * threads to wake, and a decode step (~90 regions) took twice as long. Our workers spin for a
- * short while after each region, then sleep until the next.
+ * short while after each region, then sleep until the next. The caller waits only for the
+ * workers that joined a region: one not yet awake when every item is taken is not waited for
+ * (between steps the workers sleep; on a busy machine one may not get a core for a while).
  */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include <pthread.h>
@@ -20,7 +22,7 @@ static struct {
     pthread_mutex_t lock, run;
     pthread_cond_t wake;
     atomic_uint_fast64_t generation;
-    atomic_int sleepers, finished;
+    atomic_int sleepers, active; /* active: workers inside a loop's items (or checking in) */
     atomic_int_fast64_t next;
     int workers, started;
     int64_t count, grain;
@@ -48,26 +50,36 @@ static void run_items(void) {
     }
 }
 
+/* The generation is even while a loop's fields hold, odd while the caller rewrites them. */
+static inline int no_new_loop(uint_fast64_t now, uint_fast64_t seen) {
+    return now == seen || (now & 1);
+}
+
 static void *worker(void *unused) {
     (void)unused;
     uint_fast64_t seen = 0;
     for (;;) {
         uint_fast64_t now;
         int spins = 0;
-        while ((now = atomic_load(&pool.generation)) == seen) {
+        while (no_new_loop(now = atomic_load(&pool.generation), seen)) {
             if (++spins < SPIN_ROUNDS) {
                 cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&pool.lock);
             atomic_fetch_add(&pool.sleepers, 1);
-            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            while (no_new_loop(atomic_load(&pool.generation), seen))
+                pthread_cond_wait(&pool.wake, &pool.lock);
             atomic_fetch_sub(&pool.sleepers, 1);
             pthread_mutex_unlock(&pool.lock);
         }
         seen = now;
-        run_items();
-        atomic_fetch_add(&pool.finished, 1);
+        /* Check in, then make sure the loop is still the one seen: a worker that woke late,
+         * after its loop ended (the caller does not wait for workers that took no item), must
+         * not read the next loop's fields while the caller writes them. */
+        atomic_fetch_add(&pool.active, 1);
+        if (atomic_load(&pool.generation) == now) run_items();
+        atomic_fetch_sub(&pool.active, 1);
     }
     return NULL;
 }
@@ -79,7 +91,9 @@ static void pool_forget_after_fork(void) {
     pthread_mutex_init(&pool.run, NULL);
     pthread_cond_init(&pool.wake, NULL);
     atomic_store(&pool.sleepers, 0);
-    atomic_store(&pool.finished, 0);
+    atomic_store(&pool.active, 0);
+    /* forked while a loop was being set up in the parent: even again, the fields' state */
+    atomic_store(&pool.generation, (atomic_load(&pool.generation) + 1) & ~(uint_fast64_t)1);
     pool.workers = 0;
     pool.started = 0;
 }
@@ -125,19 +139,25 @@ void parallel_for(int64_t count, int64_t grain, item_fn fn, void *ctx) {
         for (int64_t i = 0; i < count; i++) fn(ctx, i);
         return;
     }
+    /* Odd: the fields are being rewritten. A worker still checked in (it woke after the last
+     * loop's items were all taken) leaves before they change; one checking in from now on sees
+     * the generation moved and stays out. */
+    atomic_fetch_add(&pool.generation, 1);
+    while (atomic_load(&pool.active) > 0) cpu_relax();
     pool.fn = fn;
     pool.ctx = ctx;
     pool.count = count;
     pool.grain = grain;
     atomic_store(&pool.next, 0);
-    atomic_store(&pool.finished, 0);
-    atomic_fetch_add(&pool.generation, 1);
+    atomic_fetch_add(&pool.generation, 1); /* even: a new loop */
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.lock);
         pthread_cond_broadcast(&pool.wake);
         pthread_mutex_unlock(&pool.lock);
     }
     run_items();
-    while (atomic_load(&pool.finished) < pool.workers) cpu_relax();
+    /* Every item is taken; wait for those a worker still runs. A worker that has not woken
+     * up took none and is not waited for: it finds the items gone when it does. */
+    while (atomic_load(&pool.active) > 0) cpu_relax();
     pthread_mutex_unlock(&pool.run);
 }
