@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Gemma3Config"]
+__all__ = ["Gemma3Config", "Gemma4Config", "TextConfig", "text_config_from_hf"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,15 @@ class Gemma3Config:
     rope_scaling_global: float = 1.0
     rope_scaling_local: float = 1.0
     eos_token_ids: tuple[int, ...] = ()  # the config's end-of-sequence / end-of-turn ids
+
+    @property
+    def kv_sources(self) -> tuple[int, ...]:
+        """Per layer, the layer whose keys and values it attends to: its own."""
+        return tuple(range(self.num_layers))
+
+    def kv_shape(self, sliding: bool) -> tuple[int, int]:
+        """(key/value heads, head size) of a kind of layer: the same for both."""
+        return self.num_kv_heads, self.head_dim
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> Gemma3Config:
@@ -84,3 +93,157 @@ def _linear_factor(rope: dict[str, Any]) -> float:
     if kind == "linear":
         return float(rope["factor"])
     raise ValueError(f"rotary scaling of type {kind!r} is not implemented by the native engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Gemma4Config:
+    """Gemma 4's text model (``Gemma4TextConfig``): Gemma 3's layout plus what varies per layer.
+
+    - Global layers have their own head size (``global_head_dim``) and number of key/value heads,
+      and rotate only a fraction of each head ("proportional" rotary: the other frequencies 0).
+    - The last ``num_kv_shared_layers`` layers compute no keys or values: each attends to those
+      of the last earlier layer of its kind (``kv_source``); with ``use_double_wide_mlp`` their
+      MLP is twice as wide.
+    - ``attention_k_eq_v``: the global layers' values are their keys' projection (before the
+      key norm and rotary); values are normalised without a scale; attention is not scaled (the
+      query norm carries it).
+    - Per-layer inputs (PLE, ``ple_size`` > 0): a second embedding table gives each layer a small
+      vector per token, mixed into the residual after the MLP.
+    - MoE (``num_experts`` > 0): beside the dense MLP, ``top_k`` of ``num_experts`` experts per
+      token, chosen by a router on the residual.
+    - RMSNorm multiplies by ``w`` (Gemma 3's by ``1 + w``); every layer ends with a scalar.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int  # of the sliding layers
+    head_dim: int  # of the sliding layers
+    num_global_kv_heads: int
+    global_head_dim: int
+    rms_norm_eps: float
+    sliding_window: int
+    sliding_layers: tuple[bool, ...]
+    rope_theta_global: float
+    rope_theta_local: float
+    rotary_fraction_global: float  # proportional rotary: the fraction of a head rotated
+    rotary_fraction_local: float
+    rope_scaling_global: float
+    rope_scaling_local: float
+    max_position_embeddings: int
+    final_logit_softcapping: float | None
+    num_kv_shared_layers: int
+    attention_k_eq_v: bool
+    use_double_wide_mlp: bool
+    ple_size: int  # hidden_size_per_layer_input; 0: no per-layer inputs
+    ple_vocab_size: int
+    num_experts: int  # 0: no MoE block
+    top_k_experts: int
+    moe_intermediate_size: int
+    eos_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> Gemma4Config:
+        """From a complete ``Gemma4TextConfig`` as a dict (``complete_text_config``)."""
+        layers = int(config["num_hidden_layers"])
+        layer_types = list(config["layer_types"])
+        per_layer = config.get("per_layer_config") or {}
+        first_global = layer_types.index("full_attention")
+        overrides = per_layer.get(first_global) or per_layer.get(str(first_global)) or {}
+        rope = config.get("rope_parameters") or {}
+        global_rope = rope.get("full_attention") or {}
+        local_rope = rope.get("sliding_attention") or {}
+        eos = config.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if config.get("use_bidirectional_attention"):
+            raise ValueError("bidirectional attention is not implemented by the native engine")
+        moe = bool(config.get("enable_moe_block"))
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=layers,
+            num_heads=int(config["num_attention_heads"]),
+            num_kv_heads=int(config["num_key_value_heads"]),
+            head_dim=int(config["head_dim"]),
+            num_global_kv_heads=int(
+                overrides.get("num_key_value_heads", config["num_key_value_heads"])
+            ),
+            global_head_dim=int(overrides.get("head_dim", config["head_dim"])),
+            rms_norm_eps=float(config["rms_norm_eps"]),
+            sliding_window=int(config["sliding_window"]),
+            sliding_layers=tuple(t == "sliding_attention" for t in layer_types),
+            rope_theta_global=float(global_rope.get("rope_theta", 1_000_000.0)),
+            rope_theta_local=float(local_rope.get("rope_theta", 10_000.0)),
+            rotary_fraction_global=_rotary_fraction(global_rope),
+            rotary_fraction_local=_rotary_fraction(local_rope),
+            rope_scaling_global=_scaling_factor(global_rope),
+            rope_scaling_local=_scaling_factor(local_rope),
+            max_position_embeddings=int(config["max_position_embeddings"]),
+            final_logit_softcapping=config.get("final_logit_softcapping"),
+            num_kv_shared_layers=int(config.get("num_kv_shared_layers") or 0),
+            attention_k_eq_v=bool(config.get("attention_k_eq_v")),
+            use_double_wide_mlp=bool(config.get("use_double_wide_mlp")),
+            ple_size=int(config.get("hidden_size_per_layer_input") or 0),
+            ple_vocab_size=int(config.get("vocab_size_per_layer_input") or config["vocab_size"]),
+            num_experts=int(config.get("num_experts") or 0) if moe else 0,
+            top_k_experts=int(config.get("top_k_experts") or 0) if moe else 0,
+            moe_intermediate_size=int(config.get("moe_intermediate_size") or 0) if moe else 0,
+            eos_token_ids=tuple(int(i) for i in eos_ids),
+        )
+
+    @property
+    def first_shared_layer(self) -> int:
+        return self.num_layers - self.num_kv_shared_layers
+
+    @property
+    def kv_sources(self) -> tuple[int, ...]:
+        """Per layer, the layer whose keys and values it attends to (itself, unless shared: the
+        last layer of its kind before the shared ones, as transformers' ``kv_sharing_modes``)."""
+        first = self.first_shared_layer
+        sources = []
+        for i, sliding in enumerate(self.sliding_layers):
+            if i < first:
+                sources.append(i)
+                continue
+            earlier = [j for j in range(first) if self.sliding_layers[j] == sliding]
+            if not earlier:
+                raise ValueError(f"layer {i} shares keys and values no earlier layer computes")
+            sources.append(earlier[-1])
+        return tuple(sources)
+
+    def kv_shape(self, sliding: bool) -> tuple[int, int]:
+        """(key/value heads, head size) of a kind of layer."""
+        if sliding:
+            return self.num_kv_heads, self.head_dim
+        return self.num_global_kv_heads, self.global_head_dim
+
+    def layer_intermediate_size(self, layer: int) -> int:
+        wide = self.use_double_wide_mlp and layer >= self.first_shared_layer
+        return self.intermediate_size * (2 if wide else 1)
+
+
+def _rotary_fraction(rope: dict[str, Any]) -> float:
+    kind = rope.get("rope_type", "default")
+    if kind == "proportional":
+        return float(rope.get("partial_rotary_factor", 1.0))
+    if kind in ("default", "linear"):
+        return 1.0
+    raise ValueError(f"rotary embedding of type {kind!r} is not implemented by the native engine")
+
+
+def _scaling_factor(rope: dict[str, Any]) -> float:
+    kind = rope.get("rope_type", "default")
+    return 1.0 if kind == "default" else float(rope.get("factor", 1.0))
+
+
+TextConfig = Gemma3Config | Gemma4Config
+
+
+def text_config_from_hf(config: dict[str, Any]) -> TextConfig:
+    """The engine's config of a complete text config, by its ``model_type``."""
+    if config.get("model_type") == "gemma4_text":
+        return Gemma4Config.from_hf(config)
+    return Gemma3Config.from_hf(config)
