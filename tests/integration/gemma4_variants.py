@@ -126,6 +126,7 @@ def write_gguf(model: Any, path: Path, quant: str, *, chat_template: str | None 
     import gguf
 
     c = model.config
+    plain = c.to_dict()  # per-layer attributes (head size, kv heads) as their global values
     qtype = gguf.GGMLQuantizationType[quant]
     writer = gguf.GGUFWriter(str(path), "gemma4")
     layers = c.num_hidden_layers
@@ -136,20 +137,22 @@ def write_gguf(model: Any, path: Path, quant: str, *, chat_template: str | None 
     first_shared = layers - c.num_kv_shared_layers
     if c.use_double_wide_mlp:
         n_ff = c.intermediate_size
-        writer.add_feed_forward_length([n_ff if i < first_shared else 2 * n_ff for i in range(layers)])
+        writer.add_feed_forward_length(
+            [n_ff if i < first_shared else 2 * n_ff for i in range(layers)]
+        )
     else:
         writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     global_kv = c.per_layer_config[c.layer_types.index("full_attention")].num_key_value_heads
-    if global_kv != c.num_key_value_heads:
-        writer.add_head_count_kv([c.num_key_value_heads if s else global_kv for s in sliding])
+    if global_kv != plain["num_key_value_heads"]:
+        writer.add_head_count_kv([plain["num_key_value_heads"] if s else global_kv for s in sliding])
     else:
-        writer.add_head_count_kv(c.num_key_value_heads)
+        writer.add_head_count_kv(plain["num_key_value_heads"])
     global_dim = c.per_layer_config[c.layer_types.index("full_attention")].head_dim
     writer.add_key_length(global_dim)
     writer.add_value_length(global_dim)
-    writer.add_key_length_swa(c.head_dim)
-    writer.add_value_length_swa(c.head_dim)
+    writer.add_key_length_swa(plain["head_dim"])
+    writer.add_value_length_swa(plain["head_dim"])
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_sliding_window(c.sliding_window)
     writer.add_sliding_window_pattern(sliding)
@@ -158,7 +161,7 @@ def write_gguf(model: Any, path: Path, quant: str, *, chat_template: str | None 
     writer.add_rope_freq_base(c.rope_parameters["full_attention"]["rope_theta"])
     writer.add_rope_freq_base_swa(c.rope_parameters["sliding_attention"]["rope_theta"])
     writer.add_rope_dimension_count(global_dim)
-    writer.add_rope_dimension_count_swa(c.head_dim)
+    writer.add_rope_dimension_count_swa(plain["head_dim"])
     if c.final_logit_softcapping:
         writer.add_final_logit_softcapping(c.final_logit_softcapping)
     if c.enable_moe_block:

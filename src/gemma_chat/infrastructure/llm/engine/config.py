@@ -44,6 +44,21 @@ class Gemma3Config:
         """(key/value heads, head size) of a kind of layer: the same for both."""
         return self.num_kv_heads, self.head_dim
 
+    def weight_counts(self, *, tied: bool) -> tuple[int, int]:
+        """(weights of the matrices, float32 weights: norms), as the engine holds them."""
+        q, kv, e = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.hidden_size,
+        )
+        per_layer = e * (q + 2 * kv) + q * e + 3 * e * self.intermediate_size
+        matrices = self.num_layers * per_layer + self.vocab_size * e * (1 if tied else 2)
+        return matrices, self.num_layers * (4 * e + 2 * self.head_dim) + e
+
+    def kv_values_per_token(self) -> int:
+        """Keys and values a token adds to the cache, over every layer."""
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim
+
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> Gemma3Config:
         """From a transformers ``Gemma3TextConfig`` as a dict (``config.json``)."""
@@ -223,6 +238,38 @@ class Gemma4Config:
     def layer_intermediate_size(self, layer: int) -> int:
         wide = self.use_double_wide_mlp and layer >= self.first_shared_layer
         return self.intermediate_size * (2 if wide else 1)
+
+    def weight_counts(self, *, tied: bool) -> tuple[int, int]:
+        """(weights of the matrices, float32 weights: norms, scales and the routers)."""
+        e, sources = self.hidden_size, self.kv_sources
+        matrices = self.vocab_size * e * (1 if tied else 2)
+        floats = e + (self.ple_size if self.ple_size else 0)
+        if self.ple_size:
+            matrices += (self.ple_vocab_size + e) * self.num_layers * self.ple_size
+        for i, sliding in enumerate(self.sliding_layers):
+            heads, dim = self.kv_shape(sliding)
+            q, kv = self.num_heads * dim, heads * dim
+            shared = sources[i] != i
+            kv_outputs = 0 if shared else kv * (1 if self.attention_k_eq_v and not sliding else 2)
+            matrices += e * (q + kv_outputs) + q * e + 3 * e * self.layer_intermediate_size(i)
+            floats += 4 * e + dim * (1 if shared else 2) + 1
+            if self.ple_size:
+                matrices += 2 * e * self.ple_size
+                floats += e
+            if self.num_experts:
+                matrices += self.num_experts * 3 * e * self.moe_intermediate_size
+                floats += 4 * e + self.num_experts * (e + 1)
+        return matrices, floats
+
+    def kv_values_per_token(self) -> int:
+        """Keys and values a token adds to the cache, over the layers that hold them."""
+        sources = self.kv_sources
+        total = 0
+        for i, sliding in enumerate(self.sliding_layers):
+            if sources[i] == i:
+                heads, dim = self.kv_shape(sliding)
+                total += 2 * heads * dim
+        return total
 
 
 def _rotary_fraction(rope: dict[str, Any]) -> float:

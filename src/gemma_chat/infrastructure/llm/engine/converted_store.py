@@ -39,15 +39,16 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     GGUFCheckpoint,
     open_checkpoint,
 )
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import (
-    BlockBits,
-    Q8Kernels,
-    empty_q8_model,
-    quantize_model,
+from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
+from gemma_chat.infrastructure.llm.engine.text_models import (
+    TextModel,
+    empty_quantized,
+    load_state_dict,
+    new_model,
+    quantize,
+    takes_calibration,
 )
-from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer, write_vocabulary
@@ -105,9 +106,7 @@ class WeightFormat:
 
 
 class ConvertedModel:
-    def __init__(
-        self, directory: Path, model: Gemma3Model, tokenizer: HFTokenizersTokenizer
-    ) -> None:
+    def __init__(self, directory: Path, model: TextModel, tokenizer: HFTokenizersTokenizer) -> None:
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer
@@ -182,16 +181,16 @@ class ConvertedModelStore:
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
 
-    def _load_model(self, directory: Path, weights: WeightFormat) -> Gemma3Model:
+    def _load_model(self, directory: Path, weights: WeightFormat) -> TextModel:
         from safetensors.torch import load_file
 
         hf_config = json.loads((directory / "config.json").read_text())
         tied = bool(hf_config.get("tie_word_embeddings", True))
         with torch.device("meta"):
-            model = Gemma3Model(Gemma3Config.from_hf(hf_config))
+            model = new_model(text_config_from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
         if weights.kernels is not None:
-            empty_q8_model(model, weights.kernels, tied=tied, bits=weights.bits)
+            empty_quantized(model, weights.kernels, tied=tied, bits=weights.bits)
         else:
             if "lm_head.weight" not in state:
                 state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
@@ -234,16 +233,15 @@ class ConvertedModelStore:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
-            lean = load_hf_state_dict(Gemma3Config.from_hf(config), checkpoint, weights.dtype)
+            lean = load_state_dict(text_config_from_hf(config), checkpoint, weights.dtype)
             del checkpoint
             if weights.kernels is not None:
                 importance = None
-                if 4 in (weights.bits.head, weights.bits.blocks):  # the 4-bit rounding's weights
+                four_bit = 4 in (weights.bits.head, weights.bits.blocks)
+                if four_bit and takes_calibration(lean):  # the 4-bit rounding's weights
                     ids = hf_tokenizer(calibration_text())["input_ids"]
                     importance = input_importance(lean, ids)
-                quantize_model(
-                    lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance
-                )
+                quantize(lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance)
             steps.update()
             steps.set_postfix_str("saving")
             state = dict(lean.state_dict())

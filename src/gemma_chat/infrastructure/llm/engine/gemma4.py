@@ -102,7 +102,10 @@ class Gemma4Block(nn.Module):
         self.pre_feedforward_norm = ScaledRMSNorm(e, eps)
         self.post_feedforward_norm = ScaledRMSNorm(e, eps)
         self.register_buffer("layer_scalar", torch.ones(1))
+        self.layer_scalar: torch.Tensor
         self.top_k = c.top_k_experts
+        self.router_scale: torch.Tensor
+        self.per_expert_scale: torch.Tensor
         if c.num_experts:
             self.router = nn.Linear(e, c.num_experts, bias=False)  # float: it picks experts
             self.router_norm = ScaledRMSNorm(e, eps, with_scale=False)
@@ -165,7 +168,7 @@ class Gemma4Block(nn.Module):
         weights = weights * self.per_expert_scale[chosen]
         h = self.pre_feedforward_norm_2(x)
         out = torch.zeros_like(h)
-        for expert in chosen.unique().tolist():
+        for expert in sorted(set(chosen.flatten().tolist())):
             rows, slot = torch.where(chosen == expert)
             y = self.experts[expert](h.index_select(0, rows))
             out.index_add_(0, rows, (y * weights[rows, slot, None]).to(out.dtype))
@@ -367,7 +370,8 @@ class Gemma4Model(nn.Module):
             assert isinstance(block, Gemma4Block)
             layer_input = ple[:, i] if ple is not None else None
             x = block(x, ropes[block.sliding], layer_input, pass_, cache)
-        return x
+        hidden: torch.Tensor = x
+        return hidden
 
     def _per_layer_inputs(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Each layer's input of each row: its token's row of the per-layer table (scaled by

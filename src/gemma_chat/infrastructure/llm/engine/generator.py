@@ -13,7 +13,7 @@ import torch
 from gemma_chat.domain.errors import ConfigurationError, ModelLoadError, ModelTooLargeError
 from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
 from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture, read_text_config
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.memory import available_memory_bytes, estimate_memory
 from gemma_chat.infrastructure.llm.engine.native import choose_variant
@@ -214,7 +214,7 @@ def check_memory(
         if config is None:  # not on disk yet (the embedded model, assembled on first use)
             return limit
         estimate = estimate_memory(
-            Gemma3Config.from_hf(config),
+            text_config_from_hf(config),
             quantized=weights.kernels is not None,
             dtype=weights.dtype,
             tied=bool(config.get("tie_word_embeddings", True)),

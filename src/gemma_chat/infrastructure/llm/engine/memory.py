@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import TextConfig
 
 __all__ = [
     "RESERVED_TOKENS",
@@ -60,28 +60,21 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    config: Gemma3Config,
+    config: TextConfig,
     *,
     quantized: bool,
     dtype: torch.dtype,
     tied: bool,
     prefix_budget_bytes: int = 0,
 ) -> MemoryEstimate:
-    c = config
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    per_layer = (
-        c.hidden_size * (q + 2 * kv) + q * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
-    )
-    table = c.vocab_size * c.hidden_size
-    matrices = c.num_layers * per_layer + table * (1 if tied else 2)
-    norms = c.num_layers * (4 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
+    matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
     kv_itemsize = 2 if quantized else itemsize  # the int8 kernels keep a float16 cache
     return MemoryEstimate(
         parameters=matrices + norms,
         weights_bytes=int(matrices * per_weight) + 4 * norms,
-        kv_bytes_per_token=c.num_layers * 2 * kv * kv_itemsize,
+        kv_bytes_per_token=config.kv_values_per_token() * kv_itemsize,
         prefix_budget_bytes=prefix_budget_bytes,
     )
 
