@@ -22,7 +22,7 @@ _COMMON: dict[str, Any] = {
     "global_head_dim": 64,
     "sliding_window": 16,  # exceeded within the 64 steps
     "max_position_embeddings": 1024,
-    "initializer_range": 0.2,  # peaked next-token distributions, as a trained model's
+    "initializer_range": 0.5,  # peaked next-token distributions, as a trained model's
     "final_logit_softcapping": 30.0,
     "tie_word_embeddings": True,
     "hidden_size_per_layer_input": 0,
@@ -48,12 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "num_global_key_value_heads": 1,
         "use_double_wide_mlp": True,
     },
-    # 26B-A4B-like: a dense MLP and top-2 of 4 experts in every layer
+    # 26B-A4B-like (top 8 of 128): a dense MLP and top 4 of 16 experts in every layer
     "moe": {
         "num_hidden_layers": 6,
         "enable_moe_block": True,
-        "num_experts": 4,
-        "top_k_experts": 2,
+        "num_experts": 16,
+        "top_k_experts": 4,
         "moe_intermediate_size": 64,
         "attention_k_eq_v": True,
         "num_global_key_value_heads": 1,
@@ -77,10 +77,15 @@ def build_text_model(variant: str, seed: int = 0) -> Any:
 
 
 def _randomize_scales(model: Any) -> None:
-    # Gemma 4 initialises its norms and scalars to one: random ones catch a misplaced one.
+    # Gemma 4 initialises its norms and scalars to one: random ones catch a misplaced one. The
+    # query and key norms get about head_size ** -0.25 each: Gemma 4 does not scale attention
+    # scores, a trained model's norms do (at one, these random models' attention would be
+    # near-argmax, flipping on any rounding, as a trained model's is not).
     with torch.no_grad():
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale")):
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                tensor.uniform_(0.7, 1.3).mul_(tensor.shape[0] ** -0.25)
+            elif name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale")):
                 tensor.uniform_(0.5, 1.5)
 
 
