@@ -61,17 +61,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def text_config(variant: str) -> Any:
+def text_config(variant: str, vocab: int = VOCAB) -> Any:
     from transformers import Gemma4TextConfig
 
-    return Gemma4TextConfig(**{**_COMMON, **VARIANTS[variant]})
+    values = {**_COMMON, **VARIANTS[variant], "vocab_size": vocab}
+    if values.get("hidden_size_per_layer_input"):
+        values["vocab_size_per_layer_input"] = vocab
+    return Gemma4TextConfig(**values)
 
 
-def build_text_model(variant: str, seed: int = 0) -> Any:
+def build_text_model(variant: str, seed: int = 0, vocab: int = VOCAB) -> Any:
     from transformers import Gemma4ForCausalLM
 
     torch.manual_seed(seed)
-    model = Gemma4ForCausalLM(text_config(variant)).eval()
+    model = Gemma4ForCausalLM(text_config(variant, vocab)).eval()
     _randomize_scales(model)
     return model
 
@@ -150,7 +153,9 @@ def write_gguf(model: Any, path: Path, quant: str, *, chat_template: str | None 
     writer.add_head_count(c.num_attention_heads)
     global_kv = c.per_layer_config[c.layer_types.index("full_attention")].num_key_value_heads
     if global_kv != plain["num_key_value_heads"]:
-        writer.add_head_count_kv([plain["num_key_value_heads"] if s else global_kv for s in sliding])
+        writer.add_head_count_kv(
+            [plain["num_key_value_heads"] if s else global_kv for s in sliding]
+        )
     else:
         writer.add_head_count_kv(plain["num_key_value_heads"])
     global_dim = c.per_layer_config[c.layer_types.index("full_attention")].head_dim

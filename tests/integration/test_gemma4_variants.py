@@ -90,9 +90,9 @@ class Case:
         self.tokens, self.logits = reference_greedy(reference, prompt)
         self.prompt = prompt
 
-    def quantized_model(self, kernels: Q8Kernels, bits: BlockBits = BlockBits()) -> Gemma4Model:
+    def quantized_model(self, kernels: Q8Kernels, bits: BlockBits | None = None) -> Gemma4Model:
         model = load_state_dict(self.config, self.checkpoint, torch.float32)
-        quantize(model, kernels, tied=self.tied, bits=bits)
+        quantize(model, kernels, tied=self.tied, bits=bits or BlockBits())
         assert isinstance(model, Gemma4Model)
         return model
 

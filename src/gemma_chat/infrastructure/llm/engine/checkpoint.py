@@ -244,7 +244,9 @@ class GGUFCheckpoint(Checkpoint):
         ff = get("feed_forward_length")
         ff = [int(f) for f in ff] if isinstance(ff, list) else [int(ff)] * layers
         heads_kv = get("attention.head_count_kv", common["num_attention_heads"])
-        heads_kv = [int(h) for h in heads_kv] if isinstance(heads_kv, list) else [int(heads_kv)] * layers
+        heads_kv = (
+            [int(h) for h in heads_kv] if isinstance(heads_kv, list) else [int(heads_kv)] * layers
+        )
         shared = int(get("attention.shared_kv_layers", 0))
         fraction = 1.0
         if "rope_freqs.weight" in self._tensors:

@@ -1,4 +1,5 @@
-"""The lean Gemma 3 model's hyperparameters, read from a transformers ``config.json``.
+"""The engine's models' hyperparameters, read from a transformers ``config.json``: Gemma 3's
+(``Gemma3Config``) and Gemma 4's (``Gemma4Config``); ``text_config_from_hf`` picks by model type.
 
 Every Gemma 3 size is this one model with other numbers: 1B has no rotary scaling; 4B, 12B and
 27B scale their global layers' rotary positions linearly (factor 8); 27B's attention scale comes

@@ -42,6 +42,7 @@ __all__ = [
     "quantize_gemma4",
 ]
 
+_INT8 = BlockBits()  # every projection in int8
 _ROWS_PER_PASS = 1024  # as the Gemma 3 model: activations, not weights, bound a pass's memory
 
 
@@ -517,7 +518,7 @@ def _projections(model: Gemma4Model) -> list[tuple[nn.Module, str]]:
 
 
 def quantize_gemma4(
-    model: Gemma4Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+    model: Gemma4Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = _INT8
 ) -> None:
     """Replace the projections (those 32 inputs wide) by int8 or 4-bit ones, the per-layer
     inputs' table by int8 rows, the head by ``bits.head``; activations become float32."""
@@ -536,7 +537,7 @@ def quantize_gemma4(
 
 
 def empty_quantized_gemma4(
-    model: Gemma4Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+    model: Gemma4Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = _INT8
 ) -> None:
     """Give a meta-device model the int8/4-bit projections ``quantize_gemma4`` makes, to load
     a state dict into."""

@@ -1,4 +1,4 @@
-"""``NativeGenerator``: the native engine behind ``TokenGenerator`` (lean Gemma 3, continuous
+"""``NativeGenerator``: the native engine behind ``TokenGenerator`` (lean Gemma 3 and 4, continuous
 batching, KV reuse, converted weights cached on disk); ``supports`` says which checkpoints it runs.
 """
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def supports(source: ModelSource) -> bool:
-    """Whether the engine can run this checkpoint (a Gemma 3 text model)."""
+    """Whether the engine can run this checkpoint (a Gemma 3 or Gemma 4 text model)."""
     return refusal(source) is None
 
 
@@ -57,7 +57,7 @@ def refusal(source: ModelSource) -> str | None:
             return "it has no tokenizer.json or tokenizer.model"
     architecture = architecture_named(name)
     if architecture is None:
-        return f"it runs Gemma 3 text models, not {name!r}"
+        return f"it runs Gemma 3 and Gemma 4 text models, not {name!r}"
     return architecture.unsupported
 
 

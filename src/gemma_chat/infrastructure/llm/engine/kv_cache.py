@@ -1,12 +1,13 @@
 """The engine's KV cache: each slot (a sequence) holds its own keys and values.
 
-Gemma 3 and 4 have two kinds of layers (Gemma 4's with their own head sizes, ``kv_shape``). A sliding-window layer's query sees only the last ``window``
-positions, so its keys and values live in a ring of ``ring`` positions (the window and the
-largest number of a sequence's tokens fed in one pass, ``chunk``): position p at p % ring. A
-global layer's query sees every position before it, so its keys and values grow with the
-sequence (position p at p). Each slot's memory is its own: one long conversation grows its own
-rows, not every slot's, and ``release`` hands a slot's memory back. A Gemma 4 layer that
-shares another's keys and values (``kv_sources``) holds none: ``layer`` gives the other's.
+Gemma 3 and 4 have two kinds of layers (Gemma 4's each with its own head count and size,
+``kv_shape``). A sliding-window layer's query sees only the last ``window`` positions, so its
+keys and values live in a ring of ``ring`` positions (the window and the largest number of a
+sequence's tokens fed in one pass, ``chunk``): position p at p % ring. A global layer's query
+sees every position before it, so its keys and values grow with the sequence (position p at p).
+Each slot's memory is its own: one long conversation grows its own rows, not every slot's, and
+``release`` hands a slot's memory back. A Gemma 4 layer that shares another's keys and values
+(``kv_sources``) holds none: ``layer`` gives the other's.
 
 For the fused C blocks (``gemma_decode_block``), every layer has a table of each slot's address
 and capacity (``k_addresses``, ``v_addresses``, ``capacities``: [L, slots] int64).
