@@ -160,6 +160,35 @@ def test_a_gemma4_checkpoint_answers_on_the_native_engine_as_transformers_does(
     assert text == expected
 
 
+def test_a_gemma4_checkpoint_converted_to_int8_answers_the_same_from_its_cache(
+    gemma4_dir: Path,
+) -> None:
+    """The first load converts and quantizes (``quantize_gemma4``); the second reads the cached
+    entry into empty int8 projections (``empty_quantized_gemma4``): the same answer."""
+    settings = get_settings(
+        model={"name": str(gemma4_dir), "quantization": "int8"},
+        performance={"engine": "native"},
+    )
+    messages: list[ChatMessage] = [{"role": "user", "content": "Hello there"}]
+
+    async def answer() -> tuple[dict[str, object], str]:
+        llm = GemmaLLM(settings)
+        await llm.load()
+        try:
+            result = await llm.generate(
+                messages, GenerationConfig(max_new_tokens=12, temperature=0.0)
+            )
+            return llm.get_model_info(), result.text
+        finally:
+            await llm.unload()
+
+    info, converted = asyncio.run(answer())
+    _, cached = asyncio.run(answer())
+    assert info["quantization"] == "int8"
+    assert info["architecture"] == "gemma4_text"
+    assert converted == cached
+
+
 def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> None:
     from gemma_chat.infrastructure.llm.engine.checkpoint import GGUFCheckpoint
 

@@ -241,7 +241,8 @@ class Gemma4Config:
         return self.intermediate_size * (2 if wide else 1)
 
     def weight_counts(self, *, tied: bool) -> tuple[int, int]:
-        """(weights of the matrices, float32 weights: norms, scales and the routers)."""
+        """(weights in the compute dtype or int8: matrices, routers, scales; float32 weights:
+        the norms)."""
         e, sources = self.hidden_size, self.kv_sources
         matrices = self.vocab_size * e * (1 if tied else 2)
         floats = e + (self.ple_size if self.ple_size else 0)
@@ -253,13 +254,14 @@ class Gemma4Config:
             shared = sources[i] != i
             kv_outputs = 0 if shared else kv * (1 if self.attention_k_eq_v and not sliding else 2)
             matrices += e * (q + kv_outputs) + q * e + 3 * e * self.layer_intermediate_size(i)
-            floats += 4 * e + dim * (1 if shared else 2) + 1
+            matrices += 1  # layer_scalar
+            floats += 4 * e + dim * (1 if shared else 2)
             if self.ple_size:
                 matrices += 2 * e * self.ple_size
                 floats += e
-            if self.num_experts:
-                matrices += self.num_experts * 3 * e * self.moe_intermediate_size
-                floats += 4 * e + self.num_experts * (e + 1)
+            if self.num_experts:  # experts, router and its scales
+                matrices += self.num_experts * (3 * e * self.moe_intermediate_size + e + 1) + e
+                floats += 3 * e
         return matrices, floats
 
     def kv_values_per_token(self) -> int:

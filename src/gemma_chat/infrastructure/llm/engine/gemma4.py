@@ -489,10 +489,8 @@ def load_gemma4_state_dict(
 
 
 def _is_matrix(name: str) -> bool:
-    """Weights in the compute dtype; norms, scales and the router stay float32."""
-    if name.endswith(("norm.weight", "layer_scalar", "router_scale", "per_expert_scale")):
-        return False
-    return not name.endswith("router.weight")
+    """Weights in the compute dtype (as transformers holds them); norms stay float32."""
+    return not name.endswith("norm.weight")
 
 
 # -- int8 / 4-bit ----------------------------------------------------------------------------------
