@@ -200,3 +200,20 @@ def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> No
     assert checkpoint.config["eos_token_id"] == [1, 106]
     assert resolve_model_source(str(path)).gguf_file == "m.gguf"
     assert refusal(resolve_model_source(str(path))) is None
+
+
+def test_a_gemma4_ggufs_template_end_ids_and_config_are_read(tmp_path: Path) -> None:
+    from gemma_chat.infrastructure.llm.engine.checkpoint import GGUFCheckpoint
+
+    from .gemma4_variants import build_text_model as build_gemma4
+    from .gemma4_variants import write_gguf as write_gemma4_gguf
+
+    path = write_gemma4_gguf(
+        build_gemma4("moe"), tmp_path / "m.gguf", "Q8_0", chat_template=TEMPLATE
+    )
+    checkpoint = GGUFCheckpoint(path)
+    assert checkpoint.architecture.name == "gemma4_text"
+    assert checkpoint.chat_template == TEMPLATE
+    assert checkpoint.config["eos_token_id"] == [1, 106]
+    assert checkpoint.config["enable_moe_block"] is True
+    assert refusal(resolve_model_source(str(path))) is None
