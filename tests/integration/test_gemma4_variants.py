@@ -17,7 +17,7 @@ keys and values but no per-layer inputs fails in transformers 5.24 itself (its
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,24 @@ class Case:
 _cases: dict[str, Case] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models' matrices are tiny: handing each product to a second thread costs more than
+    the product (far more on a loaded machine), and the results do not depend on the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
+def kernels(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Q8Kernels]:
     built = load_kernels(tmp_path_factory.mktemp("kernels"))
     if built is None:
         pytest.skip("no C compiler: the int8 kernels cannot be built")
-    return built
+    built._lib.gemma_set_threads(1)
+    yield built
+    built._lib.gemma_set_threads(torch.get_num_threads())
 
 
 @pytest.fixture(params=list(CASES))
