@@ -279,3 +279,23 @@ def test_the_memory_estimate_is_what_the_loaded_weights_take(
     quantized = estimate_memory(case.config, quantized=True, dtype=torch.float32, tied=case.tied)
     actual = _weights_bytes(case.quantized_model(kernels))  # rows padded to 16
     assert quantized.weights_bytes <= actual <= quantized.weights_bytes * 1.05
+
+
+def test_a_many_layered_config_gives_its_global_layers_their_shape() -> None:
+    """transformers keys ``per_layer_config`` by zero-padded layer numbers past nine ("05")."""
+    from transformers import Gemma4TextConfig
+
+    from gemma_chat.infrastructure.llm.engine.architecture import complete_text_config
+
+    theirs = Gemma4TextConfig(
+        num_hidden_layers=35,
+        global_head_dim=512,
+        num_global_key_value_heads=2,
+        attention_k_eq_v=True,
+        num_key_value_heads=1,
+        head_dim=256,
+    ).to_dict()
+    config = text_config_from_hf(complete_text_config(theirs))
+    assert isinstance(config, Gemma4Config)
+    assert (config.global_head_dim, config.num_global_kv_heads) == (512, 2)
+    assert (config.head_dim, config.num_kv_heads) == (256, 1)

@@ -165,9 +165,14 @@ class Gemma4Config:
         """From a complete ``Gemma4TextConfig`` as a dict (``complete_text_config``)."""
         layers = int(config["num_hidden_layers"])
         layer_types = list(config["layer_types"])
-        per_layer = config.get("per_layer_config") or {}
-        first_global = layer_types.index("full_attention")
-        overrides = per_layer.get(first_global) or per_layer.get(str(first_global)) or {}
+        # Keyed by layer, as int or as a zero-padded string ("05" of 35 layers).
+        per_layer = {int(k): v for k, v in (config.get("per_layer_config") or {}).items()}
+        globals_ = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+        overrides = per_layer.get(globals_[0]) or {}
+        if any((per_layer.get(i) or {}) != overrides for i in globals_):
+            raise ValueError("global layers of different shapes are not implemented")
+        if any(per_layer.get(i) for i, t in enumerate(layer_types) if t != "full_attention"):
+            raise ValueError("sliding layers of different shapes are not implemented")
         rope = config.get("rope_parameters") or {}
         global_rope = rope.get("full_attention") or {}
         local_rope = rope.get("sliding_attention") or {}
