@@ -189,6 +189,34 @@ def test_a_gemma4_checkpoint_converted_to_int8_answers_the_same_from_its_cache(
     assert converted == cached
 
 
+def test_gemma4_conversations_answered_together_answer_as_alone(gemma4_dir: Path) -> None:
+    """Three greedy conversations at once share the scheduler's steps (rows of one batch):
+    each answer is the one it gets alone."""
+    settings = get_settings(
+        model={"name": str(gemma4_dir), "quantization": "int8"},
+        performance={"engine": "native", "max_batch_size": 4},
+    )
+    prompts = ["Hello there", "What is a cat?", "Tell me about the sea and the sky"]
+    config = GenerationConfig(max_new_tokens=10, temperature=0.0)
+
+    async def run() -> tuple[list[str], list[str]]:
+        llm = GemmaLLM(settings)
+        await llm.load()
+        try:
+            alone = [
+                (await llm.generate([{"role": "user", "content": p}], config)).text for p in prompts
+            ]
+            together = await asyncio.gather(
+                *(llm.generate([{"role": "user", "content": p}], config) for p in prompts)
+            )
+            return alone, [r.text for r in together]
+        finally:
+            await llm.unload()
+
+    alone, together = asyncio.run(run())
+    assert together == alone
+
+
 def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> None:
     from gemma_chat.infrastructure.llm.engine.checkpoint import GGUFCheckpoint
 
