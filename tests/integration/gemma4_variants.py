@@ -79,6 +79,20 @@ def build_text_model(variant: str, seed: int = 0, vocab: int = VOCAB) -> Any:
     return model
 
 
+def build_multimodal_model(variant: str, seed: int = 0) -> Any:
+    """The released layout (``Gemma4ForConditionalGeneration``, the text model under
+    ``model.language_model.``), without its vision and audio towers."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Gemma4Config(
+        text_config=text_config(variant).to_dict(), vision_config=None, audio_config=None
+    )
+    model = Gemma4ForConditionalGeneration(config).eval()
+    _randomize_scales(model)
+    return model
+
+
 def _randomize_scales(model: Any) -> None:
     # Gemma 4 initialises its norms and scalars to one: random ones catch a misplaced one. The
     # query and key norms get about head_size ** -0.25 each: Gemma 4 does not scale attention

@@ -5,9 +5,9 @@ change nothing.
 Each case is a tiny random model built from transformers' ``Gemma4TextConfig``
 (``gemma4_variants.py``), one per feature: per-layer inputs (E2B/E4B-like); keys and values
 shared by the last layers with k = v and the double-wide MLP; a mixture of experts beside the
-dense MLP (26B-A4B-like). Every case has Gemma 4's two head sizes and proportional rotary on the
-global layers. A GGUF's reference is the same transformers model holding the GGUF's
-de-quantized weights.
+dense MLP (26B-A4B-like); and the released multimodal layout's text part. Every case has Gemma
+4's two head sizes and proportional rotary on the global layers. A GGUF's reference is the same
+transformers model holding the GGUF's de-quantized weights.
 
 transformers' reference runs with ``output_hidden_states=True``: without it, a model with shared
 keys and values but no per-layer inputs fails in transformers 5.24 itself (its
@@ -37,7 +37,7 @@ from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, load_kernels
 from gemma_chat.infrastructure.llm.engine.text_models import load_state_dict, quantize
 
-from .gemma4_variants import build_text_model, write_gguf
+from .gemma4_variants import build_multimodal_model, build_text_model, write_gguf
 
 STEPS = 64
 # Largest |difference| allowed between the float path's logits and transformers' (float32 both;
@@ -46,9 +46,11 @@ LOGITS_TOLERANCE = 1e-3
 TOP1_AGREEMENT = 0.98
 
 
-def _safetensors(variant: str) -> Callable[[Path], tuple[Any, Checkpoint]]:
+def _safetensors(
+    variant: str, multimodal: bool = False
+) -> Callable[[Path], tuple[Any, Checkpoint]]:
     def build(directory: Path) -> tuple[Any, Checkpoint]:
-        model = build_text_model(variant)
+        model = build_multimodal_model(variant) if multimodal else build_text_model(variant)
         model.save_pretrained(directory)
         return model, SafetensorsCheckpoint(directory)
 
@@ -71,6 +73,7 @@ CASES: dict[str, Callable[[Path], tuple[Any, Checkpoint]]] = {
     "ple-safetensors": _safetensors("ple"),
     "shared-kv-safetensors": _safetensors("shared-kv"),
     "moe-safetensors": _safetensors("moe"),
+    "ple-multimodal-safetensors": _safetensors("ple", multimodal=True),
     "ple-gguf-Q8_0": _gguf("ple", "Q8_0"),
     "shared-kv-gguf-F16": _gguf("shared-kv", "F16"),
     "moe-gguf-Q4_0": _gguf("moe", "Q4_0"),
@@ -235,7 +238,7 @@ def test_reusing_a_prefix_gives_what_recomputing_it_gives(case: Case, kernels: Q
 
 
 def test_the_checkpoint_config_is_the_reference_config(case: Case) -> None:
-    theirs = case.reference.config.to_dict()
+    theirs = case.reference.config.get_text_config().to_dict()
     for key in (
         "hidden_size",
         "intermediate_size",
