@@ -17,23 +17,12 @@ from pydantic import BaseModel
 from gemma_chat import EMBEDDED_MODEL_NAME, get_settings
 from gemma_chat.server import create_app
 from tests.e2e.servers import threaded_server
+from tests.tool_messages import WEATHER_TOOL, tool_loop_messages
 
 pytestmark = pytest.mark.slow
 
 MODEL = EMBEDDED_MODEL_NAME
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
+
 QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
@@ -80,7 +69,7 @@ def arguments_of(arguments: str) -> dict[str, Any]:
 
 def test_a_forced_tool_call_validates_against_its_schema(client: OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice="required", temperature=0
+        model=MODEL, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required", temperature=0
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -94,7 +83,7 @@ def test_a_forced_tool_call_validates_against_its_schema(client: OpenAI) -> None
 def test_a_forced_tool_call_streams_as_openai_streams_it(client: OpenAI) -> None:
     named: Any = {"type": "function", "function": {"name": "get_weather"}}
     stream = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice=named, stream=True
+        model=MODEL, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice=named, stream=True
     )
     name, arguments, finish = "", "", None
     for chunk in stream:
@@ -112,23 +101,9 @@ def test_a_forced_tool_call_streams_as_openai_streams_it(client: OpenAI) -> None
 
 
 def test_a_turn_with_a_tool_result_continues_in_text(client: OpenAI) -> None:
-    messages: Any = [
-        *QUESTION,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 C"},
-    ]
+    messages = tool_loop_messages(QUESTION)
     completion = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", temperature=0
     )
     choice = completion.choices[0]
     assert choice.finish_reason in ("stop", "length")

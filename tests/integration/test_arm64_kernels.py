@@ -1,9 +1,10 @@
 """The ARM64 NEON kernels against the generic ones, cross-compiled and run under qemu-user.
 
 tests/kernels/harness.c calls every kernel of one build on fixed inputs and prints its results'
-bits; it is built three times for ARM64 (the generic bodies only, NEON with sdot, NEON without
-it) with Debian's gcc-aarch64-linux-gnu and run under qemu-user-static, and once for this
-machine's generic bodies. Skipped, saying which tool is missing, where those tools are not
+bits; it is built four times for ARM64 (the generic bodies only, NEON with sdot, NEON with sdot
+and i8mm's usmmla, NEON without either) with Debian's gcc-aarch64-linux-gnu and run under
+qemu-user-static (as its "max" CPU, which has every extension), and once for this machine's
+generic bodies. Skipped, saying which tool is missing, where those tools are not
 installed (.ci/run installs them).
 """
 
@@ -14,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -40,6 +42,7 @@ OPERATIONS = [
     "q8_gelu_tanh_mul",
     "q8_argmax_row",
     "q8_top_k_scan",
+    "q8_rms_norm",
 ]
 # where a body adds in its own order or uses its own exp: |a - b| <= CLOSE * max |b| per section
 CLOSE = 1e-5
@@ -76,7 +79,7 @@ def run(command: list[str]) -> Results:
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Results]:
+def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     emulator = qemu()
     if shutil.which(CROSS_CC) is None:
         pytest.skip(
@@ -87,19 +90,26 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Results]:
             "ARM64 kernels not checked: qemu-aarch64-static is not installed (qemu-user-static)"
         )
     host_flags = ["-DQ8_NO_NEON"] + (["-march=x86-64"] if platform.machine() == "x86_64" else [])
-    built = build_all(
+    return build_all(
         tmp_path_factory.mktemp("arm64"),
         {
             "arm-generic": (CROSS_CC, ["-static", "-march=armv8.2-a+dotprod", "-DQ8_NO_NEON"]),
             "arm-neon-sdot": (CROSS_CC, ["-static", "-march=armv8.2-a+dotprod"]),
+            "arm-neon-i8mm": (CROSS_CC, ["-static", "-march=armv8.2-a+dotprod+i8mm"]),
             # NEON without the dot product: the generic int8 products, NEON for the rest
             "arm-neon": (CROSS_CC, ["-static", "-march=armv8-a"]),
             "host-generic": (os.environ.get("CC", "cc"), host_flags),
         },
     )
+
+
+@pytest.fixture(scope="module")
+def builds(binaries: dict[str, Path]) -> dict[str, Results]:
+    emulator = qemu()
+    assert emulator is not None
     return {
-        name: run([str(path)] if name.startswith("host") else [emulator, str(path)])
-        for name, path in built.items()
+        name: run([str(path)] if name.startswith("host") else [emulator, "-cpu", "max", str(path)])
+        for name, path in binaries.items()
     }
 
 
@@ -146,18 +156,28 @@ def test_each_build_runs_the_bodies_it_was_built_for(builds: dict[str, Results])
 
     assert chosen("arm-generic") == {op: f"{op}_generic" for op in OPERATIONS}
     assert chosen("arm-neon-sdot") == {op: f"{op}_neon" for op in OPERATIONS}
+    with_i8mm = {op: f"{op}_neon" for op in OPERATIONS}
+    with_i8mm["q8_tiles_product"] = "q8_tiles_product_i8mm"
+    with_i8mm["q4_tiles_product"] = "q4_tiles_product_i8mm"
+    assert chosen("arm-neon-i8mm") == with_i8mm
     without_sdot = {op: f"{op}_neon" for op in OPERATIONS}
     without_sdot["q8_tiles_product"] = "q8_tiles_product_generic"
     without_sdot["q4_tiles_product"] = "q4_tiles_product_generic"
     assert chosen("arm-neon") == without_sdot
     kinds = {build: builds[build]["vector_kernels"][0] for build in builds}
-    assert kinds == {"arm-generic": "0", "arm-neon-sdot": "3", "arm-neon": "0", "host-generic": "0"}
+    assert kinds == {
+        "arm-generic": "0",
+        "arm-neon-sdot": "3",
+        "arm-neon-i8mm": "4",
+        "arm-neon": "0",
+        "host-generic": "0",
+    }
 
 
-@pytest.mark.parametrize("build", ["arm-neon-sdot", "arm-neon"])
+@pytest.mark.parametrize("build", ["arm-neon-sdot", "arm-neon-i8mm", "arm-neon"])
 def test_the_neon_bodies_give_the_generic_results(builds: dict[str, Results], build: str) -> None:
-    # the same bits for int8 products, quantization, float16 stores, weighted sums, argmax and
-    # top-k; dot products, exp and GELU (own order of adds, own exp) within CLOSE
+    # the same bits for int8 products, quantization, float16 stores, weighted sums, argmax,
+    # top-k and RMSNorm; dot products, exp and GELU (own order of adds, own exp) within CLOSE
     compare(builds[build], builds["arm-generic"], same_architecture=True)
 
 
@@ -178,3 +198,30 @@ def test_this_machines_generic_build_gives_the_arm64_generic_bits(
     # the generic bodies define their results' bits (explicit FMAs, integer sums) on any
     # architecture, except where a compiler fuses a * b + c on one and not on the other
     compare(builds["host-generic"], builds["arm-generic"], same_architecture=False)
+
+
+def test_the_i8mm_build_gives_the_sdot_builds_bits_everywhere(builds: dict[str, Results]) -> None:
+    # its products give the generic bits (above), and every other body is the sdot build's:
+    # so the decoder block, prefill and decode included, is bit for bit the same
+    i8mm, sdot = builds["arm-neon-i8mm"], builds["arm-neon-sdot"]
+    sections = [name for name in sdot if not name.startswith(("body ", "vector_kernels"))]
+    assert [name for name in sections if i8mm[name] != sdot[name]] == []
+    assert any(name.startswith("block.") for name in sections)
+
+
+def test_the_i8mm_build_runs_i8mm_instructions(binaries: dict[str, Path]) -> None:
+    # on an emulated CPU with the dot product and without i8mm (Neoverse N1) the i8mm build
+    # stops at an illegal instruction where the sdot build runs: the comparisons above ran i8mm
+    emulator = qemu()
+    assert emulator is not None
+    known = subprocess.run([emulator, "-cpu", "help"], capture_output=True, text=True).stdout
+    if "neoverse-n1" not in known:
+        pytest.skip(f"{emulator} does not emulate a Neoverse N1 (dot product without i8mm)")
+
+    def on_n1(build: str) -> subprocess.CompletedProcess[bytes]:
+        command = [emulator, "-cpu", "neoverse-n1", str(binaries[build])]
+        return subprocess.run(command, capture_output=True, timeout=300)
+
+    assert on_n1("arm-neon-sdot").returncode == 0
+    i8mm = on_n1("arm-neon-i8mm")
+    assert i8mm.returncode == -signal.SIGILL or b"Illegal instruction" in i8mm.stderr

@@ -49,6 +49,28 @@ def test_gemma_llm_is_exported_lazily_by_the_package() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_model_info_says_what_runs_and_the_memory_it_takes(
+    tiny_model_dir: Path, engine: str
+) -> None:
+    llm = await loaded(tiny_model_dir, engine)
+    try:
+        info = llm.get_model_info()
+        estimate = getattr(llm._require_generator(), "memory", None)
+    finally:
+        await llm.unload()
+    assert info["engine"] == engine
+    assert info["architecture"] == "gemma3_text"
+    assert info["checkpoint_format"] == "safetensors"
+    assert info["quantization"] in ("int8", "int4", "none")
+    assert float(info["weights_mb"]) > 0
+    assert float(info["kv_cache_mb_per_1k_tokens"]) > 0
+    if engine == "native":  # computed from the config: what the loaded weights hold
+        assert float(info["kv_cache_mb_at_4096_tokens"]) > 0
+        assert estimate is not None
+        assert info["weights_mb"] == estimate.describe()["weights_mb"]
+
+
+@pytest.mark.asyncio
 async def test_greedy_generation_is_repeatable_and_streams_the_same_text(
     tiny_model_dir: Path, engine: str
 ) -> None:

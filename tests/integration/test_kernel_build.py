@@ -22,10 +22,18 @@ print(native.build_library(sys.argv[2]))
 """
 
 
-def fake_compiler(path: Path, log: Path, *, fails: bool = False, seconds: float = 0) -> Path:
+def fake_compiler(
+    path: Path, log: Path, *, fails: bool = False, seconds: float = 0, fails_on: str = ""
+) -> Path:
     """A ``CC`` that records each run in ``log``; it writes a stand-in library (these tests
-    only build, they do not load) or fails as a broken compiler does."""
+    only build, they do not load) or fails as a broken compiler does (always, or when one of
+    its arguments is ``fails_on``)."""
     body = f'echo run >> "{log}"\nsleep {seconds}\n'
+    if fails_on:
+        body += (
+            f'for a in "$@"; do [ "$a" = "{fails_on}" ] && '
+            f'{{ echo "error: unknown option {fails_on}" >&2; exit 1; }}; done\n'
+        )
     if fails:
         body += 'echo "error: this compiler is broken" >&2\nexit 1\n'
     else:
@@ -85,15 +93,19 @@ def test_a_failed_build_is_said_once_remembered_and_retried_when_the_compiler_ch
     assert warning.startswith("Could not build the native kernels (error: this compiler is broken)")
     for said in ("bfloat16 weights instead of int8", "3x slower", "install a C compiler"):
         assert said in warning
-    [marker] = (tmp_path / "kernels").glob("*.failed")
-    assert "this compiler is broken" in marker.read_text()
-    assert runs(log) == 1
+    # auto tried each variant this CPU runs, best first, once each (a marker each)
+    tried = len(runnable())
+    markers = sorted((tmp_path / "kernels").glob("*.failed"))
+    assert len(markers) == tried
+    assert all("this compiler is broken" in m.read_text() for m in markers)
+    marker = next(m for m in markers if m.name.startswith(runnable()[-1].name))
+    assert runs(log) == tried
 
     monkeypatch.setattr(native, "_built", {})  # the next start
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert native.load_library(tmp_path) is None
-    assert runs(log) == 1  # not retried
+    assert runs(log) == tried  # not retried
     [warning] = warnings_of(caplog)
     assert "when last tried" in warning
     assert str(marker) in warning
@@ -101,7 +113,49 @@ def test_a_failed_build_is_said_once_remembered_and_retried_when_the_compiler_ch
     fake_compiler(compiler, log, fails=False)  # the compiler changed (fixed, upgraded)
     monkeypatch.setattr(native, "_built", {})
     assert native.build_library(tmp_path) is not None
+    assert runs(log) == tried + 1
+
+
+def runnable() -> list[native.KernelVariant]:
+    return [v for v in native.variants_for(native.machine()) if v.requires <= native.cpu_features()]
+
+
+def test_auto_falls_back_to_the_next_variant_this_cpu_runs_when_a_build_fails(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    new_process: None,
+) -> None:
+    variants = runnable()
+    if len(variants) < 2:
+        pytest.skip("this CPU runs one variant: nothing to fall back to")
+    best, next_best = variants[-1], variants[-2]
+    # an option only the best variant's flags have (e.g. -mavx512vnni), which this compiler lacks
+    [option] = sorted(set(best.flags) - set(next_best.flags))[-1:]
+    log = tmp_path / "compiler.log"
+    monkeypatch.setenv("CC", str(fake_compiler(tmp_path / "cc", log, fails_on=option)))
+    with caplog.at_level(logging.WARNING):
+        found = native.resolve_library(tmp_path)
+        assert native.build_library(tmp_path) == (found[1] if found else None)  # said once
+    assert found is not None
+    assert found[0] == next_best.name
+    assert found[1].name.startswith(f"{next_best.name}-")
+    [warning] = warnings_of(caplog)
+    assert warning.startswith(f"Could not build the {best.name} kernels (error: unknown option")
+    assert f"running the {next_best.name} kernels instead" in warning
     assert runs(log) == 2
+
+    monkeypatch.setattr(native, "_built", {})  # the next start: the failure is remembered
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert native.build_library(tmp_path) == found[1]
+    assert runs(log) == 2
+    [warning] = warnings_of(caplog)
+    assert "when last tried" in warning
+    # a variant named in the settings does not fall back
+    monkeypatch.setattr(native, "_built", {})
+    with caplog.at_level(logging.WARNING):
+        assert native.build_library(tmp_path, variant=best.name) is None
 
 
 def test_without_any_compiler_one_warning_and_a_marker(

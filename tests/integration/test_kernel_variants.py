@@ -4,10 +4,11 @@ side in one cache directory."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gemma_chat import ConfigurationError, GenerationConfig
+from gemma_chat import ConfigurationError, GenerationConfig, get_settings
 from gemma_chat.infrastructure.llm.engine import native
 from tests.integration.conftest import tiny_llm
 
@@ -47,6 +48,39 @@ async def test_every_variant_this_cpu_runs_answers_with_the_same_greedy_text(
             await llm.unload()
     assert answers[runnable()[0]].text
     assert len({(a.text, a.finish_reason) for a in answers.values()}) == 1, answers
+
+
+@pytest.mark.asyncio
+async def test_a_forced_variant_is_the_only_library_built_and_the_tokenizers_too(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat.infrastructure.llm.engine import converted_store
+
+    # the least capable variant: never the one "auto" would pick where the CPU runs more
+    variant = runnable()[0]
+    asked: list[str] = []
+    opened = converted_store.open_tokenizer
+
+    def open_tokenizer(directory: Path, variant: str = "auto") -> Any:
+        asked.append(variant)
+        return opened(directory, variant)
+
+    monkeypatch.setattr(converted_store, "open_tokenizer", open_tokenizer)
+    llm = tiny_llm(
+        tiny_model_dir,
+        quantization="int8",
+        performance={"engine": "native", "kernel_variant": variant},
+    )
+    await llm.load()
+    try:
+        assert (await llm.generate(HELLO, GREEDY)).text
+        kernels = llm.get_model_info()["kernels"]
+    finally:
+        await llm.unload()
+    assert kernels == variant
+    assert asked == [variant]  # the tokenizer asks for the kernels' library, not auto's
+    built = {p.name.split("-")[0] for p in (get_settings().cache_dir / "kernels").glob("*.so")}
+    assert built == {variant}  # the auto variant not even built
 
 
 @pytest.mark.asyncio

@@ -164,3 +164,24 @@ def test_a_library_without_the_tokenizer_falls_back_instead_of_failing(
     monkeypatch.setattr(bpe_module, "load_library", lambda *a, **k: Stale())
     assert NativeBPETokenizer.load(small, small.parent) is None
     assert type(open_tokenizer(small)) is HFTokenizersTokenizer
+
+
+def test_a_forced_kernel_variant_is_the_library_the_tokenizer_loads(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat.infrastructure.llm.engine import native
+
+    variant = native.variants_for(native.machine())[0].name  # generic: never auto's pick here
+    monkeypatch.setattr(native, "_loaded", {})
+    cache = tmp_path / "cache"
+    tokenizer = NativeBPETokenizer.load(small, cache, variant=variant)
+    assert tokenizer is not None
+    assert tokenizer.encode("the thing is")
+    assert [path.name.split("-")[0] for path in native._loaded] == [variant]
+    assert {p.name.split("-")[0] for p in (cache / "kernels").glob("*.so")} == {variant}
+    # one this CPU cannot run: the tokenizer steps aside (the model's load says why)
+    missing = [
+        v for v in native.variants_for(native.machine()) if not v.requires <= native.cpu_features()
+    ]
+    if missing:
+        assert NativeBPETokenizer.load(small, cache, variant=missing[0].name) is None

@@ -26,13 +26,6 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
 from .test_q8_kernels import decode_logits, relative_error, small_q8_model
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    assert built is not None, "a C compiler is part of the supported set-up"
-    return built
-
-
 def dequantized(kernels: Q8Kernels, w: torch.Tensor) -> torch.Tensor:
     q, scale = quantize_weight4(kernels, w)
     n, k = w.shape

@@ -30,13 +30,6 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
 )
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    assert built is not None, "a C compiler is part of the supported set-up"
-    return built
-
-
 def cpu_has(*flags: str) -> bool:
     if platform.machine() != "x86_64":
         return False

@@ -107,6 +107,7 @@ static void bodies(void) {
     BODY(q8_gelu_tanh_mul);
     BODY(q8_argmax_row);
     BODY(q8_top_k_scan);
+    BODY(q8_rms_norm);
 }
 
 static void quantize_and_products(void) {
@@ -125,9 +126,10 @@ static void quantize_and_products(void) {
         print_words("quantize.q", "exact", q, M * K, 1);
         print_words("quantize.s", "exact", s, M * K / QK, 4);
     }
-    /* products: tails of N (not a multiple of 16), odd M, K from one block to twenty */
+    /* products: tails of N (not a multiple of 16), odd M, K from one block to twenty; M = 7:
+     * a four-row pass, a row pair and a lone row (the i8mm bodies' three kinds) */
     const int64_t shapes[][3] = {{72, 96, 5}, {100, 64, 9}, {40, 640, 1}, {16, 32, 8},
-                                 {33, 128, 3}, {250, 256, 4}, {48, 64, 17}};
+                                 {33, 128, 3}, {250, 256, 4}, {48, 64, 17}, {24, 160, 7}};
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int64_t N = shapes[c][0], K = shapes[c][1], M = shapes[c][2];
         q8_weight w = random_weight(N, K, 0.01f);
@@ -377,6 +379,28 @@ static void decoder_block(void) {
     free(sin_table);
 }
 
+/* RMSNorm: the same bits in every body (lanes of double sums in a fixed tree); lengths with and
+ * without a tail past the 16 lanes, values far apart in size. Last: the inputs drawn before it
+ * stay those of the sections above. */
+static void norms(void) {
+    char name[64];
+    const int64_t norm_lengths[] = {1, 15, 16, 37, 256, 640};
+    for (int c = 0; c < 6; c++) {
+        const int64_t n = norm_lengths[c];
+        float *x = malloc(sizeof(float) * n), *scale = malloc(sizeof(float) * n);
+        float *out = malloc(sizeof(float) * n);
+        fill(x, n, -40.0f, 40.0f);
+        fill(scale, n, 0.5f, 1.5f);
+        if (n > 3) x[3] = 1e-20f, x[n - 1] = 3e4f;
+        q8_rms_norm(x, scale, out, n, 1e-6f);
+        snprintf(name, sizeof name, "rms_norm.%" PRId64, n);
+        print_words(name, "exact", out, n, 4);
+        free(x);
+        free(scale);
+        free(out);
+    }
+}
+
 int main(void) {
     gemma_set_threads(2);
     bodies();
@@ -384,5 +408,6 @@ int main(void) {
     selection();
     block_operations();
     decoder_block();
+    norms();
     return 0;
 }

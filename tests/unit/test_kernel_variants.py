@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from gemma_chat import ConfigurationError, get_settings
+from gemma_chat.infrastructure.llm.engine import native
 from gemma_chat.infrastructure.llm.engine.native import (
     VARIANTS,
     choose_variant,
@@ -19,6 +22,7 @@ ICELAKE = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "av
 ARMV8_0 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"})
 GRAVITON2 = ARMV8_0 | {"atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc", "dcpop", "asimddp"}
 CORTEX_A72 = ARMV8_0
+NEOVERSE_V1 = GRAVITON2 | {"sve", "svei8mm", "i8mm", "bf16", "asimdfhm"}  # Graviton3
 
 
 @pytest.mark.parametrize(
@@ -32,6 +36,9 @@ CORTEX_A72 = ARMV8_0
         (ICELAKE - {"avx512_vnni"}, "x86_64", "avx2"),  # Skylake-X: AVX-512 without VNNI
         (frozenset(), "x86_64", "generic"),  # nothing known: the build every x86-64 runs
         (GRAVITON2, "aarch64", "neon-dotprod"),
+        (NEOVERSE_V1, "aarch64", "neon-i8mm"),
+        (NEOVERSE_V1 - {"i8mm"}, "aarch64", "neon-dotprod"),  # SVE's svei8mm is not NEON's
+        (ARMV8_0 | {"i8mm"}, "aarch64", "generic"),  # i8mm without the dot product
         (CORTEX_A72, "aarch64", "generic"),
         (frozenset(), "riscv64", "generic"),
     ],
@@ -96,3 +103,67 @@ def test_the_setting_takes_auto_or_a_variant_name(monkeypatch: pytest.MonkeyPatc
         get_settings(performance={"kernel_variant": "native"})
     monkeypatch.setenv("GEMMA_PERFORMANCE__KERNEL_VARIANT", "avx2")
     assert get_settings().performance.kernel_variant == "avx2"
+
+
+# /proc/cpuinfo of a Graviton3 (Neoverse V1) and a Graviton2 (Neoverse N1), one processor each
+# (a backslash at a line end joins the Features line, as the kernel writes it)
+GRAVITON3_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm \
+jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca \
+pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU part\t: 0xd40
+"""
+GRAVITON2_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm \
+lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU part\t: 0xd0c
+"""
+
+
+def test_the_i8mm_variant_runs_where_cpuinfo_lists_i8mm_and_the_dotprod_one_otherwise() -> None:
+    with_i8mm, without = parse_cpuinfo(GRAVITON3_CPUINFO), parse_cpuinfo(GRAVITON2_CPUINFO)
+    assert {"i8mm", "asimddp"} <= with_i8mm
+    assert "i8mm" not in without
+    assert choose_variant(features=with_i8mm, arch="aarch64").name == "neon-i8mm"
+    assert choose_variant(features=without, arch="aarch64").name == "neon-dotprod"
+    # every processor must have it: a machine with one core without i8mm runs the dotprod build
+    mixed = GRAVITON3_CPUINFO + "\n" + GRAVITON3_CPUINFO.replace(" i8mm ", " ")
+    assert choose_variant(features=parse_cpuinfo(mixed), arch="aarch64").name == "neon-dotprod"
+    # forcible by name: the dotprod build on an i8mm CPU, not the i8mm build on one without
+    assert choose_variant("neon-dotprod", features=with_i8mm, arch="aarch64").name == "neon-dotprod"
+    with pytest.raises(ConfigurationError, match="lacks i8mm") as raised:
+        choose_variant("neon-i8mm", features=without, arch="aarch64")
+    assert "generic, neon-dotprod" in str(raised.value)
+    i8mm = next(v for v in VARIANTS if v.name == "neon-i8mm")
+    assert i8mm.flags == ("-march=armv8.2-a+dotprod+i8mm",)
+
+
+@pytest.mark.parametrize(("i8mm", "expected"), [("1", "neon-i8mm"), ("0", "neon-dotprod")])
+def test_macos_reports_i8mm_through_sysctl(
+    monkeypatch: pytest.MonkeyPatch, i8mm: str, expected: str
+) -> None:
+    # Apple M2 and later report FEAT_I8MM 1, M1 0; every Apple-silicon Mac has the rest
+    values = {
+        "hw.optional.AdvSIMD": "1",
+        "hw.optional.arm.FEAT_DotProd": "1",
+        "hw.optional.arm.FEAT_LSE": "1",
+        "hw.optional.arm.FEAT_RDM": "1",
+        "hw.optional.armv8_crc32": "1",
+        "hw.optional.arm.FEAT_I8MM": i8mm,
+    }
+
+    def sysctl(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        key = command[-1]
+        known = key in values
+        return subprocess.CompletedProcess(command, 0 if known else 1, values.get(key, ""), "")
+
+    monkeypatch.setattr(native, "machine", lambda: "aarch64")
+    monkeypatch.setattr(native.subprocess, "run", sysctl)
+    features = native._darwin_features()
+    assert ("i8mm" in features) == (i8mm == "1")
+    assert choose_variant(features=features, arch="aarch64").name == expected

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from gemma_chat import InferenceService, ToolCall, get_settings
 from gemma_chat.server import create_app
 from gemma_chat.testing import FakeLLM
+from tests.tool_messages import WEATHER_TOOL, responses_tool, tool_loop_messages
 
 
 @pytest.fixture
@@ -247,19 +248,6 @@ def test_the_responses_api_refuses_what_it_cannot_do_by_name(
 
 # -- tools and structured output ------------------------------------------------------------
 
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
 
 @pytest.fixture
 def tool_llm() -> FakeLLM:
@@ -321,21 +309,7 @@ def test_a_streamed_tool_call_arrives_as_openais_deltas(tool_client: OpenAI) -> 
 
 def test_a_turn_with_a_tool_result_continues(tool_client: OpenAI, tool_llm: FakeLLM) -> None:
     tool_client.chat.completions.create(model="m", messages=USER, tools=[WEATHER_TOOL])  # type: ignore[arg-type]
-    messages: Any = [
-        *USER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 C"},
-    ]
+    messages = tool_loop_messages(USER)
     response = tool_client.chat.completions.create(
         model="m", messages=messages, tools=[WEATHER_TOOL]
     )
@@ -383,7 +357,7 @@ def test_json_object_and_an_invalid_schema(client: OpenAI, llm: FakeLLM) -> None
 
 
 def test_the_responses_api_returns_a_function_call_item(tool_client: OpenAI) -> None:
-    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    tool = responses_tool()
     response = tool_client.responses.create(
         model="m", input="Weather in Paris?", tools=[tool], tool_choice="required"
     )
@@ -397,7 +371,7 @@ def test_the_responses_api_returns_a_function_call_item(tool_client: OpenAI) -> 
 def test_the_responses_api_continues_after_a_function_call_output(
     tool_client: OpenAI, tool_llm: FakeLLM
 ) -> None:
-    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    tool = responses_tool()
     tool_client.responses.create(model="m", input="Weather?", tools=[tool])
     response = tool_client.responses.create(
         model="m",
@@ -418,7 +392,7 @@ def test_the_responses_api_continues_after_a_function_call_output(
 
 
 def test_the_responses_api_streams_a_function_call(tool_client: OpenAI) -> None:
-    tool: Any = {"type": "function", **WEATHER_TOOL["function"]}
+    tool = responses_tool()
     events = list(
         tool_client.responses.create(model="m", input="Weather?", tools=[tool], stream=True)
     )

@@ -109,7 +109,9 @@ class PerformanceSettings(_Section):
     memory_limit_mb: int | None = Field(None, ge=0)
     # Which build of the native engine's C kernels runs: "auto" the best one this CPU supports;
     # naming one (tests, benchmarks) that this CPU cannot run is a ConfigurationError.
-    kernel_variant: Literal["auto", "generic", "avx2", "avx512", "neon-dotprod"] = "auto"
+    kernel_variant: Literal["auto", "generic", "avx2", "avx512", "neon-dotprod", "neon-i8mm"] = (
+        "auto"
+    )
 
 
 class CacheSettings(_Section):

@@ -5,6 +5,12 @@ rounding of a block does best to weigh each column's squared error by the mean o
 real text (llama.cpp's "importance matrix"). It is measured once, at conversion, by running the
 float model over a calibration text: the docstrings of a few standard-library modules, present
 wherever Python is, and not the text the benchmark's perplexity is measured on.
+
+``input_importance`` runs a whole float model; ``BlockByBlockImportance`` gives the same
+numbers, bit for bit, holding one block's float weights at a time (conversion, tensor by
+tensor: ``conversion.py``). Both measure each projection on the tokens of the model's last
+pass over the text (the cache's ``chunk`` tokens of it): that is what the first one did, and
+the second one keeps its numbers so that converted models stay the same bytes.
 """
 
 from __future__ import annotations
@@ -21,14 +27,23 @@ import subprocess
 import textwrap
 import threading
 import unittest
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
+from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, RMSNorm
 
-__all__ = ["CALIBRATION_TOKENS", "calibration_text", "input_importance"]
+__all__ = [
+    "CALIBRATION_TOKENS",
+    "BlockByBlockImportance",
+    "calibration_text",
+    "input_importance",
+]
 
 CALIBRATION_TOKENS = 1024
 _LINEARS = ("qkv", "o", "gate_up", "down")
@@ -68,3 +83,81 @@ def input_importance(model: Gemma3Model, ids: list[int]) -> dict[str, torch.Tens
         for hook in hooks:
             hook.remove()
     return found
+
+
+class BlockByBlockImportance:
+    """``input_importance`` of a float32 model given one block at a time, in order: the tokens'
+    hidden states go through each block as it comes (every pass of ``chunk`` tokens, each with
+    the keys and values of the passes before it, as the whole model computes them), and the
+    block's float weights can go once it has been run."""
+
+    def __init__(self, config: Gemma3Config, table: torch.Tensor, ids: list[int]) -> None:
+        """``table``: the float32 embedding table [V, E] (only the tokens' rows are kept)."""
+        self.config = config
+        with torch.device("meta"):
+            self._tables = Gemma3Model(config)  # its rotary tables and masks, no weights
+        self._tables.compute_dtype = torch.float32
+        tokens = torch.tensor([ids[:CALIBRATION_TOKENS]])
+        self._chunk = KVCache(config, slots=1, dtype=torch.float32).chunk
+        scale = torch.tensor(self._tables.embed_scale, dtype=torch.float32)
+        # Per pass: positions [1, S] and hidden states [1, S, E], as Gemma3Model.forward has them.
+        self._passes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for start in range(0, tokens.shape[1], self._chunk):
+            piece = tokens[:, start : start + self._chunk]
+            positions = torch.arange(start, start + piece.shape[1]).view(1, -1)
+            self._passes.append((positions, F.embedding(piece, table).float() * scale))
+
+    def block(self, layer: int, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run block ``layer`` (``weights``: its float32 tensors by ``Block``'s names) and give
+        its projections' importance by ``quantize_model``'s names (``blocks.<i>.<name>``)."""
+        sliding = self.config.sliding_layers[layer]
+        # The block alone, with a cache of its own: its rows grow as the whole model's do.
+        alone = replace(self.config, num_layers=1, sliding_layers=(sliding,))
+        with torch.device("meta"):
+            block = Block(alone, 0)
+        block.load_state_dict(dict(weights), assign=True, strict=True)
+        cache = KVCache(alone, slots=1, dtype=torch.float32, chunk=self._chunk)
+        found: dict[str, torch.Tensor] = {}
+        hooks = [
+            getattr(block, name).register_forward_pre_hook(
+                _recorder(found, f"blocks.{layer}.{name}")
+            )
+            for name in _LINEARS
+        ]
+        try:
+            with torch.inference_mode():
+                for i, (positions, x) in enumerate(self._passes):
+                    last = int(positions.max())
+                    cache.ensure(0, last + 1)
+                    length = last + 1
+                    cos, sin = self._tables.rope_tables(sliding, length)
+                    rope = (cos[positions], sin[positions])
+                    mask = self._tables._mask(positions, length, sliding, torch.float32)
+                    self._passes[i] = (
+                        positions,
+                        block(x, rope, [0], positions, cache, mask, length),
+                    )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return found
+
+    def head(self, norm_weight: torch.Tensor) -> torch.Tensor:
+        """The output head's importance, after every block has run (``norm_weight``: the final
+        norm's float32 weight)."""
+        norm = RMSNorm(self.config.hidden_size, self.config.rms_norm_eps)
+        norm.weight = torch.nn.Parameter(norm_weight, requires_grad=False)
+        found: dict[str, torch.Tensor] = {}
+        record = _recorder(found, "lm_head")
+        with torch.inference_mode():
+            for _, x in self._passes:
+                record(norm, (norm(x),))
+        return found["lm_head"]
+
+
+def _recorder(found: dict[str, torch.Tensor], name: str) -> Any:
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        found[name] = (x * x).mean(dim=0)
+
+    return record

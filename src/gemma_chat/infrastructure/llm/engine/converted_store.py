@@ -33,13 +33,18 @@ from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
-from gemma_chat.infrastructure.llm.engine.calibration import calibration_text, input_importance
+from gemma_chat.infrastructure.llm.engine.calibration import calibration_text
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
     GGUFCheckpoint,
     open_checkpoint,
 )
-from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
+from gemma_chat.infrastructure.llm.engine.config import (
+    Gemma3Config,
+    Gemma4Config,
+    text_config_from_hf,
+)
+from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import (
     TextModel,
@@ -47,8 +52,8 @@ from gemma_chat.infrastructure.llm.engine.text_models import (
     load_state_dict,
     new_model,
     quantize,
-    takes_calibration,
 )
+from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 from gemma_chat.infrastructure.llm.tokenizers.native_bpe import open_tokenizer, write_vocabulary
@@ -176,7 +181,11 @@ class ConvertedModelStore:
         # The tokenizer parses on another thread (without the GIL) while the weights load; it may
         # have started already, before torch was imported (tokenizer_prefetch).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(open_tokenizer, directory)
+            # in the kernels' own library (a forced variant: not the auto one beside it)
+            variant = weights.kernels.variant if weights.kernels is not None else "auto"
+            tokenizer = tokenizer_prefetch.take(directory) or pool.submit(
+                open_tokenizer, directory, variant
+            )
             verify(directory)
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
@@ -204,7 +213,6 @@ class ConvertedModelStore:
     def convert(
         self, source: ModelSource, weights: WeightFormat, directory: Path, *, progress: bool
     ) -> None:
-        from safetensors.torch import save_file
         from tqdm import tqdm
 
         source.ensure_present()
@@ -232,23 +240,17 @@ class ConvertedModelStore:
             if checkpoint.architecture.unsupported:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
-            # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
-            lean = load_state_dict(text_config_from_hf(config), checkpoint, weights.dtype)
-            del checkpoint
-            if weights.kernels is not None:
-                importance = None
-                four_bit = 4 in (weights.bits.head, weights.bits.blocks)
-                if four_bit and takes_calibration(lean):  # the 4-bit rounding's weights
-                    ids = hf_tokenizer(calibration_text())["input_ids"]
-                    importance = input_importance(lean, ids)
-                quantize(lean, weights.kernels, tied=tied, bits=weights.bits, importance=importance)
+            lean_config = text_config_from_hf(config)
+            if isinstance(lean_config, Gemma4Config):
+                _convert_whole(lean_config, checkpoint, tmp / WEIGHTS, weights, tied=tied)
+                del checkpoint
+            else:
+                _convert_tensor_by_tensor(
+                    lean_config, checkpoint, tmp / WEIGHTS, weights, tied=tied, tokens=hf_tokenizer
+                )
+                del checkpoint
             steps.update()
             steps.set_postfix_str("saving")
-            state = dict(lean.state_dict())
-            head, table = state.get("lm_head.weight"), state.get("embed.weight")
-            if head is not None and table is not None and head.data_ptr() == table.data_ptr():
-                del state["lm_head.weight"]
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
             write_manifest(tmp)
             try:
@@ -271,6 +273,53 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+def _convert_tensor_by_tensor(
+    config: Gemma3Config,
+    checkpoint: Checkpoint,
+    target: Path,
+    weights: WeightFormat,
+    *,
+    tied: bool,
+    tokens: Any,
+) -> None:
+    """Gemma 3: one tensor at a time (read in float32, cast or quantized, written, let go)."""
+    ids = None
+    if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
+        ids = tokens(calibration_text())["input_ids"]  # the 4-bit rounding's
+    convert_weights(
+        checkpoint,
+        lean_weight_sources(config, tied=tied),
+        config,
+        target,
+        dtype=weights.dtype,
+        kernels=weights.kernels,
+        bits=weights.bits,
+        tied=tied,
+        calibration_ids=ids,
+    )
+
+
+def _convert_whole(
+    config: Gemma4Config, checkpoint: Checkpoint, target: Path, weights: WeightFormat, *, tied: bool
+) -> None:
+    """Gemma 4 still converts whole: every weight read into the model in float32, quantized,
+    then saved (its conversion's peak is every weight in float32: ``memory._estimate_gemma4``).
+    ``conversion.convert_weights`` follows Gemma 3's blocks (fused qkv/o/gate_up/down, Gemma 3's
+    calibration); Gemma 4's per-layer tables, shared layers and experts are not mapped to it yet.
+    Its 4-bit rounding is unweighted (``text_models.takes_calibration``)."""
+    from safetensors.torch import save_file
+
+    # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
+    lean = load_state_dict(config, checkpoint, weights.dtype)
+    if weights.kernels is not None:
+        quantize(lean, weights.kernels, tied=tied, bits=weights.bits)
+    state = dict(lean.state_dict())
+    head, table = state.get("lm_head.weight"), state.get("embed.weight")
+    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
+        del state["lm_head.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, target)
 
 
 def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> Any:

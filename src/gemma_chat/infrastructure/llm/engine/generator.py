@@ -13,9 +13,14 @@ import torch
 from gemma_chat.domain.errors import ConfigurationError, ModelLoadError, ModelTooLargeError
 from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
 from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture, read_text_config
-from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
+from gemma_chat.infrastructure.llm.engine.config import TextConfig, text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
-from gemma_chat.infrastructure.llm.engine.memory import available_memory_bytes, estimate_memory
+from gemma_chat.infrastructure.llm.engine.memory import (
+    RESERVED_TOKENS,
+    MemoryEstimate,
+    available_memory_bytes,
+    estimate_memory,
+)
 from gemma_chat.infrastructure.llm.engine.native import choose_variant
 from gemma_chat.infrastructure.llm.engine.q8 import load_kernels
 from gemma_chat.infrastructure.llm.engine.scheduler import BatchScheduler
@@ -68,7 +73,8 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
     """int8 blocks when asked for, or by default where the kernel variant that runs has vector
     int8 products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
     dtype. A kernel variant named in the settings that this CPU cannot run is refused here."""
-    variant = choose_variant(settings.performance.kernel_variant).name
+    variant = settings.performance.kernel_variant
+    choose_variant(variant)  # a named one this CPU cannot run: refused before anything loads
     if plan.quantization == "int4":
         kernels = load_kernels(settings.cache_dir, variant=variant)
         if kernels is None:
@@ -85,7 +91,7 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
             logger.info(
                 "No vector int8 products in the %s kernels (neither AVX-512 VNNI nor AVX2 with "
                 "FMA and F16C): bfloat16 weights, faster here than int8",
-                variant,
+                kernels.variant,
             )
             return WeightFormat.floating(plan.dtype)
         if plan.quantization == "int8":
@@ -112,10 +118,9 @@ class NativeGenerator:
             "format": "gguf" if source.gguf_file else "safetensors",
             "architecture": stored.get("model_type"),
         }
-        self.memory = estimate_memory(
+        self.memory = _estimate(
             self.model.config,
-            quantized=self.weights.kernels is not None,
-            dtype=self.weights.dtype,
+            self.weights,
             tied=bool(stored.get("tie_word_embeddings", True)),
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
         )
@@ -169,7 +174,11 @@ class NativeGenerator:
             "checkpoint_types": self.checkpoint.get("stored"),
             "weights_mb": round(_weights_bytes(self.model) / 2**20, 1),
             "kv_cache_mb": round(cache / 2**20, 1),  # held now: slots and stored prefixes
+            # Computed from the config (memory.py): what a conversation's keys and values take.
             "kv_cache_mb_per_1k_tokens": self.memory.describe()["kv_cache_mb_per_1k_tokens"],
+            f"kv_cache_mb_at_{RESERVED_TOKENS}_tokens": round(
+                self.memory.kv_bytes(RESERVED_TOKENS) / 2**20, 1
+            ),
             "memory_limit_mb": (
                 round(self.memory_limit_bytes / 2**20) if self.memory_limit_bytes else None
             ),
@@ -213,10 +222,9 @@ def check_memory(
         config = read_text_config(source.directory, source.gguf_file)
         if config is None:  # not on disk yet (the embedded model, assembled on first use)
             return limit
-        estimate = estimate_memory(
+        estimate = _estimate(
             text_config_from_hf(config),
-            quantized=weights.kernels is not None,
-            dtype=weights.dtype,
+            weights,
             tied=bool(config.get("tie_word_embeddings", True)),
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
         )
@@ -237,9 +245,26 @@ def check_memory(
             weights_mb=estimate.conversion_bytes / 2**20,
             kv_cache_mb=0.0,
             budget_mb=limit / 2**20,
-            where=f"{where}; converting it once holds all its weights in float32",
+            where=(
+                f"{where}; converting it once holds the converted model and its largest "
+                "weight in float32 (a Gemma 4 model: all its weights in float32)"
+            ),
         )
     return limit
+
+
+def _estimate(
+    config: TextConfig, weights: WeightFormat, *, tied: bool, prefix_budget_bytes: int
+) -> MemoryEstimate:
+    return estimate_memory(
+        config,
+        quantized=weights.kernels is not None,
+        dtype=weights.dtype,
+        tied=tied,
+        prefix_budget_bytes=prefix_budget_bytes,
+        head_bits=weights.bits.head,
+        block_bits=weights.bits.blocks,
+    )
 
 
 def _weights_bytes(model: torch.nn.Module) -> int:

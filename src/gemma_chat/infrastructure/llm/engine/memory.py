@@ -1,11 +1,26 @@
 """How much memory a model takes on the engine, computed from its config before anything loads.
 
-Weights: every matrix in the engine's format (int8 blocks: one byte a weight and a float16
-scale per 32; float: the dtype's size), the embedding table once when tied to the output
-projection, norms in float32. KV cache: keys and values of every layer, float16 with the int8
-kernels (else the compute dtype), per token. A model is refused when its weights, the prefix
-store's budget and the keys and values of ``RESERVED_TOKENS`` tokens exceed the memory limit,
-or when it is to be converted and its float32 weights (the conversion's peak) exceed it.
+Weights: the bytes the engine's tensors hold. A matrix in int8 blocks (``q8.pack_weight``) is
+its output rows padded to a tile of 16, a byte a weight, a float16 scale per block of 32 and
+one float32 factor; in 4-bit blocks (``pack_weight4``), half a byte a weight and the same
+scales; a float matrix, the dtype's size a weight. The embedding table is held once when tied
+to the output head (the int8/4-bit head is the table, with the kernels), norms in float32.
+
+KV cache: one sequence's keys and values as ``KVCache`` allocates them: a global layer holds
+every position (in whole blocks of 16 positions), a sliding-window layer a ring of the window
+and one pass's chunk, at most; float16 with the int8 kernels, else the compute dtype.
+
+A model is refused when its weights, the prefix store's budget and the keys and values of a
+``RESERVED_TOKENS``-token conversation exceed the memory limit, or when it is to be converted
+and the conversion's peak does: conversion goes one tensor at a time (``conversion.py``) and
+frees each before the converted model is read back, so its peak is the larger of the engine's
+model and the largest weight being converted (``conversion_bytes``; measured: DEVELOPMENT.md,
+"Conversion, tensor by tensor").
+
+That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_counts``,
+``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
+within a few percent, and its conversion's peak is every weight in float32: it still converts
+whole (``_estimate_gemma4``).
 """
 
 from __future__ import annotations
@@ -16,7 +31,8 @@ from typing import Any
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import TextConfig
+from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
+from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK
 
 __all__ = [
     "RESERVED_TOKENS",
@@ -26,25 +42,46 @@ __all__ = [
 ]
 
 RESERVED_TOKENS = 4096  # a conversation's worth of keys and values counted in the check
-_Q8_BYTES_PER_WEIGHT = 34 / 32  # an int8 per weight, a float16 scale per block of 32
+_BLOCK, _LANES, _POSITIONS = 32, 16, 16  # q8.BLOCK, q8.LANES, kv_cache's blocks of positions
+# Bytes per weight of a weight being converted: float32 (4) beside the bfloat16 it was read
+# from (2) or its int8 / 4-bit copy and a few rows' temporaries; a weight made of parts (q, k,
+# v; gate, up) holds the float32 parts and their concatenation (8).
+_CONVERTING_BYTES_PER_WEIGHT = 6
+_CONCATENATING_BYTES_PER_WEIGHT = 8
+# torch's temporaries while one piece of a matrix is rounded to int8 (``q8.quantize_packed``:
+# 16M weights a piece, a few float32 and int16 copies of it).
+_ROUNDING_TEMPORARIES_BYTES = 256 * 2**20
+_Q8_BYTES_PER_WEIGHT = 34 / 32  # Gemma 4's count: an int8 per weight, a float16 scale per 32
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryEstimate:
     parameters: int
     weights_bytes: int
-    kv_bytes_per_token: int
+    kv_bytes_per_token: int  # a global layer's growth: what each token adds past the window
     prefix_budget_bytes: int
+    kv_fixed_bytes: int = 0  # the sliding-window layers' rings, once full
+    ring: int = 0  # positions a sliding-window layer's ring holds
+    converting_bytes: int = 0  # the most one weight takes while it is converted
+
+    def kv_bytes(self, tokens: int) -> int:
+        """One sequence's keys and values at ``tokens`` positions, as ``KVCache`` holds them
+        (``ensure(..., exact=True)``)."""
+        held = -(-tokens // _POSITIONS) * _POSITIONS
+        if self.ring == 0:
+            return self.kv_bytes_per_token * held
+        local = self.kv_fixed_bytes * min(held, self.ring) // self.ring
+        return self.kv_bytes_per_token * held + local
 
     @property
     def kv_reserved_bytes(self) -> int:
-        return self.kv_bytes_per_token * RESERVED_TOKENS + self.prefix_budget_bytes
+        return self.kv_bytes(RESERVED_TOKENS) + self.prefix_budget_bytes
 
     @property
     def conversion_bytes(self) -> int:
-        """The peak of a first load: the whole model assembled in float32 before it is cast or
-        quantized (converted_store.py)."""
-        return 4 * self.parameters
+        """The peak of a first load: conversion holds one weight at a time (in float32, with
+        its converted copy), then the converted model is read back (converted_store.py)."""
+        return max(self.weights_bytes, self.converting_bytes)
 
     @property
     def required_bytes(self) -> int:
@@ -54,8 +91,13 @@ class MemoryEstimate:
         return {
             "parameters": self.parameters,
             "weights_mb": round(self.weights_bytes / 2**20, 1),
+            # past the sliding window, each 1k tokens add this much (the global layers')
             "kv_cache_mb_per_1k_tokens": round(self.kv_bytes_per_token * 1024 / 2**20, 2),
+            f"kv_cache_mb_at_{RESERVED_TOKENS}_tokens": round(
+                self.kv_bytes(RESERVED_TOKENS) / 2**20, 1
+            ),
             "required_mb": round(self.required_bytes / 2**20, 1),
+            "conversion_mb": round(self.conversion_bytes / 2**20, 1),
         }
 
 
@@ -66,16 +108,102 @@ def estimate_memory(
     dtype: torch.dtype,
     tied: bool,
     prefix_budget_bytes: int = 0,
+    head_bits: int = 8,
+    block_bits: int = 8,
+    chunk: int = DEFAULT_CHUNK,
 ) -> MemoryEstimate:
+    """``quantized``: the int8 kernels' format (the head in ``head_bits``, the blocks'
+    projections in ``block_bits``: 8 or 4), else float ``dtype``; ``chunk``: the cache's
+    (``KVCache``), whose rings hold it beside the window."""
+    if isinstance(config, Gemma4Config):
+        return _estimate_gemma4(
+            config,
+            quantized=quantized,
+            dtype=dtype,
+            tied=tied,
+            prefix_budget_bytes=prefix_budget_bytes,
+            chunk=chunk,
+        )
+    c = config
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    # Each block's projections [N, K]: qkv, o, gate_up, down.
+    shapes = [(q + 2 * kv, c.hidden_size), (c.hidden_size, q)]
+    shapes += [(2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]
+
+    def matrix(n: int, k: int, bits: int) -> int:
+        if not quantized:
+            return n * k * itemsize
+        rows = -(-n // _LANES) * _LANES
+        return rows * k * bits // 8 + rows * (k // _BLOCK) * 2 + 4
+
+    table = c.vocab_size * c.hidden_size
+    blocks = c.num_layers * sum(matrix(n, k, block_bits) for n, k in shapes)
+    head = matrix(c.vocab_size, c.hidden_size, head_bits)
+    if not tied:  # the float lookup table beside the head
+        head += table * itemsize
+    norms = c.num_layers * (4 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
+    kv_itemsize = 2 if quantized else itemsize  # the int8 kernels keep a float16 cache
+    per_position = 2 * kv * kv_itemsize  # keys and values of one layer
+    sliding = sum(c.sliding_layers)
+    ring = -(-(c.sliding_window + chunk) // _POSITIONS) * _POSITIONS
+    matrices = c.num_layers * sum(n * k for n, k in shapes) + table * (1 if tied else 2)
+    return MemoryEstimate(
+        parameters=matrices + norms,
+        weights_bytes=blocks + head + 4 * norms,
+        kv_bytes_per_token=(c.num_layers - sliding) * per_position,
+        prefix_budget_bytes=prefix_budget_bytes,
+        kv_fixed_bytes=sliding * per_position * ring,
+        ring=ring if sliding else 0,
+        converting_bytes=_ROUNDING_TEMPORARIES_BYTES
+        + max(
+            _CONVERTING_BYTES_PER_WEIGHT * max(table, *(n * k for n, k in shapes[1::2])),
+            _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
+        ),
+    )
+
+
+def _estimate_gemma4(
+    config: Gemma4Config,
+    *,
+    quantized: bool,
+    dtype: torch.dtype,
+    tied: bool,
+    prefix_budget_bytes: int,
+    chunk: int,
+) -> MemoryEstimate:
+    """Gemma 4 counted through its config (per-layer shapes, shared keys and values, PLE, MoE):
+    its weights at the int8 format's bytes per weight (every matrix counted as int8, so a 4-bit
+    one is over-counted, and rows are not padded: within a few percent); its keys and values as
+    ``KVCache`` holds them (only the layers that compute their own; sliding ones in rings).
+    It still converts whole (``converted_store.py``): the conversion's peak is every weight in
+    float32."""
     matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
     kv_itemsize = 2 if quantized else itemsize  # the int8 kernels keep a float16 cache
+    ring = -(-(config.sliding_window + chunk) // _POSITIONS) * _POSITIONS
+    per_token = fixed = 0
+    sliding_held = False
+    for layer, source in enumerate(config.kv_sources):
+        if source != layer:
+            continue  # attends to an earlier layer's keys and values
+        sliding = config.sliding_layers[layer]
+        heads, dim = config.kv_shape(sliding)
+        per_position = 2 * heads * dim * kv_itemsize
+        if sliding:
+            fixed += per_position * ring
+            sliding_held = True
+        else:
+            per_token += per_position
     return MemoryEstimate(
         parameters=matrices + norms,
         weights_bytes=int(matrices * per_weight) + 4 * norms,
-        kv_bytes_per_token=config.kv_values_per_token() * kv_itemsize,
+        kv_bytes_per_token=per_token,
         prefix_budget_bytes=prefix_budget_bytes,
+        kv_fixed_bytes=fixed,
+        ring=ring if sliding_held else 0,
+        converting_bytes=4 * (matrices + norms),
     )
 
 

@@ -1,7 +1,8 @@
 """Our C code (``kernels/*.c``), compiled with the system's C compiler into named variants.
 
 Each variant is one set of fixed compiler flags (``VARIANTS``): a generic build any CPU of the
-architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``).
+architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``,
+``neon-i8mm``).
 At run time the best variant the CPU reports supporting is chosen (``choose_variant``): never one
 whose instructions the CPU lacks, so a cache directory shared by two machines, or an image built
 on one CPU and run on another, runs the right code. ``GEMMA_PERFORMANCE__KERNEL_VARIANT`` forces
@@ -12,8 +13,9 @@ header, the compiler and the variant's flags (not by the CPU). Processes sharing
 build an entry once: the build runs under a file lock (the OS drops it when its holder dies, so a
 killed build never blocks another), writes a temporary file and renames it into place, and a
 process that finds the entry finished uses it. A failed build leaves a marker under the same key:
-later starts say so once and do not retry until the compiler or the sources change. Nothing here
-imports torch: the tokenizer loads from it before torch is imported.
+later starts say so once and do not retry until the compiler or the sources change. With "auto",
+a variant whose build fails gives way to the next one this CPU runs (said once, with why).
+Nothing here imports torch: the tokenizer loads from it before torch is imported.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "load_library",
     "machine",
     "parse_cpuinfo",
+    "resolve_library",
     "variants_for",
 ]
 
@@ -95,9 +98,15 @@ VARIANTS: tuple[KernelVariant, ...] = (
         # armv8.1-a's LSE atomics, RDM and CRC32 come with armv8.2-a: the compiler may use them.
         frozenset({"asimd", "asimddp", "atomics", "asimdrdm", "crc32"}),
     ),
+    KernelVariant(
+        "neon-i8mm",
+        "aarch64",
+        ("-march=armv8.2-a+dotprod+i8mm",),  # neon-dotprod's, and the 8-bit matrix multiplies
+        frozenset({"asimd", "asimddp", "atomics", "asimdrdm", "crc32", "i8mm"}),
+    ),
 )
 
-_built: dict[Path, Path | None] = {}  # this process's answer per entry: worked out once
+_built: dict[Path, Path | _Failure] = {}  # this process's answer per entry: worked out once
 _building = threading.Lock()  # the tokenizer's prefetch thread asks beside the model's load
 _loaded: dict[Path, ctypes.CDLL] = {}
 
@@ -145,6 +154,7 @@ _DARWIN_ARM = {
     "hw.optional.arm.FEAT_LSE": "atomics",
     "hw.optional.arm.FEAT_RDM": "asimdrdm",
     "hw.optional.armv8_crc32": "crc32",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
 }
 _DARWIN_X86 = {
     "sse3": "pni",
@@ -209,32 +219,56 @@ def _named(name: str, candidates: tuple[KernelVariant, ...], arch: str) -> Kerne
 
 
 def build_library(cache_dir: Path, *, variant: str = "auto") -> Path | None:
-    """The variant's compiled library (the best one for this CPU by default), built on first
-    use; None when it cannot be built here. Building does not run it: any variant of this
-    architecture builds, whether or not this CPU could run it."""
-    chosen = (
-        choose_variant()
-        if variant == "auto"
-        else _named(variant, variants_for(machine()), machine())
-    )
-    flags = [*chosen.flags, *_FLAGS]
+    """The variant's compiled library (``resolve_library``); None when it cannot be built here."""
+    found = resolve_library(cache_dir, variant=variant)
+    return None if found is None else found[1]
+
+
+def resolve_library(cache_dir: Path, *, variant: str = "auto") -> tuple[str, Path] | None:
+    """The variant that runs and its compiled library, built on first use; None when none can
+    be built here. For "auto", the best variant this CPU runs whose build works: a build that
+    fails falls back to the next one the CPU runs (said once, with why). A named variant is
+    built whether or not this CPU could run it (building does not run it), with no fallback."""
+    arch = machine()
+    if variant == "auto":
+        runnable = [v for v in variants_for(arch) if v.requires <= cpu_features()]
+        candidates = runnable[::-1] or [variants_for(arch)[0]]
+    else:
+        candidates = [_named(variant, variants_for(arch), arch)]
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     sources = sorted(KERNELS.glob("*.c"))
     directory = Path(cache_dir) / "kernels"
-    key = _key(compiler, flags)
-    entry = directory / f"{chosen.name}-{key[:16]}"
+    failures: list[tuple[KernelVariant, _Failure, bool]] = []  # with: first met in this process
     with _building:
-        if entry not in _built:
-            _built[entry] = _build(directory, entry.name, compiler, flags, sources)
-        return _built[entry]
+        for candidate in candidates:
+            flags = [*candidate.flags, *_FLAGS]
+            entry = directory / f"{candidate.name}-{_key(compiler, flags)[:16]}"
+            fresh = entry not in _built
+            if fresh:
+                _built[entry] = _build(directory, entry.name, compiler, flags, sources)
+            outcome = _built[entry]
+            if isinstance(outcome, Path):
+                if failures and failures[0][2]:
+                    _say_fell_back(failures[0][0], failures[0][1], candidate)
+                return candidate.name, outcome
+            failures.append((candidate, outcome, fresh))
+            if outcome.final:
+                break
+    _, failure, fresh = failures[0]
+    if fresh and not failure.said:
+        _say_unavailable(failure.error, failure.marker, remembered=failure.remembered)
+    return None
 
 
 def load_library(cache_dir: Path, *, variant: str = "auto") -> ctypes.CDLL | None:
-    """The variant's library (``build_library``) loaded with ctypes; None without it. A named
+    """The variant's library (``resolve_library``) loaded with ctypes; None without it. A named
     variant this CPU cannot run is a ``ConfigurationError`` (``choose_variant``)."""
-    target = build_library(cache_dir, variant=choose_variant(variant).name)
-    if target is None:
+    if variant != "auto":
+        choose_variant(variant)  # refused before anything is built
+    found = resolve_library(cache_dir, variant=variant)
+    if found is None:
         return None
+    target = found[1]
     if target not in _loaded:
         try:
             _loaded[target] = ctypes.CDLL(str(target))
@@ -245,28 +279,38 @@ def load_library(cache_dir: Path, *, variant: str = "auto") -> ctypes.CDLL | Non
     return _loaded[target]
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """Why an entry did not build: the compiler's error (and its marker), or a reason that no
+    other variant would build either (``final``: no compiler to run, another process's build
+    waited on too long)."""
+
+    error: str
+    marker: Path
+    remembered: bool = False  # from an earlier process's marker
+    final: bool = False
+    said: bool = False  # already in the log
+
+
 def _build(
     directory: Path, name: str, compiler: str | None, flags: list[str], sources: list[Path]
-) -> Path | None:
+) -> Path | _Failure:
     directory.mkdir(parents=True, exist_ok=True)
     target, failed = directory / f"{name}.so", directory / f"{name}.failed"
     if target.is_file():
         return target
     if failed.is_file():
-        _say_unavailable(failed.read_text(errors="replace"), failed, remembered=True)
-        return None
+        return _Failure(failed.read_text(errors="replace"), failed, remembered=True)
     try:
         with FileLock(directory / f"{name}.lock", timeout=LOCK_TIMEOUT):
             if target.is_file():  # another process built it while this one waited
                 return target
             if failed.is_file():
-                _say_unavailable(failed.read_text(errors="replace"), failed, remembered=True)
-                return None
-            error = _compile(compiler, flags, sources, target)
+                return _Failure(failed.read_text(errors="replace"), failed, remembered=True)
+            error, ran = _compile(compiler, flags, sources, target)
             if error:
                 _write_atomically(failed, error)
-                _say_unavailable(error, failed, remembered=False)
-                return None
+                return _Failure(error, failed, final=not ran)
             return target
     except Timeout:
         logger.warning(
@@ -275,13 +319,16 @@ def _build(
             LOCK_TIMEOUT,
             directory / f"{name}.lock",
         )
-        return None
+        return _Failure("timeout", directory / f"{name}.lock", final=True, said=True)
 
 
-def _compile(compiler: str | None, flags: list[str], sources: list[Path], target: Path) -> str:
-    """Builds ``target`` (written whole or not at all); the error, or "" on success."""
+def _compile(
+    compiler: str | None, flags: list[str], sources: list[Path], target: Path
+) -> tuple[str, bool]:
+    """Builds ``target`` (written whole or not at all): the error ("" on success), and whether
+    the compiler ran (else no variant can build)."""
     if compiler is None:
-        return "no C compiler found: neither CC, cc nor gcc"
+        return "no C compiler found: neither CC, cc nor gcc", False
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -289,13 +336,32 @@ def _compile(compiler: str | None, flags: list[str], sources: list[Path], target
         result = subprocess.run(command, capture_output=True, text=True)
         error = result.stderr.strip() or f"exit status {result.returncode}"
         if result.returncode:
-            return error[:2000]
+            return error[:2000], True
         os.replace(tmp, target)
-        return ""
+        return "", True
     except OSError as exc:
-        return f"{compiler}: {exc.strerror or exc}"
+        return f"{compiler}: {exc.strerror or exc}", False
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _first_line(error: str) -> str:
+    return error.splitlines()[0][:300] if error else "unknown error"
+
+
+def _say_fell_back(variant: KernelVariant, failure: _Failure, used: KernelVariant) -> None:
+    when = "when last tried, " if failure.remembered else ""
+    logger.warning(
+        "Could not build the %s kernels (%s%s): running the %s kernels instead, which this CPU "
+        "also runs (slower where %s's instructions were faster). Not retried until the "
+        "compiler or the kernel sources change (remembered in %s).",
+        variant.name,
+        when,
+        _first_line(failure.error),
+        used.name,
+        variant.name,
+        failure.marker,
+    )
 
 
 def _say_unavailable(error: str, marker: Path, *, remembered: bool) -> None:
@@ -306,7 +372,7 @@ def _say_unavailable(error: str, marker: Path, *, remembered: bool) -> None:
         "a C compiler (e.g. `apt-get install gcc`) or point CC at one. Not retried until the "
         "compiler or the kernel sources change (remembered in %s).",
         when,
-        error.splitlines()[0][:300] if error else "unknown error",
+        _first_line(error),
         marker,
     )
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
-from gemma_chat.infrastructure.llm.engine.native import KERNELS, build_library, choose_variant
+from gemma_chat.infrastructure.llm.engine.native import KERNELS, choose_variant, resolve_library
 
 __all__ = [
     "BLOCK",
@@ -44,6 +44,7 @@ __all__ = [
     "pack_weight",
     "pack_weight4",
     "quantize_model",
+    "quantize_packed",
     "quantize_weight",
     "quantize_weight4",
 ]
@@ -99,7 +100,7 @@ class Q8Kernels:
         self._lib = self.ffi.dlopen(str(library))
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         self._lib.gemma_set_threads(torch.get_num_threads())
-        self.vectorized = bool(self._lib.q8_vector_kernels())  # AVX-512 VNNI, AVX2 or NEON sdot
+        self.vectorized = bool(self._lib.q8_vector_kernels())  # VNNI, AVX2, NEON sdot or i8mm
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [M, K] float32 -> int8 values [M, K] and float32 scales [M, K/32]."""
@@ -196,13 +197,15 @@ class Q8Kernels:
 
 
 def load_kernels(cache_dir: Path, *, variant: str = "auto") -> Q8Kernels | None:
-    """The compiled kernels (``native.build_library``): the best variant this CPU runs, or the
-    one named (a ``ConfigurationError`` if this CPU cannot run it); None when no C compiler can
-    build them."""
-    chosen = choose_variant(variant).name
-    library = build_library(cache_dir, variant=chosen)
-    if library is None:
+    """The compiled kernels (``native.resolve_library``): the best variant this CPU runs whose
+    build works, or the one named (a ``ConfigurationError`` if this CPU cannot run it); None when
+    no C compiler can build them."""
+    if variant != "auto":
+        choose_variant(variant)  # refused before anything is built
+    found = resolve_library(cache_dir, variant=variant)
+    if found is None:
         return None
+    chosen, library = found
     try:
         return Q8Kernels(library, chosen)
     except OSError as exc:  # not a library any more (changed under us): built again next time
@@ -214,18 +217,24 @@ def load_kernels(cache_dir: Path, *, variant: str = "auto") -> Q8Kernels | None:
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float -> int8 [N, K] and float32 scales [N, K/32], rounding to nearest."""
     w = weight.float().reshape(weight.shape[0], -1, BLOCK)  # [N, K/32, 32]
-    scale = w.abs().amax(dim=-1) / 127.0  # [N, K/32]
+    scale = _block_scales(w)  # [N, K/32]
     inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     q = torch.round(w * inverse.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
     return q.reshape(weight.shape), scale.contiguous()
 
 
+def _block_scales(w: torch.Tensor) -> torch.Tensor:
+    """[N, K/32, 32] -> each block's scale, its largest magnitude as 127: [N, K/32]."""
+    return w.abs().amax(dim=-1) / 127.0
+
+
 def pack_weight(
-    q: torch.Tensor, scale: torch.Tensor
+    q: torch.Tensor, scale: torch.Tensor, *, mult: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 [N, K] and scales [N, K/32] -> the kernel's layout (``kernels/matmul.c``): bytes
     q + 128 as [N/16, K/32, 8, 16, 4], float16 scales as [N/16, K/32, 16], and the factor [1]
-    the scales were divided by to sit well inside float16's range."""
+    the scales were divided by to sit well inside float16's range (``mult``: that of the
+    whole matrix, when these are some of its rows)."""
     n, k = q.shape
     pad = -n % LANES
     q = torch.cat([q, q.new_zeros((pad, k))]) if pad else q
@@ -233,7 +242,7 @@ def pack_weight(
     tiles, blocks = q.shape[0] // LANES, k // BLOCK
     packed = (q.to(torch.int16) + 128).to(torch.uint8)
     packed = packed.view(tiles, LANES, blocks, 8, 4).permute(0, 2, 3, 1, 4).contiguous()
-    halves, factor = _float16_scales(scale, tiles, blocks)
+    halves, factor = _float16_scales(scale, tiles, blocks, mult)
     return packed, halves, factor
 
 
@@ -256,7 +265,7 @@ def quantize_weight4(
 
 
 def pack_weight4(
-    q: torch.Tensor, scale: torch.Tensor
+    q: torch.Tensor, scale: torch.Tensor, *, mult: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4-bit values [N, K] (int8, -8..7) and scales [N, K/32] -> the 4-bit kernel's layout
     (``kernels/matmul4.c``): bytes [N/16, K/32, 4, 16, 4], each the values of k = 4g + j (low
@@ -271,21 +280,72 @@ def pack_weight4(
     nibbles = nibbles.view(tiles, LANES, blocks, 2, 4, 4)  # [t, lane, b, half, g, j]
     packed = nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)  # [t, lane, b, g, j]
     packed = packed.permute(0, 2, 3, 1, 4).contiguous()  # [t, b, g, lane, j]
-    halves, factor = _float16_scales(scale, tiles, blocks)
+    halves, factor = _float16_scales(scale, tiles, blocks, mult)
     return packed, halves, factor
 
 
-def _float16_scales(
-    scale: torch.Tensor, tiles: int, blocks: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales [N, K/32] -> float16 [N/16, K/32, 16] divided by a power of two that keeps them
-    well inside float16's range, and that factor [1]."""
+def _scale_factor(scale: torch.Tensor) -> float:
+    """The power of two scales [N, K/32] are divided by to sit well inside float16's range."""
     largest = float(scale.abs().max()) if scale.numel() else 0.0
     exponent = math.floor(math.log2(2.0**14 / largest)) if largest > 0 else 0
-    mult = 2.0**-exponent
+    return 2.0**-exponent
+
+
+def _float16_scales(
+    scale: torch.Tensor, tiles: int, blocks: int, mult: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales [N, K/32] -> float16 [N/16, K/32, 16] divided by a power of two that keeps them
+    well inside float16's range (``mult``, else ``_scale_factor``'s), and that factor [1]."""
+    mult = _scale_factor(scale) if mult is None else mult
     halves = (scale / mult).to(torch.float16)
     halves = halves.view(tiles, LANES, blocks).permute(0, 2, 1).contiguous()
     return halves, torch.tensor([mult], dtype=torch.float32)
+
+
+# Weights quantized and packed at a time by ``quantize_packed`` (whole tiles of rows): its
+# temporaries are those of this many weights, not of the whole matrix.
+_WEIGHTS_AT_A_TIME = 1 << 24
+
+
+def quantize_packed(
+    weight: torch.Tensor,
+    bits: int,
+    kernels: Q8Kernels | None = None,
+    importance: torch.Tensor | None = None,
+    *,
+    rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A float weight [N, K] in the kernels' layout, the same bytes as
+    ``pack_weight(*quantize_weight(w))`` (``bits`` 8) or ``pack_weight4(*quantize_weight4(...))``
+    (4, which needs ``kernels``), packed ``rows`` rows at a time: beside the weight and the
+    result, its int8 values [N, K] and a few rows' temporaries are held, not torch's
+    temporaries of the whole matrix."""
+    w = weight.detach()
+    n, k = w.shape
+    if rows is None:
+        rows = max(LANES, _WEIGHTS_AT_A_TIME // max(k, 1) // LANES * LANES)
+    if rows % LANES:
+        raise ValueError(f"rows must be a multiple of {LANES}, got {rows}")
+    tiles, blocks = -(-n // LANES), k // BLOCK
+    groups = 8 if bits == 8 else 4
+    packed = torch.empty((tiles, blocks, groups, LANES, 4), dtype=torch.uint8)
+    halves = torch.empty((tiles, blocks, LANES), dtype=torch.float16)
+    if bits == 8:  # rounded a few rows at a time (torch's temporaries are of those rows)
+        q = torch.empty((n, k), dtype=torch.int8)
+        scale = torch.empty((n, blocks), dtype=torch.float32)
+        for s in range(0, n, rows):
+            q[s : s + rows], scale[s : s + rows] = quantize_weight(w[s : s + rows])
+    elif kernels is None:
+        raise ValueError("4-bit weights are rounded by the kernels: give them")
+    else:  # in C, without temporaries
+        q, scale = quantize_weight4(kernels, w, importance)
+    mult = _scale_factor(scale)  # the whole matrix's
+    pack = pack_weight if bits == 8 else pack_weight4
+    for s in range(0, n, rows):
+        part = pack(q[s : s + rows], scale[s : s + rows], mult=mult)
+        packed[s // LANES : s // LANES + part[0].shape[0]] = part[0]
+        halves[s // LANES : s // LANES + part[1].shape[0]] = part[1]
+    return packed, halves, torch.tensor([mult], dtype=torch.float32)
 
 
 class Q8Linear(nn.Module):

@@ -48,7 +48,8 @@ def start(settings: Settings) -> None:
     for tokenizer in candidates:
         key = _key(tokenizer.parent)
         if key not in _pending:
-            _pending[key] = _workers.submit(open_tokenizer, tokenizer.parent)
+            variant = settings.performance.kernel_variant  # the library the model loads
+            _pending[key] = _workers.submit(open_tokenizer, tokenizer.parent, variant)
         return
 
 

@@ -30,6 +30,7 @@ class TransformersGenerator:
         source.ensure_present()
         self._settings = settings
         self._plan = plan
+        self._checkpoint_format = "gguf" if source.gguf_file else "safetensors"
         common: dict[str, Any] = {
             "local_files_only": True,
             "trust_remote_code": settings.model.trust_remote_code,
@@ -94,12 +95,17 @@ class TransformersGenerator:
             torch.cuda.empty_cache()
 
     def info(self) -> dict[str, Any]:
+        config = self.model.config
         return {
             "engine": "transformers",
+            "architecture": getattr(config, "model_type", None),
+            "checkpoint_format": self._checkpoint_format,
             "quantization": (
                 "none" if self._plan.quantization == "auto" else self._plan.quantization
             ),
             "memory_footprint_mb": round(self.model.get_memory_footprint() / 2**20, 1),
+            "weights_mb": round(self.model.get_memory_footprint() / 2**20, 1),
+            "kv_cache_mb_per_1k_tokens": _kv_mb_per_1k_tokens(config, self.model.dtype),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
         }
@@ -160,3 +166,16 @@ def _quantize_dynamic_int8(model: Any) -> Any:
         return quantize_dynamic(
             model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
         )
+
+
+def _kv_mb_per_1k_tokens(config: Any, dtype: torch.dtype) -> float | None:
+    """Keys and values of 1024 tokens in every layer, in the model's dtype (an upper bound: a
+    sliding-window layer's cache may keep only its window), if the config says its shapes."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None)
+    heads = getattr(text, "num_key_value_heads", None)
+    head_dim = getattr(text, "head_dim", None)
+    if not (isinstance(layers, int) and isinstance(heads, int) and isinstance(head_dim, int)):
+        return None
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return round(2 * layers * heads * head_dim * itemsize * 1024 / 2**20, 2)

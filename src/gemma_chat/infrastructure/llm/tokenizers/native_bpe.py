@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from gemma_chat.domain.errors import ConfigurationError
 from gemma_chat.infrastructure.llm.engine.native import load_library
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 
@@ -106,13 +107,19 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         self._directory: Path | None = None  # where tokenizer.json is, when loaded from one
 
     @classmethod
-    def load(cls, directory: Path, cache_dir: Path) -> NativeBPETokenizer | None:
+    def load(
+        cls, directory: Path, cache_dir: Path, *, variant: str = "auto"
+    ) -> NativeBPETokenizer | None:
         """The tokenizer of a converted model, if it has ``tokenizer.bpe`` and the C code
-        builds here."""
+        builds here: in the kernel variant's library (``variant``, as the setting names it), the
+        one the model's kernels load, so that a forced variant is the only one loaded."""
         path = directory / VOCABULARY
         if not path.is_file():
             return None
-        library = load_library(cache_dir)
+        try:
+            library = load_library(cache_dir, variant=variant)
+        except ConfigurationError:  # a variant this CPU cannot run: the model's load says so
+            return None
         if library is None:
             return None
         try:
@@ -199,9 +206,10 @@ def _declare(library: ctypes.CDLL) -> None:
     library.bpe_decode.restype = i64
 
 
-def open_tokenizer(directory: Path) -> HFTokenizersTokenizer:
+def open_tokenizer(directory: Path, variant: str = "auto") -> HFTokenizersTokenizer:
     """A converted model's tokenizer: the native one when it has ``tokenizer.bpe`` (and the C
-    code builds here), else ``tokenizers`` on ``tokenizer.json``."""
+    code builds here; in the kernel ``variant``'s library), else ``tokenizers`` on
+    ``tokenizer.json``."""
     # <cache_dir>/models/<entry>: the compiled library lives in <cache_dir>/kernels.
-    native = NativeBPETokenizer.load(directory, directory.parent.parent)
+    native = NativeBPETokenizer.load(directory, directory.parent.parent, variant=variant)
     return native if native is not None else HFTokenizersTokenizer.from_dir(directory)

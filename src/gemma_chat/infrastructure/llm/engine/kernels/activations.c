@@ -1,15 +1,8 @@
-/* Per-row operations of the decoder block: RMSNorm and the GELU-gated product. Generic bodies;
+/* Per-row operations of the decoder block: the GELU-gated product (RMSNorm: norm.c). Generic bodies;
  * the instruction-set ones are in activations_avx512.c. */
 #include <math.h>
 
 #include "q8_impl.h"
-
-void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    const float r = 1.0f / sqrtf((float)(ss / (double)n) + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * scale[i];
-}
 
 /* gelu_tanh(x) with 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): scalar tanhf was a large part
  * of a batched decode step (DEVELOPMENT.md). */

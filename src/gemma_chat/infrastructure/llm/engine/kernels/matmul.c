@@ -9,20 +9,21 @@
  *
  * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
  * row's result does not depend on the rows computed beside it. The generic body is here; the
- * instruction-set ones are in matmul_avx512.c (VNNI) and matmul_avx2.c.
+ * instruction-set ones are in matmul_avx512.c (VNNI), matmul_avx2.c and matmul_neon.c (sdot,
+ * and usmmla with i8mm).
  */
 #include <stdlib.h>
 
 #include "q8_impl.h"
 
-/* 128 * sum of each row's int8 block: the correction for the weights' +128 */
-static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K) {
+/* offset * the sum of each row's int8 block: the correction for weights stored plus offset */
+static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K, int32_t offset) {
     const int64_t nb = K / QK;
     int32_t *c = malloc(sizeof(int32_t) * M * nb);
     for (int64_t r = 0; r < M * nb; r++) {
         int32_t sum = 0;
         for (int i = 0; i < QK; i++) sum += xq[r * QK + i];
-        c[r] = 128 * sum;
+        c[r] = offset * sum;
     }
     return c;
 }
@@ -51,6 +52,7 @@ void q8_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
 }
 
 typedef struct {
+    tiles_product_fn *product;
     const int8_t *xq;
     const float *xs;
     const int32_t *xc;
@@ -64,19 +66,26 @@ typedef struct {
 static void matmul_tile_pair(void *ctx, int64_t pair) {
     const matmul_job *j = ctx;
     const int64_t t = 2 * pair;
-    q8_tiles_product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t,
-                     t + 1 < j->tiles, j->N, j->K);
+    j->product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t, t + 1 < j->tiles, j->N,
+               j->K);
 }
 
-void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    int32_t *xc = Q8_USES_BLOCK_SUMS ? block_sums(xq, M, K) : NULL;
+void q8_tiled_matmul(tiles_product_fn *product, int32_t offset, const int8_t *xq,
+                     const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
+                     float *y, int64_t M, int64_t N, int64_t K) {
+    int32_t *xc = offset ? block_sums(xq, M, K, offset) : NULL;
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
-    matmul_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
+    matmul_job job = {product, xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
     /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
      * (prefetched), and several per thread still even out a thread that falls behind */
     parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
     free(xc);
+}
+
+void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                float mult, float *y, int64_t M, int64_t N, int64_t K) {
+    q8_tiled_matmul(q8_tiles_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq, xs, wq, ws, mult, y, M, N,
+                    K);
 }
 
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
@@ -100,6 +109,8 @@ int q8_vector_kernels(void) {
     return 1;
 #elif defined(Q8_AVX2_INT8)
     return 2;
+#elif defined(Q8_NEON_I8MM)
+    return 4;
 #elif defined(Q8_NEON_DOTPROD)
     return 3;
 #else

@@ -13,24 +13,10 @@
  * The generic body is here; the instruction-set ones in matmul4_avx512.c (VNNI),
  * matmul4_avx2.c and matmul4_neon.c.
  */
-#include <stdlib.h>
-
 #include "q8_impl.h"
 
 #define Q4_GROUP_BYTES 64 /* 16 lanes x 4 k, two nibbles each */
 #define Q4_BLOCK_BYTES (4 * Q4_GROUP_BYTES)
-
-/* 8 * sum of each row's int8 block: the correction for the weights' +8 */
-static int32_t *block_sums8(const int8_t *xq, int64_t M, int64_t K) {
-    const int64_t nb = K / QK;
-    int32_t *c = malloc(sizeof(int32_t) * M * nb);
-    for (int64_t r = 0; r < M * nb; r++) {
-        int32_t sum = 0;
-        for (int i = 0; i < QK; i++) sum += xq[r * QK + i];
-        c[r] = 8 * sum;
-    }
-    return c;
-}
 
 /* One output at a time (scalar FMAs give the same bits as the lanes). */
 void q4_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *xc,
@@ -59,32 +45,10 @@ void q4_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
             }
 }
 
-typedef struct {
-    const int8_t *xq;
-    const float *xs;
-    const int32_t *xc;
-    const uint8_t *wq;
-    const uint16_t *ws;
-    float mult;
-    float *y;
-    int64_t M, N, K, tiles;
-} matmul4_job;
-
-static void matmul4_tile_pair(void *ctx, int64_t pair) {
-    const matmul4_job *j = ctx;
-    const int64_t t = 2 * pair;
-    q4_tiles_product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t,
-                     t + 1 < j->tiles, j->N, j->K);
-}
-
+/* matmul.c's driver (tiles on the thread pool) around this build's 4-bit tile product */
 void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                 float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    int32_t *xc = block_sums8(xq, M, K);
-    const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
-    matmul4_job job = {xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
-    /* as q8p_matmul: ~8 runs of neighbouring tiles per thread */
-    parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul4_tile_pair, &job);
-    free(xc);
+    q8_tiled_matmul(q4_tiles_product, 8, xq, xs, wq, ws, mult, y, M, N, K);
 }
 
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

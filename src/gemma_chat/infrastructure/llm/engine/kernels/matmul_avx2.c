@@ -8,33 +8,48 @@
  * maddubs multiplies |x| (unsigned) by the weights carrying x's signs; its 16-bit pair sums stay
  * within 2 * 127 * 127, so nothing saturates, and madd widens them to 32 bits: the same int32
  * sums as dpbusd, then the same float work per output and block, so the same bits as the other
- * paths. Two rows share each weight load. */
-#define MR2 2
+ * paths. Up to four rows share each weight load (their 8 int32 accumulators, the two signed
+ * weight halves and the temporaries fill the 16 registers), and each row's |x| is taken once
+ * per block instead of once per 4 k: vector work is what bounds these products, not reads. */
+#define MR4 4
 static inline __attribute__((always_inline)) void tile_product8(
-    const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
-    float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
+    const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
+    float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
     const int64_t nb = K / QK;
-    __m256 f[MR2][2];
+    __m256 f[MR4][2];
     for (int m = 0; m < mr; m++) f[m][0] = f[m][1] = _mm256_setzero_ps();
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    (void)xc; /* the +128 correction is for dpbusd's unsigned weights */
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *w = wq + (t * nb + b) * (8 * 64);
-        __m256i acc[MR2][2];
-        for (int m = 0; m < mr; m++) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+    const uint8_t *w = wq + t * nb * (8 * 64);
+    const int8_t *x = xq + m0 * K;
+    for (int64_t b = 0; b < nb; b++, w += 8 * 64, x += QK) {
+        __m256i acc[MR4][2];
+        int8_t ax[MR4][QK] __attribute__((aligned(32))); /* |x|: once per block, not per k */
+        for (int m = 0; m < mr; m++) {
+            acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+            if (mr > 1) {
+                const __m256i row = _mm256_loadu_si256((const __m256i *)(x + m * K));
+                _mm256_store_si256((__m256i *)ax[m], _mm256_abs_epi8(row));
+            }
+        }
         for (int kq = 0; kq < 8; kq++) {
-            const __m256i lo = _mm256_loadu_si256((const __m256i *)(w + kq * 64));
-            const __m256i hi = _mm256_loadu_si256((const __m256i *)(w + kq * 64 + 32));
+            const __m256i lo =
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + kq * 64)), flip);
+            const __m256i hi =
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + kq * 64 + 32)), flip);
             _mm_prefetch(ahead(w + kq * 64), _MM_HINT_T1);
             for (int m = 0; m < mr; m++) {
-                int32_t quad;
-                memcpy(&quad, xq + (m0 + m) * K + b * QK + kq * 4, 4);
-                const __m256i x = _mm256_set1_epi32(quad);
-                const __m256i ax = _mm256_abs_epi8(x);
-                const __m256i slo = _mm256_sign_epi8(_mm256_xor_si256(lo, flip), x);
-                const __m256i shi = _mm256_sign_epi8(_mm256_xor_si256(hi, flip), x);
-                const __m256i plo = _mm256_maddubs_epi16(ax, slo);
-                const __m256i phi = _mm256_maddubs_epi16(ax, shi);
+                int32_t quad, absolute;
+                memcpy(&quad, x + m * K + kq * 4, 4);
+                const __m256i xb = _mm256_set1_epi32(quad);
+                __m256i xa;
+                if (mr > 1) {
+                    memcpy(&absolute, ax[m] + kq * 4, 4);
+                    xa = _mm256_set1_epi32(absolute);
+                } else {
+                    xa = _mm256_abs_epi8(xb);
+                }
+                const __m256i plo = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(lo, xb));
+                const __m256i phi = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(hi, xb));
                 acc[m][0] = _mm256_add_epi32(acc[m][0], _mm256_madd_epi16(plo, ones));
                 acc[m][1] = _mm256_add_epi32(acc[m][1], _mm256_madd_epi16(phi, ones));
             }
@@ -68,11 +83,15 @@ static inline __attribute__((always_inline)) void tile_product8(
 void q8_tiles_product_avx2(const int8_t *xq, const float *xs, const int32_t *xc,
                            const uint8_t *wq, const uint16_t *ws, float mult, float *y,
                            int64_t M, int64_t t, int two, int64_t N, int64_t K) {
-    for (int64_t tt = t; tt <= t + two; tt++) {
-        int64_t m0 = 0;
-        for (; M - m0 >= MR2; m0 += MR2)
-            tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K);
-        if (m0 < M) tile_product8(xq, xs, xc, wq, ws, mult, y, m0, 1, tt, N, K);
-    }
+    (void)xc; /* the +128 correction is for dpbusd's unsigned weights */
+    for (int64_t tt = t; tt <= t + two; tt++)
+        for (int64_t m0 = 0; m0 < M; m0 += MR4) {
+            switch (M - m0 < MR4 ? M - m0 : MR4) { /* constant row counts: unrolled rows */
+            case 1: tile_product8(xq, xs, wq, ws, mult, y, m0, 1, tt, N, K); break;
+            case 2: tile_product8(xq, xs, wq, ws, mult, y, m0, 2, tt, N, K); break;
+            case 3: tile_product8(xq, xs, wq, ws, mult, y, m0, 3, tt, N, K); break;
+            default: tile_product8(xq, xs, wq, ws, mult, y, m0, 4, tt, N, K); break;
+            }
+        }
 }
 #endif

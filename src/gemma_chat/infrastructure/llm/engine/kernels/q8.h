@@ -14,7 +14,8 @@
  *   matmul*.c              int8 products on packed weights, the embedding lookup
  *   matmul4*.c             the same on 4-bit weights
  *   attention*.c           scores, softmax, weighted sums over float16 keys and values
- *   activations*.c         RMSNorm, GELU
+ *   norm*.c                RMSNorm
+ *   activations*.c         GELU
  *   select*.c              argmax, top-k
  *   decoder_block.c        one Gemma 3 decoder block from the above
  * where the file without a suffix holds the generic (reference) body of each operation and
@@ -50,8 +51,9 @@ typedef struct {
 /* Threads to use (the caller's own included), before the first product; 0: one per CPU. */
 void gemma_set_threads(int n);
 
-/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 3 ARM64 NEON dot product, 0 the portable
- * loops (correct, but slower than bfloat16: the engine then uses int8 only when asked to). */
+/* Which int8 products run here: 1 AVX-512 VNNI, 2 AVX2, 3 ARM64 NEON dot product, 4 the same with
+ * i8mm's matrix multiply, 0 the portable loops (correct, but slower than bfloat16: the engine
+ * then uses int8 only when asked to). */
 int q8_vector_kernels(void);
 
 /* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/32] float32 */

@@ -5,8 +5,9 @@
  * and may have bodies for an instruction set (q8_<op>_avx512, q8_<op>_avx2, q8_<op>_neon) in their
  * own files, compiled when the build's -march has it. The names without a suffix below are this
  * build's choice, as ggml-cpu's arch-fallback.h. Bodies give the reference's bits where the
- * reference defines them (int8 sums, quantization, float16 stores, weighted sums, argmax, top-k);
- * where the order of float additions differs (dot products, exp, GELU) they agree within rounding.
+ * reference defines them (int8 sums, quantization, float16 stores, weighted sums, argmax, top-k,
+ * RMSNorm); where the order of float additions differs (dot products, exp, GELU) they agree
+ * within rounding.
  */
 #ifndef GEMMA_Q8_IMPL_H
 #define GEMMA_Q8_IMPL_H
@@ -46,6 +47,9 @@ static inline const char *ahead(const uint8_t *p) {
 #define Q8_NEON 1 /* the float bodies (quantize, attention, GELU, argmax, top-k) */
 #if defined(__ARM_FEATURE_DOTPROD)
 #define Q8_NEON_DOTPROD 1 /* the int8 products (sdot) */
+#endif
+#if defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_FEATURE_MATMUL_INT8)
+#define Q8_NEON_I8MM 1 /* the int8 products of several rows (usmmla), one row with sdot */
 #endif
 #endif
 
@@ -124,6 +128,13 @@ tiles_product_fn q8_tiles_product_neon;
  * for the weights' +8), which every body but NEON's needs */
 tiles_product_fn q4_tiles_product_generic, q4_tiles_product_avx512, q4_tiles_product_avx2;
 tiles_product_fn q4_tiles_product_neon;
+tiles_product_fn q8_tiles_product_i8mm, q4_tiles_product_i8mm; /* matmul*_neon.c, with i8mm */
+/* matmul.c: y [M, N] = x [M, K] times packed w [N, K] transposed, tile pairs on the thread pool,
+ * each through product; offset: what the weights are stored plus (xc = offset * each row's
+ * block sums; 0: no xc) */
+void q8_tiled_matmul(tiles_product_fn *product, int32_t offset, const int8_t *xq,
+                     const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
+                     float *y, int64_t M, int64_t N, int64_t K);
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
@@ -158,7 +169,6 @@ void q8_weighted_sums_avx2(const float *w, int64_t T, int64_t nq, const uint16_t
                            float **outs);
 
 /* activations*.c */
-void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
 /* out[i] = gelu_tanh(gate[i]) * up[i] */
 void q8_gelu_tanh_mul_generic(const float *gate, const float *up, float *out, int64_t n);
 void q8_gelu_tanh_mul_avx512(const float *gate, const float *up, float *out, int64_t n);
@@ -233,7 +243,6 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_argmax_row q8_argmax_row_generic
 #define q8_top_k_scan q8_top_k_scan_generic
 #endif
-#define q8_rms_norm q8_rms_norm_generic
 
 #if defined(Q8_AVX512_VNNI)
 #define q8_tiles_product q8_tiles_product_avx512
@@ -241,6 +250,9 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #elif defined(Q8_AVX2_INT8)
 #define q8_tiles_product q8_tiles_product_avx2
 #define Q8_USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
+#elif defined(Q8_NEON_I8MM)
+#define q8_tiles_product q8_tiles_product_i8mm
+#define Q8_USES_BLOCK_SUMS 1 /* usmmla on unsigned weights: 128 * sum(x) comes back out */
 #elif defined(Q8_NEON_DOTPROD)
 #define q8_tiles_product q8_tiles_product_neon
 #define Q8_USES_BLOCK_SUMS 0 /* sdot on signed weights (w + 128 - 128) */
@@ -253,6 +265,8 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q4_tiles_product q4_tiles_product_avx512
 #elif defined(Q8_AVX2_INT8)
 #define q4_tiles_product q4_tiles_product_avx2
+#elif defined(Q8_NEON_I8MM)
+#define q4_tiles_product q4_tiles_product_i8mm
 #elif defined(Q8_NEON_DOTPROD)
 #define q4_tiles_product q4_tiles_product_neon
 #else
@@ -355,6 +369,30 @@ static inline __m256 exp8(__m256 x) {
                                          _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))));
 }
 #endif
+
+/* ---- RMSNorm (norm*.c): the same bits in every body ---------------------------------------- */
+#define Q8_NORM_LANES 16 /* double sums of squares, lane i % 16 */
+void q8_rms_norm_generic(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_avx512(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_avx2(const float *x, const float *scale, float *out, int64_t n, float eps);
+void q8_rms_norm_neon(const float *x, const float *scale, float *out, int64_t n, float eps);
+#if defined(Q8_AVX512)
+#define q8_rms_norm q8_rms_norm_avx512
+#elif defined(Q8_NEON)
+#define q8_rms_norm q8_rms_norm_neon
+#elif defined(Q8_AVX2)
+#define q8_rms_norm q8_rms_norm_avx2
+#else
+#define q8_rms_norm q8_rms_norm_generic
+#endif
+
+/* 1 / sqrt(mean of squares + eps) from the 16 lanes' sums (consumed): lane j + 8 into lane j,
+ * then j + 4, j + 2, j + 1, as every body adds them */
+static inline float q8_rms_inverse(double *lanes, int64_t n, float eps) {
+    for (int width = Q8_NORM_LANES / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
+    return 1.0f / sqrtf((float)(lanes[0] / (double)n) + eps);
+}
 
 /* ---- top-k's heap (select*.c): a min-heap on rank, the lowest-ranked candidate at the root.
  * Ranks: a larger value first, and of equal values the lower index. */

@@ -1,0 +1,229 @@
+"""Conversion one tensor at a time writes the bytes the whole-model conversion wrote: the same
+``weights.safetensors`` for float, int8 and 4-bit-head formats, tied and untied, from
+safetensors and from GGUF; and it holds no more than about one weight at a time."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gemma_chat.infrastructure.llm.engine.calibration import input_importance
+from gemma_chat.infrastructure.llm.engine.checkpoint import (
+    Checkpoint,
+    GGUFCheckpoint,
+    SafetensorsCheckpoint,
+)
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.conversion import SafetensorsWriter, convert_weights
+from gemma_chat.infrastructure.llm.engine.q8 import (
+    BlockBits,
+    Q8Kernels,
+    load_kernels,
+    pack_weight,
+    pack_weight4,
+    quantize_model,
+    quantize_packed,
+    quantize_weight,
+    quantize_weight4,
+)
+from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources, load_hf_state_dict
+
+from .gemma_variants import build_text_model, text_config, write_gguf
+
+# More tokens than one pass of the cache's chunk: the calibration runs several passes.
+CALIBRATION_IDS = torch.randint(3, 500, (700,), generator=torch.Generator().manual_seed(1))
+FORMATS = {
+    "float32": (torch.float32, False, BlockBits()),
+    "bfloat16": (torch.bfloat16, False, BlockBits()),
+    "int8": (torch.float32, True, BlockBits()),
+    "int4-head": (torch.float32, True, BlockBits(head=4, blocks=8)),
+    "int4-everywhere": (torch.float32, True, BlockBits(head=4, blocks=4)),
+}
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
+    built = load_kernels(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler: the int8 kernels cannot be built")
+    return built
+
+
+def _untied_model() -> object:
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(3)
+    config = text_config("4b")
+    config.tie_word_embeddings = False
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module", params=["tied-safetensors", "untied-safetensors", "tied-gguf"])
+def checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Checkpoint:
+    directory = tmp_path_factory.mktemp(request.param)
+    if request.param == "tied-gguf":
+        return GGUFCheckpoint(write_gguf(build_text_model("1b"), directory / "m.gguf", "Q8_0"))
+    model = _untied_model() if request.param.startswith("untied") else build_text_model("27b")
+    model.save_pretrained(directory)  # type: ignore[attr-defined]
+    return SafetensorsCheckpoint(directory)
+
+
+def whole_model_conversion(
+    checkpoint: Mapping[str, torch.Tensor],
+    config: Gemma3Config,
+    target: Path,
+    *,
+    dtype: torch.dtype,
+    kernels: Q8Kernels | None,
+    bits: BlockBits,
+    tied: bool,
+) -> None:
+    """The conversion as it was before it went tensor by tensor: the whole float model built,
+    measured on the calibration text, quantized, saved by safetensors."""
+    lean = load_hf_state_dict(config, checkpoint, dtype)
+    if kernels is not None:
+        importance = None
+        if 4 in (bits.head, bits.blocks):
+            importance = input_importance(lean, CALIBRATION_IDS.tolist())
+        quantize_model(lean, kernels, tied=tied, bits=bits, importance=importance)
+    state = dict(lean.state_dict())
+    head, table = state.get("lm_head.weight"), state.get("embed.weight")
+    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
+        del state["lm_head.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, target)
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_tensor_by_tensor_writes_the_bytes_of_the_whole_model_conversion(
+    name: str, checkpoint: Checkpoint, kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    dtype, quantized, bits = FORMATS[name]
+    config = Gemma3Config.from_hf(checkpoint.config)
+    tied = bool(checkpoint.config["tie_word_embeddings"])
+    chosen = kernels if quantized else None
+    old_path, new_path = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    whole_model_conversion(
+        checkpoint, config, old_path, dtype=dtype, kernels=chosen, bits=bits, tied=tied
+    )
+    convert_weights(
+        checkpoint,
+        lean_weight_sources(config, tied=tied),
+        config,
+        new_path,
+        dtype=dtype,
+        kernels=chosen,
+        bits=bits,
+        tied=tied,
+        calibration_ids=CALIBRATION_IDS.tolist(),
+    )
+    old, new = old_path.read_bytes(), new_path.read_bytes()
+    assert len(new) == len(old)
+    assert new == old
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantizing_a_few_rows_at_a_time_gives_the_whole_matrix_bytes(
+    bits: int, kernels: Q8Kernels
+) -> None:
+    # 200 rows: not a multiple of 16 (the last tile padded), and of several 48-row pieces.
+    weight = torch.randn((200, 128), generator=torch.Generator().manual_seed(2))
+    weight[17] *= 40.0  # the largest scale is in one piece only: the factor is the matrix's
+    importance = torch.rand(128, generator=torch.Generator().manual_seed(3))
+    if bits == 8:
+        expected = pack_weight(*quantize_weight(weight))
+    else:
+        expected = pack_weight4(*quantize_weight4(kernels, weight, importance))
+    pieces = quantize_packed(weight, bits, kernels, importance, rows=48)
+    for got, want in zip(pieces, expected, strict=True):
+        assert got.dtype == want.dtype
+        assert torch.equal(got, want)
+
+
+def test_the_writer_refuses_a_tensor_of_another_shape_and_a_file_left_incomplete(
+    tmp_path: Path,
+) -> None:
+    layout = {"a": (torch.float32, (2, 3)), "b": (torch.uint8, (5,))}
+    writer = SafetensorsWriter(tmp_path / "w.safetensors", layout)
+    with pytest.raises(ValueError, match="expected"):
+        writer.write("a", torch.zeros(3, 2))
+    writer.write("a", torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="never written"):
+        writer.close()
+
+
+class CountedCheckpoint(Mapping[str, torch.Tensor]):
+    """A checkpoint that counts the bytes of the tensors it gave that are still alive."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.alive = 0
+        self.most_alive = 0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.checkpoint[name]
+        size = tensor.numel() * tensor.element_size()
+        self.alive += size
+        self.most_alive = max(self.most_alive, self.alive)
+        weakref.finalize(tensor, self._gone, size)
+        return tensor
+
+    def _gone(self, size: int) -> None:
+        self.alive -= size
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.checkpoint)
+
+    def __len__(self) -> int:
+        return len(self.checkpoint)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-head", "bfloat16"])
+def test_a_conversion_holds_one_weight_of_the_checkpoint_at_a_time(
+    name: str, kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """Without calibration, the checkpoint's tensors alive at once are those of one lean weight
+    (q, k and v for qkv); with it (4-bit), those of one block, or the embedding table."""
+    dtype, quantized, bits = FORMATS[name]
+    model = build_text_model("1b")
+    model.save_pretrained(tmp_path / "ckpt")
+    checkpoint = SafetensorsCheckpoint(tmp_path / "ckpt")
+    config = Gemma3Config.from_hf(checkpoint.config)
+    sources = lean_weight_sources(config, tied=True)
+
+    def nbytes(names: tuple[str, ...]) -> int:
+        return sum(4 * checkpoint[n].numel() for n in names)
+
+    counted = CountedCheckpoint(checkpoint)
+    convert_weights(
+        counted,
+        sources,
+        config,
+        tmp_path / "w.safetensors",
+        dtype=dtype,
+        kernels=kernels if quantized else None,
+        bits=bits,
+        tied=True,
+        calibration_ids=CALIBRATION_IDS.tolist(),
+    )
+    one_weight = max(nbytes(parts) for parts in sources.values())
+    whole_model = sum(nbytes(parts) for parts in sources.values())
+    if 4 in (bits.head, bits.blocks):
+        blocks = [
+            sum(nbytes(p) for n, p in sources.items() if n.startswith(f"blocks.{i}."))
+            for i in range(config.num_layers)
+        ]
+        assert counted.most_alive <= max(one_weight, *blocks)
+    else:
+        assert counted.most_alive == one_weight
+    assert counted.most_alive < whole_model / 2
+    assert counted.alive == 0
