@@ -284,6 +284,19 @@ def test_the_memory_estimate_is_what_the_loaded_weights_take(
     assert quantized.weights_bytes <= actual <= quantized.weights_bytes * 1.05
 
 
+def test_the_kv_estimate_is_what_the_cache_holds_at_every_length(case: Case) -> None:
+    """Only the layers that compute keys and values hold them; sliding ones keep a ring."""
+    config = case.config
+    estimate = estimate_memory(config, quantized=True, dtype=torch.float32, tied=case.tied, chunk=8)
+    for tokens in (1, 15, 16, 17, config.sliding_window, 47, 48, 49, 100, 300):
+        cache = KVCache(config, slots=2, dtype=torch.float16, chunk=8)
+        cache.ensure(1, tokens, exact=True)
+        assert cache.slot_nbytes(1) == estimate.kv_bytes(tokens), tokens
+    assert estimate.kv_bytes(316) - estimate.kv_bytes(300) == 16 * estimate.kv_bytes_per_token
+    # It still converts whole: its first load's peak is every weight in float32.
+    assert estimate.conversion_bytes == 4 * estimate.parameters
+
+
 def test_a_many_layered_config_gives_its_global_layers_their_shape() -> None:
     """transformers keys ``per_layer_config`` by zero-padded layer numbers past nine ("05")."""
     from transformers import Gemma4TextConfig
