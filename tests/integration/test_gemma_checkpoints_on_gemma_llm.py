@@ -1,6 +1,6 @@
 """A downloaded-style Gemma checkpoint on ``GemmaLLM``: the multimodal 4B+ layout's text part
 on the native engine, its own chat template and end-of-turn ids, its memory said and checked;
-a Gemma 4 checkpoint said to take the transformers engine."""
+a Gemma 4 checkpoint answering on the native engine what transformers answers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gemma_chat import GemmaLLM, get_settings
-from gemma_chat.domain.errors import ConfigurationError, ModelTooLargeError
+from gemma_chat.domain.errors import ModelTooLargeError
 from gemma_chat.domain.models import ChatMessage, GenerationConfig
 from gemma_chat.infrastructure.llm.engine.generator import refusal
 from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
@@ -96,15 +97,124 @@ def test_a_model_over_the_memory_limit_is_refused_before_loading(multimodal_dir:
     assert not (get_settings().cache_dir / "models").exists()  # nothing converted
 
 
-def test_a_gemma4_checkpoint_is_said_to_take_the_transformers_engine(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma4_text"}))
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "tokenizer.json").write_text("{}")
-    reason = refusal(resolve_model_source(str(tmp_path)))
-    assert reason is not None
-    assert "Gemma 4" in reason
-    with pytest.raises(ConfigurationError, match="Gemma 4"):
-        asyncio.run(_llm(tmp_path).load())
+@pytest.fixture(scope="module")
+def gemma4_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gemma-4-E2B-it-like directory: Gemma4ForCausalLM's safetensors (per-layer inputs, two
+    head sizes), its tokenizer, chat_template.jinja and generation_config.json."""
+    from .gemma4_variants import build_text_model as build_gemma4
+
+    tokenizer_dir = build_tiny_gemma(tmp_path_factory.mktemp("tokenizer4"))
+    directory = tmp_path_factory.mktemp("gemma-4-e2b-it")
+    vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    build_gemma4("ple", vocab=vocab).save_pretrained(directory)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, directory / name)
+    (directory / "chat_template.jinja").write_text(TEMPLATE)
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 3]}))
+    return directory
+
+
+def test_a_gemma4_checkpoint_answers_on_the_native_engine_as_transformers_does(
+    gemma4_dir: Path,
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert refusal(resolve_model_source(str(gemma4_dir))) is None
+    settings = get_settings(
+        model={"name": str(gemma4_dir), "dtype": "float32", "quantization": "none"},
+        performance={"engine": "native"},
+    )
+    llm = GemmaLLM(settings)
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+
+    async def run() -> tuple[dict[str, object], str, str]:
+        await llm.load()
+        try:
+            prompt = llm.format_prompt(messages)
+            config = GenerationConfig(max_new_tokens=12, temperature=0.0)
+            answer = await llm.generate(messages, config)
+            return llm.get_model_info(), prompt, answer.text
+        finally:
+            await llm.unload()
+
+    info, prompt, text = asyncio.run(run())
+    assert info["engine"] == "native"
+    assert info["architecture"] == "gemma4_text"
+    assert info["chat_format"] == "template"
+    assert "<start_of_turn>system\nBe brief.<end_of_turn>" in prompt
+    assert "engine_note" not in info
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma4_dir)
+    model = AutoModelForCausalLM.from_pretrained(gemma4_dir, dtype=torch.float32).eval()
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            ids, max_new_tokens=12, do_sample=False, eos_token_id=[1, 3], pad_token_id=0
+        )
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert expected  # a real answer, not an immediate end
+    assert text == expected
+
+
+def test_a_gemma4_checkpoint_converted_to_int8_answers_the_same_from_its_cache(
+    gemma4_dir: Path,
+) -> None:
+    """The first load converts and quantizes (``quantize_gemma4``); the second reads the cached
+    entry into empty int8 projections (``empty_quantized_gemma4``): the same answer."""
+    settings = get_settings(
+        model={"name": str(gemma4_dir), "quantization": "int8"},
+        performance={"engine": "native"},
+    )
+    messages: list[ChatMessage] = [{"role": "user", "content": "Hello there"}]
+
+    async def answer() -> tuple[dict[str, object], str]:
+        llm = GemmaLLM(settings)
+        await llm.load()
+        try:
+            result = await llm.generate(
+                messages, GenerationConfig(max_new_tokens=12, temperature=0.0)
+            )
+            return llm.get_model_info(), result.text
+        finally:
+            await llm.unload()
+
+    info, converted = asyncio.run(answer())
+    _, cached = asyncio.run(answer())
+    assert info["quantization"] == "int8"
+    assert info["architecture"] == "gemma4_text"
+    assert converted == cached
+
+
+def test_gemma4_conversations_answered_together_answer_as_alone(gemma4_dir: Path) -> None:
+    """Three greedy conversations at once share the scheduler's steps (rows of one batch):
+    each answer is the one it gets alone."""
+    settings = get_settings(
+        model={"name": str(gemma4_dir), "quantization": "int8"},
+        performance={"engine": "native", "max_batch_size": 4},
+    )
+    prompts = ["Hello there", "What is a cat?", "Tell me about the sea and the sky"]
+    config = GenerationConfig(max_new_tokens=10, temperature=0.0)
+
+    async def run() -> tuple[list[str], list[str]]:
+        llm = GemmaLLM(settings)
+        await llm.load()
+        try:
+            alone = [
+                (await llm.generate([{"role": "user", "content": p}], config)).text for p in prompts
+            ]
+            together = await asyncio.gather(
+                *(llm.generate([{"role": "user", "content": p}], config) for p in prompts)
+            )
+            return alone, [r.text for r in together]
+        finally:
+            await llm.unload()
+
+    alone, together = asyncio.run(run())
+    assert together == alone
 
 
 def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> None:
@@ -117,4 +227,21 @@ def test_a_ggufs_chat_template_and_end_of_turn_id_are_read(tmp_path: Path) -> No
     assert checkpoint.chat_template == TEMPLATE
     assert checkpoint.config["eos_token_id"] == [1, 106]
     assert resolve_model_source(str(path)).gguf_file == "m.gguf"
+    assert refusal(resolve_model_source(str(path))) is None
+
+
+def test_a_gemma4_ggufs_template_end_ids_and_config_are_read(tmp_path: Path) -> None:
+    from gemma_chat.infrastructure.llm.engine.checkpoint import GGUFCheckpoint
+
+    from .gemma4_variants import build_text_model as build_gemma4
+    from .gemma4_variants import write_gguf as write_gemma4_gguf
+
+    path = write_gemma4_gguf(
+        build_gemma4("moe"), tmp_path / "m.gguf", "Q8_0", chat_template=TEMPLATE
+    )
+    checkpoint = GGUFCheckpoint(path)
+    assert checkpoint.architecture.name == "gemma4_text"
+    assert checkpoint.chat_template == TEMPLATE
+    assert checkpoint.config["eos_token_id"] == [1, 106]
+    assert checkpoint.config["enable_moe_block"] is True
     assert refusal(resolve_model_source(str(path))) is None

@@ -1,10 +1,10 @@
 """``GemmaLLM``: Gemma (and other causal LMs) on torch, on CPU or CUDA.
 
 Loads the embedded Gemma 3 270M GGUF by default, a local directory or .gguf file, or a hub id
-already in the local cache. Gemma 3 text models on CPU run on the native engine (lean model,
-continuous batching, KV reuse between turns, converted weights cached on disk); everything
-else runs through transformers. Model work happens on a worker thread, so the event loop stays
-free; the generators check for cancellation at every step.
+already in the local cache. Gemma 3 and Gemma 4 text models on CPU run on the native engine
+(lean model, continuous batching, KV reuse between turns, converted weights cached on disk);
+everything else runs through transformers. Model work happens on a worker thread, so the event
+loop stays free; the generators check for cancellation at every step.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class GemmaLLM(BaseLLM):
         use_engine = self._use_engine(plan, source)
         if plan.device == "cpu" and plan.quantization == "int4" and not use_engine:
             raise ConfigurationError(
-                "GEMMA_MODEL__QUANTIZATION=int4 on CPU needs the native engine (Gemma 3 text "
-                "models, GEMMA_PERFORMANCE__ENGINE=auto or native): the transformers engine has "
-                "no 4-bit CPU kernels (bitsandbytes 4-bit needs CUDA). Use int8 or bf16, or a "
+                "GEMMA_MODEL__QUANTIZATION=int4 on CPU needs the native engine (Gemma 3 and 4 "
+                "text models, GEMMA_PERFORMANCE__ENGINE=auto or native): the transformers engine "
+                "has no 4-bit CPU kernels (bitsandbytes 4-bit needs CUDA). Use int8 or bf16, or a "
                 "CUDA device."
             )
         if use_engine:

@@ -3,9 +3,10 @@
 A checkpoint names its architecture (``model_type`` in ``config.json``, ``general.architecture``
 in a GGUF); ``ARCHITECTURES`` says, for each name, where its text model's hyperparameters are
 (the whole config, or ``text_config`` of a multimodal checkpoint), under which prefix its text
-weights are named, and whether the engine runs it. Sizes of one architecture (Gemma 3 1B, 4B,
-12B, 27B) differ only in their config (``Gemma3Config``: head size, attention scale, sliding
-window pattern, rotary scaling of the global layers), never in code.
+weights are named, what llama.cpp adds to its norm weights in a GGUF, and whether the engine
+runs it. Sizes of one architecture (Gemma 3 1B, 4B, 12B, 27B; Gemma 4 E2B, E4B, 26B-A4B, 31B)
+differ only in their config (``Gemma3Config``, ``Gemma4Config``), never in code; the model
+class, loading and quantization of each architecture are chosen in ``text_models.py``.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ class Architecture:
     text_config_key: str | None
     # Prefixes of the text model's weight names, most specific first ("" last).
     weight_prefixes: tuple[str, ...]
+    # What llama.cpp's converter adds to RMSNorm weights (Gemma 3's norm scales by 1 + w, so
+    # llama.cpp stores 1 + w; Gemma 4's scales by w, stored as it is).
+    gguf_norm_shift: float = 1.0
     # None: the native engine runs it; else why not (the transformers engine runs it instead).
     unsupported: str | None = None
 
 
 _GEMMA3_PREFIXES = ("model.language_model.", "language_model.model.", "model.", "")
-_GEMMA4 = (
-    "the native engine does not implement Gemma 4's per-layer embeddings, shared keys and "
-    "values and mixture of experts yet"
-)
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -45,8 +45,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("gemma3_text", "gemma3_text", None, _GEMMA3_PREFIXES),
         # The multimodal 4B/12B/27B checkpoints: their text part (the vision tower is ignored).
         Architecture("gemma3", "gemma3_text", "text_config", _GEMMA3_PREFIXES),
-        Architecture("gemma4_text", "gemma4_text", None, _GEMMA3_PREFIXES, _GEMMA4),
-        Architecture("gemma4", "gemma4_text", "text_config", _GEMMA3_PREFIXES, _GEMMA4),
+        Architecture("gemma4_text", "gemma4_text", None, _GEMMA3_PREFIXES, gguf_norm_shift=0.0),
+        # E2B/E4B/26B/31B as released: their text part (vision and audio towers ignored).
+        Architecture("gemma4", "gemma4_text", "text_config", _GEMMA3_PREFIXES, gguf_norm_shift=0.0),
     )
 }
 

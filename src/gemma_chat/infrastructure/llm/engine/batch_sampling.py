@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from gemma_chat.domain.errors import BrokenLogitsError
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model, select_rows
+from gemma_chat.infrastructure.llm.engine.model import select_rows
+from gemma_chat.infrastructure.llm.engine.text_models import TextModel
 from gemma_chat.infrastructure.llm.generation.constraints import TokenConstraint
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler, finite_argmax
 
@@ -33,7 +34,7 @@ _TOP_K_ROWS = 1024
 
 
 def choose_tokens(
-    model: Gemma3Model,
+    model: TextModel,
     logits: torch.Tensor,
     samplers: list[TokenSampler | None],
     seen: Callable[[int], list[int]],
@@ -116,7 +117,7 @@ _GREEDY_CANDIDATES = 256
 
 
 def _first_allowed(
-    model: Gemma3Model,
+    model: TextModel,
     logits: torch.Tensor,
     rows: list[int],
     constraints: Sequence[TokenConstraint | None],
@@ -141,7 +142,7 @@ def _first_allowed(
 
 
 def _allowed_top_k(
-    model: Gemma3Model,
+    model: TextModel,
     constraint: TokenConstraint,
     values: torch.Tensor,
     ids: torch.Tensor,

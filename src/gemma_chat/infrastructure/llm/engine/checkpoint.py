@@ -3,9 +3,9 @@ transformers writes it) and its weights under transformers' names, from a safete
 or a GGUF file.
 
 Weights are read one tensor at a time, when asked for, as float32: a GGUF's quantized blocks
-(Q8_0, Q4_0, Q4_K, Q6_K, ...) are de-quantized by the ``gguf`` package. llama.cpp stores Gemma's
-RMSNorm weights plus one (its norm multiplies by ``w``, transformers' by ``1 + w``): they are
-given back as transformers has them.
+(Q8_0, Q4_0, Q4_K, Q6_K, ...) are de-quantized by the ``gguf`` package. llama.cpp stores Gemma 3's
+RMSNorm weights plus one (its norm multiplies by ``w``, transformers' by ``1 + w``; Gemma 4's
+multiplies by ``w`` in both): they are given back as transformers has them.
 """
 
 from __future__ import annotations
@@ -107,7 +107,25 @@ _GGUF_NAMES = {
     "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
     "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
+    # Gemma 4 (gguf's tensor map for GEMMA4; llama.cpp's converter renames the router's scales)
+    "per_layer_token_embd.weight": "embed_tokens_per_layer.weight",
+    "per_layer_model_proj.weight": "per_layer_model_projection.weight",
+    "per_layer_proj_norm.weight": "per_layer_projection_norm.weight",
+    "blk.{i}.pre_ffw_norm_2.weight": "layers.{i}.pre_feedforward_layernorm_2.weight",
+    "blk.{i}.post_ffw_norm_1.weight": "layers.{i}.post_feedforward_layernorm_1.weight",
+    "blk.{i}.post_ffw_norm_2.weight": "layers.{i}.post_feedforward_layernorm_2.weight",
+    "blk.{i}.ffn_gate_inp.weight": "layers.{i}.router.proj.weight",
+    "blk.{i}.ffn_gate_inp.scale": "layers.{i}.router.scale",
+    "blk.{i}.ffn_down_exps.scale": "layers.{i}.router.per_expert_scale",
+    "blk.{i}.ffn_gate_up_exps.weight": "layers.{i}.experts.gate_up_proj",
+    "blk.{i}.ffn_down_exps.weight": "layers.{i}.experts.down_proj",
+    "blk.{i}.layer_output_scale.weight": "layers.{i}.layer_scalar",
+    "blk.{i}.inp_gate.weight": "layers.{i}.per_layer_input_gate.weight",
+    "blk.{i}.proj.weight": "layers.{i}.per_layer_projection.weight",
+    "blk.{i}.post_norm.weight": "layers.{i}.post_per_layer_input_norm.weight",
 }
+# Values llama.cpp writes as an array, one per layer, when layers differ (Gemma 4).
+_PER_LAYER_KEYS = ("feed_forward_length", "attention.head_count_kv")
 # llama.cpp's Gemma 3: every sixth layer global, the others in a sliding window.
 _GGUF_SLIDING_PATTERN = 6
 
@@ -140,7 +158,10 @@ class GGUFCheckpoint(Checkpoint):
         for tensor in reader.tensors:
             kind = tensor.tensor_type.name
             self.stored_types[kind] = self.stored_types.get(kind, 0) + 1
-        self.config = complete_text_config({**self._config(arch), "model_type": architecture.name})
+        raw = self._config(arch)
+        if architecture.text_model_type == "gemma4_text":
+            raw.update(self._gemma4_config(arch, raw))
+        self.config = complete_text_config({**raw, "model_type": architecture.name})
         layers = int(self.config["num_hidden_layers"])
         self._names: dict[str, str] = {}
         for theirs, ours in _GGUF_NAMES.items():
@@ -151,6 +172,8 @@ class GGUFCheckpoint(Checkpoint):
     def _config(self, arch: str) -> dict[str, Any]:
         def get(key: str, default: Any = None) -> Any:
             value = _field(self._reader, f"{arch}.{key}")
+            if isinstance(value, list) and key in _PER_LAYER_KEYS:
+                value = value[0]  # per layer (Gemma 4): the first layer's here
             return default if value is None else value
 
         hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
@@ -203,6 +226,69 @@ class GGUFCheckpoint(Checkpoint):
             "pad_token_id": _field(self._reader, "tokenizer.ggml.padding_token_id"),
         }
 
+    def _gemma4_config(self, arch: str, common: dict[str, Any]) -> dict[str, Any]:
+        """Gemma 4's hyperparameters as llama.cpp's converter writes them: the global layers'
+        head size in ``key_length`` (the sliding ones' in ``key_length_swa``), per-layer arrays
+        where layers differ (feed-forward width: double for the shared layers; key/value heads),
+        the proportional rotary's fraction as frequency factors (``rope_freqs``: 1e30 for the
+        dimensions left unrotated), k = v as global layers without ``attn_v``."""
+
+        def get(key: str, default: Any = None) -> Any:
+            value = _field(self._reader, f"{arch}.{key}")
+            return default if value is None else value
+
+        layers, sliding = int(common["num_hidden_layers"]), common["layer_types"]
+        swa = [t == "sliding_attention" for t in sliding]
+        first_global = swa.index(False)
+        global_dim = int(get("attention.key_length"))
+        ff = get("feed_forward_length")
+        ff = [int(f) for f in ff] if isinstance(ff, list) else [int(ff)] * layers
+        heads_kv = get("attention.head_count_kv", common["num_attention_heads"])
+        heads_kv = (
+            [int(h) for h in heads_kv] if isinstance(heads_kv, list) else [int(heads_kv)] * layers
+        )
+        shared = int(get("attention.shared_kv_layers", 0))
+        fraction = 1.0
+        if "rope_freqs.weight" in self._tensors:
+            factors = np.asarray(self._tensors["rope_freqs.weight"].data, dtype=np.float32)
+            fraction = 2 * int((factors == 1.0).sum()) / global_dim
+        ple = int(get("embedding_length_per_layer_input", 0))
+        ple_table = self._tensors.get("per_layer_token_embd.weight")
+        experts = int(get("expert_count", 0))
+        config: dict[str, Any] = {
+            "head_dim": int(get("attention.key_length_swa", global_dim)),
+            "global_head_dim": global_dim,
+            "num_key_value_heads": heads_kv[swa.index(True)] if True in swa else heads_kv[0],
+            "num_global_key_value_heads": heads_kv[first_global],
+            "intermediate_size": ff[0],
+            "use_double_wide_mlp": shared > 0 and ff[-1] == 2 * ff[0] and ff[0] != ff[-1],
+            "num_kv_shared_layers": shared,
+            "attention_k_eq_v": f"blk.{first_global}.attn_v.weight" not in self._tensors,
+            "hidden_size_per_layer_input": ple,
+            "final_logit_softcapping": get("final_logit_softcapping"),
+            "rope_parameters": {
+                "full_attention": {
+                    "rope_type": "proportional",
+                    "partial_rotary_factor": fraction,
+                    "rope_theta": float(get("rope.freq_base", 1e6)),
+                },
+                "sliding_attention": {
+                    "rope_type": "default",
+                    "rope_theta": float(get("rope.freq_base_swa", 10_000.0)),
+                },
+            },
+        }
+        if ple and ple_table is not None:
+            config["vocab_size_per_layer_input"] = int(ple_table.shape[-1])
+        if experts:
+            config.update(
+                enable_moe_block=True,
+                num_experts=experts,
+                top_k_experts=int(get("expert_used_count")),
+                moe_intermediate_size=int(get("expert_feed_forward_length")),
+            )
+        return config
+
     def __getitem__(self, name: str) -> torch.Tensor:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
@@ -218,8 +304,9 @@ class GGUFCheckpoint(Checkpoint):
             values = dequantize(data, kind)
         shape = [int(n) for n in reversed(tensor.shape.tolist())]  # ggml lists the fastest first
         out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
-        if name.endswith("norm.weight"):
-            out = out - 1.0  # llama.cpp stored 1 + w
+        shift = self.architecture.gguf_norm_shift
+        if shift and name.endswith("norm.weight"):
+            out = out - shift  # llama.cpp stored 1 + w
         return out
 
     def __iter__(self) -> Iterator[str]:

@@ -43,10 +43,20 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     GGUFCheckpoint,
     open_checkpoint,
 )
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import (
+    Gemma3Config,
+    Gemma4Config,
+    text_config_from_hf,
+)
 from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
-from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, empty_q8_model
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
+from gemma_chat.infrastructure.llm.engine.text_models import (
+    TextModel,
+    empty_quantized,
+    load_state_dict,
+    new_model,
+    quantize,
+)
 from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
@@ -109,9 +119,7 @@ class WeightFormat:
 
 
 class ConvertedModel:
-    def __init__(
-        self, directory: Path, model: Gemma3Model, tokenizer: HFTokenizersTokenizer
-    ) -> None:
+    def __init__(self, directory: Path, model: TextModel, tokenizer: HFTokenizersTokenizer) -> None:
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer
@@ -193,16 +201,16 @@ class ConvertedModelStore:
             model = self._load_model(directory, weights)
             return ConvertedModel(directory, model, tokenizer.result())
 
-    def _load_model(self, directory: Path, weights: WeightFormat) -> Gemma3Model:
+    def _load_model(self, directory: Path, weights: WeightFormat) -> TextModel:
         from safetensors.torch import load_file
 
         hf_config = json.loads((directory / "config.json").read_text())
         tied = bool(hf_config.get("tie_word_embeddings", True))
         with torch.device("meta"):
-            model = Gemma3Model(Gemma3Config.from_hf(hf_config))
+            model = new_model(text_config_from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
         if weights.kernels is not None:
-            empty_q8_model(model, weights.kernels, tied=tied, bits=weights.bits)
+            empty_quantized(model, weights.kernels, tied=tied, bits=weights.bits)
         else:
             if "lm_head.weight" not in state:
                 state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
@@ -243,31 +251,35 @@ class ConvertedModelStore:
             if checkpoint.architecture.unsupported:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
-            lean_config = Gemma3Config.from_hf(config)
-            ids, head_sequences = None, None
-            if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
-                ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
-                if weights.bits.head == 4 and tied:
-                    bos = hf_tokenizer.bos_token_id
-                    bos = int(bos if bos is not None else ids[0])
-                    text = ids[1:] if ids and ids[0] == bos else ids
-                    head_sequences = self._head_sequences(
-                        source, weights.kernels, text, bos, progress
-                    )
-            # One tensor at a time: read (float32), cast or quantized, written, let go.
-            convert_weights(
-                checkpoint,
-                lean_weight_sources(lean_config, tied=tied),
-                lean_config,
-                tmp / WEIGHTS,
-                dtype=weights.dtype,
-                kernels=weights.kernels,
-                bits=weights.bits,
-                tied=tied,
-                calibration_ids=ids,
-                head_sequences=head_sequences,
-            )
-            del checkpoint
+            lean_config = text_config_from_hf(config)
+            if isinstance(lean_config, Gemma4Config):  # whole, in float32 (DEVELOPMENT.md)
+                _convert_whole(lean_config, checkpoint, tmp / WEIGHTS, weights, tied=tied)
+                del checkpoint
+            else:
+                ids, head_sequences = None, None
+                if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
+                    ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
+                    if weights.bits.head == 4 and tied:
+                        bos = hf_tokenizer.bos_token_id
+                        bos = int(bos if bos is not None else ids[0])
+                        text = ids[1:] if ids and ids[0] == bos else ids
+                        head_sequences = self._head_sequences(
+                            source, weights.kernels, text, bos, progress
+                        )
+                # One tensor at a time: read (float32), cast or quantized, written, let go.
+                convert_weights(
+                    checkpoint,
+                    lean_weight_sources(lean_config, tied=tied),
+                    lean_config,
+                    tmp / WEIGHTS,
+                    dtype=weights.dtype,
+                    kernels=weights.kernels,
+                    bits=weights.bits,
+                    tied=tied,
+                    calibration_ids=ids,
+                    head_sequences=head_sequences,
+                )
+                del checkpoint
             steps.update()
             steps.set_postfix_str("saving")
             (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
@@ -305,6 +317,27 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+def _convert_whole(
+    config: Gemma4Config, checkpoint: Checkpoint, target: Path, weights: WeightFormat, *, tied: bool
+) -> None:
+    """Gemma 4 still converts whole: every weight read into the model in float32, quantized,
+    then saved (its conversion's peak is every weight in float32: ``memory._estimate_gemma4``).
+    ``conversion.convert_weights`` follows Gemma 3's blocks (fused qkv/o/gate_up/down, Gemma 3's
+    calibration); Gemma 4's per-layer tables, shared layers and experts are not mapped to it yet.
+    Its 4-bit rounding is unweighted (``text_models.takes_calibration``)."""
+    from safetensors.torch import save_file
+
+    # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
+    lean = load_state_dict(config, checkpoint, weights.dtype)
+    if weights.kernels is not None:
+        quantize(lean, weights.kernels, tied=tied, bits=weights.bits)
+    state = dict(lean.state_dict())
+    head, table = state.get("lm_head.weight"), state.get("embed.weight")
+    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
+        del state["lm_head.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, target)
 
 
 def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> Any:

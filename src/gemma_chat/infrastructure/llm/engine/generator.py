@@ -1,4 +1,4 @@
-"""``NativeGenerator``: the native engine behind ``TokenGenerator`` (lean Gemma 3, continuous
+"""``NativeGenerator``: the native engine behind ``TokenGenerator`` (lean Gemma 3 and 4, continuous
 batching, KV reuse, converted weights cached on disk); ``supports`` says which checkpoints it runs.
 """
 
@@ -13,7 +13,7 @@ import torch
 from gemma_chat.domain.errors import ConfigurationError, ModelLoadError, ModelTooLargeError
 from gemma_chat.infrastructure.llm.engine.architecture import architecture_named
 from gemma_chat.infrastructure.llm.engine.checkpoint import gguf_architecture, read_text_config
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import TextConfig, text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore, WeightFormat
 from gemma_chat.infrastructure.llm.engine.memory import (
     RESERVED_TOKENS,
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def supports(source: ModelSource) -> bool:
-    """Whether the engine can run this checkpoint (a Gemma 3 text model)."""
+    """Whether the engine can run this checkpoint (a Gemma 3 or Gemma 4 text model)."""
     return refusal(source) is None
 
 
@@ -62,7 +62,7 @@ def refusal(source: ModelSource) -> str | None:
             return "it has no tokenizer.json or tokenizer.model"
     architecture = architecture_named(name)
     if architecture is None:
-        return f"it runs Gemma 3 text models, not {name!r}"
+        return f"it runs Gemma 3 and Gemma 4 text models, not {name!r}"
     return architecture.unsupported
 
 
@@ -223,7 +223,7 @@ def check_memory(
         if config is None:  # not on disk yet (the embedded model, assembled on first use)
             return limit
         estimate = _estimate(
-            Gemma3Config.from_hf(config),
+            text_config_from_hf(config),
             weights,
             tied=bool(config.get("tie_word_embeddings", True)),
             prefix_budget_bytes=settings.performance.kv_cache_budget_mb * 2**20,
@@ -247,14 +247,14 @@ def check_memory(
             budget_mb=limit / 2**20,
             where=(
                 f"{where}; converting it once holds the converted model and its largest "
-                "weight in float32"
+                "weight in float32 (a Gemma 4 model: all its weights in float32)"
             ),
         )
     return limit
 
 
 def _estimate(
-    config: Gemma3Config, weights: WeightFormat, *, tied: bool, prefix_budget_bytes: int
+    config: TextConfig, weights: WeightFormat, *, tied: bool, prefix_budget_bytes: int
 ) -> MemoryEstimate:
     return estimate_memory(
         config,

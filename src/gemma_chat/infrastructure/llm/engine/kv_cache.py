@@ -1,11 +1,13 @@
 """The engine's KV cache: each slot (a sequence) holds its own keys and values.
 
-Gemma 3 has two kinds of layers. A sliding-window layer's query sees only the last ``window``
-positions, so its keys and values live in a ring of ``ring`` positions (the window and the
-largest number of a sequence's tokens fed in one pass, ``chunk``): position p at p % ring. A
-global layer's query sees every position before it, so its keys and values grow with the
-sequence (position p at p). Each slot's memory is its own: one long conversation grows its own
-rows, not every slot's, and ``release`` hands a slot's memory back.
+Gemma 3 and 4 have two kinds of layers (Gemma 4's each with its own head count and size,
+``kv_shape``). A sliding-window layer's query sees only the last ``window`` positions, so its
+keys and values live in a ring of ``ring`` positions (the window and the largest number of a
+sequence's tokens fed in one pass, ``chunk``): position p at p % ring. A global layer's query
+sees every position before it, so its keys and values grow with the sequence (position p at p).
+Each slot's memory is its own: one long conversation grows its own rows, not every slot's, and
+``release`` hands a slot's memory back. A Gemma 4 layer that shares another's keys and values
+(``kv_sources``) holds none: ``layer`` gives the other's.
 
 For the fused C blocks (``gemma_decode_block``), every layer has a table of each slot's address
 and capacity (``k_addresses``, ``v_addresses``, ``capacities``: [L, slots] int64).
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import TextConfig
 
 __all__ = ["DEFAULT_CHUNK", "KVCache", "KVSnapshot"]
 
@@ -80,7 +82,7 @@ class KVCache:
 
     def __init__(
         self,
-        config: Gemma3Config,
+        config: TextConfig,
         slots: int,
         dtype: torch.dtype,
         *,
@@ -93,11 +95,14 @@ class KVCache:
         self.max_slots = slots
         self.chunk = chunk
         self.window = config.sliding_window
-        # Each layer's place: (sliding?, index among the layers of its kind).
-        self._local_layers = [i for i, s in enumerate(config.sliding_layers) if s]
-        self._global_layers = [i for i, s in enumerate(config.sliding_layers) if not s]
+        # The layers that hold keys and values (a layer sharing another's holds none), and each
+        # layer's place: (sliding?, index among the holding layers of its kind).
+        sources = config.kv_sources
+        holding = [i for i in range(config.num_layers) if sources[i] == i]
+        self._local_layers = [i for i in holding if config.sliding_layers[i]]
+        self._global_layers = [i for i in holding if not config.sliding_layers[i]]
         self._place = [
-            (s, (self._local_layers if s else self._global_layers).index(i))
+            (s, (self._local_layers if s else self._global_layers).index(sources[i]))
             for i, s in enumerate(config.sliding_layers)
         ]
         # A pass writes up to ``chunk`` positions before its first one attends to the window
@@ -167,15 +172,16 @@ class KVCache:
         local = local if self._local_layers else 0
         global_ = global_ if self._global_layers else 0
 
-        def zeros(layers: int, length: int) -> torch.Tensor:
-            return torch.zeros((layers, c.num_kv_heads, length, c.head_dim), dtype=self.dtype)
+        def zeros(layers: int, length: int, sliding: bool) -> torch.Tensor:
+            heads, size = c.kv_shape(sliding)
+            return torch.zeros((layers, heads, length, size), dtype=self.dtype)
 
         n_local, n_global = len(self._local_layers), len(self._global_layers)
         return _SlotRows(
-            zeros(n_local, local),
-            zeros(n_local, local),
-            zeros(n_global, global_),
-            zeros(n_global, global_),
+            zeros(n_local, local, True),
+            zeros(n_local, local, True),
+            zeros(n_global, global_, False),
+            zeros(n_global, global_, False),
         )
 
     def _publish(self, slot: int) -> None:

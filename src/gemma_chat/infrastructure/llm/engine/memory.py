@@ -16,6 +16,11 @@ and the conversion's peak does: conversion goes one tensor at a time (``conversi
 frees each before the converted model is read back, so its peak is the larger of the engine's
 model and the largest weight being converted (``conversion_bytes``; measured: DEVELOPMENT.md,
 "Conversion, tensor by tensor").
+
+That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_counts``,
+``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
+within a few percent, and its conversion's peak is every weight in float32: it still converts
+whole (``_estimate_gemma4``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK
 
 __all__ = [
@@ -46,6 +51,7 @@ _CONCATENATING_BYTES_PER_WEIGHT = 8
 # torch's temporaries while one piece of a matrix is rounded to int8 (``q8.quantize_packed``:
 # 16M weights a piece, a few float32 and int16 copies of it).
 _ROUNDING_TEMPORARIES_BYTES = 256 * 2**20
+_Q8_BYTES_PER_WEIGHT = 34 / 32  # Gemma 4's count: an int8 per weight, a float16 scale per 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    config: Gemma3Config,
+    config: TextConfig,
     *,
     quantized: bool,
     dtype: torch.dtype,
@@ -111,6 +117,15 @@ def estimate_memory(
     projections in ``block_bits``: 8 or 4; ``lookup_bits`` 8: a tied embedding's lookups from
     an int8 table of their own, ``q8.BlockBits.lookup``), else float ``dtype``; ``chunk``: the
     cache's (``KVCache``), whose rings hold it beside the window."""
+    if isinstance(config, Gemma4Config):
+        return _estimate_gemma4(
+            config,
+            quantized=quantized,
+            dtype=dtype,
+            tied=tied,
+            prefix_budget_bytes=prefix_budget_bytes,
+            chunk=chunk,
+        )
     c = config
     itemsize = torch.empty((), dtype=dtype).element_size()
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -149,6 +164,50 @@ def estimate_memory(
             _CONVERTING_BYTES_PER_WEIGHT * max(table, *(n * k for n, k in shapes[1::2])),
             _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
         ),
+    )
+
+
+def _estimate_gemma4(
+    config: Gemma4Config,
+    *,
+    quantized: bool,
+    dtype: torch.dtype,
+    tied: bool,
+    prefix_budget_bytes: int,
+    chunk: int,
+) -> MemoryEstimate:
+    """Gemma 4 counted through its config (per-layer shapes, shared keys and values, PLE, MoE):
+    its weights at the int8 format's bytes per weight (every matrix counted as int8, so a 4-bit
+    one is over-counted, and rows are not padded: within a few percent); its keys and values as
+    ``KVCache`` holds them (only the layers that compute their own; sliding ones in rings).
+    It still converts whole (``converted_store.py``): the conversion's peak is every weight in
+    float32."""
+    matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
+    kv_itemsize = 2 if quantized else itemsize  # the int8 kernels keep a float16 cache
+    ring = -(-(config.sliding_window + chunk) // _POSITIONS) * _POSITIONS
+    per_token = fixed = 0
+    sliding_held = False
+    for layer, source in enumerate(config.kv_sources):
+        if source != layer:
+            continue  # attends to an earlier layer's keys and values
+        sliding = config.sliding_layers[layer]
+        heads, dim = config.kv_shape(sliding)
+        per_position = 2 * heads * dim * kv_itemsize
+        if sliding:
+            fixed += per_position * ring
+            sliding_held = True
+        else:
+            per_token += per_position
+    return MemoryEstimate(
+        parameters=matrices + norms,
+        weights_bytes=int(matrices * per_weight) + 4 * norms,
+        kv_bytes_per_token=per_token,
+        prefix_budget_bytes=prefix_budget_bytes,
+        kv_fixed_bytes=fixed,
+        ring=ring if sliding_held else 0,
+        converting_bytes=4 * (matrices + norms),
     )
 
 

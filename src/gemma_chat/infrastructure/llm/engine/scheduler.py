@@ -25,8 +25,8 @@ from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
 from gemma_chat.infrastructure.llm.engine.batch_sampling import MaskStats, choose_tokens
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK, KVCache
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
+from gemma_chat.infrastructure.llm.engine.text_models import TextModel
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
@@ -65,7 +65,7 @@ class SchedulerStats:
 class BatchScheduler:
     def __init__(
         self,
-        model: Gemma3Model,
+        model: TextModel,
         *,
         max_batch_size: int,
         dtype: torch.dtype,
