@@ -44,7 +44,6 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     open_checkpoint,
 )
 from gemma_chat.infrastructure.llm.engine.config import (
-    Gemma3Config,
     Gemma4Config,
     text_config_from_hf,
 )
