@@ -48,6 +48,7 @@ from gemma_chat.infrastructure.llm.engine.config import (
     text_config_from_hf,
 )
 from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
+from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import (
     TextModel,
@@ -306,6 +307,7 @@ class ConvertedModelStore:
         conversion does)."""
         text = calibration_sequences(ids, bos)
         eight = self.load_or_convert(source, WeightFormat.q8(kernels), progress=progress)
+        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3 converts tensor by tensor
         samples = model_samples(eight.model, bos)
         del eight
         return text, samples
