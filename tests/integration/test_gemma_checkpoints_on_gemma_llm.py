@@ -15,6 +15,7 @@ import torch
 from gemma_chat import GemmaLLM, get_settings
 from gemma_chat.domain.errors import ModelTooLargeError
 from gemma_chat.domain.models import ChatMessage, GenerationConfig
+from gemma_chat.infrastructure.llm.engine import generator
 from gemma_chat.infrastructure.llm.engine.generator import refusal
 from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
 from gemma_chat.testing.tiny_gemma import build_tiny_gemma
@@ -95,6 +96,26 @@ def test_a_model_over_the_memory_limit_is_refused_before_loading(multimodal_dir:
     with pytest.raises(ModelTooLargeError, match=r"MiB of weights.*MEMORY_LIMIT_MB"):
         asyncio.run(llm.load())
     assert not (get_settings().cache_dir / "models").exists()  # nothing converted
+
+
+def test_a_converted_model_is_checked_from_its_stored_config_not_the_checkpoint_header(
+    multimodal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first load converts; later ones read the config the converted entry keeps (a GGUF's
+    # header holds its whole vocabulary: parsing it took hundreds of MB at every start).
+    llm = _llm(multimodal_dir)
+    asyncio.run(llm.load())
+    asyncio.run(llm.unload())
+
+    def header_read(*args: object) -> None:
+        raise AssertionError("the checkpoint's header was read again")
+
+    monkeypatch.setattr(generator, "read_text_config", header_read)
+    llm = _llm(multimodal_dir)
+    asyncio.run(llm.load())
+    asyncio.run(llm.unload())
+    with pytest.raises(ModelTooLargeError, match=r"MiB of weights.*MEMORY_LIMIT_MB"):
+        asyncio.run(_llm(multimodal_dir, memory_limit_mb=1).load())
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,20 @@ class ConvertedModelStore:
             return False
         return digest is not None and (self.root / self.key(digest, weights)).is_dir()
 
+    def stored_config(self, source: ModelSource, weights: WeightFormat) -> dict[str, Any] | None:
+        """The text config saved with a converted entry of this checkpoint and format, if there
+        is one: read instead of the checkpoint's header, whose GGUF vocabulary alone takes
+        hundreds of MB to parse."""
+        try:
+            digest = source_digest(source, self.root.parent)
+            if digest is None:
+                return None
+            path = self.root / self.key(digest, weights) / "config.json"
+            stored: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return stored
+
     def load_or_convert(
         self, source: ModelSource, weights: WeightFormat, *, progress: bool = True
     ) -> ConvertedModel:

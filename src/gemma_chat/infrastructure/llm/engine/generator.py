@@ -108,8 +108,9 @@ class NativeGenerator:
     def __init__(self, settings: Settings, source: ModelSource, plan: PrecisionPlan) -> None:
         store = ConvertedModelStore(settings.cache_dir)
         self.weights = weight_format(settings, plan)
+        stored = store.stored_config(source, self.weights)
         self.memory_limit_bytes = check_memory(
-            settings, source, self.weights, converting=not store.has(source, self.weights)
+            settings, source, self.weights, converting=stored is None, stored_config=stored
         )
         converted = store.load_or_convert(source, self.weights)
         self.model = converted.model
@@ -205,11 +206,17 @@ class NativeGenerator:
 
 
 def check_memory(
-    settings: Settings, source: ModelSource, weights: WeightFormat, *, converting: bool
+    settings: Settings,
+    source: ModelSource,
+    weights: WeightFormat,
+    *,
+    converting: bool,
+    stored_config: dict[str, Any] | None = None,
 ) -> int | None:
     """Refuse, before anything loads, a model that would not fit the memory limit, running or
     (``converting``) while it is converted (``ModelTooLargeError``, with the numbers); the
-    limit in bytes, if known."""
+    limit in bytes, if known. ``stored_config``: the config a converted entry holds, read
+    instead of the checkpoint's header."""
     limit_mb = settings.performance.memory_limit_mb
     if limit_mb is not None:
         limit, where = limit_mb * 2**20, "GEMMA_PERFORMANCE__MEMORY_LIMIT_MB"
@@ -219,7 +226,7 @@ def check_memory(
             return None
         limit, where = available, "the memory this system has available now"
     try:
-        config = read_text_config(source.directory, source.gguf_file)
+        config = stored_config or read_text_config(source.directory, source.gguf_file)
         if config is None:  # not on disk yet (the embedded model, assembled on first use)
             return limit
         estimate = _estimate(
