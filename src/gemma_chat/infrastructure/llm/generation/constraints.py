@@ -19,6 +19,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -38,18 +40,22 @@ _CACHED_GRAMMARS = 64
 class TokenConstraint:
     """One answer's grammar state: which tokens may come next, and the tokens chosen so far."""
 
-    def __init__(self, matcher: Any, vocab_size: int) -> None:
+    def __init__(self, matcher: Any, vocab_size: int, guard: SurrogateGuard | None = None) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
         self._matcher = matcher
         self.vocab_size = vocab_size
+        self._guard = guard
+        self._after_ed = False  # the text so far ends in a lone 0xED lead byte
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # [1, ceil(V / 32)] int32
         self._filled = False  # the bitmask is the current state's
 
     def _fill(self) -> torch.Tensor:
         if not self._filled:
             self._matcher.fill_next_token_bitmask(self._bitmask)
+            if self._guard is not None:
+                self._guard.restrict_(self._bitmask, after_ed=self._after_ed)
             self._filled = True
         return self._bitmask
 
@@ -77,15 +83,69 @@ class TokenConstraint:
 
     def accept(self, token: int) -> bool:
         """Advance the grammar by ``token``; False if it refuses it (state unchanged)."""
+        guard = self._guard
+        if guard is not None and guard.refuses(token, after_ed=self._after_ed):
+            return False
         accepted = bool(self._matcher.accept_token(token))
         if accepted:
             self._filled = False
+            self._after_ed = guard is not None and guard.ends_in_ed(token)
         return accepted
 
     @property
     def is_terminated(self) -> bool:
         """The grammar is complete and has accepted its end: nothing more may come."""
         return bool(self._matcher.is_terminated())
+
+
+class SurrogateGuard:
+    """Keeps a constrained answer valid UTF-8 where xgrammar does not: its byte-level matcher
+    takes 0xED followed by 0xA0-0xBF (a UTF-16 surrogate, U+D800-U+DFFF, which UTF-8 forbids) as
+    one character, which then decodes to three U+FFFD and breaks a string's ``maxLength`` (seen
+    with xgrammar 0.2.9). Such a token is refused: one that holds the pair itself always, one that
+    starts with 0xA0-0xBF after a text ending in a lone 0xED lead byte."""
+
+    def __init__(self, token_bytes: Sequence[bytes], vocab_size: int) -> None:
+        words = (vocab_size + 31) // 32
+        datas = list(token_bytes[:vocab_size])
+        datas += [b""] * (vocab_size - len(datas))
+        # lists first: one tensor each, not 262,144 element writes
+        ends_in_ed = torch.tensor([d[-1:] == b"\xed" for d in datas], dtype=torch.bool)
+        starts = [bool(d) and 0xA0 <= d[0] <= 0xBF for d in datas]
+        holds = [
+            b"\xed" in d[:-1] and any(a == 0xED and 0xA0 <= b <= 0xBF for a, b in pairwise(d))
+            for d in datas
+        ]
+        pad = [False] * (words * 32 - vocab_size)
+        always = torch.tensor(holds + pad, dtype=torch.bool)
+        after_ed = torch.tensor(starts + pad, dtype=torch.bool)
+        # sets: a token's checks are two lookups
+        self._ends_in_ed = frozenset(int(t) for t in ends_in_ed.nonzero().flatten())
+        self._always = frozenset(int(t) for t in always.nonzero().flatten())
+        self._after_ed = self._always | frozenset(int(t) for t in after_ed.nonzero().flatten())
+        # the bits a bitmask [1, W] keeps: 0 where a token is refused
+        self._keep_always = _pack_bits(~always)
+        self._keep_after_ed = _pack_bits(~(after_ed | always))
+
+    def refuses(self, token: int, *, after_ed: bool) -> bool:
+        return token in (self._after_ed if after_ed else self._always)
+
+    def ends_in_ed(self, token: int) -> bool:
+        return token in self._ends_in_ed
+
+    def restrict_(self, bitmask: torch.Tensor, *, after_ed: bool) -> None:
+        """Clear the bits of the tokens refused in this state, in place ([1, W] int32)."""
+        if after_ed:
+            bitmask[0] &= self._keep_after_ed
+        elif self._always:
+            bitmask[0] &= self._keep_always
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [32 * W] -> int32 [W], bit j of word i = bits[32 * i + j] (xgrammar's layout)."""
+    as_int = bits.view(-1, 32).to(torch.int64) << torch.arange(32, dtype=torch.int64)
+    words = as_int.sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
@@ -109,6 +169,7 @@ class GrammarCompiler:
         self._end_ids = sorted(end_ids)
         self._lock = threading.Lock()
         self._compiler: Any = None
+        self._guard: SurrogateGuard | None = None
         self._compiled: OrderedDict[str, Any] = OrderedDict()
 
     def _xgr_compiler(self) -> Any:
@@ -117,6 +178,7 @@ class GrammarCompiler:
                 import xgrammar as xgr
 
                 info = _tokenizer_info(self._tokenizer, self.vocab_size, self._end_ids)
+                self._guard = SurrogateGuard(info.decoded_vocab, self.vocab_size)
                 self._compiler = xgr.GrammarCompiler(info, max_threads=1)
             return self._compiler
 
@@ -147,7 +209,7 @@ class GrammarCompiler:
         import xgrammar as xgr
 
         compiled = self.compile(response_format)
-        return TokenConstraint(xgr.GrammarMatcher(compiled), self.vocab_size)
+        return TokenConstraint(xgr.GrammarMatcher(compiled), self.vocab_size, self._guard)
 
 
 def _compile(compiler: Any, fmt: ResponseFormat) -> Any:
