@@ -14,7 +14,9 @@ import torch
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
 from gemma_chat.infrastructure.llm.engine.gemma4 import (
     Gemma4Model,
+    Part,
     empty_quantized_gemma4,
+    gemma4_weight_sources,
     load_gemma4_state_dict,
     quantize_gemma4,
 )
@@ -25,7 +27,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     empty_q8_model,
     quantize_model,
 )
-from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
+from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources, load_hf_state_dict
 
 __all__ = [
     "TextModel",
@@ -34,6 +36,7 @@ __all__ = [
     "new_model",
     "quantize",
     "takes_calibration",
+    "weight_sources",
 ]
 
 TextModel = Gemma3Model | Gemma4Model
@@ -53,6 +56,14 @@ def load_state_dict(
     if isinstance(config, Gemma4Config):
         return load_gemma4_state_dict(config, state, dtype)
     return load_hf_state_dict(config, state, dtype)
+
+
+def weight_sources(config: TextConfig, *, tied: bool) -> Mapping[str, tuple[Part, ...]]:
+    """Each weight of the model and the checkpoint tensors it is made of (the architecture's
+    mapping: ``weights.lean_weight_sources``, ``gemma4.gemma4_weight_sources``)."""
+    if isinstance(config, Gemma4Config):
+        return gemma4_weight_sources(config, tied=tied)
+    return lean_weight_sources(config, tied=tied)
 
 
 def takes_calibration(model: TextModel) -> TypeGuard[Gemma3Model]:
