@@ -4,11 +4,14 @@ Each lean weight is read from the checkpoint (float32), cast or quantized and pa
 engine's format, written to its place in the converted ``weights.safetensors`` and let go,
 so a conversion holds one weight (and its quantized copy) at a time, never the whole model
 (DEVELOPMENT.md, "Conversion, tensor by tensor"). Which checkpoint tensors make each lean
-weight is the architecture's mapping (``weights.lean_weight_sources``), given to this loop.
+weight is the architecture's mapping (``text_models.weight_sources``), given to the loop.
+Gemma 3 goes through ``convert_weights`` (its 4-bit rounding calibrated block by block);
+Gemma 4 through ``convert_streamed``, which also reads a large weight in pieces of rows, so its
+peak is a piece (``WEIGHTS_AT_A_TIME`` weights), whatever the largest tensor.
 
 The file is the one ``safetensors.torch.save_file`` writes for the same tensors, byte for
 byte: its header is computed first from the shapes of an empty model in the target format
-(``q8.empty_q8_model``), then each tensor is written at its offset as it is made.
+(``converted_layout``), then each tensor is written at its offset as it is made.
 """
 
 from __future__ import annotations

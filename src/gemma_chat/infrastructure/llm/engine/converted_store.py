@@ -43,10 +43,7 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     GGUFCheckpoint,
     open_checkpoint,
 )
-from gemma_chat.infrastructure.llm.engine.config import (
-    Gemma4Config,
-    text_config_from_hf,
-)
+from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.conversion import convert_streamed, convert_weights
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
@@ -54,6 +51,7 @@ from gemma_chat.infrastructure.llm.engine.text_models import (
     TextModel,
     empty_quantized,
     new_model,
+    takes_calibration,
     weight_sources,
 )
 from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources
@@ -265,21 +263,7 @@ class ConvertedModelStore:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             lean_config = text_config_from_hf(config)
-            if isinstance(lean_config, Gemma4Config):
-                # A piece of a weight at a time, 4-bit rounding unweighted (no calibration of
-                # Gemma 4's blocks: ``text_models.takes_calibration``).
-                convert_streamed(
-                    checkpoint,
-                    weight_sources(lean_config, tied=tied),
-                    lean_config,
-                    tmp / WEIGHTS,
-                    dtype=weights.dtype,
-                    kernels=weights.kernels,
-                    bits=weights.bits,
-                    tied=tied,
-                )
-                del checkpoint
-            else:
+            if takes_calibration(lean_config):
                 ids, head_sequences = None, None
                 if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
                     ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
@@ -302,6 +286,19 @@ class ConvertedModelStore:
                     tied=tied,
                     calibration_ids=ids,
                     head_sequences=head_sequences,
+                )
+                del checkpoint
+            else:
+                # A piece of a weight at a time, 4-bit rounding unweighted (Gemma 4).
+                convert_streamed(
+                    checkpoint,
+                    weight_sources(lean_config, tied=tied),
+                    lean_config,
+                    tmp / WEIGHTS,
+                    dtype=weights.dtype,
+                    kernels=weights.kernels,
+                    bits=weights.bits,
+                    tied=tied,
                 )
                 del checkpoint
             steps.update()
@@ -331,7 +328,7 @@ class ConvertedModelStore:
         conversion does)."""
         text = calibration_sequences(ids, bos)
         eight = self.load_or_convert(source, WeightFormat.q8(kernels), progress=progress)
-        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3 converts tensor by tensor
+        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3's 4-bit rounding is calibrated
         samples = model_samples(eight.model, bos)
         del eight
         return text, samples

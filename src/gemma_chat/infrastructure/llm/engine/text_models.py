@@ -11,7 +11,7 @@ from typing import TypeGuard
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config, Gemma4Config, TextConfig
 from gemma_chat.infrastructure.llm.engine.gemma4 import (
     Gemma4Model,
     Part,
@@ -66,10 +66,12 @@ def weight_sources(config: TextConfig, *, tied: bool) -> Mapping[str, tuple[Part
     return lean_weight_sources(config, tied=tied)
 
 
-def takes_calibration(model: TextModel) -> TypeGuard[Gemma3Model]:
-    """Whether the 4-bit rounding can weigh its errors by the model's measured inputs
-    (``calibration.input_importance`` follows Gemma 3's blocks); Gemma 4 rounds unweighted."""
-    return isinstance(model, Gemma3Model)
+def takes_calibration(config: TextConfig) -> TypeGuard[Gemma3Config]:
+    """Whether the 4-bit rounding weighs its errors by the model's measured inputs, block by
+    block (``calibration.BlockByBlockImportance`` runs Gemma 3's blocks): Gemma 3 converts
+    through ``conversion.convert_weights``; Gemma 4 rounds unweighted and converts a piece of a
+    weight at a time (``conversion.convert_streamed``)."""
+    return isinstance(config, Gemma3Config)
 
 
 def quantize(
