@@ -299,7 +299,6 @@ def test_the_kv_estimate_is_what_the_cache_holds_at_every_length(case: Case) -> 
     converting = estimate.converting_bytes
     assert converting == _STREAMED_BYTES_PER_WEIGHT * largest_read(config)
     assert estimate.conversion_bytes == max(estimate.weights_bytes, converting)
-    assert estimate.conversion_bytes < 4 * estimate.parameters
 
 
 def test_a_many_layered_config_gives_its_global_layers_their_shape() -> None:
