@@ -418,7 +418,8 @@ class _Q8Lookup(nn.Module):
 
 # -- weights ---------------------------------------------------------------------------------------
 
-# A block's norms (ours, transformers'): every block's; a block computing keys; with experts.
+# A block's norms (ours, transformers'): every block's; a block computing keys'; with experts;
+# with per-layer inputs.
 _BLOCK_NORMS = (
     ("input_norm", "input_layernorm"),
     ("post_attention_norm", "post_attention_layernorm"),
@@ -468,9 +469,10 @@ def gemma4_weight_sources(config: Gemma4Config, *, tied: bool) -> dict[str, tupl
         sources[dst + "down.weight"] = (src + "mlp.down_proj.weight",)
         sources[dst + "layer_scalar"] = (src + "layer_scalar",)
         norms = _BLOCK_NORMS + (() if shared else _KEY_NORMS)
-        norms += (_EXPERT_NORMS if config.num_experts else ()) + (
-            _PLE_NORMS if config.ple_size else ()
-        )
+        if config.num_experts:
+            norms += _EXPERT_NORMS
+        if config.ple_size:
+            norms += _PLE_NORMS
         for ours, theirs in norms:
             sources[f"{dst}{ours}.weight"] = (f"{src}{theirs}.weight",)
         if config.ple_size:

@@ -187,12 +187,11 @@ def _estimate_gemma4(
     head_bits: int = 8,
 ) -> MemoryEstimate:
     """Gemma 4 counted through its config (per-layer shapes, shared keys and values, PLE, MoE):
-    its weights at the int8 format's bytes per weight (the head at 4 bits' with ``head_bits``
-    4; rows are not padded: within a few percent); its keys and values as
+    its weights at the int8 format's bytes per weight (with ``head_bits`` 4, the head at half a
+    byte a weight; rows are not padded: within a few percent); its keys and values as
     ``KVCache`` holds them (only the layers that compute their own; sliding ones in rings).
     Its conversion's peak is that of the largest piece of a weight read at once
     (``conversion.largest_read``: the per-layer inputs' table and the embedding go in pieces)."""
-
     matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
