@@ -266,3 +266,42 @@ def test_a_gemma4_ggufs_template_end_ids_and_config_are_read(tmp_path: Path) -> 
     assert checkpoint.config["eos_token_id"] == [1, 106]
     assert checkpoint.config["enable_moe_block"] is True
     assert refusal(resolve_model_source(str(path))) is None
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_the_cli_info_of_a_converted_gemma4_says_what_runs_and_its_memory(
+    gemma4_dir: Path, quantization: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gemma-chat info`` on a Gemma 4 checkpoint converted a piece at a time: its architecture,
+    format and quantization, and weights within the estimate's few percent (the 4-bit head
+    counted at its half byte)."""
+    from typer.testing import CliRunner
+
+    from gemma_chat.cli import app
+    from gemma_chat.infrastructure.llm.engine.architecture import complete_text_config
+    from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
+    from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
+
+    monkeypatch.setenv("GEMMA_MODEL__NAME", str(gemma4_dir))
+    monkeypatch.setenv("GEMMA_MODEL__QUANTIZATION", quantization)
+    monkeypatch.setenv("GEMMA_PERFORMANCE__ENGINE", "native")
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["engine"] == "native"
+    assert info["architecture"] == "gemma4_text"
+    assert info["checkpoint_format"] == "safetensors"
+    assert info["quantization"] == quantization
+    config = text_config_from_hf(
+        complete_text_config(json.loads((gemma4_dir / "config.json").read_text()))
+    )
+    estimate = estimate_memory(
+        config,
+        quantized=True,
+        dtype=torch.float32,
+        tied=True,
+        head_bits=4 if quantization == "int4" else 8,
+    )
+    # weights_mb is rounded to 0.1 MB; rows padded to 16 add a few percent
+    assert info["weights_mb"] == pytest.approx(estimate.weights_bytes / 2**20, rel=0.05, abs=0.06)
+    assert info["kv_cache_mb_per_1k_tokens"] == estimate.describe()["kv_cache_mb_per_1k_tokens"]

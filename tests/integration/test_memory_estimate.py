@@ -15,7 +15,11 @@ from gemma_chat import get_settings
 from gemma_chat.domain.errors import ModelTooLargeError
 from gemma_chat.infrastructure.llm.engine.architecture import complete_text_config
 from gemma_chat.infrastructure.llm.engine.checkpoint import SafetensorsCheckpoint
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.config import (
+    Gemma3Config,
+    Gemma4Config,
+    text_config_from_hf,
+)
 from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
 from gemma_chat.infrastructure.llm.engine.converted_store import WeightFormat
 from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes, check_memory
@@ -180,3 +184,43 @@ def test_a_conversion_whose_largest_weight_would_not_fit_is_refused_with_the_num
     assert check_memory(settings, source, weights, converting=False) == limit_mb * 2**20
     with pytest.raises(ModelTooLargeError, match="converting it once"):
         check_memory(settings, source, weights, converting=True)
+
+
+GEMMA4_E2B = dict(  # its published text config (scripts/gemma_memory.py cites the source)
+    hidden_size=1536,
+    intermediate_size=6144,
+    num_hidden_layers=35,
+    num_attention_heads=8,
+    num_key_value_heads=1,
+    head_dim=256,
+    global_head_dim=512,
+    vocab_size=262_144,
+    sliding_window=512,
+    hidden_size_per_layer_input=256,
+    vocab_size_per_layer_input=262_144,
+    num_kv_shared_layers=20,
+    use_double_wide_mlp=True,
+    layer_types=["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(35)],
+)
+
+
+def test_a_gemma4_whose_int8_weights_fit_is_converted_not_refused_for_its_float32_size(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """E2B: 4.6 B parameters (18 GB in float32), converted a piece of a weight at a time: its
+    first load needs its int8 weights, not its float32 model (the old whole conversion's)."""
+    directory = tmp_path / "gemma-4-e2b"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "gemma4_text", **GEMMA4_E2B}))
+    source = ModelSource(directory)
+    config = text_config_from_hf(complete_text_config(dict(GEMMA4_E2B, model_type="gemma4_text")))
+    assert isinstance(config, Gemma4Config)
+    estimate = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True)
+    # the per-layer table (2.3 B weights) is read in pieces: the peak is the converted model's
+    assert estimate.converting_bytes < 2**30 < estimate.weights_bytes
+    assert estimate.conversion_bytes == estimate.weights_bytes
+    limit_mb = max(estimate.required_bytes, estimate.conversion_bytes) // 2**20 + 64
+    assert 4 * estimate.parameters > 3 * limit_mb * 2**20  # the float32 model would not fit
+    settings = get_settings(performance={"memory_limit_mb": limit_mb, "kv_cache_budget_mb": 0})
+    weights = WeightFormat.q8(kernels)
+    assert check_memory(settings, source, weights, converting=True) == limit_mb * 2**20

@@ -45,6 +45,15 @@ class Checkpoint(Mapping[str, torch.Tensor]):
     format: str  # safetensors | gguf
     stored_types: dict[str, int]  # how the weights are stored: type name -> number of tensors
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, without reading it."""
+        raise NotImplementedError
+
+    def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of a tensor (of its ``index``-th slice along the first
+        dimension, when given: one expert of a stack), float32, reading only those."""
+        raise NotImplementedError
+
 
 class SafetensorsCheckpoint(Checkpoint):
     def __init__(self, directory: Path) -> None:
@@ -80,6 +89,16 @@ class SafetensorsCheckpoint(Checkpoint):
     def __getitem__(self, name: str) -> torch.Tensor:
         stored = self._names[name]
         tensor: torch.Tensor = self._where[stored].get_tensor(stored)
+        return tensor.float()
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        stored = self._names[name]
+        return tuple(int(n) for n in self._where[stored].get_slice(stored).get_shape())
+
+    def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
+        stored = self._names[name]
+        part = self._where[stored].get_slice(stored)
+        tensor: torch.Tensor = part[start:stop] if index is None else part[index, start:stop]
         return tensor.float()
 
     def __iter__(self) -> Iterator[str]:
@@ -290,19 +309,34 @@ class GGUFCheckpoint(Checkpoint):
         return config
 
     def __getitem__(self, name: str) -> torch.Tensor:
+        return self._read(
+            name, self.shape_of(name), np.asarray(self._tensors[self._names[name]].data)
+        )
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        tensor = self._tensors[self._names[name]]
+        return tuple(int(n) for n in reversed(tensor.shape.tolist()))  # ggml: fastest first
+
+    def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
+        # The data's first dimensions are the tensor's (a quantized row is its blocks' bytes).
+        shape = self.shape_of(name)
+        data = np.asarray(self._tensors[self._names[name]].data)
+        if index is not None:
+            data, shape = data[index], shape[1:]
+        rows = len(range(*slice(start, stop).indices(shape[0])))
+        return self._read(name, (rows, *shape[1:]), data[start:stop])
+
+    def _read(self, name: str, shape: tuple[int, ...], data: np.ndarray[Any, Any]) -> torch.Tensor:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        tensor = self._tensors[self._names[name]]
-        kind = tensor.tensor_type
-        data = np.asarray(tensor.data)
+        kind = self._tensors[self._names[name]].tensor_type
         if kind == GGMLQuantizationType.F32:
             values = data.astype(np.float32)
         elif kind == GGMLQuantizationType.F16:
             values = data.view(np.float16).astype(np.float32)
         else:
             values = dequantize(data, kind)
-        shape = [int(n) for n in reversed(tensor.shape.tolist())]  # ggml lists the fastest first
         out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
         shift = self.architecture.gguf_norm_shift
         if shift and name.endswith("norm.weight"):

@@ -4,11 +4,14 @@ Each lean weight is read from the checkpoint (float32), cast or quantized and pa
 engine's format, written to its place in the converted ``weights.safetensors`` and let go,
 so a conversion holds one weight (and its quantized copy) at a time, never the whole model
 (DEVELOPMENT.md, "Conversion, tensor by tensor"). Which checkpoint tensors make each lean
-weight is the architecture's mapping (``weights.lean_weight_sources``), given to this loop.
+weight is the architecture's mapping (``text_models.weight_sources``), given to the loop.
+Gemma 3 goes through ``convert_weights`` (its 4-bit rounding calibrated block by block);
+Gemma 4 through ``convert_streamed``, which also reads a large weight in pieces of rows, so its
+peak is a piece (``WEIGHTS_AT_A_TIME`` weights), whatever the largest tensor.
 
 The file is the one ``safetensors.torch.save_file`` writes for the same tensors, byte for
 byte: its header is computed first from the shapes of an empty model in the target format
-(``q8.empty_q8_model``), then each tensor is written at its offset as it is made.
+(``converted_layout``), then each tensor is written at its offset as it is made.
 """
 
 from __future__ import annotations
@@ -22,18 +25,34 @@ from typing import BinaryIO
 import torch
 
 from gemma_chat.infrastructure.llm.engine.calibration import BlockByBlockImportance
-from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.checkpoint import Checkpoint
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config, TextConfig
+from gemma_chat.infrastructure.llm.engine.gemma4 import Part
 from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import (
+    BLOCK,
+    LANES,
     BlockBits,
     Q8Kernels,
-    empty_q8_model,
+    _block_scales,
+    _scale_factor,
+    pack_weight,
     pack_weight4,
     quantize_packed,
+    quantize_weight,
+    quantize_weight4,
 )
+from gemma_chat.infrastructure.llm.engine.text_models import empty_quantized, new_model
 
-__all__ = ["SafetensorsWriter", "convert_weights", "converted_layout"]
+__all__ = [
+    "WEIGHTS_AT_A_TIME",
+    "SafetensorsWriter",
+    "convert_streamed",
+    "convert_weights",
+    "converted_layout",
+    "largest_read",
+    "rows_at_a_time",
+]
 
 # safetensors' names of the dtypes a converted model holds.
 _DTYPES = {
@@ -46,6 +65,11 @@ _DTYPES = {
 _ALIGNMENT = 8  # the header's length is padded with spaces to a multiple of this
 _BLOCK_WEIGHT = re.compile(r"blocks\.(\d+)\.(\w+)\.weight")
 _PROJECTIONS = ("qkv", "o", "gate_up", "down")
+_PACKED_PARTS = (".q", ".scale", ".scale_factor")  # of a quantized projection (``Q8Linear``)
+# Weights read (float32) and converted at a time by ``convert_streamed``: a larger weight goes
+# in pieces of whole tiles of rows, so a conversion's temporaries are those of this many
+# weights (as ``q8.quantize_packed``'s), whatever the model's largest tensor.
+WEIGHTS_AT_A_TIME = 1 << 24
 
 
 class SafetensorsWriter:
@@ -75,6 +99,7 @@ class SafetensorsWriter:
         self._file.write(len(text).to_bytes(8, "little") + text)
         self._file.truncate(self._start + offset)
         self._missing = set(layout)
+        self._rows: dict[str, int] = {}  # of tensors written in rows: how many so far
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         offset, dtype, shape = self._places[name]
@@ -85,6 +110,23 @@ class SafetensorsWriter:
         self._file.seek(self._start + offset)
         self._file.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
         self._missing.discard(name)
+
+    def write_rows(self, name: str, start: int, rows: torch.Tensor) -> None:
+        """Rows ``[start, start + len(rows))`` of a tensor (along its first dimension); the
+        tensor counts as written once every row has been."""
+        offset, dtype, shape = self._places[name]
+        if rows.dtype != dtype or tuple(rows.shape[1:]) != shape[1:]:
+            raise ValueError(
+                f"{name}: rows {rows.dtype} {tuple(rows.shape)}, expected {dtype} {shape}"
+            )
+        if not 0 <= start <= start + rows.shape[0] <= shape[0]:
+            raise ValueError(f"{name}: rows {start}..{start + rows.shape[0]} of {shape[0]}")
+        row_bytes = _itemsize(dtype) * _numel(shape[1:])
+        self._file.seek(self._start + offset + start * row_bytes)
+        self._file.write(rows.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        self._rows[name] = self._rows.get(name, 0) + rows.shape[0]
+        if self._rows[name] == shape[0]:
+            self._missing.discard(name)
 
     def close(self) -> None:
         self._file.close()
@@ -104,7 +146,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def converted_layout(
-    config: Gemma3Config,
+    config: TextConfig,
     *,
     dtype: torch.dtype,
     kernels: Q8Kernels | None,
@@ -112,17 +154,21 @@ def converted_layout(
     tied: bool,
 ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """The converted model's tensors: name -> (dtype, shape), as its state dict holds them
-    (a tied head held once: the int8 table, or the float embedding)."""
+    (a tied head held once: the int8 table, or the float embedding): the model of ``config``
+    on the meta device, given its int8/4-bit projections (``text_models.empty_quantized``: each
+    architecture says which of its projections are quantized). Norms are float32, the other
+    float tensors ``dtype``; a quantized projection's parts (``.q``, ``.scale``,
+    ``.scale_factor``) as the int8 kernels hold them."""
     with torch.device("meta"):
-        model = Gemma3Model(config)
+        model = new_model(config)
     if kernels is not None:
-        empty_q8_model(model, kernels, tied=tied, bits=bits)
+        empty_quantized(model, kernels, tied=tied, bits=bits)
     layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and tied:
             continue  # the embedding's tensor
         kind = tensor.dtype
-        if tensor.is_floating_point() and name.endswith(".weight"):
+        if tensor.is_floating_point() and not name.endswith(_PACKED_PARTS):
             kind = torch.float32 if name.endswith("norm.weight") else dtype
         layout[name] = (kind, tuple(tensor.shape))
     return layout
@@ -231,3 +277,152 @@ def convert_weights(
             put_matrix("embed_lookup.table.weight", read("embed.weight"), 8, None)
     finally:
         writer.close()
+
+
+def rows_at_a_time(width: int, weights: int = WEIGHTS_AT_A_TIME) -> int:
+    """Rows of a weight ``width`` wide read at a time: whole tiles of rows, about ``weights``
+    weights (one tile at least)."""
+    return max(LANES, weights // max(width, 1) // LANES * LANES)
+
+
+def largest_read(config: TextConfig, weights: int = WEIGHTS_AT_A_TIME) -> int:
+    """The most weights ``convert_streamed`` reads from a checkpoint at once (float32): of each
+    float weight of the model of ``config``, all of it or ``rows_at_a_time`` of its rows."""
+    with torch.device("meta"):
+        model = new_model(config)
+    most = 0
+    for tensor in model.state_dict().values():
+        if tensor.dim() < 2:
+            most = max(most, tensor.numel())
+        else:
+            n, width = tensor.shape[0], _numel(tuple(tensor.shape[1:]))
+            most = max(most, min(n, rows_at_a_time(width, weights)) * width)
+    return most
+
+
+class _Rows:
+    """A lean weight's rows read from the checkpoint tensors it is made of (concatenated along
+    their first dimension), a range at a time."""
+
+    def __init__(self, checkpoint: Checkpoint, parts: tuple[Part, ...]) -> None:
+        self._checkpoint = checkpoint
+        self._parts: list[tuple[str, int | None, int]] = []  # name, slice, rows (0: a scalar)
+        self.shape: tuple[int, ...] = ()
+        rows = 0
+        for part in parts:
+            name, index = (part, None) if isinstance(part, str) else part
+            shape = checkpoint.shape_of(name)
+            if index is not None:
+                shape = shape[1:]
+            self._parts.append((name, index, shape[0] if shape else 0))
+            rows += shape[0] if shape else 1
+            self.shape = (rows, *shape[1:])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        pieces, first = [], 0
+        for name, index, rows in self._parts:
+            if rows == 0:  # a scalar, whole
+                pieces.append(self._checkpoint[name].reshape(1))
+                first += 1
+                continue
+            lo, hi = max(start, first), min(stop, first + rows)
+            if lo < hi:
+                pieces.append(self._checkpoint.read_rows(name, index, lo - first, hi - first))
+            first += rows
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).contiguous()
+
+
+def convert_streamed(
+    checkpoint: Checkpoint,
+    sources: Mapping[str, tuple[Part, ...]],
+    config: TextConfig,
+    target: Path,
+    *,
+    dtype: torch.dtype,
+    kernels: Q8Kernels | None,
+    bits: BlockBits,
+    tied: bool,
+    weights_at_a_time: int = WEIGHTS_AT_A_TIME,
+) -> None:
+    """Write the converted weights of ``checkpoint`` to ``target`` a piece of a weight at a
+    time: each lean weight of ``sources`` (its name -> the checkpoint tensors it is made of)
+    read ``rows_at_a_time`` rows at a time, cast or quantized, written and let go. What each
+    becomes is the converted layout's (``converted_layout``: the architecture's quantized
+    projections in int8 or 4-bit blocks, norms float32, the rest ``dtype``); a weight it does
+    not hold is skipped (the float table of a tied int8 head, which the head is made from).
+    A quantized weight of several pieces is read twice: first for the whole matrix's scale
+    factor (``q8._scale_factor``), then rounded and packed piece by piece with it, so the bytes
+    are those of quantizing it whole. The 4-bit rounding is unweighted (no calibration)."""
+    layout = converted_layout(config, dtype=dtype, kernels=kernels, bits=bits, tied=tied)
+    made_of = dict(sources)
+    if tied:  # an int8/4-bit head (and its lookups' table) is the embedding table
+        made_of["lm_head.weight"] = sources["embed.weight"]
+        made_of["embed_lookup.table.weight"] = sources["embed.weight"]
+    writer = SafetensorsWriter(target, layout)
+    try:
+        for name, parts in made_of.items():
+            module = name.removesuffix(".weight")
+            packed = next((m for m in (module, f"{module}.table") if f"{m}.q" in layout), None)
+            if packed is None and name not in layout:
+                continue
+            rows = _Rows(checkpoint, parts)
+            if packed is not None:
+                width = 8 if layout[f"{packed}.q"][1][2] == 8 else 4  # 64-byte groups per block
+                _quantize_rows(writer, packed, rows, width, kernels, weights_at_a_time)
+                continue
+            kind, shape = layout[name]
+            if len(shape) < 2:  # norms, scalars: whole, in the layout's shape
+                writer.write(name, rows.read(0, rows.shape[0]).reshape(shape).to(kind))
+                continue
+            step = rows_at_a_time(_numel(shape[1:]), weights_at_a_time)
+            for start in range(0, shape[0], step):
+                piece = rows.read(start, start + step)
+                writer.write_rows(name, start, piece.reshape(-1, *shape[1:]).to(kind))
+                del piece
+    finally:
+        writer.close()
+
+
+def _quantize_rows(
+    writer: SafetensorsWriter,
+    module: str,
+    rows: _Rows,
+    bits: int,
+    kernels: Q8Kernels | None,
+    weights_at_a_time: int,
+) -> None:
+    """``module``'s packed parts (``.q``, ``.scale``, ``.scale_factor``) from a float weight
+    [N, K] read in pieces of whole tiles: the bytes of ``quantize_packed`` on the whole."""
+    n, width = rows.shape[0], _numel(rows.shape[1:])
+    step = rows_at_a_time(width, weights_at_a_time)
+    if bits == 4 and kernels is None:
+        raise ValueError("4-bit weights are rounded by the kernels: give them")
+
+    def rounded(piece: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if bits == 8:
+            return quantize_weight(piece)
+        assert kernels is not None
+        return quantize_weight4(kernels, piece)
+
+    if n <= step:  # one piece: as a whole
+        parts = quantize_packed(rows.read(0, n).reshape(n, width), bits, kernels)
+        for part, tensor in zip(("q", "scale", "scale_factor"), parts, strict=True):
+            writer.write(f"{module}.{part}", tensor)
+        return
+    largest = []  # each piece's largest scale: the whole matrix's factor is of their largest
+    for start in range(0, n, step):
+        piece = rows.read(start, start + step).reshape(-1, width)
+        if bits == 8:
+            largest.append(_block_scales(piece.reshape(piece.shape[0], -1, BLOCK)).max())
+        else:
+            largest.append(rounded(piece)[1].abs().max())
+        del piece
+    mult = _scale_factor(torch.stack(largest))
+    pack = pack_weight if bits == 8 else pack_weight4
+    for start in range(0, n, step):
+        q, scale = rounded(rows.read(start, start + step).reshape(-1, width))
+        packed, halves, _ = pack(q, scale, mult=mult)
+        writer.write_rows(f"{module}.q", start // LANES, packed)
+        writer.write_rows(f"{module}.scale", start // LANES, halves)
+        del q, scale, packed, halves
+    writer.write(f"{module}.scale_factor", torch.tensor([mult], dtype=torch.float32))

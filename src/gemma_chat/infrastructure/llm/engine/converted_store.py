@@ -43,19 +43,16 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
     GGUFCheckpoint,
     open_checkpoint,
 )
-from gemma_chat.infrastructure.llm.engine.config import (
-    Gemma4Config,
-    text_config_from_hf,
-)
-from gemma_chat.infrastructure.llm.engine.conversion import convert_weights
+from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
+from gemma_chat.infrastructure.llm.engine.conversion import convert_streamed, convert_weights
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import (
     TextModel,
     empty_quantized,
-    load_state_dict,
     new_model,
-    quantize,
+    takes_calibration,
+    weight_sources,
 )
 from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources
 from gemma_chat.infrastructure.llm.loading.model_source import ModelSource, source_digest
@@ -266,10 +263,7 @@ class ConvertedModelStore:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             lean_config = text_config_from_hf(config)
-            if isinstance(lean_config, Gemma4Config):  # whole, in float32 (DEVELOPMENT.md)
-                _convert_whole(lean_config, checkpoint, tmp / WEIGHTS, weights, tied=tied)
-                del checkpoint
-            else:
+            if takes_calibration(lean_config):
                 ids, head_sequences = None, None
                 if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
                     ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
@@ -292,6 +286,19 @@ class ConvertedModelStore:
                     tied=tied,
                     calibration_ids=ids,
                     head_sequences=head_sequences,
+                )
+                del checkpoint
+            else:
+                # A piece of a weight at a time, 4-bit rounding unweighted (Gemma 4).
+                convert_streamed(
+                    checkpoint,
+                    weight_sources(lean_config, tied=tied),
+                    lean_config,
+                    tmp / WEIGHTS,
+                    dtype=weights.dtype,
+                    kernels=weights.kernels,
+                    bits=weights.bits,
+                    tied=tied,
                 )
                 del checkpoint
             steps.update()
@@ -321,7 +328,7 @@ class ConvertedModelStore:
         conversion does)."""
         text = calibration_sequences(ids, bos)
         eight = self.load_or_convert(source, WeightFormat.q8(kernels), progress=progress)
-        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3 converts tensor by tensor
+        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3's 4-bit rounding is calibrated
         samples = model_samples(eight.model, bos)
         del eight
         return text, samples
@@ -332,27 +339,6 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
-
-
-def _convert_whole(
-    config: Gemma4Config, checkpoint: Checkpoint, target: Path, weights: WeightFormat, *, tied: bool
-) -> None:
-    """Gemma 4 still converts whole: every weight read into the model in float32, quantized,
-    then saved (its conversion's peak is every weight in float32: ``memory._estimate_gemma4``).
-    ``conversion.convert_weights`` follows Gemma 3's blocks (fused qkv/o/gate_up/down, Gemma 3's
-    calibration); Gemma 4's per-layer tables, shared layers and experts are not mapped to it yet.
-    Its 4-bit rounding is unweighted (``text_models.takes_calibration``)."""
-    from safetensors.torch import save_file
-
-    # float32 first: GGUF blocks de-quantize to float32, then one cast to the target.
-    lean = load_state_dict(config, checkpoint, weights.dtype)
-    if weights.kernels is not None:
-        quantize(lean, weights.kernels, tied=tied, bits=weights.bits)
-    state = dict(lean.state_dict())
-    head, table = state.get("lm_head.weight"), state.get("embed.weight")
-    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
-        del state["lm_head.weight"]
-    save_file({k: v.contiguous() for k, v in state.items()}, target)
 
 
 def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> Any:

@@ -37,7 +37,9 @@ from gemma_chat.infrastructure.llm.generation.sampling import finite_argmax
 __all__ = [
     "Gemma4Block",
     "Gemma4Model",
+    "Part",
     "empty_quantized_gemma4",
+    "gemma4_weight_sources",
     "load_gemma4_state_dict",
     "quantize_gemma4",
 ]
@@ -416,70 +418,100 @@ class _Q8Lookup(nn.Module):
 
 # -- weights ---------------------------------------------------------------------------------------
 
+# A block's norms (ours, transformers'): every block's; a block computing keys'; with experts;
+# with per-layer inputs.
 _BLOCK_NORMS = (
     ("input_norm", "input_layernorm"),
     ("post_attention_norm", "post_attention_layernorm"),
     ("pre_feedforward_norm", "pre_feedforward_layernorm"),
     ("post_feedforward_norm", "post_feedforward_layernorm"),
+    ("q_norm", "self_attn.q_norm"),
+)
+_KEY_NORMS = (("k_norm", "self_attn.k_norm"),)
+_EXPERT_NORMS = (
     ("post_feedforward_norm_1", "post_feedforward_layernorm_1"),
     ("pre_feedforward_norm_2", "pre_feedforward_layernorm_2"),
     ("post_feedforward_norm_2", "post_feedforward_layernorm_2"),
-    ("ple_post_norm", "post_per_layer_input_norm"),
-    ("q_norm", "self_attn.q_norm"),
-    ("k_norm", "self_attn.k_norm"),
 )
+_PLE_NORMS = (("ple_post_norm", "post_per_layer_input_norm"),)
+
+
+# A lean weight's part: a checkpoint tensor by transformers' name, or (name, j): the j-th slice
+# of its first dimension (one expert of the stacked experts).
+Part = str | tuple[str, int]
+
+
+def gemma4_weight_sources(config: Gemma4Config, *, tied: bool) -> dict[str, tuple[Part, ...]]:
+    """Each weight and buffer of ``Gemma4Model`` (float, by its state dict's names) and the
+    checkpoint tensors it is made of (transformers' names, without prefix), concatenated along
+    their first dimension: the embedding, the per-layer inputs' tables, block by block, the
+    final norm, the head (``lm_head.weight`` only when untied: else the embedding is the head).
+    What every loader reads: all at once (``load_gemma4_state_dict``) or a tensor at a time
+    (``conversion.convert_streamed``)."""
+    sources: dict[str, tuple[Part, ...]] = {"embed.weight": ("embed_tokens.weight",)}
+    if config.ple_size:
+        sources["ple_embed.weight"] = ("embed_tokens_per_layer.weight",)
+        sources["ple_projection.weight"] = ("per_layer_model_projection.weight",)
+        sources["ple_norm.weight"] = ("per_layer_projection_norm.weight",)
+    sliding, kv_sources = config.sliding_layers, config.kv_sources
+    for i in range(config.num_layers):
+        src, dst = f"layers.{i}.", f"blocks.{i}."
+        attn = src + "self_attn."
+        projections: tuple[Part, ...] = (attn + "q_proj.weight",)
+        shared = kv_sources[i] != i
+        if not shared:
+            projections += (attn + "k_proj.weight",)
+            if not (config.attention_k_eq_v and not sliding[i]):
+                projections += (attn + "v_proj.weight",)
+        sources[dst + "qkv.weight"] = projections
+        sources[dst + "o.weight"] = (attn + "o_proj.weight",)
+        sources[dst + "gate_up.weight"] = (src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight")
+        sources[dst + "down.weight"] = (src + "mlp.down_proj.weight",)
+        sources[dst + "layer_scalar"] = (src + "layer_scalar",)
+        norms = _BLOCK_NORMS + (() if shared else _KEY_NORMS)
+        if config.num_experts:
+            norms += _EXPERT_NORMS
+        if config.ple_size:
+            norms += _PLE_NORMS
+        for ours, theirs in norms:
+            sources[f"{dst}{ours}.weight"] = (f"{src}{theirs}.weight",)
+        if config.ple_size:
+            sources[dst + "ple_gate.weight"] = (src + "per_layer_input_gate.weight",)
+            sources[dst + "ple_projection.weight"] = (src + "per_layer_projection.weight",)
+        if config.num_experts:
+            sources[dst + "router.weight"] = (src + "router.proj.weight",)
+            sources[dst + "router_scale"] = (src + "router.scale",)
+            sources[dst + "per_expert_scale"] = (src + "router.per_expert_scale",)
+            for j in range(config.num_experts):
+                sources[f"{dst}experts.{j}.gate_up.weight"] = ((src + "experts.gate_up_proj", j),)
+                sources[f"{dst}experts.{j}.down.weight"] = ((src + "experts.down_proj", j),)
+    sources["norm.weight"] = ("norm.weight",)
+    if not tied:
+        sources["lm_head.weight"] = ("lm_head.weight",)
+    return sources
 
 
 def load_gemma4_state_dict(
     config: Gemma4Config, state: Mapping[str, torch.Tensor], dtype: torch.dtype
 ) -> Gemma4Model:
-    """Build the model from transformers' names (no prefix, as a ``Checkpoint`` gives them)."""
+    """Build the model from transformers' names (no prefix, as a ``Checkpoint`` gives them),
+    every weight in memory at once (conversion reads a tensor at a time: ``conversion.py``)."""
     with torch.device("meta"):
         model = Gemma4Model(config)
-    tensors: dict[str, torch.Tensor] = {
-        "norm.weight": state["norm.weight"],
-    }
-    if model.embed is not None:
-        tensors["embed.weight"] = state["embed_tokens.weight"]
-    if config.ple_size:
-        tensors["ple_embed.weight"] = state["embed_tokens_per_layer.weight"]
-        tensors["ple_projection.weight"] = state["per_layer_model_projection.weight"]
-        tensors["ple_norm.weight"] = state["per_layer_projection_norm.weight"]
-    for i, block in enumerate(model.blocks):
-        assert isinstance(block, Gemma4Block)
-        src, dst = f"layers.{i}.", f"blocks.{i}."
-        attn = src + "self_attn."
-        projections = [state[attn + "q_proj.weight"]]
-        if not block.shared:
-            projections.append(state[attn + "k_proj.weight"])
-            if not block.k_eq_v:
-                projections.append(state[attn + "v_proj.weight"])
-        tensors[dst + "qkv.weight"] = torch.cat(projections)
-        tensors[dst + "o.weight"] = state[attn + "o_proj.weight"]
-        tensors[dst + "gate_up.weight"] = torch.cat(
-            [state[src + "mlp.gate_proj.weight"], state[src + "mlp.up_proj.weight"]]
-        )
-        tensors[dst + "down.weight"] = state[src + "mlp.down_proj.weight"]
-        tensors[dst + "layer_scalar"] = state[src + "layer_scalar"].reshape(1)
-        for ours, theirs in _BLOCK_NORMS:
-            if hasattr(block, ours):
-                tensors[f"{dst}{ours}.weight"] = state[f"{src}{theirs}.weight"]
-        if config.ple_size:
-            tensors[dst + "ple_gate.weight"] = state[src + "per_layer_input_gate.weight"]
-            tensors[dst + "ple_projection.weight"] = state[src + "per_layer_projection.weight"]
-        if config.num_experts:
-            tensors[dst + "router.weight"] = state[src + "router.proj.weight"]
-            tensors[dst + "router_scale"] = state[src + "router.scale"]
-            tensors[dst + "per_expert_scale"] = state[src + "router.per_expert_scale"]
-            gate_up, down = state[src + "experts.gate_up_proj"], state[src + "experts.down_proj"]
-            for j in range(config.num_experts):
-                tensors[f"{dst}experts.{j}.gate_up.weight"] = gate_up[j]
-                tensors[f"{dst}experts.{j}.down.weight"] = down[j]
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+
+    def part(source: Part) -> torch.Tensor:
+        return state[source] if isinstance(source, str) else state[source[0]][source[1]]
+
+    tensors: dict[str, torch.Tensor] = {}
+    for ours, theirs in gemma4_weight_sources(config, tied=True).items():
+        parts = [part(p) for p in theirs]
+        tensors[ours] = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(shapes[ours])
     converted = {
         k: v.to(dtype if _is_matrix(k) else torch.float32).contiguous() for k, v in tensors.items()
     }
     untied = state.get("lm_head.weight")
-    if untied is not None and "embed.weight" in converted:
+    if untied is not None:
         converted["lm_head.weight"] = untied.to(dtype).contiguous()
     else:
         converted["lm_head.weight"] = converted["embed.weight"]  # tied: held once

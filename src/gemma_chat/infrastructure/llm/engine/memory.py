@@ -19,8 +19,9 @@ model and the largest weight being converted (``conversion_bytes``; measured: DE
 
 That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_counts``,
 ``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
-within a few percent, and its conversion's peak is every weight in float32: it still converts
-whole (``_estimate_gemma4``).
+within a few percent; it converts a piece of a weight at a time (``conversion.convert_streamed``:
+at most ``WEIGHTS_AT_A_TIME`` weights read at once, whatever its largest tensor), so its
+conversion's peak is the bytes around the largest piece read (``_estimate_gemma4``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
+from gemma_chat.infrastructure.llm.engine.conversion import largest_read
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK
 
 __all__ = [
@@ -52,6 +54,12 @@ _CONCATENATING_BYTES_PER_WEIGHT = 8
 # 16M weights a piece, a few float32 and int16 copies of it).
 _ROUNDING_TEMPORARIES_BYTES = 256 * 2**20
 _Q8_BYTES_PER_WEIGHT = 34 / 32  # Gemma 4's count: an int8 per weight, a float16 scale per 32
+# Bytes per weight of a piece being converted a piece at a time (Gemma 4): the float32 piece
+# (4) and, while it is rounded to int8, torch's float32 temporaries of it (two at a time: 8),
+# its int8 values and packed copy (2), and what the allocator keeps of the freed ones:
+# measured up to 17.2, sampled (DEVELOPMENT.md, "Conversion, tensor by tensor"); 20 leaves
+# room for what the sampling misses.
+_STREAMED_BYTES_PER_WEIGHT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,7 @@ def estimate_memory(
             tied=tied,
             prefix_budget_bytes=prefix_budget_bytes,
             chunk=chunk,
+            head_bits=head_bits,
         )
     c = config
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -175,13 +184,14 @@ def _estimate_gemma4(
     tied: bool,
     prefix_budget_bytes: int,
     chunk: int,
+    head_bits: int = 8,
 ) -> MemoryEstimate:
     """Gemma 4 counted through its config (per-layer shapes, shared keys and values, PLE, MoE):
-    its weights at the int8 format's bytes per weight (every matrix counted as int8, so a 4-bit
-    one is over-counted, and rows are not padded: within a few percent); its keys and values as
+    its weights at the int8 format's bytes per weight (with ``head_bits`` 4, the head at half a
+    byte a weight; rows are not padded: within a few percent); its keys and values as
     ``KVCache`` holds them (only the layers that compute their own; sliding ones in rings).
-    It still converts whole (``converted_store.py``): the conversion's peak is every weight in
-    float32."""
+    Its conversion's peak is that of the largest piece of a weight read at once
+    (``conversion.largest_read``: the per-layer inputs' table and the embedding go in pieces)."""
     matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
@@ -200,14 +210,17 @@ def _estimate_gemma4(
             sliding_held = True
         else:
             per_token += per_position
+    weights = int(matrices * per_weight) + 4 * norms
+    if quantized and head_bits == 4:  # the head's half byte a weight instead of one
+        weights -= config.vocab_size * config.hidden_size // 2
     return MemoryEstimate(
         parameters=matrices + norms,
-        weights_bytes=int(matrices * per_weight) + 4 * norms,
+        weights_bytes=weights,
         kv_bytes_per_token=per_token,
         prefix_budget_bytes=prefix_budget_bytes,
         kv_fixed_bytes=fixed,
         ring=ring if sliding_held else 0,
-        converting_bytes=4 * (matrices + norms),
+        converting_bytes=_STREAMED_BYTES_PER_WEIGHT * largest_read(config),
     )
 
 

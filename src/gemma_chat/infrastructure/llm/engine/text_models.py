@@ -11,10 +11,12 @@ from typing import TypeGuard
 
 import torch
 
-from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
+from gemma_chat.infrastructure.llm.engine.config import Gemma3Config, Gemma4Config, TextConfig
 from gemma_chat.infrastructure.llm.engine.gemma4 import (
     Gemma4Model,
+    Part,
     empty_quantized_gemma4,
+    gemma4_weight_sources,
     load_gemma4_state_dict,
     quantize_gemma4,
 )
@@ -25,7 +27,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     empty_q8_model,
     quantize_model,
 )
-from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
+from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources, load_hf_state_dict
 
 __all__ = [
     "TextModel",
@@ -34,6 +36,7 @@ __all__ = [
     "new_model",
     "quantize",
     "takes_calibration",
+    "weight_sources",
 ]
 
 TextModel = Gemma3Model | Gemma4Model
@@ -55,10 +58,20 @@ def load_state_dict(
     return load_hf_state_dict(config, state, dtype)
 
 
-def takes_calibration(model: TextModel) -> TypeGuard[Gemma3Model]:
-    """Whether the 4-bit rounding can weigh its errors by the model's measured inputs
-    (``calibration.input_importance`` follows Gemma 3's blocks); Gemma 4 rounds unweighted."""
-    return isinstance(model, Gemma3Model)
+def weight_sources(config: TextConfig, *, tied: bool) -> Mapping[str, tuple[Part, ...]]:
+    """Each weight of the model and the checkpoint tensors it is made of (the architecture's
+    mapping: ``weights.lean_weight_sources``, ``gemma4.gemma4_weight_sources``)."""
+    if isinstance(config, Gemma4Config):
+        return gemma4_weight_sources(config, tied=tied)
+    return lean_weight_sources(config, tied=tied)
+
+
+def takes_calibration(config: TextConfig) -> TypeGuard[Gemma3Config]:
+    """Whether the 4-bit rounding weighs its errors by the model's measured inputs, block by
+    block (``calibration.BlockByBlockImportance`` runs Gemma 3's blocks): Gemma 3 converts
+    through ``conversion.convert_weights``; Gemma 4 rounds unweighted and converts a piece of a
+    weight at a time (``conversion.convert_streamed``)."""
+    return isinstance(config, Gemma3Config)
 
 
 def quantize(
