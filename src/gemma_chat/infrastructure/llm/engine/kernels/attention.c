@@ -19,6 +19,11 @@ void q8_dots16_generic(const float *q, const uint16_t *keys, int64_t D, float *o
     }
 }
 
+void q8_dots16_heads_generic(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                             float *out, float *key) {
+    for (int64_t h = 0; h < heads; h++) q8_dots16(q + h * D, keys, D, out + h * 16, key);
+}
+
 float q8_max_f32_generic(const float *v, int64_t n) {
     float top = -INFINITY;
     for (int64_t i = 0; i < n; i++) top = v[i] > top ? v[i] : top;

@@ -47,6 +47,18 @@ static inline void transpose8(const __m256 *r, __m256 *t) {
     }
 }
 
+/* out[0..16): the lane sums of sums[0..16) (lane by lane, in lane order), 8 at once after a
+ * transpose */
+static inline void lane_totals16(const __m256 *sums, float *out) {
+    for (int h = 0; h < 2; h++) {
+        __m256 lanes[8];
+        transpose8(sums + 8 * h, lanes);
+        __m256 total = _mm256_setzero_ps();
+        for (int l = 0; l < 8; l++) total = _mm256_add_ps(total, lanes[l]);
+        _mm256_storeu_ps(out + 8 * h, total);
+    }
+}
+
 /* Each key's product as q8_dot_f32_avx2 forms it (two accumulators over 16 columns, their
  * sum's lanes added in lane order), four keys at a time, the keys read as float16 directly;
  * the lane sums of 8 keys at once after a transpose (D a multiple of 16). */
@@ -71,13 +83,48 @@ void q8_dots16_avx2(const float *q, const uint16_t *keys, int64_t D, float *out,
         }
         for (int i = 0; i < 4; i++) sums[i0 + i] = _mm256_add_ps(lo[i], hi[i]);
     }
-    for (int h = 0; h < 2; h++) {
-        __m256 lanes[8];
-        transpose8(sums + 8 * h, lanes);
-        __m256 total = _mm256_setzero_ps();
-        for (int l = 0; l < 8; l++) total = _mm256_add_ps(total, lanes[l]);
-        _mm256_storeu_ps(out + 8 * h, total);
+    lane_totals16(sums, out);
+}
+
+/* q8_dots16_avx2's accumulation for two heads at once, two keys at a time: each key converted
+ * once for both heads, each accumulator the same FMAs in the same order */
+static void dots16_two_heads(const float *q, const uint16_t *keys, int64_t D, float *out) {
+    __m256 sums[2][16];
+    for (int i0 = 0; i0 < 16; i0 += 2) {
+        __m256 lo[2][2], hi[2][2];
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 2; i++) lo[h][i] = hi[h][i] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            __m256 klo[2], khi[2];
+            for (int i = 0; i < 2; i++) {
+                const uint16_t *k = keys + (i0 + i) * D + c;
+                klo[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)k));
+                khi[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 8)));
+            }
+            for (int h = 0; h < 2; h++) {
+                const __m256 q0 = _mm256_loadu_ps(q + h * D + c);
+                const __m256 q1 = _mm256_loadu_ps(q + h * D + c + 8);
+                for (int i = 0; i < 2; i++) {
+                    lo[h][i] = _mm256_fmadd_ps(q0, klo[i], lo[h][i]);
+                    hi[h][i] = _mm256_fmadd_ps(q1, khi[i], hi[h][i]);
+                }
+            }
+        }
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 2; i++) sums[h][i0 + i] = _mm256_add_ps(lo[h][i], hi[h][i]);
     }
+    for (int h = 0; h < 2; h++) lane_totals16(sums[h], out + h * 16);
+}
+
+void q8_dots16_heads_avx2(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                          float *out, float *key) {
+    if (D % 16 != 0) {
+        q8_dots16_heads_generic(q, heads, keys, D, out, key);
+        return;
+    }
+    int64_t h = 0;
+    for (; h + 2 <= heads; h += 2) dots16_two_heads(q + h * D, keys, D, out + h * 16);
+    if (h < heads) q8_dots16_avx2(q + h * D, keys, D, out + h * 16, key);
 }
 
 float q8_max_f32_avx2(const float *v, int64_t n) {

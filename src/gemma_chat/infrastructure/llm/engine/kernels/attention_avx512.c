@@ -56,6 +56,50 @@ void q8_dots16_avx512(const float *q, const uint16_t *keys, int64_t D, float *ou
     _mm512_storeu_ps(out, sum_lanes16(acc));
 }
 
+/* q8_dots16_avx512's accumulation for up to 4 heads at once, 4 keys at a time: each key
+ * converted once for every head, each accumulator the same FMAs in the same order */
+static inline __attribute__((always_inline)) void dots16_heads_n(const float *q, int hn,
+                                                                 const uint16_t *keys, int64_t D,
+                                                                 float *out) {
+    __m512 acc[4][16];
+    for (int i0 = 0; i0 < 16; i0 += 4) {
+        __m512 a[4][4];
+        for (int h = 0; h < hn; h++)
+            for (int i = 0; i < 4; i++) a[h][i] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            __m512 k[4];
+            for (int i = 0; i < 4; i++)
+                k[i] = _mm512_cvtph_ps(
+                    _mm256_loadu_si256((const __m256i *)(keys + (i0 + i) * D + c)));
+            for (int h = 0; h < hn; h++) {
+                const __m512 qc = _mm512_loadu_ps(q + h * D + c);
+                for (int i = 0; i < 4; i++) a[h][i] = _mm512_fmadd_ps(qc, k[i], a[h][i]);
+            }
+        }
+        for (int h = 0; h < hn; h++)
+            for (int i = 0; i < 4; i++) acc[h][i0 + i] = a[h][i];
+    }
+    for (int h = 0; h < hn; h++) _mm512_storeu_ps(out + h * 16, sum_lanes16(acc[h]));
+}
+
+void q8_dots16_heads_avx512(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                            float *out, float *key) {
+    if (D % 16 != 0) {
+        q8_dots16_heads_generic(q, heads, keys, D, out, key);
+        return;
+    }
+    for (int64_t h0 = 0; h0 < heads; h0 += 4) {
+        const float *qh = q + h0 * D;
+        float *o = out + h0 * 16;
+        switch (heads - h0 < 4 ? heads - h0 : 4) { /* constant counts: accumulators in registers */
+        case 1: q8_dots16_avx512(qh, keys, D, o, key); break;
+        case 2: dots16_heads_n(qh, 2, keys, D, o); break;
+        case 3: dots16_heads_n(qh, 3, keys, D, o); break;
+        default: dots16_heads_n(qh, 4, keys, D, o); break;
+        }
+    }
+}
+
 float q8_max_f32_avx512(const float *v, int64_t n) {
     int64_t i = 0;
     float top = -INFINITY;

@@ -70,7 +70,7 @@ typedef struct {
     scratch *m;
 } block_job;
 
-enum { ROW_INPUT_NORM, ROW_QK_ROTARY, ROW_ATTENTION_RESIDUAL, ROW_FFN_NORM, ROW_GELU,
+enum { ROW_INPUT_NORM, ROW_QK_ROTARY, ROW_ATTENTION_RESIDUAL_FFN_NORM, ROW_GELU,
        ROW_FFN_RESIDUAL };
 
 typedef struct {
@@ -108,11 +108,9 @@ static void row_stage(void *ctx, int64_t b) {
         }
         break;
     }
-    case ROW_ATTENTION_RESIDUAL:
+    case ROW_ATTENTION_RESIDUAL_FFN_NORM: /* one loop: a row's norm needs only its residual */
         q8_rms_norm(y + b * E, blk->post_attention_norm, h + b * E, E, blk->eps);
         for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
-        break;
-    case ROW_FFN_NORM:
         q8_rms_norm(x + b * E, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
         break;
     case ROW_GELU:
@@ -150,6 +148,13 @@ static void block_qkv(block_job *job, int64_t B) {
  * token's result is the same prefilled whole, prefilled in pieces, or decoded. */
 #define ROWS_PER_TASK 8
 
+/* n float16 values from p on into L2: a step of 8 rows reads each row's own keys and values,
+ * which the weights streamed in between have evicted; the hardware prefetchers alone left the
+ * scores waiting on each 16-key block's misses */
+static inline void prefetch_halves(const uint16_t *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32) __builtin_prefetch(p + i, 0, 2);
+}
+
 /* the first position a query at position p sees (0 without a window) */
 static inline int64_t first_key(int64_t p, int64_t window) {
     return window > 0 && p + 1 > window ? p + 1 - window : 0;
@@ -179,20 +184,27 @@ static void attention_task(void *ctx, int64_t task) {
     /* Scores 16 keys at a time, in blocks aligned to multiples of 16 positions, so that a
      * key's score is computed the same way in every call (keys past a row's own position are
      * computed and ignored: the cache always has room up to the next multiple of 16). */
-    float block[16];
-    for (int64_t tb = t0 - t0 % 16; tb < t1; tb += 16)
+    float *block = malloc(sizeof(float) * (size_t)(16 * per_task)); /* [per_task, 16] */
+    prefetch_halves(keys + ((t0 - t0 % 16) % cap) * D, 16 * D);
+    for (int64_t tb = t0 - t0 % 16; tb < t1; tb += 16) {
+        if (tb + 16 < t1) prefetch_halves(keys + ((tb + 16) % cap) * D, 16 * D);
+        prefetch_halves(values + (tb % cap) * D, 16 * D); /* for the sums below */
         for (int64_t r = r0; r < r1; r++) {
             const int64_t p = j->positions[r];
             const int64_t lo = first_key(p, window);
             if (tb > p || tb + 16 <= lo) continue;
+            /* the row's query heads of this task against the same keys: each key read and
+             * converted once for all of them, each head's scores as q8_dots16 gives them */
+            const float *q = j->m->y + r * NQKV + first_head * D;
+            q8_dots16_heads(q, per_task, keys + (tb % cap) * D, D, block, key); /* cap: 16s */
             for (int64_t g = 0; g < per_task; g++) {
-                const float *q = j->m->y + r * NQKV + (first_head + g) * D;
                 float *w = weights + ((r - r0) * per_task + g) * T - t0;
-                q8_dots16(q, keys + (tb % cap) * D, D, block, key); /* cap: 16s */
                 for (int64_t t = tb > lo ? tb : lo; t < tb + 16 && t <= p; t++)
-                    w[t] = block[t - tb] * blk->scaling;
+                    w[t] = block[g * 16 + t - tb] * blk->scaling;
             }
         }
+    }
+    free(block);
     for (int64_t r = r0; r < r1; r++) {
         const int64_t p = j->positions[r], lo = first_key(p, window);
         for (int64_t g = 0; g < per_task; g++) {
@@ -251,8 +263,7 @@ static void block_out(block_job *job, int64_t B) {
     scratch *m = job->m;
     const gemma_block *blk = job->blk;
     project(&blk->o, job->attn_in, m->y, B, m->xq, m->xs); /* [B, E] */
-    rows(job, ROW_ATTENTION_RESIDUAL, B);
-    rows(job, ROW_FFN_NORM, B);
+    rows(job, ROW_ATTENTION_RESIDUAL_FFN_NORM, B);
     project(&blk->gate_up, m->h, m->y, B, m->xq, m->xs); /* [B, 2I] */
     rows(job, ROW_GELU, B);
     project(&blk->down, m->h, m->y, B, m->xq, m->xs); /* [B, E] */

@@ -146,6 +146,15 @@ float q8_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void q8_dots16_generic(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
 void q8_dots16_avx512(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
 void q8_dots16_neon(const float *q, const uint16_t *keys, int64_t D, float *out, float *key);
+/* attention*.c: out[h * 16 + i] = q[h * D..] . keys[i] for heads query rows q [heads, D] against
+ * the same 16 keys: each the bits of this build's q8_dots16 for that head (every body), while
+ * a key is read and converted once for several heads instead of once per head */
+void q8_dots16_heads_generic(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                             float *out, float *key);
+void q8_dots16_heads_avx512(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                            float *out, float *key);
+void q8_dots16_heads_avx2(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
+                          float *out, float *key);
 /* attention*.c: the largest of v[0..n) (exact, whatever the order) */
 float q8_max_f32_generic(const float *v, int64_t n);
 float q8_max_f32_avx512(const float *v, int64_t n);
@@ -217,6 +226,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_store_halves q8_store_halves_avx512
 #define q8_dot_f32 q8_dot_f32_avx512
 #define q8_dots16 q8_dots16_avx512
+#define q8_dots16_heads q8_dots16_heads_avx512
 #define q8_max_f32 q8_max_f32_avx512
 #define q8_exp_shifted q8_exp_shifted_avx512
 #define q8_weighted_sums q8_weighted_sums_avx512
@@ -229,6 +239,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_store_halves q8_store_halves_neon
 #define q8_dot_f32 q8_dot_f32_neon
 #define q8_dots16 q8_dots16_neon
+#define q8_dots16_heads q8_dots16_heads_generic
 #define q8_max_f32 q8_max_f32_neon
 #define q8_exp_shifted q8_exp_shifted_neon
 #define q8_weighted_sums q8_weighted_sums_neon
@@ -241,6 +252,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_store_halves q8_store_halves_f16c
 #define q8_dot_f32 q8_dot_f32_avx2
 #define q8_dots16 q8_dots16_avx2
+#define q8_dots16_heads q8_dots16_heads_avx2
 #define q8_max_f32 q8_max_f32_avx2
 #define q8_exp_shifted q8_exp_shifted_avx2
 #define q8_weighted_sums q8_weighted_sums_avx2
@@ -261,6 +273,7 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_dot_f32 q8_dot_f32_generic
 #endif
 #define q8_dots16 q8_dots16_generic
+#define q8_dots16_heads q8_dots16_heads_generic
 #define q8_max_f32 q8_max_f32_generic
 #define q8_exp_shifted q8_exp_shifted_generic
 #define q8_weighted_sums q8_weighted_sums_generic
