@@ -236,3 +236,60 @@ def test_the_converted_model_with_a_gptq_head_picks_the_float_models_top_token(
     chosen = everything[7:].argmax(dim=-1).tolist()  # after the prompt and each token
     agree = sum(int(a == b) for a, b in zip(chosen, sequence[8:], strict=True))
     assert agree / steps >= 0.98
+
+
+def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """``ConvertedModelStore`` converts a Gemma 4's int8 entry first, runs it over the
+    calibration text and its own samples, and writes the head GPTQ rounds on those inputs."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from gemma_chat.infrastructure.llm.engine.calibration import (
+        calibration_sequences,
+        calibration_text,
+    )
+    from gemma_chat.infrastructure.llm.engine.converted_store import (
+        WEIGHTS,
+        ConvertedModelStore,
+        WeightFormat,
+    )
+    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
+    from gemma_chat.testing.tiny_gemma import build_tiny_gemma
+
+    tokenizer_dir = build_tiny_gemma(tmp_path / "tokenizer")
+    directory = tmp_path / "gemma-4"
+    vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    build_text_model("ple", vocab=vocab).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, directory / name)
+    store = ConvertedModelStore(tmp_path / "cache")
+    source = resolve_model_source(str(directory))
+    four = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False)
+    assert store.has(source, WeightFormat.q8(kernels))  # converted first, kept
+    eight = store.load_or_convert(source, WeightFormat.q8(kernels), progress=False).model
+    assert isinstance(eight, Gemma4Model)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    ids = tokenizer(calibration_text())["input_ids"]
+    bos = tokenizer.bos_token_id
+    text = calibration_sequences(ids[1:] if ids[0] == bos else ids, bos)
+    statistics = head_statistics(eight, text, model_samples(eight, bos))
+    checkpoint = SafetensorsCheckpoint(directory)
+    config = text_config_from_hf(checkpoint.config)
+    expected = tmp_path / "expected.safetensors"
+    convert_streamed(
+        checkpoint,
+        weight_sources(config, tied=True),
+        config,
+        expected,
+        dtype=torch.float32,
+        kernels=kernels,
+        bits=Q4,
+        tied=True,
+        head_statistics=statistics,
+    )
+    assert (four.directory / WEIGHTS).read_bytes() == expected.read_bytes()
