@@ -293,3 +293,19 @@ def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
         head_statistics=statistics,
     )
     assert (four.directory / WEIGHTS).read_bytes() == expected.read_bytes()
+
+
+def test_the_int4_conversion_estimate_holds_the_int8_model_run_first(
+    case: Case, kernels: Q8Kernels
+) -> None:
+    from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
+    from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
+
+    config = case.config
+    four = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True, head_bits=4)
+    eight = estimate_memory(config, quantized=True, dtype=torch.float32, tied=True)
+    assert eight.weights_bytes <= _weights_bytes(case.eight) <= eight.weights_bytes * 1.05
+    assert four.conversion_bytes >= eight.weights_bytes > four.weights_bytes
+    # or the pieces read, with the head's float32 scales kept until its last piece
+    scales = config.vocab_size * config.hidden_size // 32 * 4
+    assert four.converting_bytes == max(eight.converting_bytes + scales, eight.weights_bytes)
