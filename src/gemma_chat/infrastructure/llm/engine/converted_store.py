@@ -346,8 +346,7 @@ class ConvertedModelStore:
         head inputs over the sequences ``_head_sequences`` takes (its float blocks are never
         run at conversion: ``conversion.convert_streamed``)."""
         eight = self._int8_model(source, weights, progress)
-        if not isinstance(eight, Gemma4Model):
-            raise ModelLoadError(f"{source.directory}: expected a Gemma 4 int8 model")
+        assert isinstance(eight, Gemma4Model)  # the streamed conversion's (takes_calibration)
         text = calibration_sequences(ids, bos)
         statistics = head_statistics(eight, text, model_samples(eight, bos))
         del eight
