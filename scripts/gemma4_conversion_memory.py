@@ -7,7 +7,9 @@ converts it in this process to one format, sampling the anonymous memory (RssAno
 conversion allocated, not the checkpoint's pages mapped from disk) every half millisecond.
 
 Run: PYTHONPATH=src python scripts/gemma4_conversion_memory.py /tmp/g4-ckpt q8
-(formats: q8, q4, bfloat16; run each in a fresh process)
+(formats: q8, q4, q4-gptq, bfloat16; run each in a fresh process). ``q4-gptq`` rounds the tied
+head by GPTQ (``conversion._gptq_rows``), on the statistics of random inputs (their values do
+not change the memory): the int8 model the store runs for them first is not part of this peak.
 """
 
 from __future__ import annotations
@@ -64,9 +66,15 @@ def main() -> None:
     formats = {
         "q8": (torch.float32, kernels, BlockBits()),
         "q4": (torch.float32, kernels, BlockBits(head=4, blocks=8, lookup=8)),
+        "q4-gptq": (torch.float32, kernels, BlockBits(head=4, blocks=8, lookup=8)),
         "bfloat16": (torch.bfloat16, None, BlockBits()),
     }
     dtype, chosen, bits = formats[name]
+    statistics = None
+    if name == "q4-gptq":
+        x = torch.randn(4096, config.hidden_size, dtype=torch.float64)
+        statistics = (x.T @ x / x.shape[0], (x * x).mean(dim=0).float())
+        del x
     peak, done = [0], threading.Event()
     base = anonymous_kib()
 
@@ -87,10 +95,17 @@ def main() -> None:
             kernels=chosen,
             bits=bits,
             tied=True,
+            head_statistics=statistics,
         )
     done.set()
     sampler.join()
-    estimate = estimate_memory(config, quantized=chosen is not None, dtype=dtype, tied=True)
+    estimate = estimate_memory(
+        config,
+        quantized=chosen is not None,
+        dtype=dtype,
+        tied=True,
+        head_bits=bits.head if chosen is not None else 8,
+    )
     read = largest_read(config)
     measured = (peak[0] - base) * 1024
     print(

@@ -18,6 +18,8 @@ text. Docstrings alone made it worse on other text (DEVELOPMENT.md, "4-bit weigh
 covariance also takes in the model's own samples (``model_samples``: seeded, from the first
 token), which range over whatever the model was trained on: prose, code, markup, languages.
 ``BlockByBlockImportance.head_inputs`` gives those inputs for any sequence, block by block.
+Gemma 4 (converted a piece of a weight at a time, its blocks never run in float at conversion)
+takes them from its int8 model instead (``head_statistics``), over the same sequences.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
+from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model, RMSNorm
 
@@ -53,6 +56,7 @@ __all__ = [
     "BlockByBlockImportance",
     "calibration_sequences",
     "calibration_text",
+    "head_statistics",
     "input_importance",
     "model_samples",
 ]
@@ -183,7 +187,7 @@ def calibration_sequences(ids: list[int], bos: int) -> list[list[int]]:
     return [[bos, *ids[i : i + step]] for i in range(0, len(ids), step)]
 
 
-def model_samples(model: Gemma3Model, bos: int) -> list[list[int]]:
+def model_samples(model: Gemma3Model | Gemma4Model, bos: int) -> list[list[int]]:
     """``SAMPLES`` texts of ``SAMPLE_TOKENS`` tokens (``bos`` first) that ``model`` writes from
     its first token, sampled at temperature 1 from a seeded generator, all in one batch."""
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
@@ -198,6 +202,38 @@ def model_samples(model: Gemma3Model, bos: int) -> list[list[int]]:
             tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
             written.append(tokens)
     return [row.tolist() for row in torch.cat(written, dim=1)]
+
+
+def head_statistics(
+    model: Gemma4Model, text: list[list[int]], samples: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a 4-bit head's GPTQ rounding is fitted on, from ``model``'s own head inputs (the
+    final norm's outputs) at every token of ``text`` (the calibration text's sequences) and
+    ``samples`` (``model_samples``'): their covariance E[x x^T] [E, E] (float64) over both,
+    and the mean square of each feature [E] over the text, as ``conversion.convert_weights``
+    takes them from Gemma 3's float blocks. Summed a sequence at a time: [E, E] is held, not
+    the inputs."""
+    width = model.config.hidden_size
+    covariance = torch.zeros((width, width), dtype=torch.float64)
+    squares = torch.zeros(width, dtype=torch.float64)
+    tokens = text_tokens = 0
+    with torch.inference_mode():
+        for kind, sequences in (("text", text), ("samples", samples)):
+            for ids in sequences:
+                n = len(ids)
+                cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
+                slots = torch.zeros(n, dtype=torch.long)
+                rows = list(range(n))
+                x = model.head_inputs(torch.tensor(ids), torch.arange(n), slots, cache, rows)
+                x = x.double()
+                covariance += x.T @ x
+                tokens += n
+                if kind == "text":
+                    squares += (x * x).sum(dim=0)
+                    text_tokens += n
+    if not text_tokens:
+        raise ValueError("the head's statistics need the calibration text's tokens: give them")
+    return covariance / tokens, (squares / text_tokens).float()
 
 
 def _recorder(found: dict[str, torch.Tensor], name: str) -> Any:

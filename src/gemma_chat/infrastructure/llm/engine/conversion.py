@@ -35,6 +35,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q8Kernels,
     _block_scales,
+    _float16_scales,
     _scale_factor,
     pack_weight,
     pack_weight4,
@@ -343,6 +344,7 @@ def convert_streamed(
     bits: BlockBits,
     tied: bool,
     weights_at_a_time: int = WEIGHTS_AT_A_TIME,
+    head_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Write the converted weights of ``checkpoint`` to ``target`` a piece of a weight at a
     time: each lean weight of ``sources`` (its name -> the checkpoint tensors it is made of)
@@ -352,7 +354,12 @@ def convert_streamed(
     not hold is skipped (the float table of a tied int8 head, which the head is made from).
     A quantized weight of several pieces is read twice: first for the whole matrix's scale
     factor (``q8._scale_factor``), then rounded and packed piece by piece with it, so the bytes
-    are those of quantizing it whole. The 4-bit rounding is unweighted (no calibration)."""
+    are those of quantizing it whole. The 4-bit rounding is unweighted (no calibration), but
+    for a tied 4-bit head given ``head_statistics``: the covariance [E, E] of its inputs and
+    their features' mean squares [E] (``calibration.head_statistics``), by which it is rounded
+    with GPTQ (``gptq.py``), a piece of rows at a time (``_gptq_rows``)."""
+    if head_statistics is not None and not (tied and bits.head == 4 and kernels is not None):
+        raise ValueError("the head's statistics are for a tied 4-bit head's GPTQ rounding")
     layout = converted_layout(config, dtype=dtype, kernels=kernels, bits=bits, tied=tied)
     made_of = dict(sources)
     if tied:  # an int8/4-bit head (and its lookups' table) is the embedding table
@@ -368,7 +375,11 @@ def convert_streamed(
             rows = _Rows(checkpoint, parts)
             if packed is not None:
                 width = 8 if layout[f"{packed}.q"][1][2] == 8 else 4  # 64-byte groups per block
-                _quantize_rows(writer, packed, rows, width, kernels, weights_at_a_time)
+                if packed == "lm_head" and head_statistics is not None:
+                    assert kernels is not None
+                    _gptq_rows(writer, rows, kernels, head_statistics, weights_at_a_time)
+                else:
+                    _quantize_rows(writer, packed, rows, width, kernels, weights_at_a_time)
                 continue
             kind, shape = layout[name]
             if len(shape) < 2:  # norms, scalars: whole, in the layout's shape
@@ -426,3 +437,34 @@ def _quantize_rows(
         writer.write_rows(f"{module}.scale", start // LANES, halves)
         del q, scale, packed, halves
     writer.write(f"{module}.scale_factor", torch.tensor([mult], dtype=torch.float32))
+
+
+def _gptq_rows(
+    writer: SafetensorsWriter,
+    rows: _Rows,
+    kernels: Q8Kernels,
+    statistics: tuple[torch.Tensor, torch.Tensor],
+    weights_at_a_time: int,
+) -> None:
+    """``lm_head``'s packed 4-bit parts rounded by GPTQ for inputs of ``statistics``
+    (covariance, importance), ``rows_at_a_time`` rows at a time: GPTQ's rows are independent
+    given the covariance, so the pieces' values are those of the whole. Each piece's values are
+    packed and written as they come (the packed values do not depend on the float16 factor);
+    the float32 scales [N, K/32] are kept and packed at the end, with the whole matrix's
+    factor."""
+    covariance, importance = statistics
+    n, width = rows.shape[0], _numel(rows.shape[1:])
+    step = rows_at_a_time(width, weights_at_a_time)
+    scales = torch.zeros((-(-n // LANES) * LANES, width // BLOCK), dtype=torch.float32)
+    for start in range(0, n, step):
+        piece = rows.read(start, start + step).reshape(-1, width)
+        q, scale = gptq_weight4(kernels, piece, covariance, importance)
+        del piece
+        packed, _, _ = pack_weight4(q, scale)
+        writer.write_rows("lm_head.q", start // LANES, packed)
+        scales[start : start + scale.shape[0]] = scale
+        del q, scale, packed
+    mult = _scale_factor(scales)
+    halves, factor = _float16_scales(scales, scales.shape[0] // LANES, width // BLOCK, mult)
+    writer.write("lm_head.scale", halves)
+    writer.write("lm_head.scale_factor", factor)

@@ -36,6 +36,7 @@ from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.calibration import (
     calibration_sequences,
     calibration_text,
+    head_statistics,
     model_samples,
 )
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
@@ -45,7 +46,7 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
 )
 from gemma_chat.infrastructure.llm.engine.config import text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.conversion import convert_streamed, convert_weights
-from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
+from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
 from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import (
     TextModel,
@@ -263,16 +264,14 @@ class ConvertedModelStore:
                 raise ModelLoadError(f"{source.directory}: {checkpoint.architecture.unsupported}")
             tied = bool(config.get("tie_word_embeddings", True))
             lean_config = text_config_from_hf(config)
+            gptq_head = weights.kernels is not None and weights.bits.head == 4 and tied
             if takes_calibration(lean_config):
                 ids, head_sequences = None, None
                 if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
                     ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
-                    if weights.bits.head == 4 and tied:
-                        bos = hf_tokenizer.bos_token_id
-                        bos = int(bos if bos is not None else ids[0])
-                        text = ids[1:] if ids and ids[0] == bos else ids
+                    if gptq_head:
                         head_sequences = self._head_sequences(
-                            source, weights.kernels, text, bos, progress
+                            source, weights, *_text_and_bos(hf_tokenizer, ids), progress
                         )
                 # One tensor at a time: read (float32), cast or quantized, written, let go.
                 convert_weights(
@@ -289,7 +288,14 @@ class ConvertedModelStore:
                 )
                 del checkpoint
             else:
-                # A piece of a weight at a time, 4-bit rounding unweighted (Gemma 4).
+                # A piece of a weight at a time, 4-bit rounding unweighted but for a tied head's
+                # GPTQ, fitted on the int8 model's head inputs (Gemma 4).
+                statistics = None
+                if gptq_head:
+                    ids = hf_tokenizer(calibration_text())["input_ids"]
+                    statistics = self._head_statistics(
+                        source, weights, *_text_and_bos(hf_tokenizer, ids), progress
+                    )
                 convert_streamed(
                     checkpoint,
                     weight_sources(lean_config, tied=tied),
@@ -299,6 +305,7 @@ class ConvertedModelStore:
                     kernels=weights.kernels,
                     bits=weights.bits,
                     tied=tied,
+                    head_statistics=statistics,
                 )
                 del checkpoint
             steps.update()
@@ -320,18 +327,37 @@ class ConvertedModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _head_sequences(
-        self, source: ModelSource, kernels: Q8Kernels, ids: list[int], bos: int, progress: bool
+        self, source: ModelSource, weights: WeightFormat, ids: list[int], bos: int, progress: bool
     ) -> tuple[list[list[int]], list[list[int]]]:
         """What a 4-bit head's GPTQ rounding is fitted on: the calibration text's tokens ``ids``
         (no first token) in sequences, and samples written by the int8 model (its own entry,
-        converted first if absent: it holds one block's float weights at a time, as this
-        conversion does)."""
+        converted first if absent: it holds one block's float weights, or a piece of a weight,
+        at a time, as this conversion does)."""
         text = calibration_sequences(ids, bos)
-        eight = self.load_or_convert(source, WeightFormat.q8(kernels), progress=progress)
-        assert isinstance(eight.model, Gemma3Model)  # only Gemma 3's 4-bit rounding is calibrated
-        samples = model_samples(eight.model, bos)
+        eight = self._int8_model(source, weights, progress)
+        samples = model_samples(eight, bos)
         del eight
         return text, samples
+
+    def _head_statistics(
+        self, source: ModelSource, weights: WeightFormat, ids: list[int], bos: int, progress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Gemma 4 head's GPTQ statistics (``calibration.head_statistics``): its int8 model's
+        head inputs over the sequences ``_head_sequences`` takes (its float blocks are never
+        run at conversion: ``conversion.convert_streamed``)."""
+        eight = self._int8_model(source, weights, progress)
+        assert isinstance(eight, Gemma4Model)  # the streamed conversion's (takes_calibration)
+        text = calibration_sequences(ids, bos)
+        statistics = head_statistics(eight, text, model_samples(eight, bos))
+        del eight
+        return statistics
+
+    def _int8_model(self, source: ModelSource, weights: WeightFormat, progress: bool) -> TextModel:
+        """The int8 model of ``source`` with the kernels of ``weights`` (its own entry,
+        converted first if absent)."""
+        assert weights.kernels is not None
+        eight = self.load_or_convert(source, WeightFormat.q8(weights.kernels), progress=progress)
+        return eight.model
 
     def _remove_other_versions(self, directory: Path) -> None:
         """Entries of the same model and format written by other versions of gemma-chat."""
@@ -339,6 +365,14 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+def _text_and_bos(tokenizer: Any, ids: list[int]) -> tuple[list[int], int]:
+    """The calibration text's tokens ``ids`` without their first token if it is the beginning
+    of text, and that token's id."""
+    bos = tokenizer.bos_token_id
+    bos = int(bos if bos is not None else ids[0])
+    return (ids[1:] if ids and ids[0] == bos else ids), bos
 
 
 def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) -> Any:

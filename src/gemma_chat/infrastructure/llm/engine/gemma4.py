@@ -330,6 +330,23 @@ class Gemma4Model(nn.Module):
     ) -> torch.Tensor:
         """Logits [len(wanted), V] of rows of tokens of any sequences, in passes of at most the
         cache's ``chunk`` rows of a sequence (each continues the one before)."""
+        x = self.head_inputs(input_ids, positions, slots, cache, wanted)
+        logits: torch.Tensor = self.lm_head(x).float()
+        softcap = self.config.final_logit_softcapping
+        if softcap:  # in place: the same bits, no new [rows, vocabulary] tensors
+            logits.div_(softcap).tanh_().mul_(softcap)
+        return logits
+
+    def head_inputs(
+        self,
+        input_ids: torch.Tensor,  # [R]
+        positions: torch.Tensor,  # [R]
+        slots: torch.Tensor,  # [R]
+        cache: KVCache,
+        wanted: list[int],
+    ) -> torch.Tensor:
+        """The output head's inputs (the final norm's outputs) [len(wanted), E] of rows as
+        ``forward_rows`` takes them: what a 4-bit head's GPTQ rounding is fitted on."""
         row_slots = slots.tolist()
         last: dict[int, int] = {}
         for slot, position in zip(row_slots, positions.tolist(), strict=True):
@@ -348,11 +365,8 @@ class Gemma4Model(nn.Module):
                 y = self._rows(ids, at, where, cache)
                 out.update((row, y[i]) for i, row in enumerate(rows) if row in keep)
             x = torch.stack([out[row] for row in wanted])
-        logits: torch.Tensor = self.lm_head(self.norm(x)).float()
-        softcap = self.config.final_logit_softcapping
-        if softcap:  # in place: the same bits, no new [rows, vocabulary] tensors
-            logits.div_(softcap).tanh_().mul_(softcap)
-        return logits
+        normed: torch.Tensor = self.norm(x)
+        return normed
 
     def _rows(
         self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache

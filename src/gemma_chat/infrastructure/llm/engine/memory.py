@@ -21,7 +21,9 @@ That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_
 ``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
 within a few percent; it converts a piece of a weight at a time (``conversion.convert_streamed``:
 at most ``WEIGHTS_AT_A_TIME`` weights read at once, whatever its largest tensor), so its
-conversion's peak is the bytes around the largest piece read (``_estimate_gemma4``).
+conversion's peak is the bytes around the largest piece read (``_estimate_gemma4``); to the
+``int4`` format, whose tied head is rounded by GPTQ on the int8 model's head inputs, at least
+the int8 model, loaded and run first.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ _Q8_BYTES_PER_WEIGHT = 34 / 32  # Gemma 4's count: an int8 per weight, a float16
 # measured up to 17.2, sampled (DEVELOPMENT.md, "Conversion, tensor by tensor"); 20 leaves
 # room for what the sampling misses.
 _STREAMED_BYTES_PER_WEIGHT = 20
+# A tied 4-bit head rounded by GPTQ a piece at a time (``conversion._gptq_rows``) keeps its
+# float32 scales, one per 32 weights, until the last piece: an eighth of a byte a weight of the
+# whole head beside the piece (whose GPTQ temporaries measured within the 20 bytes above).
+_GPTQ_SCALE_BYTES_PER_WEIGHT = 1 / 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,7 @@ class MemoryEstimate:
     prefix_budget_bytes: int
     kv_fixed_bytes: int = 0  # the sliding-window layers' rings, once full
     ring: int = 0  # positions a sliding-window layer's ring holds
-    converting_bytes: int = 0  # the most one weight takes while it is converted
+    converting_bytes: int = 0  # the most one weight (or a GPTQ head's int8 model) takes
 
     def kv_bytes(self, tokens: int) -> int:
         """One sequence's keys and values at ``tokens`` positions, as ``KVCache`` holds them
@@ -191,7 +197,10 @@ def _estimate_gemma4(
     byte a weight; rows are not padded: within a few percent); its keys and values as
     ``KVCache`` holds them (only the layers that compute their own; sliding ones in rings).
     Its conversion's peak is that of the largest piece of a weight read at once
-    (``conversion.largest_read``: the per-layer inputs' table and the embedding go in pieces)."""
+    (``conversion.largest_read``: the per-layer inputs' table and the embedding go in pieces);
+    with a tied 4-bit head (GPTQ, fitted on the int8 model's head inputs), the larger of that
+    plus the head's scales and the int8 model, loaded and run first (a pass's activations not
+    counted, as they are not for running the model)."""
     matrices, norms = config.weight_counts(tied=tied)  # each architecture counts its own
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_weight = _Q8_BYTES_PER_WEIGHT if quantized else itemsize
@@ -211,8 +220,12 @@ def _estimate_gemma4(
         else:
             per_token += per_position
     weights = int(matrices * per_weight) + 4 * norms
+    converting = _STREAMED_BYTES_PER_WEIGHT * largest_read(config)
     if quantized and head_bits == 4:  # the head's half byte a weight instead of one
-        weights -= config.vocab_size * config.hidden_size // 2
+        head = config.vocab_size * config.hidden_size
+        if tied:  # GPTQ: the int8 model runs first (its weights), then the head goes in pieces
+            converting = max(converting + int(head * _GPTQ_SCALE_BYTES_PER_WEIGHT), weights)
+        weights -= head // 2
     return MemoryEstimate(
         parameters=matrices + norms,
         weights_bytes=weights,
@@ -220,7 +233,7 @@ def _estimate_gemma4(
         prefix_budget_bytes=prefix_budget_bytes,
         kv_fixed_bytes=fixed,
         ring=ring if sliding_held else 0,
-        converting_bytes=_STREAMED_BYTES_PER_WEIGHT * largest_read(config),
+        converting_bytes=converting,
     )
 
 

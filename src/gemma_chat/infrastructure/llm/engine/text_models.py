@@ -68,9 +68,11 @@ def weight_sources(config: TextConfig, *, tied: bool) -> Mapping[str, tuple[Part
 
 def takes_calibration(config: TextConfig) -> TypeGuard[Gemma3Config]:
     """Whether the 4-bit rounding weighs its errors by the model's measured inputs, block by
-    block (``calibration.BlockByBlockImportance`` runs Gemma 3's blocks): Gemma 3 converts
-    through ``conversion.convert_weights``; Gemma 4 rounds unweighted and converts a piece of a
-    weight at a time (``conversion.convert_streamed``)."""
+    block (``calibration.BlockByBlockImportance`` runs Gemma 3's float blocks, and gives a tied
+    4-bit head's GPTQ inputs): Gemma 3 converts through ``conversion.convert_weights``; Gemma 4
+    converts a piece of a weight at a time (``conversion.convert_streamed``), its blocks'
+    4-bit rounding unweighted, its tied 4-bit head's GPTQ fitted on its int8 model's head
+    inputs (``calibration.head_statistics``, ``Gemma4Model.head_inputs``)."""
     return isinstance(config, Gemma3Config)
 
 
