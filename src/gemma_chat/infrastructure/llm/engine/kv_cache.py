@@ -61,7 +61,7 @@ def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
 
 def _clone(source: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of ``source``."""
-    return torch.from_numpy(np.ascontiguousarray(_bits(source))).view(source.dtype)
+    return torch.from_numpy(_bits(source).copy()).view(source.dtype)
 
 
 @dataclass(frozen=True, slots=True)
