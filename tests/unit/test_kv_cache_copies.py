@@ -75,7 +75,8 @@ def test_growing_a_slot_keeps_its_positions_and_the_new_ones_are_zero(dtype: tor
     assert all(torch.equal(a, b) for a, b in zip(before, _held(cache, 0, 10), strict=True))
     global_layer = CONFIG.sliding_layers.index(False)
     k, v = cache.layer(0, global_layer)
-    assert not k[:, 10:].any() and not v[:, 10:].any()
+    assert not k[:, 10:].any()
+    assert not v[:, 10:].any()
     # the tables the C blocks read point at the grown rows
     assert int(cache.k_addresses[global_layer, 0]) == k.data_ptr()
     assert int(cache.capacities[global_layer, 0]) == 208
