@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Generic, TypeVar
 
 __all__ = ["LoopHandoff", "one_wakeup_per_loop"]
@@ -68,10 +68,8 @@ class LoopHandoff(Generic[T]):
     def wake_loop(self) -> None:
         """Deliver what was held (``one_wakeup_per_loop``); a loop closed meanwhile drops it
         (the streams' next ``put`` raises)."""
-        try:
+        with suppress(RuntimeError):
             self._schedule()
-        except RuntimeError:
-            pass
 
     def _schedule(self) -> None:
         try:
