@@ -160,6 +160,10 @@ class KVCache:
         rows = self._rows[slot]
         return 0 if rows is None else int(rows.global_k.shape[2])
 
+    def holds_more_than(self, slot: int, length: int) -> bool:
+        """Whether the slot's rows are larger than ``ensure(slot, length, exact=True)`` makes."""
+        return self.capacity(slot) > _whole_blocks(length)
+
     def local_capacity(self, slot: int) -> int:
         rows = self._rows[slot]
         return 0 if rows is None else int(rows.local_k.shape[2])

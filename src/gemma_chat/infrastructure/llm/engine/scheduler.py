@@ -391,12 +391,15 @@ class BatchScheduler:
             if empty is None or len(here.tokens) - in_slot <= _WORTH_KEEPING:
                 if len(here.tokens) - in_slot > _WORTH_KEEPING:
                     # Another conversation that shared only a beginning: kept in the store, and
-                    # the memory its rest took handed back.
+                    # the memory its rest took beyond this turn's room handed back (rows no
+                    # larger stay: the positions after the prefix are written before they are
+                    # read, as in the short-tail case).
                     held = self.cache.read(here.index, len(here.tokens))
                     self.store.put(here.tokens, held)
-                    self.cache.release(here.index)
-                    self.cache.ensure(here.index, room, exact=True)
-                    self.cache.write(here.index, held, in_slot)
+                    if self.cache.holds_more_than(here.index, room):
+                        self.cache.release(here.index)
+                        self.cache.ensure(here.index, room, exact=True)
+                        self.cache.write(here.index, held, in_slot)
                 return here, in_slot
             # Another conversation's beginning (a system prompt, an edited history): copied to
             # an empty slot, and that conversation kept in its own.
