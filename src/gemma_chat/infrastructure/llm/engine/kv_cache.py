@@ -19,6 +19,7 @@ own thread pool needs (DEVELOPMENT.md, "Concurrent requests: where an 8-row step
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ def _whole_blocks(length: int) -> int:
 
 # Each dtype's bits as the integer of its size: numpy copies any dtype's bits (bfloat16 too,
 # which numpy does not know).
+_ALIGNMENT = 64
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -50,9 +52,12 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Zeroed memory from ``calloc`` (large blocks come zeroed from the system, each page
-    touched when first written), not filled by torch's threads."""
-    bits = _bits(torch.empty(0, dtype=dtype)).dtype
-    return torch.from_numpy(np.zeros(shape, dtype=bits)).view(dtype)
+    touched when first written), not filled by torch's threads; at a 64-byte boundary, as
+    torch's own allocations are (the C kernels' vector loads stay within cache lines)."""
+    size = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+    raw = np.zeros(size + _ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return torch.from_numpy(raw[start : start + size]).view(dtype).view(shape)
 
 
 def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
