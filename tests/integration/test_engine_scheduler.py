@@ -473,3 +473,28 @@ async def test_a_conversation_past_the_sliding_layers_ring_is_reused_and_answers
     assert again.text == answer.text
     await llm.unload()
     await fresh.unload()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("quantization", ["auto", "none"])
+async def test_a_prompt_asked_again_continues_from_its_slot_in_place_and_answers_the_same(
+    tiny_model_dir: Path, quantization: str
+) -> None:
+    # The second request finds its prompt in the slot of the first, followed by an answer longer
+    # than is worth keeping there: that conversation goes to the store, and the slot, no larger
+    # than the new turn needs, keeps its rows (the answer's positions are written over).
+    llm = engine_llm(tiny_model_dir, max_batch_size=1, quantization=quantization)
+    await llm.load()
+    config = GenerationConfig(temperature=0.0, max_new_tokens=48)
+    first = await llm.generate(chat("Once upon a time"), config)
+    assert first.token_usage.completion_tokens > 32  # a tail beyond _WORTH_KEEPING
+    before = scheduler_info(llm)
+    again = await llm.generate(chat("Once upon a time"), config)
+    after = scheduler_info(llm)
+    assert after["reused_tokens"] - before["reused_tokens"] == first.token_usage.prompt_tokens - 1
+    assert after["prefix_store_entries"] == before["prefix_store_entries"] + 1
+    assert again.text == first.text
+    third = await llm.generate(chat("Once upon a time, again"), config)
+    fresh = engine_llm(tiny_model_dir, quantization=quantization)
+    await fresh.load()
+    assert third.text == (await fresh.generate(chat("Once upon a time, again"), config)).text

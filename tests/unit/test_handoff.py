@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gemma_chat.infrastructure.llm.generation.handoff import LoopHandoff
+from gemma_chat.infrastructure.llm.generation.handoff import LoopHandoff, one_wakeup_per_loop
 
 
 class CountingLoop:
@@ -23,6 +23,9 @@ class CountingLoop:
     def call_soon_threadsafe(self, callback: Any, *args: Any) -> Any:
         self.wakeups += 1
         return self.loop.call_soon_threadsafe(callback, *args)
+
+    def is_closed(self) -> bool:
+        return self.loop.is_closed()
 
 
 @pytest.mark.asyncio
@@ -84,3 +87,47 @@ def test_the_handoff_does_not_keep_its_loop_alive() -> None:
     del loop
     gc.collect()
     assert len(handoffs) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_held_step_wakes_the_loop_at_its_end_once_for_every_stream() -> None:
+    counting = CountingLoop(asyncio.get_running_loop())
+    handoff: LoopHandoff[int] = LoopHandoff(counting)  # type: ignore[arg-type]
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(3)]
+    inside: list[int] = []
+
+    def step() -> None:
+        with one_wakeup_per_loop():
+            for i, queue in enumerate(queues):
+                handoff.put(queue, i)
+                inside.append(counting.wakeups)  # not woken while the step runs
+        inside.append(counting.wakeups)
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    worker.join()
+    assert inside == [0, 0, 0, 1]
+    assert [await asyncio.wait_for(q.get(), 5) for q in queues] == [0, 1, 2]
+    handoff.put(queues[0], 9)  # outside a held step: at once, as before
+    assert await asyncio.wait_for(queues[0].get(), 5) == 9
+    assert counting.wakeups == 2
+
+
+def test_a_held_put_on_a_closed_loop_raises_at_once() -> None:
+    loop = asyncio.new_event_loop()
+    handoff: LoopHandoff[int] = LoopHandoff(loop)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    loop.close()
+    with one_wakeup_per_loop(), pytest.raises(RuntimeError):
+        handoff.put(queue, 1)  # the job's emit cancels it now, not after the step
+
+
+def test_a_loop_closed_during_a_held_step_drops_its_items_and_says_so_next_time() -> None:
+    loop = asyncio.new_event_loop()
+    handoff: LoopHandoff[int] = LoopHandoff(loop)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    with one_wakeup_per_loop():
+        handoff.put(queue, 1)
+        loop.close()  # the end of the block does not raise: nobody is left to hear it
+    with pytest.raises(RuntimeError):
+        handoff.put(queue, 2)

@@ -11,12 +11,18 @@ Each slot's memory is its own: one long conversation grows its own rows, not eve
 
 For the fused C blocks (``gemma_decode_block``), every layer has a table of each slot's address
 and capacity (``k_addresses``, ``v_addresses``, ``capacities``: [L, slots] int64).
+
+Its copies and zeroed allocations run in numpy on the calling thread, not as torch operations:
+torch runs copies this large on its OpenMP threads, which then spin on the cores the kernels'
+own thread pool needs (DEVELOPMENT.md, "Concurrent requests: where an 8-row step's time goes").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gemma_chat.infrastructure.llm.engine.config import TextConfig
@@ -31,6 +37,36 @@ _POSITIONS = 16  # capacities are whole blocks of 16 positions (the C attention 
 
 def _whole_blocks(length: int) -> int:
     return -(-length // _POSITIONS) * _POSITIONS
+
+
+# Each dtype's bits as the integer of its size: numpy copies any dtype's bits (bfloat16 too,
+# which numpy does not know).
+_ALIGNMENT = 64
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of ``t``'s elements (same memory, same strides)."""
+    return t.view(_BITS[t.element_size()]).numpy()
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeroed memory from ``calloc`` (large blocks come zeroed from the system, each page
+    touched when first written), not filled by torch's threads; at a 64-byte boundary, as
+    torch's own allocations are (the C kernels' vector loads stay within cache lines)."""
+    size = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+    raw = np.zeros(size + _ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return torch.from_numpy(raw[start : start + size]).view(dtype).view(shape)
+
+
+def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
+    np.copyto(_bits(target), _bits(source))
+
+
+def _clone(source: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``source``."""
+    return torch.from_numpy(_bits(source).copy()).view(source.dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +165,10 @@ class KVCache:
         rows = self._rows[slot]
         return 0 if rows is None else int(rows.global_k.shape[2])
 
+    def holds_more_than(self, slot: int, length: int) -> bool:
+        """Whether the slot's rows are larger than ``ensure(slot, length, exact=True)`` makes."""
+        return self.capacity(slot) > _whole_blocks(length)
+
     def local_capacity(self, slot: int) -> int:
         rows = self._rows[slot]
         return 0 if rows is None else int(rows.local_k.shape[2])
@@ -155,10 +195,10 @@ class KVCache:
         new_local = max(old_local, min(self.ring, _whole_blocks(max(local, new_global))))
         grown = self._new_rows(new_local, new_global)
         # A ring smaller than ``ring`` has never wrapped: its positions are where they were.
-        grown.local_k[:, :, :old_local] = rows.local_k
-        grown.local_v[:, :, :old_local] = rows.local_v
-        grown.global_k[:, :, :old_global] = rows.global_k
-        grown.global_v[:, :, :old_global] = rows.global_v
+        _copy(grown.local_k[:, :, :old_local], rows.local_k)
+        _copy(grown.local_v[:, :, :old_local], rows.local_v)
+        _copy(grown.global_k[:, :, :old_global], rows.global_k)
+        _copy(grown.global_v[:, :, :old_global], rows.global_v)
         self._rows[slot] = grown
         self._publish(slot)
 
@@ -174,7 +214,7 @@ class KVCache:
 
         def zeros(layers: int, length: int, sliding: bool) -> torch.Tensor:
             heads, size = c.kv_shape(sliding)
-            return torch.zeros((layers, heads, length, size), dtype=self.dtype)
+            return _zeros((layers, heads, length, size), self.dtype)
 
         n_local, n_global = len(self._local_layers), len(self._global_layers)
         return _SlotRows(
@@ -218,15 +258,19 @@ class KVCache:
             raise ValueError(f"slot {slot} holds no keys and values")
         ring = int(rows.local_k.shape[2])
         local_from = max(0, length - ring) if self._local_layers else 0
-        where = torch.arange(local_from, length) % ring if self._local_layers else torch.arange(0)
+        where = np.arange(local_from, length) % ring if self._local_layers else np.arange(0)
+
+        def ring_part(t: torch.Tensor) -> torch.Tensor:  # fancy indexing in numpy copies
+            return torch.from_numpy(_bits(t)[:, :, where]).view(t.dtype)
+
         return KVSnapshot(
             length=length,
             local_from=local_from,
             window=self.window,
-            local_k=rows.local_k[:, :, where].clone(),
-            local_v=rows.local_v[:, :, where].clone(),
-            global_k=rows.global_k[:, :, :length].clone(),
-            global_v=rows.global_v[:, :, :length].clone(),
+            local_k=ring_part(rows.local_k),
+            local_v=ring_part(rows.local_v),
+            global_k=_clone(rows.global_k[:, :, :length]),
+            global_v=_clone(rows.global_v[:, :, :length]),
         )
 
     def write(self, slot: int, snapshot: KVSnapshot, length: int) -> None:
@@ -239,9 +283,9 @@ class KVCache:
         ring = int(rows.local_k.shape[2])
         start = max(snapshot.local_from, length - ring)
         if self._local_layers:
-            where = torch.arange(start, length) % ring
+            where = np.arange(start, length) % ring
             held = slice(start - snapshot.local_from, length - snapshot.local_from)
-            rows.local_k[:, :, where] = snapshot.local_k[:, :, held]
-            rows.local_v[:, :, where] = snapshot.local_v[:, :, held]
-        rows.global_k[:, :, :length] = snapshot.global_k[:, :, :length]
-        rows.global_v[:, :, :length] = snapshot.global_v[:, :, :length]
+            _bits(rows.local_k)[:, :, where] = _bits(snapshot.local_k)[:, :, held]
+            _bits(rows.local_v)[:, :, where] = _bits(snapshot.local_v)[:, :, held]
+        _copy(rows.global_k[:, :, :length], snapshot.global_k[:, :, :length])
+        _copy(rows.global_v[:, :, :length], snapshot.global_v[:, :, :length])

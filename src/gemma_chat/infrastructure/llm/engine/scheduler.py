@@ -27,6 +27,7 @@ from gemma_chat.infrastructure.llm.engine.batch_sampling import MaskStats, choos
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK, KVCache
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
 from gemma_chat.infrastructure.llm.engine.text_models import TextModel
+from gemma_chat.infrastructure.llm.generation.handoff import one_wakeup_per_loop
 from gemma_chat.infrastructure.llm.generation.job import GenerationJob
 from gemma_chat.infrastructure.llm.generation.sampling import TokenSampler
 
@@ -127,12 +128,14 @@ class BatchScheduler:
                 if admitted is None:
                     return
                 try:
-                    if self.model.takes_rows:
-                        self._step(admitted)
-                        continue
-                    for job in admitted:
-                        self._prefill(job)
-                    self._decode_step()
+                    # The step's chunks reach their event loops at its end, in one wake-up each.
+                    with one_wakeup_per_loop():
+                        if self.model.takes_rows:
+                            self._step(admitted)
+                            continue
+                        for job in admitted:
+                            self._prefill(job)
+                        self._decode_step()
                 except Exception as exc:  # a bug of ours: fail the requests, keep the thread
                     logger.exception("engine step failed")
                     self._fail([s for s in self._slots if s.job is not None], exc)
@@ -150,6 +153,8 @@ class BatchScheduler:
             if not self._running:
                 self._abort_all()
                 return None
+            if self._waiting and not self._has_active():
+                self._gather_burst()
             for slot in self._slots:
                 if slot.job is not None and slot.job.cancel.is_set():
                     self._release(slot, FinishReason.CANCELLED)
@@ -162,6 +167,21 @@ class BatchScheduler:
                 else:
                     admitted.append(job)
             return admitted
+
+    def _gather_burst(self) -> None:
+        """The engine was idle and a request came: requests that arrive with it (a client's
+        batch, ``asyncio.gather``: ~0.05-0.1 ms apart) join its first step, not the next one.
+        Waits while they keep coming, ``_BURST_GAP`` at most for each (a lone request's only
+        cost), ``_BURST_LIMIT`` in all. Called holding ``_wakeup``."""
+        deadline = time.monotonic() + _BURST_LIMIT
+        while self._running and len(self._waiting) < self.max_batch_size:
+            seen = len(self._waiting)
+            remaining = min(_BURST_GAP, deadline - time.monotonic())
+            if remaining <= 0:
+                return
+            self._wakeup.wait(remaining)
+            if len(self._waiting) == seen:  # none came (or a cancellation woke us)
+                return
 
     def _holds_idle_memory(self) -> bool:
         return self.cache.nbytes > 0
@@ -277,12 +297,12 @@ class BatchScheduler:
     def _admit(self, job: GenerationJob) -> tuple[_Slot, int] | None:
         """A slot for a new request, and how many of its prompt's tokens are cached there; None
         when the cache cannot make room (that request fails alone)."""
-        slot, reused = self._choose_slot(job.prompt_ids)
+        # Room for the whole answer and a next turn's message now: growing the cache later
+        # copies all of it, mid-answer or in the next turn's time to first token.
+        room = len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN
+        slot, reused = self._choose_slot(job.prompt_ids, room)
         slot.job, slot.sampler = job, TokenSampler(job.sampling)
         try:
-            # Room for the whole answer and a next turn's message now: growing the cache later
-            # copies all of it, mid-answer or in the next turn's time to first token.
-            room = len(job.prompt_ids) + job.max_new_tokens + _NEXT_TURN
             self.cache.ensure(slot.index, room, exact=True)
         except Exception as exc:
             logger.exception("no room in the cache")
@@ -355,8 +375,10 @@ class BatchScheduler:
         slot.job = slot.sampler = slot.next_token = None
         slot.last_used = time.monotonic()
 
-    def _choose_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
-        """A free slot for ``prompt`` and how many of its tokens are already cached there."""
+    def _choose_slot(self, prompt: list[int], room: int) -> tuple[_Slot, int]:
+        """A free slot for ``prompt`` and how many of its tokens are already cached there. A
+        slot whose rows are made anew gets ``room`` positions at once (one allocation, not a
+        prefix's and then the answer's)."""
         limit = len(prompt) - 1  # the last prompt token must be fed to get its logits
         free = [s for s in self._slots if s.job is None]
         here = max(free, key=lambda s: (common_prefix_length(s.tokens, prompt), s.last_used))
@@ -369,14 +391,19 @@ class BatchScheduler:
             if empty is None or len(here.tokens) - in_slot <= _WORTH_KEEPING:
                 if len(here.tokens) - in_slot > _WORTH_KEEPING:
                     # Another conversation that shared only a beginning: kept in the store, and
-                    # the memory its rest took handed back.
+                    # the memory its rest took beyond this turn's room handed back (rows no
+                    # larger stay: the positions after the prefix are written before they are
+                    # read, as in the short-tail case).
                     held = self.cache.read(here.index, len(here.tokens))
                     self.store.put(here.tokens, held)
-                    self.cache.release(here.index)
-                    self.cache.write(here.index, held, in_slot)
+                    if self.cache.holds_more_than(here.index, room):
+                        self.cache.release(here.index)
+                        self.cache.ensure(here.index, room, exact=True)
+                        self.cache.write(here.index, held, in_slot)
                 return here, in_slot
             # Another conversation's beginning (a system prompt, an edited history): copied to
             # an empty slot, and that conversation kept in its own.
+            self.cache.ensure(empty.index, room, exact=True)
             self.cache.write(empty.index, self.cache.read(here.index, len(here.tokens)), in_slot)
             return empty, in_slot
         # Nothing better in place: the least recently used slot (an empty one first), its
@@ -386,6 +413,7 @@ class BatchScheduler:
         target.tokens = []
         self.cache.release(target.index)  # the next conversation grows its own
         if stored is not None and in_store > 0:
+            self.cache.ensure(target.index, room, exact=True)
             self.cache.write(target.index, stored.kv, in_store)
             return target, in_store
         return target, 0
@@ -425,5 +453,8 @@ def _return_freed_memory() -> None:
 _NO_TOKENS = torch.empty(0, dtype=torch.long)
 # Fewer tokens than this are cheaper to prefill again than to copy around.
 _WORTH_KEEPING = 32
+# A burst of requests reaching an idle engine: how long to wait for the next one, and for all.
+_BURST_GAP = 0.0002
+_BURST_LIMIT = 0.002
 # Cache positions reserved beyond an answer, for the conversation's next message.
 _NEXT_TURN = 256

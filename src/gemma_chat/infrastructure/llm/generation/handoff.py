@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections import deque
-from typing import Generic, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, Generic, TypeVar
 
-__all__ = ["LoopHandoff"]
+__all__ = ["LoopHandoff", "one_wakeup_per_loop"]
 
 T = TypeVar("T")
+
+_held = threading.local()  # .handoffs: the handoffs waiting for the end of the block, if any
+
+
+@contextmanager
+def one_wakeup_per_loop() -> Iterator[None]:
+    """Items put on this thread meanwhile wake their loops once, when the block ends: a decode
+    step's chunks reach the loop after the step's own Python, which the loop's thread would
+    otherwise interrupt (taking the GIL) from the first chunk on."""
+    held: list[LoopHandoff[Any]] = []
+    _held.handoffs = held
+    try:
+        yield
+    finally:
+        _held.handoffs = None
+        for handoff in held:
+            handoff.wake_loop()
 
 
 class LoopHandoff(Generic[T]):
@@ -33,7 +53,25 @@ class LoopHandoff(Generic[T]):
         self._items.append((queue, item))
         if self._scheduled:
             return
+        held: list[LoopHandoff[Any]] | None = getattr(_held, "handoffs", None)
+        if held is None:
+            self._scheduled = True
+            self._schedule()
+            return
+        loop = self._loop()
+        if loop is None or loop.is_closed():  # said now, to the job's emit
+            self._items.clear()
+            raise RuntimeError("the event loop is closed")
         self._scheduled = True
+        held.append(self)
+
+    def wake_loop(self) -> None:
+        """Deliver what was held (``one_wakeup_per_loop``); a loop closed meanwhile drops it
+        (the streams' next ``put`` raises)."""
+        with suppress(RuntimeError):
+            self._schedule()
+
+    def _schedule(self) -> None:
         try:
             loop = self._loop()
             if loop is None:
