@@ -254,7 +254,8 @@ def check_memory(
             budget_mb=limit / 2**20,
             where=(
                 f"{where}; converting it once holds the converted model and its largest "
-                "weight in float32 (a Gemma 4 model: all its weights in float32)"
+                "weight (or piece of a weight) in float32, and a 4-bit head's conversion the "
+                "int8 model it is fitted on"
             ),
         )
     return limit
