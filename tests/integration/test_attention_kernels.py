@@ -5,21 +5,19 @@ step's attention does not depend on how its query heads are grouped."""
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from gemma_chat.infrastructure.llm.engine.native import (
-    KERNELS,
     KernelVariant,
     cpu_features,
     machine,
     variants_for,
 )
+
+from .body_builds import build_bodies
 
 HELPER = Path(__file__).parent / "attention_bodies.c"
 # the body each variant's flags choose (q8_impl.h)
@@ -32,17 +30,7 @@ RUNNABLE = [v for v in variants_for(machine()) if v.requires <= cpu_features()]
 
 
 def build(variant: KernelVariant, directory: Path) -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    assert compiler is not None, "a C compiler is part of the supported set-up"
-    target = directory / f"attention-{variant.name}.so"
-    sources = [*sorted(KERNELS.glob("attention*.c")), HELPER]
-    subprocess.run(
-        [compiler, *variant.flags, "-O3", "-shared", "-fPIC", f"-I{KERNELS}"]
-        + [str(s) for s in sources]
-        + ["-o", str(target), "-lm"],
-        check=True,
-    )
-    lib = ctypes.CDLL(str(target))
+    lib = build_bodies(variant, "attention", HELPER, directory)
     lib.scores_body.restype = ctypes.c_char_p
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.body_scores.argtypes = [ctypes.c_int, p, i64, p, i64, p, p]
