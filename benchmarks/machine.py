@@ -17,3 +17,26 @@ def cpu_flags() -> str:
     flags = fields.get("Flags", "").split()
     vector = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx", "sve", "asimd"))]
     return f"{model}; {' '.join(vector) or 'no AVX/NEON flags'}"
+
+
+def _busy_seconds(loops: int = 3_000_000) -> float:
+    import time
+
+    started = time.perf_counter()
+    total = 0
+    for i in range(loops):
+        total += i & 7
+    return time.perf_counter() - started
+
+
+def two_core_check() -> float:
+    """How many cores this benchmark has to itself, near 2.0 on a quiet 2-core machine: one
+    busy loop alone, then the same loop in two processes at once, 2 x (alone / slower of two).
+    Below ~1.9 another job held a core during the check, and figures beside it are suspect."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_busy_seconds, [10_000, 10_000]))  # the workers started and warm
+        alone = min(pool.submit(_busy_seconds).result() for _ in range(2))
+        both = max(pool.map(_busy_seconds, [3_000_000, 3_000_000]))
+    return 2 * alone / both
