@@ -8,7 +8,9 @@ Each point runs in a process of its own, so that its peak RSS (VmHWM) is its own
 model is loaded (int8 where the kernels run), then S sessions, each with a history of C tokens
 (different texts: nothing shared to reuse), ask for a next turn at once (16 greedy tokens), then
 each asks once more (its history reused). Written: a table (printed, and memory.md), memory.json
-and memory.png in --out, and the plot copied to benchmarks/figures/memory.png. Needs matplotlib.
+and memory.png in --out; with the default --out, the plot is also copied to
+benchmarks/figures/memory.png (the README's), so a run of a few points elsewhere leaves it
+alone. Needs matplotlib.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from machine import cpu_flags  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
 ANSWER_TOKENS = 16
 
 
@@ -163,7 +166,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--contexts", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plot-only", action="store_true", help="plot --out's memory.json again")
     parser.add_argument("--point", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,10 +199,12 @@ def main() -> None:
     print(f"\n{cpu}; kernels: {variant}\n\n{text}")
     png = args.out / "memory.png"
     plot(points, png, f"gemma-chat, embedded model ({points[0]['weights']}, {variant}); {cpu}")
-    figures = ROOT / "benchmarks" / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    shutil.copy(png, figures / "memory.png")
-    print(f"\nwrote {args.out / 'memory.json'}, {png} and {figures / 'memory.png'}")
+    print(f"\nwrote {args.out / 'memory.json'} and {png}")
+    if args.out.resolve() == DEFAULT_OUT.resolve():
+        figures = ROOT / "benchmarks" / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, figures / "memory.png")
+        print(f"copied the plot to {figures / 'memory.png'}")
 
 
 if __name__ == "__main__":
