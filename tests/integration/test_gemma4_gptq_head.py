@@ -6,7 +6,6 @@ converted model still picks the float model's tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q8Kernels,
-    load_kernels,
     pack_weight4,
 )
 from gemma_chat.infrastructure.llm.engine.text_models import (
@@ -34,30 +32,15 @@ from gemma_chat.infrastructure.llm.engine.text_models import (
     weight_sources,
 )
 
-from .gemma4_variants import build_text_model
+from .gemma4_variants import (
+    build_text_model,
+    one_thread,  # noqa: F401 (a fixture)
+    one_thread_kernels,  # noqa: F401 (the fixture kernels)
+)
 
 Q4 = BlockBits(head=4, blocks=8, lookup=8)  # WeightFormat.q4
 BOS = 2
 VARIANTS = ["ple", "shared-kv", "moe"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny products: a second thread costs more than it brings (test_gemma4_variants.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Q8Kernels]:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    built._lib.gemma_set_threads(1)
-    yield built
-    built._lib.gemma_set_threads(torch.get_num_threads())
 
 
 class Case:

@@ -17,7 +17,7 @@ keys and values but no per-layer inputs fails in transformers 5.24 itself (its
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,16 @@ from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
 from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.memory import _STREAMED_BYTES_PER_WEIGHT, estimate_memory
-from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, load_kernels
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import load_state_dict, quantize
 
-from .gemma4_variants import build_multimodal_model, build_text_model, write_gguf
+from .gemma4_variants import (
+    build_multimodal_model,
+    build_text_model,
+    one_thread,  # noqa: F401 (a fixture)
+    one_thread_kernels,  # noqa: F401 (the fixture kernels)
+    write_gguf,
+)
 
 STEPS = 64
 # Largest |difference| allowed between the float path's logits and transformers' (float32 both;
@@ -102,26 +108,6 @@ class Case:
 
 
 _cases: dict[str, Case] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models' matrices are tiny: handing each product to a second thread costs more than
-    the product (far more on a loaded machine), and the results do not depend on the threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Q8Kernels]:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    built._lib.gemma_set_threads(1)
-    yield built
-    built._lib.gemma_set_threads(torch.get_num_threads())
 
 
 @pytest.fixture(params=list(CASES))
