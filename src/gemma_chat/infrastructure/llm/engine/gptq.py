@@ -36,7 +36,8 @@ def inverse_factor(covariance: torch.Tensor, *, damping: float = DAMPING) -> tor
     h[dead, dead] = 1.0
     h += damping * torch.diagonal(h).mean() * torch.eye(k, dtype=h.dtype)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inverse, upper=True).float()
+    factor: torch.Tensor = torch.linalg.cholesky(inverse, upper=True)
+    return factor.float()
 
 
 def gptq_weight4(
