@@ -1,14 +1,20 @@
 """Tiny random Gemma 4 text models, one per feature the engine must reproduce, built from
 transformers' ``Gemma4TextConfig``, saved as safetensors and written as GGUF the way llama.cpp's
-converter writes Gemma 4 (norms as they are, head sizes and per-layer arrays as metadata)."""
+converter writes Gemma 4 (norms as they are, head sizes and per-layer arrays as metadata); and
+the fixtures their test modules share: import ``one_thread`` and ``one_thread_kernels`` (the
+fixture ``kernels``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
+
+from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, load_kernels
 
 VOCAB = 512
 
@@ -59,6 +65,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "num_global_key_value_heads": 1,
     },
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models' matrices are tiny: handing each product to a second thread costs more than
+    the product (far more on a loaded machine), and the results do not depend on the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", name="kernels")
+def one_thread_kernels(
+    tmp_path_factory: pytest.TempPathFactory, one_thread: None
+) -> Iterator[Q8Kernels]:
+    """The kernels, on one thread too (``one_thread``)."""
+    built = load_kernels(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler: the int8 kernels cannot be built")
+    built._lib.gemma_set_threads(1)
+    yield built
+    built._lib.gemma_set_threads(torch.get_num_threads())
 
 
 def text_config(variant: str, vocab: int = VOCAB) -> Any:

@@ -6,24 +6,23 @@ converted model still picks the float model's tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from gemma_chat.infrastructure.llm.engine import conversion
 from gemma_chat.infrastructure.llm.engine.calibration import head_statistics, model_samples
 from gemma_chat.infrastructure.llm.engine.checkpoint import SafetensorsCheckpoint
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.conversion import convert_streamed
 from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
-from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
+from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4, inverse_factor
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q8Kernels,
-    load_kernels,
     pack_weight4,
 )
 from gemma_chat.infrastructure.llm.engine.text_models import (
@@ -34,30 +33,15 @@ from gemma_chat.infrastructure.llm.engine.text_models import (
     weight_sources,
 )
 
-from .gemma4_variants import build_text_model
+from .gemma4_variants import (
+    build_text_model,
+    one_thread,  # noqa: F401 (a fixture)
+    one_thread_kernels,  # noqa: F401 (the fixture kernels)
+)
 
 Q4 = BlockBits(head=4, blocks=8, lookup=8)  # WeightFormat.q4
 BOS = 2
 VARIANTS = ["ple", "shared-kv", "moe"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny products: a second thread costs more than it brings (test_gemma4_variants.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Q8Kernels]:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    built._lib.gemma_set_threads(1)
-    yield built
-    built._lib.gemma_set_threads(torch.get_num_threads())
 
 
 class Case:
@@ -149,13 +133,22 @@ def test_the_statistics_are_the_int8_models_head_inputs(case: Case, kernels: Q8K
 
 
 def test_the_gptq_head_is_the_same_bytes_whole_or_in_pieces_of_rows(
-    case: Case, kernels: Q8Kernels, tmp_path: Path
+    case: Case, kernels: Q8Kernels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fitted = case.statistics
     whole = load_file(case.convert(kernels, tmp_path / "whole.safetensors", fitted))
+    factors = []  # H^-1's Cholesky factor: once for the whole head, not once a piece
+
+    def counted(covariance: torch.Tensor) -> torch.Tensor:
+        factors.append(covariance)
+        return inverse_factor(covariance)
+
+    monkeypatch.setattr(conversion, "inverse_factor", counted)
     pieces = load_file(
         case.convert(kernels, tmp_path / "rows.safetensors", fitted, weights_at_a_time=3000)
     )
+    assert conversion.rows_at_a_time(case.config.hidden_size, 3000) < case.config.vocab_size
+    assert len(factors) == 1
     assert whole.keys() == pieces.keys()
     for name in whole:
         assert torch.equal(whole[name], pieces[name]), name

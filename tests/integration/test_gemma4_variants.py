@@ -9,15 +9,16 @@ dense MLP (26B-A4B-like); and the released multimodal layout's text part. Every 
 4's two head sizes and proportional rotary on the global layers. A GGUF's reference is the same
 transformers model holding the GGUF's de-quantized weights.
 
-transformers' reference runs with ``output_hidden_states=True``: without it, a model with shared
-keys and values but no per-layer inputs fails in transformers 5.24 itself (its
-``_maybe_slice_kv_shared_inputs`` indexes the absent per-layer inputs); the outputs are the same.
+transformers' reference runs with ``output_hidden_states=True`` (``engine_checks.py``): without
+it, a model with shared keys and values but no per-layer inputs fails in transformers 5.24 itself
+(its ``_maybe_slice_kv_shared_inputs`` indexes the absent per-layer inputs); the outputs are the
+same.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,23 @@ from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
 from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.memory import _STREAMED_BYTES_PER_WEIGHT, estimate_memory
-from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, load_kernels
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import load_state_dict, quantize
 
-from .gemma4_variants import build_multimodal_model, build_text_model, write_gguf
+from .engine_checks import (
+    assert_batched_rows_give_each_sequence_alone,
+    assert_reused_prefix_gives_recomputed_bits,
+    engine_greedy,
+    reference_greedy,
+    top1_agreement,
+)
+from .gemma4_variants import (
+    build_multimodal_model,
+    build_text_model,
+    one_thread,  # noqa: F401 (a fixture)
+    one_thread_kernels,  # noqa: F401 (the fixture kernels)
+    write_gguf,
+)
 
 STEPS = 64
 # Largest |difference| allowed between the float path's logits and transformers' (float32 both;
@@ -91,7 +105,7 @@ class Case:
         self.tied = bool(checkpoint.config["tie_word_embeddings"])
         self.float_model = load_state_dict(config, checkpoint, torch.float32)
         prompt = torch.randint(10, 500, (1, 8), generator=torch.Generator().manual_seed(0))
-        self.tokens, self.logits = reference_greedy(reference, prompt)
+        self.tokens, self.logits = reference_greedy(reference, prompt, STEPS)
         self.prompt = prompt
 
     def quantized_model(self, kernels: Q8Kernels, bits: BlockBits | None = None) -> Gemma4Model:
@@ -104,26 +118,6 @@ class Case:
 _cases: dict[str, Case] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models' matrices are tiny: handing each product to a second thread costs more than
-    the product (far more on a loaded machine), and the results do not depend on the threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Q8Kernels]:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    built._lib.gemma_set_threads(1)
-    yield built
-    built._lib.gemma_set_threads(torch.get_num_threads())
-
-
 @pytest.fixture(params=list(CASES))
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Case:
     name = request.param
@@ -132,34 +126,10 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return _cases[name]
 
 
-def reference_greedy(model: Any, prompt: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-    """transformers' greedy tokens for STEPS steps (a full forward pass each, no cache) and the
-    logits each step chose from: [STEPS, V]."""
-    ids = prompt
-    chosen = []
-    with torch.inference_mode():
-        for _ in range(STEPS):
-            out = model(input_ids=ids, output_hidden_states=True)
-            logits = out.logits[0, -1].float()
-            chosen.append(logits)
-            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
-    return ids[0, prompt.shape[1] :].tolist(), torch.stack(chosen)
-
-
 def test_the_float_path_decodes_transformers_greedy_tokens_and_logits(case: Case) -> None:
-    model = case.float_model
-    cache = KVCache(model.config, slots=1, dtype=torch.float32)
-    slot = torch.tensor([0])
-    n = case.prompt.shape[1]
-    tokens, logits = [], []
-    with torch.inference_mode():
-        step = model(case.prompt, torch.arange(n).view(1, -1), slot, cache)[0]
-        for position in range(n, n + STEPS):
-            logits.append(step)
-            tokens.append(int(step.argmax()))
-            step = model(torch.tensor([[tokens[-1]]]), torch.tensor([[position]]), slot, cache)[0]
+    tokens, logits = engine_greedy(case.float_model, case.prompt, STEPS)
     assert tokens == case.tokens
-    difference = (torch.stack(logits) - case.logits).abs().max().item()
+    difference = (logits - case.logits).abs().max().item()
     assert difference <= LOGITS_TOLERANCE
 
 
@@ -175,67 +145,20 @@ def test_a_prompt_fed_in_several_passes_gives_what_one_pass_gives(case: Case) ->
     assert (whole - pieces).abs().max().item() <= 1e-4
 
 
-def _rows(
-    model: Gemma4Model, tokens: list[int], start: int, slot: int, cache: KVCache
-) -> torch.Tensor:
-    """Logits [V] after tokens at positions start.. in ``slot``."""
-    n = len(tokens)
-    return model.forward_rows(
-        torch.tensor(tokens),
-        torch.arange(start, start + n),
-        torch.full((n,), slot),
-        cache,
-        [n - 1],
-    )[0]
-
-
 @pytest.mark.parametrize("bits", [BlockBits(), BlockBits(head=4, blocks=8)], ids=["int8", "int4"])
 def test_the_quantized_path_picks_transformers_top_token_on_nearly_every_step(
     case: Case, kernels: Q8Kernels, bits: BlockBits
 ) -> None:
     model = case.quantized_model(kernels, bits)
-    cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
-    sequence = case.prompt[0].tolist() + case.tokens
-    n = case.prompt.shape[1]
-    agree = 0
-    with torch.inference_mode():
-        logits = _rows(model, sequence[:n], 0, 0, cache)
-        for step in range(STEPS):
-            agree += int(logits.argmax()) == case.tokens[step]
-            logits = _rows(model, [sequence[n + step]], n + step, 0, cache)
-    assert agree / STEPS >= TOP1_AGREEMENT
+    assert top1_agreement(model, case.prompt[0].tolist(), case.tokens) >= TOP1_AGREEMENT
 
 
 def test_batched_rows_give_what_each_sequence_gives_alone(case: Case, kernels: Q8Kernels) -> None:
-    model = case.quantized_model(kernels)
-    gen = torch.Generator().manual_seed(1)
-    a = torch.randint(10, 500, (30,), generator=gen).tolist()
-    b = torch.randint(10, 500, (45,), generator=gen).tolist()
-    together = KVCache(model.config, slots=2, dtype=model.kv_dtype)
-    with torch.inference_mode():
-        batched = model.forward_rows(
-            torch.tensor(a + b),
-            torch.cat([torch.arange(30), torch.arange(45)]),
-            torch.tensor([0] * 30 + [1] * 45),
-            together,
-            [29, 74],
-        )
-        for row, tokens in enumerate((a, b)):
-            alone = _rows(model, tokens, 0, 0, KVCache(model.config, 1, dtype=model.kv_dtype))
-            assert torch.equal(batched[row], alone)
+    assert_batched_rows_give_each_sequence_alone(case.quantized_model(kernels))
 
 
 def test_reusing_a_prefix_gives_what_recomputing_it_gives(case: Case, kernels: Q8Kernels) -> None:
-    model = case.quantized_model(kernels)
-    tokens = torch.randint(10, 500, (40,), generator=torch.Generator().manual_seed(2)).tolist()
-    cache = KVCache(model.config, slots=3, dtype=model.kv_dtype)
-    with torch.inference_mode():
-        recomputed = _rows(model, tokens, 0, 0, cache)
-        _rows(model, tokens[:25], 0, 1, cache)  # the prefix, as a finished turn left it
-        snapshot = cache.read(1, 25)
-        cache.write(2, snapshot, 25)  # moved to another slot, as from the prefix store
-        reused = _rows(model, tokens[25:], 25, 2, cache)
-    assert torch.equal(reused, recomputed)
+    assert_reused_prefix_gives_recomputed_bits(case.quantized_model(kernels))
 
 
 def test_the_checkpoint_config_is_the_reference_config(case: Case) -> None:

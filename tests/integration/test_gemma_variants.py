@@ -28,12 +28,18 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
 )
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.generator import _weights_bytes
-from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.memory import estimate_memory
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.q8 import Q8Kernels, quantize_model
 from gemma_chat.infrastructure.llm.engine.weights import load_hf_state_dict
 
+from .engine_checks import (
+    assert_batched_rows_give_each_sequence_alone,
+    assert_reused_prefix_gives_recomputed_bits,
+    engine_greedy,
+    reference_greedy,
+    top1_agreement,
+)
 from .gemma_variants import build_multimodal_model, build_text_model, write_gguf
 
 STEPS = 64
@@ -85,7 +91,7 @@ class Case:
         self.config = Gemma3Config.from_hf(checkpoint.config)
         self.float_model = load_hf_state_dict(self.config, checkpoint, torch.float32)
         prompt = torch.randint(10, 500, (1, 8), generator=torch.Generator().manual_seed(0))
-        self.tokens, self.logits = reference_greedy(reference, prompt)
+        self.tokens, self.logits = reference_greedy(reference, prompt, STEPS)
         self.prompt = prompt
 
     def int8_model(self, kernels: Q8Kernels) -> Gemma3Model:
@@ -105,96 +111,26 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return _cases[name]
 
 
-def reference_greedy(model: Any, prompt: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-    """transformers' greedy tokens for STEPS steps (a full forward pass each, no cache) and the
-    logits each step chose from: [STEPS, V]."""
-    ids = prompt
-    chosen = []
-    with torch.inference_mode():
-        for _ in range(STEPS):
-            logits = model(input_ids=ids).logits[0, -1].float()
-            chosen.append(logits)
-            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
-    return ids[0, prompt.shape[1] :].tolist(), torch.stack(chosen)
-
-
 def test_the_float_path_decodes_transformers_greedy_tokens_and_logits(case: Case) -> None:
-    model = case.float_model
-    cache = KVCache(model.config, slots=1, dtype=torch.float32)
-    slot = torch.tensor([0])
-    n = case.prompt.shape[1]
-    tokens, logits = [], []
-    with torch.inference_mode():
-        step = model(case.prompt, torch.arange(n).view(1, -1), slot, cache)[0]
-        for position in range(n, n + STEPS):
-            logits.append(step)
-            tokens.append(int(step.argmax()))
-            step = model(torch.tensor([[tokens[-1]]]), torch.tensor([[position]]), slot, cache)[0]
+    tokens, logits = engine_greedy(case.float_model, case.prompt, STEPS)
     assert tokens == case.tokens
-    difference = (torch.stack(logits) - case.logits).abs().max().item()
+    difference = (logits - case.logits).abs().max().item()
     assert difference <= LOGITS_TOLERANCE
-
-
-def _rows(
-    model: Gemma3Model, tokens: list[int], start: int, slot: int, cache: KVCache
-) -> torch.Tensor:
-    """Logits [V] after tokens at positions start.. in ``slot`` (the fused int8 blocks)."""
-    n = len(tokens)
-    return model.forward_rows(
-        torch.tensor(tokens),
-        torch.arange(start, start + n),
-        torch.full((n,), slot),
-        cache,
-        [n - 1],
-    )[0]
 
 
 def test_the_int8_path_picks_transformers_top_token_on_nearly_every_step(
     case: Case, kernels: Q8Kernels
 ) -> None:
     model = case.int8_model(kernels)
-    cache = KVCache(model.config, slots=1, dtype=model.kv_dtype)
-    sequence = case.prompt[0].tolist() + case.tokens
-    n = case.prompt.shape[1]
-    agree = 0
-    with torch.inference_mode():
-        logits = _rows(model, sequence[:n], 0, 0, cache)
-        for step in range(STEPS):
-            agree += int(logits.argmax()) == case.tokens[step]
-            logits = _rows(model, [sequence[n + step]], n + step, 0, cache)
-    assert agree / STEPS >= TOP1_AGREEMENT
+    assert top1_agreement(model, case.prompt[0].tolist(), case.tokens) >= TOP1_AGREEMENT
 
 
 def test_batched_rows_give_what_each_sequence_gives_alone(case: Case, kernels: Q8Kernels) -> None:
-    model = case.int8_model(kernels)
-    gen = torch.Generator().manual_seed(1)
-    a = torch.randint(10, 500, (30,), generator=gen).tolist()
-    b = torch.randint(10, 500, (45,), generator=gen).tolist()
-    together = KVCache(model.config, slots=2, dtype=model.kv_dtype)
-    with torch.inference_mode():
-        batched = model.forward_rows(
-            torch.tensor(a + b),
-            torch.cat([torch.arange(30), torch.arange(45)]),
-            torch.tensor([0] * 30 + [1] * 45),
-            together,
-            [29, 74],
-        )
-        for row, tokens in enumerate((a, b)):
-            alone = _rows(model, tokens, 0, 0, KVCache(model.config, 1, dtype=model.kv_dtype))
-            assert torch.equal(batched[row], alone)
+    assert_batched_rows_give_each_sequence_alone(case.int8_model(kernels))
 
 
 def test_reusing_a_prefix_gives_what_recomputing_it_gives(case: Case, kernels: Q8Kernels) -> None:
-    model = case.int8_model(kernels)
-    tokens = torch.randint(10, 500, (40,), generator=torch.Generator().manual_seed(2)).tolist()
-    cache = KVCache(model.config, slots=3, dtype=model.kv_dtype)
-    with torch.inference_mode():
-        recomputed = _rows(model, tokens, 0, 0, cache)
-        _rows(model, tokens[:25], 0, 1, cache)  # the prefix, as a finished turn left it
-        snapshot = cache.read(1, 25)
-        cache.write(2, snapshot, 25)  # moved to another slot, as from the prefix store
-        reused = _rows(model, tokens[25:], 25, 2, cache)
-    assert torch.equal(reused, recomputed)
+    assert_reused_prefix_gives_recomputed_bits(case.int8_model(kernels))
 
 
 def test_the_checkpoint_config_is_the_reference_config(case: Case) -> None:

@@ -28,7 +28,7 @@ from gemma_chat.infrastructure.llm.engine.calibration import BlockByBlockImporta
 from gemma_chat.infrastructure.llm.engine.checkpoint import Checkpoint
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config, TextConfig
 from gemma_chat.infrastructure.llm.engine.gemma4 import Part
-from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
+from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4, inverse_factor
 from gemma_chat.infrastructure.llm.engine.q8 import (
     BLOCK,
     LANES,
@@ -451,14 +451,15 @@ def _gptq_rows(
     given the covariance, so the pieces' values are those of the whole. Each piece's values are
     packed and written as they come (the packed values do not depend on the float16 factor);
     the float32 scales [N, K/32] are kept and packed at the end, with the whole matrix's
-    factor."""
+    factor. H^-1's Cholesky factor is the covariance's alone: computed once, for every piece."""
     covariance, importance = statistics
+    cholesky = inverse_factor(covariance)
     n, width = rows.shape[0], _numel(rows.shape[1:])
     step = rows_at_a_time(width, weights_at_a_time)
     scales = torch.zeros((-(-n // LANES) * LANES, width // BLOCK), dtype=torch.float32)
     for start in range(0, n, step):
         piece = rows.read(start, start + step).reshape(-1, width)
-        q, scale = gptq_weight4(kernels, piece, covariance, importance)
+        q, scale = gptq_weight4(kernels, piece, covariance, importance, cholesky=cholesky)
         del piece
         packed, _, _ = pack_weight4(q, scale)
         writer.write_rows("lm_head.q", start // LANES, packed)

@@ -270,8 +270,12 @@ class ConvertedModelStore:
                 if weights.kernels is not None and 4 in (weights.bits.head, weights.bits.blocks):
                     ids = hf_tokenizer(calibration_text())["input_ids"]  # the 4-bit rounding's
                     if gptq_head:
+                        # the int8 model (its own entry, converted first if absent: it holds
+                        # one block's float weights, or a piece of a weight, at a time, as this
+                        # conversion does) let go once it has written its samples
                         head_sequences = self._head_sequences(
-                            source, weights, *_text_and_bos(hf_tokenizer, ids), progress
+                            self._int8_model(source, weights, progress),
+                            *_text_and_bos(hf_tokenizer, ids),
                         )
                 # One tensor at a time: read (float32), cast or quantized, written, let go.
                 convert_weights(
@@ -327,17 +331,12 @@ class ConvertedModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _head_sequences(
-        self, source: ModelSource, weights: WeightFormat, ids: list[int], bos: int, progress: bool
+        self, eight: TextModel, ids: list[int], bos: int
     ) -> tuple[list[list[int]], list[list[int]]]:
         """What a 4-bit head's GPTQ rounding is fitted on: the calibration text's tokens ``ids``
-        (no first token) in sequences, and samples written by the int8 model (its own entry,
-        converted first if absent: it holds one block's float weights, or a piece of a weight,
-        at a time, as this conversion does)."""
-        text = calibration_sequences(ids, bos)
-        eight = self._int8_model(source, weights, progress)
-        samples = model_samples(eight, bos)
-        del eight
-        return text, samples
+        (no first token) in sequences, and samples written by the int8 model ``eight``
+        (``_int8_model``)."""
+        return calibration_sequences(ids, bos), model_samples(eight, bos)
 
     def _head_statistics(
         self, source: ModelSource, weights: WeightFormat, ids: list[int], bos: int, progress: bool
@@ -347,10 +346,7 @@ class ConvertedModelStore:
         run at conversion: ``conversion.convert_streamed``)."""
         eight = self._int8_model(source, weights, progress)
         assert isinstance(eight, Gemma4Model)  # the streamed conversion's (takes_calibration)
-        text = calibration_sequences(ids, bos)
-        statistics = head_statistics(eight, text, model_samples(eight, bos))
-        del eight
-        return statistics
+        return head_statistics(eight, *self._head_sequences(eight, ids, bos))
 
     def _int8_model(self, source: ModelSource, weights: WeightFormat, progress: bool) -> TextModel:
         """The int8 model of ``source`` with the kernels of ``weights`` (its own entry,

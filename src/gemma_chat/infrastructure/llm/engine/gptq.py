@@ -19,11 +19,25 @@ import torch
 
 from gemma_chat.infrastructure.llm.engine.q8 import BLOCK, Q8Kernels, quantize_weight4
 
-__all__ = ["DAMPING", "gptq_weight4"]
+__all__ = ["DAMPING", "gptq_weight4", "inverse_factor"]
 
 # Added to H's diagonal, times its mean: keeps the inverse tame where the inputs barely vary
 # (GPTQ's usual 1 %).
 DAMPING = 0.01
+
+
+def inverse_factor(covariance: torch.Tensor, *, damping: float = DAMPING) -> torch.Tensor:
+    """The upper Cholesky factor of H^-1 [K, K] float32 (H: ``covariance``, damped): row i
+    holds what rounding column i passes on. It depends on H alone: a weight rounded in pieces
+    of rows computes it once and gives it to each piece (``gptq_weight4``'s ``cholesky``)."""
+    k = covariance.shape[0]
+    h = covariance.double().clone()
+    dead = torch.diagonal(h) <= 0  # an input that is always zero: its column does not matter
+    h[dead, dead] = 1.0
+    h += damping * torch.diagonal(h).mean() * torch.eye(k, dtype=h.dtype)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    factor: torch.Tensor = torch.linalg.cholesky(inverse, upper=True)
+    return factor.float()
 
 
 def gptq_weight4(
@@ -33,25 +47,21 @@ def gptq_weight4(
     importance: torch.Tensor | None = None,
     *,
     damping: float = DAMPING,
+    cholesky: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float -> int8 [N, K] in -8..7 and float32 scales [N, K/32], as
     ``quantize_weight4`` returns them, rounded so that ``x W^T``'s error is small for inputs of
     covariance ``covariance`` [K, K] (E[x x^T]). ``importance`` [K] weighs each block's scale
-    choice (default: H's diagonal)."""
+    choice (default: H's diagonal). ``cholesky``: ``inverse_factor(covariance, damping=damping)``
+    when the caller has it already (computed here otherwise)."""
     w = weight.detach().float()
     n, k = w.shape
     if k % BLOCK or covariance.shape != (k, k):
         raise ValueError(f"a [{n}, {k}] weight needs K a multiple of {BLOCK} and H [{k}, {k}]")
-    h = covariance.double().clone()
     if importance is None:
-        importance = torch.diagonal(h).float()
+        importance = torch.diagonal(covariance).float()
     weights = importance.float().clamp_min(1e-12).contiguous()
-    dead = torch.diagonal(h) <= 0  # an input that is always zero: its column does not matter
-    h[dead, dead] = 1.0
-    h += damping * torch.diagonal(h).mean() * torch.eye(k, dtype=h.dtype)
-    # The upper Cholesky factor of H^-1: row i holds what rounding column i passes on.
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    u = torch.linalg.cholesky(inverse, upper=True).float()
+    u = inverse_factor(covariance, damping=damping) if cholesky is None else cholesky
     columns = w.T.contiguous()  # [K, N]: a column is a contiguous row here
     q = torch.empty((k, n), dtype=torch.int8)
     scales = torch.empty((k // BLOCK, n), dtype=torch.float32)

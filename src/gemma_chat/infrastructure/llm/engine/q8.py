@@ -26,6 +26,7 @@ import cffi
 import torch
 from torch import nn
 
+from gemma_chat.domain.errors import OutOfMemoryError
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Block, Gemma3Model
 from gemma_chat.infrastructure.llm.engine.native import KERNELS, choose_variant, resolve_library
@@ -191,9 +192,11 @@ class Q8Kernels:
         cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # this layer's table (KVCache)
     ) -> None:
         """One block on rows of tokens. ``cache``: per slot, the address of this layer's keys and
-        of its values, and their capacity ([slots] int64 each; ``KVCache.k_addresses``...)."""
+        of its values, and their capacity ([slots] int64 each; ``KVCache.k_addresses``...).
+        ``OutOfMemoryError`` when the block's buffers could not be allocated (``x`` is then as
+        it was)."""
         keys, values, capacities = cache
-        self._lib.gemma_decode_block(
+        done = self._lib.gemma_decode_block(
             block,
             x.data_ptr(),
             x.shape[0],
@@ -205,6 +208,10 @@ class Q8Kernels:
             values.data_ptr(),
             capacities.data_ptr(),
         )
+        if not done:
+            raise OutOfMemoryError(
+                f"the decoder block's buffers for {x.shape[0]} rows could not be allocated"
+            )
 
 
 def load_kernels(cache_dir: Path, *, variant: str = "auto") -> Q8Kernels | None:

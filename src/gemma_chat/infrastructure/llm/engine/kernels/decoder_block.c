@@ -6,6 +6,7 @@
  * own and in a fixed order, so a token's result does not depend on the rows beside it: batched
  * decoding equals decoding alone, and a prompt prefilled whole equals one prefilled in pieces.
  */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,23 +39,26 @@ typedef struct {
     int8_t *xq;
 } scratch;
 
-static scratch scratch_for(const gemma_block *blk, int64_t B) {
-    const int64_t E = blk->hidden, NQ = blk->heads * blk->head_dim, I = blk->intermediate;
-    const int64_t NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
-    const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
-    const int64_t narrow = E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I);
-    scratch m = {malloc(sizeof(float) * B * narrow), malloc(sizeof(float) * B * widest),
-                 malloc(sizeof(float) * B * NQ), malloc(sizeof(float) * B * (widest / QK + 1)),
-                 malloc((size_t)(B * widest))};
-    return m;
-}
-
 static void scratch_free(scratch *m) {
     free(m->h);
     free(m->y);
     free(m->attn);
     free(m->xs);
     free(m->xq);
+}
+
+/* The rows' buffers; 0, with none held, when one cannot be allocated. */
+static int scratch_for(const gemma_block *blk, int64_t B, scratch *m) {
+    const int64_t E = blk->hidden, NQ = blk->heads * blk->head_dim, I = blk->intermediate;
+    const int64_t NQKV = NQ + 2 * blk->kv_heads * blk->head_dim;
+    const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
+    const int64_t narrow = E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I);
+    *m = (scratch){malloc(sizeof(float) * B * narrow), malloc(sizeof(float) * B * widest),
+                   malloc(sizeof(float) * B * NQ), malloc(sizeof(float) * B * (widest / QK + 1)),
+                   malloc((size_t)(B * widest))};
+    if (m->h && m->y && m->attn && m->xs && m->xq) return 1;
+    scratch_free(m);
+    return 0;
 }
 
 /* What one block's row loops need, passed to the pool as one context. */
@@ -68,6 +72,7 @@ typedef struct {
     int64_t split;
     const int64_t *runs; /* attention tasks' first rows (block_attention) */
     scratch *m;
+    atomic_int *out_of_memory; /* set by an attention task that could not allocate its room */
 } block_job;
 
 enum { ROW_INPUT_NORM, ROW_QK_ROTARY, ROW_ATTENTION_RESIDUAL_FFN_NORM, ROW_GELU,
@@ -185,6 +190,13 @@ static void attention_task(void *ctx, int64_t task) {
      * key's score is computed the same way in every call (keys past a row's own position are
      * computed and ignored: the cache always has room up to the next multiple of 16). */
     float *block = malloc(sizeof(float) * (size_t)(16 * per_task)); /* [per_task, 16] */
+    if (!weights || !key || !block) { /* a pool task cannot fail: the caller is told */
+        free(weights);
+        free(key);
+        free(block);
+        atomic_store_explicit(j->out_of_memory, 1, memory_order_relaxed);
+        return;
+    }
     prefetch_halves(keys + ((t0 - t0 % 16) % cap) * D, 16 * D);
     for (int64_t tb = t0 - t0 % 16; tb < t1; tb += 16) {
         if (tb + 16 < t1) prefetch_halves(keys + ((tb + 16) % cap) * D, 16 * D);
@@ -221,6 +233,12 @@ static void attention_task(void *ctx, int64_t task) {
     if (t0 % cap + T > cap) {
         const int64_t head = cap - t0 % cap;
         unwrapped = malloc(sizeof(uint16_t) * (size_t)(T * D));
+        if (!unwrapped) {
+            free(weights);
+            free(key);
+            atomic_store_explicit(j->out_of_memory, 1, memory_order_relaxed);
+            return;
+        }
         memcpy(unwrapped, span, sizeof(uint16_t) * (size_t)(head * D));
         memcpy(unwrapped + head * D, values, sizeof(uint16_t) * (size_t)((T - head) * D));
         span = unwrapped;
@@ -240,10 +258,12 @@ static void attention_task(void *ctx, int64_t task) {
     free(key);
 }
 
-/* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ] */
-static void block_attention(block_job *job, int64_t B) {
+/* Attention of each row's queries (y) over its slot's cached keys and values -> attn [B, NQ];
+ * 0 when a buffer could not be allocated (attn then incomplete). */
+static int block_attention(block_job *job, int64_t B) {
     const int64_t HKV = job->blk->kv_heads, group = job->blk->heads / HKV;
     int64_t *runs = malloc(sizeof(int64_t) * (B + 1)), count = 0;
+    if (!runs) return 0;
     for (int64_t r = 0; r < B; r++) /* a new task at a new sequence or a full one */
         if (r == 0 || job->slots[r] != job->slots[r - 1] ||
             job->positions[r] != job->positions[r - 1] + 1 || r - runs[count - 1] == ROWS_PER_TASK)
@@ -254,8 +274,11 @@ static void block_attention(block_job *job, int64_t B) {
     job->split = 1;
     while (count * HKV * job->split < 4 * pool_threads() && group % (2 * job->split) == 0)
         job->split *= 2;
+    atomic_int out_of_memory = 0;
+    job->out_of_memory = &out_of_memory;
     parallel_for(count * HKV * job->split, 1, attention_task, job);
     free(runs);
+    return !atomic_load(&out_of_memory);
 }
 
 /* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ]. */
@@ -273,14 +296,16 @@ static void block_out(block_job *job, int64_t B) {
 /* Keys and values in float16: half the memory and reads of float32, as llama.cpp's default
  * cache; perplexity unchanged. Each slot's own rows (k_slots/v_slots): one long conversation
  * grows its own memory, not every slot's. */
-void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
-                        const int64_t *positions, const float *cos_table, const float *sin_table,
-                        const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities) {
-    scratch m = scratch_for(blk, B);
+int gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
+                       const int64_t *positions, const float *cos_table, const float *sin_table,
+                       const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities) {
+    scratch m;
+    if (!scratch_for(blk, B, &m)) return 0;
     block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
-                     k_slots, v_slots, capacities, 1, NULL, &m};
+                     k_slots, v_slots, capacities, 1, NULL, &m, NULL};
     block_qkv(&job, B);
-    block_attention(&job, B);
-    block_out(&job, B);
+    const int attended = block_attention(&job, B);
+    if (attended) block_out(&job, B); /* x is left as it was otherwise */
     scratch_free(&m);
+    return attended;
 }

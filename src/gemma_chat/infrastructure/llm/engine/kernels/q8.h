@@ -95,10 +95,12 @@ void q8_top_k_rows(const float *x, int64_t R, int64_t N, int64_t k, float *value
 /* x: [B, hidden] float32, updated in place. slots/positions: [B]. cos/sin: [P, head_dim] tables.
  * k_slots/v_slots: per cache slot, the address of this layer's keys/values for that slot,
  * [kv_heads, capacities[slot], head_dim] float16, position p at p % capacity (a ring for sliding
- * layers; capacities are multiples of 16, and hold every position a row of the call reads). */
-void gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
-                        const int64_t *positions, const float *cos_table, const float *sin_table,
-                        const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities);
+ * layers; capacities are multiples of 16, and hold every position a row of the call reads).
+ * 1 when done; 0 when a buffer could not be allocated (x is then as it was; the rows' keys and
+ * values may be written to the cache, as they would be again). */
+int gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_t *slots,
+                       const int64_t *positions, const float *cos_table, const float *sin_table,
+                       const int64_t *k_slots, const int64_t *v_slots, const int64_t *capacities);
 /* cffi:end */
 
 #endif
