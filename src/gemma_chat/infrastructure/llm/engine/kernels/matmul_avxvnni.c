@@ -23,16 +23,16 @@
  * 32-byte weight load serves all the rows, and the second pass reads the block from L1. */
 static inline __attribute__((always_inline)) void tile_product(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
-    float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
+    float mult, float *y, int64_t m0, int mr, int64_t t, int h0, int halves, int64_t N,
+    int64_t K) {
     const int64_t nb = K / QK;
-    const int halves = mr > 4 ? 1 : 2; /* halves per pass */
     __m256 f[8][2];
     for (int m = 0; m < mr; m++) f[m][0] = f[m][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *w = wq + (t * nb + b) * (8 * 64);
         const int8_t *x = xq + m0 * K + b * QK;
         const uint16_t *sc = ws + (t * nb + b) * LANES;
-        for (int h0 = 0; h0 < 2; h0 += halves) {
+        {
             __m256i acc[8][2]; /* start at -128 sum(x): the weights' +128 taken back out */
             for (int m = 0; m < mr; m++) {
                 const __m256i c = _mm256_set1_epi32(-xc[(m0 + m) * nb + b]);
@@ -63,7 +63,7 @@ static inline __attribute__((always_inline)) void tile_product(
     }
     const __m256 scale = _mm256_set1_ps(mult);
     for (int m = 0; m < mr; m++)
-        for (int h = 0; h < 2; h++) {
+        for (int h = h0; h < h0 + halves; h++) {
             const int64_t n0 = t * LANES + h * 8;
             if (n0 >= N) break;
             const __m256 out = _mm256_mul_ps(f[m][h], scale);
@@ -77,22 +77,35 @@ static inline __attribute__((always_inline)) void tile_product(
         }
 }
 
+/* 8 rows' accumulators fill half the registers: one half of the tile per pass over its
+ * blocks (the second pass reads them from L2); up to 4 rows take both halves in one pass */
+static inline __attribute__((always_inline)) void tile(
+    const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
+    float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
+    if (mr > 4) {
+        tile_product(xq, xs, xc, wq, ws, mult, y, m0, mr, t, 0, 1, N, K);
+        if (t * LANES + 8 < N) tile_product(xq, xs, xc, wq, ws, mult, y, m0, mr, t, 1, 1, N, K);
+    } else {
+        tile_product(xq, xs, xc, wq, ws, mult, y, m0, mr, t, 0, 2, N, K);
+    }
+}
+
 void q8_tiles_product_avxvnni(const int8_t *xq, const float *xs, const int32_t *xc,
                               const uint8_t *wq, const uint16_t *ws, float mult, float *y,
                               int64_t M, int64_t t, int two, int64_t N, int64_t K) {
     for (int64_t tt = t; tt <= t + two; tt++) {
         int64_t m0 = 0;
         for (; M - m0 >= 8; m0 += 8) /* each weight load serves eight rows */
-            tile_product(xq, xs, xc, wq, ws, mult, y, m0, 8, tt, N, K);
+            tile(xq, xs, xc, wq, ws, mult, y, m0, 8, tt, N, K);
         switch (M - m0) { /* constant row counts: unrolled rows */
         case 0: break;
-        case 1: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 1, tt, N, K); break;
-        case 2: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K); break;
-        case 3: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 3, tt, N, K); break;
-        case 4: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 4, tt, N, K); break;
-        case 5: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 5, tt, N, K); break;
-        case 6: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 6, tt, N, K); break;
-        default: tile_product(xq, xs, xc, wq, ws, mult, y, m0, 7, tt, N, K); break;
+        case 1: tile(xq, xs, xc, wq, ws, mult, y, m0, 1, tt, N, K); break;
+        case 2: tile(xq, xs, xc, wq, ws, mult, y, m0, 2, tt, N, K); break;
+        case 3: tile(xq, xs, xc, wq, ws, mult, y, m0, 3, tt, N, K); break;
+        case 4: tile(xq, xs, xc, wq, ws, mult, y, m0, 4, tt, N, K); break;
+        case 5: tile(xq, xs, xc, wq, ws, mult, y, m0, 5, tt, N, K); break;
+        case 6: tile(xq, xs, xc, wq, ws, mult, y, m0, 6, tt, N, K); break;
+        default: tile(xq, xs, xc, wq, ws, mult, y, m0, 7, tt, N, K); break;
         }
     }
 }
