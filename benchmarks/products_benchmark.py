@@ -49,14 +49,17 @@ def main() -> None:
         w = torch.randn(n, k, generator=gen)
         for name, kernels in builds.items():
             packed = pack_weight4(*quantize_weight4(kernels, w))
-            layers = {"int8": Q8Linear.from_weight(kernels, w), "int4": Q4Linear(kernels, packed, n)}
+            layers = {
+                "int8": Q8Linear.from_weight(kernels, w),
+                "int4": Q4Linear(kernels, packed, n),
+            }
             for bits, layer in layers.items():
                 for m in ROWS:
                     x = torch.randn(m, k, generator=gen)
                     cases.append((f"{name} {bits} M={m} {n}x{k}", layer, x, 2 * m * n * k))
     with torch.inference_mode():
         for _ in range(args.repeats):  # interleaved: a noisy moment costs every case alike
-            for label, layer, x, ops in cases:
+            for label, layer, x, _ in cases:
                 started = time.perf_counter()
                 layer(x)
                 seconds = time.perf_counter() - started

@@ -17,8 +17,8 @@
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s) /* EVEX (AVX512_VNNI + AVX512VL) */
 #endif
 
-/* Rows m0..m0+mr against tile t: both halves per pass up to 4 rows, one half per pass for 5 to
- * 8 (as matmul_avxvnni.c), each unpacked load serving all the rows. */
+/* Rows m0..m0+mr against halves h0..h0+halves-1 of tile t, in one pass over its blocks (as
+ * matmul_avxvnni.c), each unpacked load serving all the rows. */
 static inline __attribute__((always_inline)) void tile_product(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int h0, int halves, int64_t N,
@@ -84,8 +84,10 @@ static inline __attribute__((always_inline)) void tile_product(
         }
 }
 
-/* 8 rows' accumulators fill half the registers: one half of the tile per pass over its
- * blocks (the second pass reads them from L2); up to 4 rows take both halves in one pass */
+/* 5 to 8 rows: one half of the tile per pass over its blocks (8 accumulators, the weight load
+ * and a broadcast fit the 16 registers, so each load serves every row; the second pass reads
+ * the tile from L2); up to 4 rows take both halves in one pass. With both passes inside each
+ * block, gcc kept the first one's broadcasts on the stack for the second (half the speed). */
 static inline __attribute__((always_inline)) void tile(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {

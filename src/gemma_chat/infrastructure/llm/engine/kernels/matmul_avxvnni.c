@@ -17,10 +17,8 @@
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s) /* EVEX (AVX512_VNNI + AVX512VL) */
 #endif
 
-/* Rows m0..m0+mr of x against the 16 outputs of tile t, two halves of 8 in their own ymm.
- * Up to 4 rows take both halves in one pass over a block; 5 to 8 rows take one half per pass
- * (8 rows' accumulators, the weight load and a broadcast fit the 16 registers), so every
- * 32-byte weight load serves all the rows, and the second pass reads the block from L1. */
+/* Rows m0..m0+mr of x against halves h0..h0+halves-1 of tile t's 16 outputs (8 per ymm), in
+ * one pass over the tile's blocks. */
 static inline __attribute__((always_inline)) void tile_product(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int h0, int halves, int64_t N,
@@ -77,8 +75,10 @@ static inline __attribute__((always_inline)) void tile_product(
         }
 }
 
-/* 8 rows' accumulators fill half the registers: one half of the tile per pass over its
- * blocks (the second pass reads them from L2); up to 4 rows take both halves in one pass */
+/* 5 to 8 rows: one half of the tile per pass over its blocks (8 accumulators, the weight load
+ * and a broadcast fit the 16 registers, so each load serves every row; the second pass reads
+ * the tile from L2); up to 4 rows take both halves in one pass. With both passes inside each
+ * block, gcc kept the first one's broadcasts on the stack for the second (half the speed). */
 static inline __attribute__((always_inline)) void tile(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {
