@@ -117,7 +117,11 @@ def test_a_failed_build_is_said_once_remembered_and_retried_when_the_compiler_ch
 
 
 def runnable() -> list[native.KernelVariant]:
-    return [v for v in native.variants_for(native.machine()) if v.requires <= native.cpu_features()]
+    """The variants "auto" may run on this CPU (not those only tests and benchmarks name)."""
+    features = native.cpu_features()
+    return [
+        v for v in native.variants_for(native.machine()) if v.automatic and v.requires <= features
+    ]
 
 
 def test_auto_falls_back_to_the_next_variant_this_cpu_runs_when_a_build_fails(

@@ -27,7 +27,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     quantize_weight4,
 )
 
-from .test_q8_kernels import decode_logits, relative_error, small_q8_model
+from .test_q8_kernels import built_variant, decode_logits, relative_error, small_q8_model
 
 
 def dequantized(kernels: Q8Kernels, w: torch.Tensor) -> torch.Tensor:
@@ -278,3 +278,21 @@ def test_the_int4_entry_has_a_key_of_its_own_rounding(kernels: Q8Kernels, tmp_pa
     assert Q4_FORMAT_VERSION >= 3
     assert store.key(digest, WeightFormat.q8(kernels)).endswith(f"-q8-v{FORMAT_VERSION}")
     assert WeightFormat.q4(kernels).bits == BlockBits(head=4, blocks=8, lookup=8)
+
+
+def test_the_avx_vnni_4_bit_products_give_the_generic_bits_for_every_row_count(
+    kernels: Q8Kernels, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # matmul4_avxvnni.c as the EVEX build runs it here (see test_q8_kernels.py)
+    vnni = built_variant(tmp_path_factory, "avx2-vnni-evex")
+    generic = built_variant(tmp_path_factory, "generic")
+    gen = torch.Generator().manual_seed(22)
+    for n, k in [(37, 96), (101, 640), (9, 32)]:
+        w = torch.randn(n, k, generator=gen)
+        packed = pack_weight4(*quantize_weight4(kernels, w))
+        ours, reference = Q4Linear(vnni, packed, n), Q4Linear(generic, packed, n)
+        for m in [*range(1, 10), 17]:
+            x = torch.randn(m, k, generator=gen) * (1 + 10 * torch.rand(m, 1, generator=gen))
+            assert torch.equal(ours(x), reference(x)), (n, k, m)
+        ids = torch.tensor([0, n - 1, n // 2])
+        assert torch.equal(vnni.rows(ours, ids), generic.rows(reference, ids))

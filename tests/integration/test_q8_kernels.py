@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gemma_chat.infrastructure.llm.engine import native
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
@@ -37,16 +38,32 @@ def cpu_has(*flags: str) -> bool:
     return all(flag in words for flag in flags)
 
 
-@pytest.fixture(scope="module", params=["auto", "avx2"])
+@pytest.fixture(scope="module", params=["auto", "avx2", "avx2-vnni-evex"])
 def each_build(
     request: pytest.FixtureRequest, kernels: Q8Kernels, tmp_path_factory: pytest.TempPathFactory
 ) -> Q8Kernels:
-    """The variant this CPU gets, and the AVX2 one (its own bodies where the CPU has AVX-512)."""
+    """The variant this CPU gets, the AVX2 one (its own bodies where the CPU has AVX-512), and
+    the AVX-VNNI products (in their EVEX encoding, which AVX-512 VNNI CPUs run)."""
     if request.param == "auto":
         return kernels
-    if not cpu_has("avx2", "fma", "f16c"):
-        pytest.skip("this CPU cannot run an AVX2 build")
-    built = load_kernels(tmp_path_factory.mktemp("haswell"), variant="avx2")
+    if request.param == "avx2":
+        if not cpu_has("avx2", "fma", "f16c"):
+            pytest.skip("this CPU cannot run an AVX2 build")
+        built = load_kernels(tmp_path_factory.mktemp("haswell"), variant="avx2")
+        assert built is not None
+        return built
+    return built_variant(tmp_path_factory, request.param)
+
+
+def built_variant(tmp_path_factory: pytest.TempPathFactory, name: str) -> Q8Kernels:
+    """A variant's kernels, built once per test session (skipped where this CPU cannot run it)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 builds")
+    variant = next(v for v in native.variants_for(native.machine()) if v.name == name)
+    lacking = sorted(variant.requires - cpu_features())
+    if lacking:
+        pytest.skip(f"this CPU lacks {', '.join(lacking)} for the {name} build")
+    built = load_kernels(tmp_path_factory.getbasetemp() / "variants", variant=name)
     assert built is not None
     return built
 
@@ -263,6 +280,58 @@ def test_the_portable_and_avx2_kernels_give_the_same_bits_as_the_native_one(
     assert torch.equal(
         Q8Embedding(fast)(torch.tensor([0, 71])), Q8Embedding(plain)(torch.tensor([0, 71]))
     )
+
+
+def test_the_avx_vnni_products_give_the_generic_bits_for_every_row_count(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # matmul_avxvnni.c as the EVEX build runs it here: one pass of 8 rows, then 1 to 7 rows
+    # (both halves per pass up to 4, one half per pass from 5), odd output counts (a masked
+    # last half-tile, a lone last tile)
+    vnni = built_variant(tmp_path_factory, "avx2-vnni-evex")
+    generic = built_variant(tmp_path_factory, "generic")
+    assert vnni.variant == "avx2-vnni-evex"
+    assert vnni.vectorized
+    gen = torch.Generator().manual_seed(21)
+    for n, k in [(37, 96), (101, 640), (9, 32)]:
+        w = torch.randn(n, k, generator=gen)
+        ours, reference = Q8Linear.from_weight(vnni, w), Q8Linear.from_weight(generic, w)
+        for m in range(1, 10):
+            x = torch.randn(m, k, generator=gen) * (1 + 10 * torch.rand(m, 1, generator=gen))
+            assert torch.equal(ours(x), reference(x)), (n, k, m)
+        x = torch.randn(17, k, generator=gen)  # two passes of 8 and one row
+        assert torch.equal(ours(x), reference(x)), (n, k, 17)
+    # the extremes of the int8 values: |sums| as large as they get, without overflow
+    w = torch.full((16, 64), -1.0)
+    w[::2] = 1.0
+    x = torch.ones(8, 64)
+    x[::2] = -1.0
+    product = Q8Linear.from_weight(vnni, w)(x)
+    assert torch.equal(product, Q8Linear.from_weight(generic, w)(x))
+    assert float(product.abs().min()) == pytest.approx(64.0, rel=0.01)
+
+
+def test_the_avx2_vnni_build_has_vex_dpbusd_and_no_avx512_instruction(tmp_path: Path) -> None:
+    # No CPU here runs it (AVX-512 machines lack AVX-VNNI, and qemu 7.2 does not implement it):
+    # what runs here is its source with EVEX dpbusd (above); this checks what the real build
+    # emits: VEX dpbusd on ymm, and nothing from AVX-512 (zmm, mask registers, EVEX encoding).
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 builds")
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    library = native.build_library(tmp_path, variant="avx2-vnni")
+    assert library is not None
+    listing = subprocess.run(
+        [objdump, "-d", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    instructions = [line.split("\t") for line in listing.splitlines() if line.count("\t") >= 2]
+    dpbusd = [code for _, _, code in instructions if "vpdpbusd" in code]
+    assert len(dpbusd) >= 16  # unrolled row counts, int8 and 4-bit
+    assert all(code.startswith("{vex} vpdpbusd") and "%ymm" in code for code in dpbusd)
+    assert not [code for _, _, code in instructions if "zmm" in code or "%k" in code]
+    # 0x62 is EVEX's first byte in 64-bit mode (BOUND's opcode, invalid there)
+    assert not [raw for _, raw, _ in instructions if raw.startswith("62 ")]
 
 
 def test_the_fused_blocks_keep_keys_and_values_in_float16_and_refuse_another_cache(

@@ -19,6 +19,8 @@ from gemma_chat.infrastructure.llm.engine.native import (
 SSE_ONLY = frozenset({"sse2", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"})
 ZEN3 = SSE_ONLY | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe", "aes", "sha_ni"}
 ICELAKE = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"}
+ALDER_LAKE = ZEN3 | {"avx_vnni"}  # AVX2 and AVX-VNNI, no AVX-512 (also Zen 5 desktops)
+SAPPHIRE_RAPIDS = ICELAKE | {"avx_vnni"}
 ARMV8_0 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"})
 GRAVITON2 = ARMV8_0 | {"atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc", "dcpop", "asimddp"}
 CORTEX_A72 = ARMV8_0
@@ -31,6 +33,11 @@ NEOVERSE_V1 = GRAVITON2 | {"sve", "svei8mm", "i8mm", "bf16", "asimdfhm"}  # Grav
         (SSE_ONLY, "x86_64", "generic"),
         (ZEN3, "x86_64", "avx2"),
         (ICELAKE, "x86_64", "avx512"),
+        (ALDER_LAKE, "x86_64", "avx2-vnni"),
+        (SAPPHIRE_RAPIDS, "x86_64", "avx512"),
+        (ALDER_LAKE - {"movbe"}, "x86_64", "generic"),
+        # AVX-512 VL's 256-bit dpbusd without AVX512BW: the test-only EVEX build is never auto's
+        (ICELAKE - {"avx512bw"}, "x86_64", "avx2"),
         (ZEN3 - {"fma"}, "x86_64", "generic"),  # AVX2 without FMA: not the avx2 build
         (ZEN3 - {"movbe"}, "x86_64", "generic"),  # -march=haswell may emit movbe
         (ICELAKE - {"avx512_vnni"}, "x86_64", "avx2"),  # Skylake-X: AVX-512 without VNNI
@@ -167,3 +174,21 @@ def test_macos_reports_i8mm_through_sysctl(
     features = native._darwin_features()
     assert ("i8mm" in features) == (i8mm == "1")
     assert choose_variant(features=features, arch="aarch64").name == expected
+
+
+def test_the_avx_vnni_builds_run_only_where_the_cpu_has_their_instructions() -> None:
+    vnni = choose_variant("avx2-vnni", features=ALDER_LAKE, arch="x86_64")
+    assert vnni.flags == ("-march=haswell", "-mavxvnni")
+    assert vnni.automatic
+    with pytest.raises(ConfigurationError, match="lacks avx_vnni"):
+        choose_variant("avx2-vnni", features=ICELAKE, arch="x86_64")  # AVX-512: no AVX-VNNI
+    # the EVEX build: forced on AVX-512 VNNI machines (tests, benchmarks), never automatic
+    evex = choose_variant("avx2-vnni-evex", features=ICELAKE, arch="x86_64")
+    assert not evex.automatic
+    assert "-DQ8_AVXVNNI_EVEX" in evex.flags
+    with pytest.raises(ConfigurationError) as raised:
+        choose_variant("avx2-vnni-evex", features=ALDER_LAKE, arch="x86_64")
+    assert "avx512_vnni" in str(raised.value)
+    assert "avx512vl" in str(raised.value)
+    for features in (ZEN3, ALDER_LAKE, ICELAKE, SAPPHIRE_RAPIDS, ICELAKE - {"avx512bw"}):
+        assert choose_variant(features=features, arch="x86_64").name != "avx2-vnni-evex"

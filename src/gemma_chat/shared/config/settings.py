@@ -109,9 +109,16 @@ class PerformanceSettings(_Section):
     memory_limit_mb: int | None = Field(None, ge=0)
     # Which build of the native engine's C kernels runs: "auto" the best one this CPU supports;
     # naming one (tests, benchmarks) that this CPU cannot run is a ConfigurationError.
-    kernel_variant: Literal["auto", "generic", "avx2", "avx512", "neon-dotprod", "neon-i8mm"] = (
-        "auto"
-    )
+    kernel_variant: Literal[
+        "auto",
+        "generic",
+        "avx2",
+        "avx2-vnni",
+        "avx2-vnni-evex",
+        "avx512",
+        "neon-dotprod",
+        "neon-i8mm",
+    ] = "auto"
 
 
 class CacheSettings(_Section):

@@ -1,8 +1,10 @@
 """Our C code (``kernels/*.c``), compiled with the system's C compiler into named variants.
 
 Each variant is one set of fixed compiler flags (``VARIANTS``): a generic build any CPU of the
-architecture runs, and builds with vector instructions (``avx2``, ``avx512``, ``neon-dotprod``,
-``neon-i8mm``).
+architecture runs, and builds with vector instructions (``avx2``, ``avx2-vnni``, ``avx512``,
+``neon-dotprod``, ``neon-i8mm``). ``avx2-vnni-evex`` is for tests and benchmarks only (never
+chosen by "auto"): the ``avx2-vnni`` source with AVX-512's encoding of the same 256-bit
+instruction, so that AVX-512 machines, which lack AVX-VNNI, run it.
 At run time the best variant the CPU reports supporting is chosen (``choose_variant``): never one
 whose instructions the CPU lacks, so a cache directory shared by two machines, or an image built
 on one CPU and run on another, runs the right code. ``GEMMA_PERFORMANCE__KERNEL_VARIANT`` forces
@@ -69,6 +71,7 @@ class KernelVariant:
     machine: str  # x86_64 | aarch64 | another architecture (one generic build)
     flags: tuple[str, ...]
     requires: frozenset[str] = frozenset()
+    automatic: bool = True  # "auto" may choose it (else only when named: tests, benchmarks)
 
 
 # What compilers emit for C code under -march=haswell: the x86-64-v3 level (AVX2, FMA, F16C,
@@ -83,6 +86,25 @@ _AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vn
 VARIANTS: tuple[KernelVariant, ...] = (
     KernelVariant("generic", "x86_64", ("-march=x86-64",)),
     KernelVariant("avx2", "x86_64", ("-march=haswell",), _X86_64_V3),
+    # AVX2 with AVX-VNNI (Intel since Alder Lake, AMD Zen 5 desktops): VEX dpbusd on ymm
+    KernelVariant(
+        "avx2-vnni", "x86_64", ("-march=haswell", "-mavxvnni"), _X86_64_V3 | {"avx_vnni"}
+    ),
+    # avx2-vnni's bodies with AVX-512 VL's EVEX dpbusd (ymm only), which AVX-512 VNNI CPUs run:
+    # avx2-vnni's products tested and timed where AVX-VNNI is missing, never chosen by "auto".
+    KernelVariant(
+        "avx2-vnni-evex",
+        "x86_64",
+        (
+            "-march=haswell",
+            "-mavx512vnni",
+            "-mavx512vl",
+            "-mprefer-vector-width=256",
+            "-DQ8_AVXVNNI_EVEX",
+        ),
+        _X86_64_V3 | {"avx512f", "avx512vl", "avx512_vnni"},
+        automatic=False,
+    ),
     KernelVariant(
         "avx512",
         "x86_64",
@@ -196,7 +218,7 @@ def choose_variant(
     features = cpu_features() if features is None else features
     candidates = variants_for(arch)
     if requested == "auto":
-        return [v for v in candidates if v.requires <= features][-1]
+        return [v for v in candidates if v.automatic and v.requires <= features][-1]
     variant = _named(requested, candidates, arch)
     missing = sorted(variant.requires - features)
     if missing:
@@ -231,7 +253,7 @@ def resolve_library(cache_dir: Path, *, variant: str = "auto") -> tuple[str, Pat
     built whether or not this CPU could run it (building does not run it), with no fallback."""
     arch = machine()
     if variant == "auto":
-        runnable = [v for v in variants_for(arch) if v.requires <= cpu_features()]
+        runnable = [v for v in variants_for(arch) if v.automatic and v.requires <= cpu_features()]
         candidates = runnable[::-1] or [variants_for(arch)[0]]
     else:
         candidates = [_named(variant, variants_for(arch), arch)]

@@ -9,8 +9,8 @@
  *
  * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
  * row's result does not depend on the rows computed beside it. The generic body is here; the
- * instruction-set ones are in matmul_avx512.c (VNNI), matmul_avx2.c and matmul_neon.c (sdot,
- * and usmmla with i8mm).
+ * instruction-set ones are in matmul_avx512.c (VNNI), matmul_avxvnni.c (AVX-VNNI),
+ * matmul_avx2.c and matmul_neon.c (sdot, and usmmla with i8mm).
  */
 #include <stdlib.h>
 
@@ -107,6 +107,8 @@ void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *
 int q8_vector_kernels(void) {
 #if defined(Q8_AVX512_VNNI)
     return 1;
+#elif defined(Q8_AVXVNNI)
+    return 5;
 #elif defined(Q8_AVX2_INT8)
     return 2;
 #elif defined(Q8_NEON_I8MM)

@@ -11,7 +11,7 @@
  * Every output is reduced in the same order whatever M is (blocks in order, one FMA each, the
  * float work of matmul.c), so a row's result does not depend on the rows computed beside it.
  * The generic body is here; the instruction-set ones in matmul4_avx512.c (VNNI),
- * matmul4_avx2.c and matmul4_neon.c.
+ * matmul4_avxvnni.c (AVX-VNNI), matmul4_avx2.c and matmul4_neon.c.
  */
 #include "q8_impl.h"
 

@@ -31,16 +31,24 @@ static inline const char *ahead(const uint8_t *p) {
 }
 
 /* ---- Instruction sets this build has -------------------------------------------------------- */
-#if defined(__AVX512F__)
+/* Q8_AVXVNNI_EVEX (the avx2-vnni-evex build): AVX-512 is enabled only for AVX512VL's 256-bit
+ * EVEX dpbusd in the AVX-VNNI products, so that AVX-512 machines (which lack AVX-VNNI) run and
+ * test their source; every other body is the AVX2 one, as in the avx2-vnni build. */
+#if defined(__AVX512F__) && !defined(Q8_AVXVNNI_EVEX)
 #define Q8_AVX512 1 /* the float bodies (quantize, attention, GELU, argmax, top-k) */
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define Q8_AVX2 1 /* the float bodies where AVX-512's are not built */
 #endif
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) &&                   \
+    !defined(Q8_AVXVNNI_EVEX)
 #define Q8_AVX512_VNNI 1 /* the int8 products */
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define Q8_AVX2_INT8 1
+#if defined(__AVXVNNI__) ||                                                                        \
+    (defined(Q8_AVXVNNI_EVEX) && defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#define Q8_AVXVNNI 1 /* the int8 and 4-bit products with 256-bit dpbusd (matmul*_avxvnni.c) */
+#endif
 #endif
 /* ARM64 (Q8_NO_NEON: the generic bodies only, for the cross-compiled comparison harness) */
 #if defined(__aarch64__) && defined(__ARM_NEON) && !defined(Q8_NO_NEON)
@@ -123,6 +131,7 @@ typedef void tiles_product_fn(const int8_t *xq, const float *xs, const int32_t *
                               const uint8_t *wq, const uint16_t *ws, float mult, float *y,
                               int64_t M, int64_t t, int two, int64_t N, int64_t K);
 tiles_product_fn q8_tiles_product_generic, q8_tiles_product_avx512, q8_tiles_product_avx2;
+tiles_product_fn q8_tiles_product_avxvnni, q4_tiles_product_avxvnni; /* matmul*_avxvnni.c */
 tiles_product_fn q8_tiles_product_neon;
 /* matmul4*.c: the same on 4-bit weights; xc: 8 * the sum of each row's block (the correction
  * for the weights' +8), which every body but NEON's needs */
@@ -286,6 +295,9 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #if defined(Q8_AVX512_VNNI)
 #define q8_tiles_product q8_tiles_product_avx512
 #define Q8_USES_BLOCK_SUMS 1 /* unsigned weights (w + 128): 128 * sum(x) comes back out */
+#elif defined(Q8_AVXVNNI)
+#define q8_tiles_product q8_tiles_product_avxvnni
+#define Q8_USES_BLOCK_SUMS 1 /* dpbusd on unsigned weights, as AVX-512's */
 #elif defined(Q8_AVX2_INT8)
 #define q8_tiles_product q8_tiles_product_avx2
 #define Q8_USES_BLOCK_SUMS 0 /* signed weights: no +128 to take back out */
@@ -302,6 +314,8 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 
 #if defined(Q8_AVX512_VNNI)
 #define q4_tiles_product q4_tiles_product_avx512
+#elif defined(Q8_AVXVNNI)
+#define q4_tiles_product q4_tiles_product_avxvnni
 #elif defined(Q8_AVX2_INT8)
 #define q4_tiles_product q4_tiles_product_avx2
 #elif defined(Q8_NEON_I8MM)
