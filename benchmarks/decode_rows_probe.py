@@ -3,13 +3,14 @@
 output head apart, and the kernel-level ratio a concurrent run can reach at most.
 
     GEMMA_PERFORMANCE__KERNEL_VARIANT=avx512 python benchmarks/decode_rows_probe.py [--repeats 30]
+        [--quantization int4]
 
-Loads the embedded model (int8) through the converted-model cache, prefills eight sequences of
-``--history`` tokens, then times, best of ``--repeats`` each and interleaved: the fused blocks
-(``Gemma3Model._rows``), the output head (``lm_head`` on [M, hidden]) and a whole step
-(``forward_rows`` and argmax). ``ratio_x8`` is 8 x one row's step over eight rows' step: what
-"8 concurrent vs the same 8 one after another" would be with nothing around the model. Prints
-one JSON line.
+Loads the embedded model (int8, or with ``--quantization int4`` its 4-bit head) through the
+converted-model cache, prefills eight sequences of ``--history`` tokens, then times, best of
+``--repeats`` each and interleaved: the fused blocks (``Gemma3Model._rows``), the output head
+(``lm_head`` on [M, hidden]) and a whole step (``forward_rows`` and argmax). ``ratio_x8`` is 8 x
+one row's step over eight rows' step: what "8 concurrent vs the same 8 one after another" would
+be with nothing around the model. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--history", type=int, default=64)
+    parser.add_argument("--quantization", choices=("int8", "int4"), default="int8")
     args = parser.parse_args()
     settings = get_settings()
     kernels = load_kernels(settings.cache_dir, variant=settings.performance.kernel_variant)
     assert kernels is not None, "the native kernels need a C compiler"
     store = ConvertedModelStore(settings.cache_dir)
     source = resolve_model_source(settings.model.name)
-    model = store.load_or_convert(source, WeightFormat.q8(kernels)).model
+    weights = WeightFormat.q4(kernels) if args.quantization == "int4" else WeightFormat.q8(kernels)
+    model = store.load_or_convert(source, weights).model
     cache = KVCache(model.config, slots=8, dtype=model.kv_dtype)
     history = args.history
     best: dict[str, float] = {}
@@ -65,7 +68,11 @@ def main() -> None:
                     (f"step_M{m}", step - head),
                 ):
                     best[name] = min(best.get(name, float("inf")), seconds)
-    figures: dict[str, object] = {"variant": kernels.variant, "history": history}
+    figures: dict[str, object] = {
+        "variant": kernels.variant,
+        "quantization": args.quantization,
+        "history": history,
+    }
     figures["ratio_x8"] = round(8 * best["step_M1"] / best["step_M8"], 2)
     figures.update({name: round(seconds * 1e3, 3) for name, seconds in sorted(best.items())})
     print(json.dumps(figures))

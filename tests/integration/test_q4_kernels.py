@@ -130,7 +130,9 @@ def test_every_x86_body_gives_the_bits_of_the_one_this_cpu_runs(
     other = load_kernels(tmp_path, variant=variant)
     assert other is not None
     gen = torch.Generator().manual_seed(4)
-    for n, k, m in [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8), (48, 64, 17)]:
+    # a head-sized n (AVX-512: rows packed in octet records) with a last tile of 8 outputs
+    cases = [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8), (48, 64, 17), (16392, 64, 17)]
+    for n, k, m in cases:
         w, x = torch.randn(n, k, generator=gen), torch.randn(m, k, generator=gen)
         packed = pack_weight4(*quantize_weight4(kernels, w))
         ours, theirs = Q4Linear(kernels, packed, n), Q4Linear(other, packed, n)

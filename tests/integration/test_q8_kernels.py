@@ -9,6 +9,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     Q8Embedding,
     Q8Kernels,
     Q8Linear,
+    empty_q8_model,
     load_kernels,
     quantize_model,
     quantize_weight,
@@ -217,6 +219,32 @@ def decode_logits(
             model.block_decoder = decoder
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise: Linux only")
+def test_a_loaded_models_packed_weights_move_to_one_area_of_huge_pages_and_give_the_same_bits(
+    kernels: Q8Kernels,
+) -> None:
+    fresh = small_q8_model(kernels)
+    state = fresh.state_dict()
+    with torch.device("meta"):
+        loaded = Gemma3Model(fresh.config)
+    empty_q8_model(loaded, kernels, tied=True)
+    loaded.load_state_dict(state, assign=True, strict=True)
+    held = [
+        t for m in loaded.modules() if isinstance(m, Q8Linear) for t in (m.q, m.scale)
+    ]  # the blocks' projections and the (tied) head
+    addresses = sorted(t.data_ptr() for t in held)
+    assert addresses[0] % (2 << 20) == 0  # from a 2 MB boundary, one after another
+    assert addresses[-1] - addresses[0] < sum(t.nbytes + 64 for t in held)
+    assert {t.data_ptr() for t in state.values()}.isdisjoint(addresses)  # copies, not the file's
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(
+        decode_logits(loaded, prompts, [0, 1, 2], fused=True),
+        decode_logits(fresh, prompts, [0, 1, 2], fused=True),
+    )
+
+
 def test_the_fused_decode_step_matches_the_step_op_by_op(kernels: Q8Kernels) -> None:
     model = small_q8_model(kernels)
     assert model.block_decoder is not None
@@ -269,7 +297,10 @@ def test_the_portable_and_avx2_kernels_give_the_same_bits_as_the_native_one(
     assert portable is not None
     assert portable.vectorized == (variant == "avx2")
     gen = torch.Generator().manual_seed(4)
-    for n, k, m in [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8)]:
+    # rows in eights, fours and alone; tiles in pairs and a lone one; a head-sized n (AVX-512:
+    # rows packed in octet records) with a last tile of 8 outputs
+    cases = [(72, 96, 5), (100, 64, 9), (40, 640, 1), (16, 32, 8), (48, 64, 17), (16392, 64, 17)]
+    for n, k, m in cases:
         w, x = torch.randn(n, k, generator=gen), torch.randn(m, k, generator=gen)
         assert torch.equal(
             Q8Linear.from_weight(kernels, w)(x), Q8Linear.from_weight(portable, w)(x)

@@ -31,6 +31,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     Q4Linear,
     Q8Kernels,
     Q8Linear,
+    hold_in_huge_pages_once_loaded,
 )
 from gemma_chat.infrastructure.llm.generation.sampling import finite_argmax
 
@@ -612,5 +613,6 @@ def _install(model: Gemma4Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bo
         model.embed = None
     model.compute_dtype = torch.float32
     model.cache_dtype = torch.float16
+    hold_in_huge_pages_once_loaded(model)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k

@@ -51,8 +51,36 @@ void q8_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
             }
 }
 
+/* Products with at least this many outputs per row go through octets_product: the packing
+ * below runs on one thread before the product, which the blocks' products (N <= 4,096 on
+ * Gemma 3 270M) lost more to than the octets gave back; an output head gains (DEVELOPMENT.md). */
+#define OCTETS_FROM_N 16384
+
+/* Rows 8g..8g+8 of x as octet records (q8_impl.h's OCTET_BYTES layout), for octets_product. */
+static uint8_t *pack_octets(const int8_t *xq, const float *xs, const int32_t *xc, int64_t octets,
+                            int64_t K) {
+    const int64_t nb = K / QK;
+    uint8_t *x8 = malloc(OCTET_BYTES * octets * nb);
+    for (int64_t g = 0; g < octets; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *rec = x8 + (g * nb + b) * OCTET_BYTES;
+            for (int m = 0; m < 8; m++) {
+                const int64_t row = 8 * g + m;
+                for (int kq = 0; kq < 8; kq++)
+                    memcpy(rec + kq * 32 + m * 4, xq + row * K + b * QK + kq * 4, 4);
+                const int32_t minus_c = xc ? -xc[row * nb + b] : 0;
+                memcpy(rec + 256 + m * 4, xs + row * nb + b, 4);
+                memcpy(rec + 288 + m * 4, &minus_c, 4);
+            }
+        }
+    return x8;
+}
+
 typedef struct {
     tiles_product_fn *product;
+    octets_product_fn *octets;
+    const uint8_t *x8; /* rows [0, 8 * octets_of_rows) packed for octets */
+    int64_t octets_of_rows;
     const int8_t *xq;
     const float *xs;
     const int32_t *xc;
@@ -65,27 +93,34 @@ typedef struct {
 
 static void matmul_tile_pair(void *ctx, int64_t pair) {
     const matmul_job *j = ctx;
-    const int64_t t = 2 * pair;
-    j->product(j->xq, j->xs, j->xc, j->wq, j->ws, j->mult, j->y, j->M, t, t + 1 < j->tiles, j->N,
-               j->K);
+    const int64_t t = 2 * pair, nb = j->K / QK, m8 = 8 * j->octets_of_rows;
+    const int two = t + 1 < j->tiles;
+    if (m8) j->octets(j->x8, j->octets_of_rows, j->wq, j->ws, j->mult, j->y, t, two, j->N, j->K);
+    if (m8 < j->M)
+        j->product(j->xq + m8 * j->K, j->xs + m8 * nb, j->xc ? j->xc + m8 * nb : NULL, j->wq,
+                   j->ws, j->mult, j->y + m8 * j->N, j->M - m8, t, two, j->N, j->K);
 }
 
-void q8_tiled_matmul(tiles_product_fn *product, int32_t offset, const int8_t *xq,
-                     const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
-                     float *y, int64_t M, int64_t N, int64_t K) {
+void q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
+                     const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                     float mult, float *y, int64_t M, int64_t N, int64_t K) {
     int32_t *xc = offset ? block_sums(xq, M, K, offset) : NULL;
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
-    matmul_job job = {product, xq, xs, xc, wq, ws, mult, y, M, N, K, tiles};
+    const int64_t octets_of_rows = octets && N >= OCTETS_FROM_N ? M / 8 : 0;
+    uint8_t *x8 = octets_of_rows ? pack_octets(xq, xs, xc, octets_of_rows, K) : NULL;
+    matmul_job job = {product, octets, x8, octets_of_rows, xq, xs, xc, wq, ws, mult, y, M, N, K,
+                      tiles};
     /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
      * (prefetched), and several per thread still even out a thread that falls behind */
     parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
+    free(x8);
     free(xc);
 }
 
 void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                 float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    q8_tiled_matmul(q8_tiles_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq, xs, wq, ws, mult, y, M, N,
-                    K);
+    q8_tiled_matmul(q8_tiles_product, q8_octets_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq, xs, wq,
+                    ws, mult, y, M, N, K);
 }
 
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

@@ -70,6 +70,60 @@ static inline __attribute__((always_inline)) void tile_product(
         }
 }
 
+/* matmul_avx512.c's octet_tile on 4-bit weights: each 64-byte load unpacked into its low and
+ * high nibbles' groups (quads g and 4 + g of a record), both added into the row's one chain
+ * (the int32 sum is exact in any order). */
+static inline __attribute__((always_inline)) void octet_tile(const uint8_t *x8,
+                                                             const uint8_t *wq,
+                                                             const uint16_t *ws, float mult,
+                                                             float *y, int64_t t, int64_t N,
+                                                             int64_t K) {
+    const int64_t nb = K / QK;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const uint8_t *w = wq + t * nb * 256;
+    const uint16_t *s = ws + t * nb * LANES;
+    __m512 f[8];
+    for (int m = 0; m < 8; m++) f[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, x8 += OCTET_BYTES, w += 256, s += LANES) {
+        const int32_t *quads = (const int32_t *)x8, *minus_c = (const int32_t *)(x8 + 288);
+        const float *dx = (const float *)(x8 + 256);
+        __m512i acc[8]; /* start at -8 sum(x): the weights' +8 taken back out */
+        for (int m = 0; m < 8; m++) acc[m] = _mm512_set1_epi32(minus_c[m]);
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(w + g * 64));
+            _mm_prefetch(ahead(w + g * 64), _MM_HINT_T1);
+            const __m512i l = _mm512_and_si512(v, low);
+            const __m512i h = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            for (int m = 0; m < 8; m++)
+                acc[m] = _mm512_dpbusd_epi32(acc[m], l, _mm512_set1_epi32(quads[g * 8 + m]));
+            for (int m = 0; m < 8; m++)
+                acc[m] =
+                    _mm512_dpbusd_epi32(acc[m], h, _mm512_set1_epi32(quads[(4 + g) * 8 + m]));
+        }
+        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+        for (int m = 0; m < 8; m++)
+            f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]),
+                                   _mm512_mul_ps(_mm512_set1_ps(dx[m]), s0), f[m]);
+    }
+    const __m512 scale = _mm512_set1_ps(mult);
+    const int64_t n0 = t * LANES;
+    const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    for (int m = 0; m < 8; m++)
+        _mm512_mask_storeu_ps(y + m * N + n0, keep, _mm512_mul_ps(f[m], scale));
+}
+
+void q4_octets_product_avx512(const uint8_t *x8, int64_t octets, const uint8_t *wq,
+                              const uint16_t *ws, float mult, float *y, int64_t t, int two,
+                              int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    for (int64_t g = 0; g < octets; g++) {
+        const uint8_t *rec = x8 + g * nb * OCTET_BYTES;
+        octet_tile(rec, wq, ws, mult, y + 8 * g * N, t, N, K);
+        if (two) octet_tile(rec, wq, ws, mult, y + 8 * g * N, t + 1, N, K);
+    }
+}
+
 void q4_tiles_product_avx512(const int8_t *xq, const float *xs, const int32_t *xc,
                              const uint8_t *wq, const uint16_t *ws, float mult, float *y,
                              int64_t M, int64_t t, int two, int64_t N, int64_t K) {

@@ -6,6 +6,14 @@
 
 #define MR 4 /* activation rows per register tile */
 
+/* acc + the products of a's unsigned bytes with the signed quad at q, broadcast: dpbusd with
+ * its memory operand's embedded broadcast, one instruction where the intrinsics (whatever the
+ * compiler makes of _mm512_set1_epi32) give a broadcast load and then the dpbusd */
+static inline __m512i dpbusd_quad(__m512i acc, __m512i a, const int32_t *q) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*q));
+    return acc;
+}
+
 /* Rows m0..m0+mr of x against the 16 output rows of tile t (and t+1 when two): up to MR rows
  * with two tiles, or 8 rows with one. */
 static inline __attribute__((always_inline)) void tile_product(
@@ -55,6 +63,55 @@ static inline __attribute__((always_inline)) void tile_product(
             const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
             _mm512_mask_storeu_ps(y + (m0 + m) * N + n0, keep, _mm512_mul_ps(f[m][j], scale));
         }
+}
+
+/* Eight rows (one octet record per block) against the 16 output rows of tile t: eight
+ * accumulators, one dependency chain per row, and each activation quad a broadcast operand of
+ * its dpbusd straight from the record (no broadcast instruction, no per-row address). */
+static inline __attribute__((always_inline)) void octet_tile(const uint8_t *x8,
+                                                             const uint8_t *wq,
+                                                             const uint16_t *ws, float mult,
+                                                             float *y, int64_t t, int64_t N,
+                                                             int64_t K) {
+    const int64_t nb = K / QK;
+    const uint8_t *w = wq + t * nb * (8 * 64);
+    const uint16_t *s = ws + t * nb * LANES;
+    __m512 f[8];
+    for (int m = 0; m < 8; m++) f[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, x8 += OCTET_BYTES, w += 8 * 64, s += LANES) {
+        const int32_t *quads = (const int32_t *)x8, *minus_c = (const int32_t *)(x8 + 288);
+        const float *dx = (const float *)(x8 + 256);
+        __m512i acc[8]; /* start at -128 sum(x): the weights' +128 taken back out */
+        for (int m = 0; m < 8; m++) acc[m] = _mm512_set1_epi32(minus_c[m]);
+#pragma GCC unroll 8
+        for (int kq = 0; kq < 8; kq++) {
+            const __m512i a = _mm512_loadu_si512((const void *)(w + kq * 64));
+            _mm_prefetch(ahead(w + kq * 64), _MM_HINT_T1);
+            for (int m = 0; m < 8; m++)
+                acc[m] = dpbusd_quad(acc[m], a, quads + kq * 8 + m);
+        }
+        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+        for (int m = 0; m < 8; m++)
+            f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]),
+                                   _mm512_mul_ps(_mm512_set1_ps(dx[m]), s0), f[m]);
+    }
+    const __m512 scale = _mm512_set1_ps(mult);
+    const int64_t n0 = t * LANES;
+    const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    for (int m = 0; m < 8; m++)
+        _mm512_mask_storeu_ps(y + m * N + n0, keep, _mm512_mul_ps(f[m], scale));
+}
+
+void q8_octets_product_avx512(const uint8_t *x8, int64_t octets, const uint8_t *wq,
+                              const uint16_t *ws, float mult, float *y, int64_t t, int two,
+                              int64_t N, int64_t K) {
+    const int64_t nb = K / QK;
+    for (int64_t g = 0; g < octets; g++) {
+        /* each weight byte fetched from memory serves eight rows in one pass */
+        const uint8_t *rec = x8 + g * nb * OCTET_BYTES;
+        octet_tile(rec, wq, ws, mult, y + 8 * g * N, t, N, K);
+        if (two) octet_tile(rec, wq, ws, mult, y + 8 * g * N, t + 1, N, K);
+    }
 }
 
 void q8_tiles_product_avx512(const int8_t *xq, const float *xs, const int32_t *xc,

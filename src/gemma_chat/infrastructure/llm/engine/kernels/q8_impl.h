@@ -138,12 +138,21 @@ tiles_product_fn q8_tiles_product_neon;
 tiles_product_fn q4_tiles_product_generic, q4_tiles_product_avx512, q4_tiles_product_avx2;
 tiles_product_fn q4_tiles_product_neon;
 tiles_product_fn q8_tiles_product_i8mm, q4_tiles_product_i8mm; /* matmul*_neon.c, with i8mm */
+/* matmul*.c: rows in groups of eight, as octet records (OCTET_BYTES per group and block: the
+ * eight rows' k-quads interleaved, [8 quads][8 rows][4] int8, then their 8 scales xs and their
+ * 8 negated corrections -xc), against output tiles t and t + 1 (when two): the same bits as
+ * tiles_product on those rows, with every activation a broadcast from one running address. */
+#define OCTET_BYTES 320
+typedef void octets_product_fn(const uint8_t *x8, int64_t octets, const uint8_t *wq,
+                               const uint16_t *ws, float mult, float *y, int64_t t, int two,
+                               int64_t N, int64_t K);
+octets_product_fn q8_octets_product_avx512, q4_octets_product_avx512;
 /* matmul.c: y [M, N] = x [M, K] times packed w [N, K] transposed, tile pairs on the thread pool,
- * each through product; offset: what the weights are stored plus (xc = offset * each row's
- * block sums; 0: no xc) */
-void q8_tiled_matmul(tiles_product_fn *product, int32_t offset, const int8_t *xq,
-                     const float *xs, const uint8_t *wq, const uint16_t *ws, float mult,
-                     float *y, int64_t M, int64_t N, int64_t K);
+ * each through product (and octets, where the build has one, for rows in groups of eight);
+ * offset: what the weights are stored plus (xc = offset * each row's block sums; 0: no xc) */
+void q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
+                     const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                     float mult, float *y, int64_t M, int64_t N, int64_t K);
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
@@ -290,6 +299,14 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q8_soft_cap q8_soft_cap_generic
 #define q8_argmax_row q8_argmax_row_generic
 #define q8_top_k_scan q8_top_k_scan_generic
+#endif
+
+#if defined(Q8_AVX512_VNNI)
+#define q8_octets_product q8_octets_product_avx512
+#define q4_octets_product q4_octets_product_avx512
+#else
+#define q8_octets_product NULL /* groups of eight rows through tiles_product as the rest */
+#define q4_octets_product NULL
 #endif
 
 #if defined(Q8_AVX512_VNNI)
