@@ -431,6 +431,7 @@ class Q4Linear(Q8Linear):
 
 _MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (clean file pages: dropped)
 _HUGE_PAGE = 2 << 20  # x86-64's transparent huge page (and ARM64's with 4 KB pages)
+_COPY_PIECE = 8 << 20
 
 
 def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
@@ -453,19 +454,24 @@ def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
         logger.info("the weights stay in 4 KB pages: madvise(MADV_HUGEPAGE) failed (%s)", exc)
         return
     skip = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
-    for (linear, name), tensor, end in zip(moving, tensors, ends, strict=True):
-        start = skip + end - -(-tensor.nbytes // 64) * 64
-        held = torch.frombuffer(area, dtype=torch.uint8, count=tensor.nbytes, offset=start)
-        held = held.view(tensor.dtype).view(tensor.shape)  # keeps the area alive
-        setattr(linear, name, held.copy_(tensor))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
-    for tensor in tensors:  # whole pages only; advice: a page read again comes back as it was
-        first = -(-tensor.data_ptr() // page) * page
-        last = (tensor.data_ptr() + tensor.nbytes) // page * page
-        if last > first:
-            libc.madvise(first, last - first, _MADV_PAGEOUT)
+    for (linear, name), tensor, end in zip(moving, tensors, ends, strict=True):
+        start = skip + end - -(-tensor.nbytes // 64) * 64
+        held = torch.frombuffer(area, dtype=torch.uint8, count=tensor.nbytes, offset=start)
+        source = tensor.contiguous().view(-1).view(torch.uint8)
+        # in pieces, each piece's file pages given back once copied: the process never holds
+        # a weight twice (else its peak RSS grew by all the weights)
+        released = -(-source.data_ptr() // page) * page
+        for first in range(0, tensor.nbytes, _COPY_PIECE):
+            piece = slice(first, first + _COPY_PIECE)
+            held[piece].copy_(source[piece])
+            until = (source.data_ptr() + min(first + _COPY_PIECE, tensor.nbytes)) // page * page
+            if until > released:  # advice: a page read again comes back as it was
+                libc.madvise(released, until - released, _MADV_PAGEOUT)
+                released = until
+        setattr(linear, name, held.view(tensor.dtype).view(tensor.shape))  # keeps area alive
 
 
 def hold_in_huge_pages_once_loaded(model: nn.Module) -> None:
