@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,6 +78,17 @@ def prefill_and_step(
 
 def test_every_failed_allocation_raises_and_leaves_the_next_call_right(tmp_path: Path) -> None:
     kernels, harness = failing_build(tmp_path)
+    block, failed_blocks = kernels.block, []
+
+    def block_leaving_x_as_it_was(*args: Any) -> None:
+        x = args[1].clone()
+        try:
+            block(*args)
+        except OutOfMemoryError:
+            failed_blocks.append(torch.equal(args[1], x))
+            raise
+
+    kernels.block = block_leaving_x_as_it_was  # type: ignore[method-assign]
     model = small_q8_model(kernels)
     assert model.block_decoder is not None
     prompts = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(2))
@@ -95,6 +107,9 @@ def test_every_failed_allocation_raises_and_leaves_the_next_call_right(tmp_path:
         assert harness.allocations_made() >= fail
     harness.allocations_reset(0)
     assert torch.equal(prefill_and_step(model, prompts, 8, harness)[0], expected)
+    # the head's products fail outside the blocks; every block that failed left x as it was
+    assert 0 < len(failed_blocks) < made
+    assert all(failed_blocks)
 
 
 @pytest.mark.parametrize("linear", [Q8Linear, Q4Linear])
