@@ -119,12 +119,17 @@ class Q8Kernels:
         return q, s
 
     def matmul(self, xq: torch.Tensor, xs: torch.Tensor, w: Q8Linear) -> torch.Tensor:
-        """[M, K] x [N, K]^T -> [M, N] float32 (int8 or 4-bit weights, as ``w.bits`` says)."""
+        """[M, K] x [N, K]^T -> [M, N] float32 (int8 or 4-bit weights, as ``w.bits`` says);
+        ``OutOfMemoryError`` when the product's buffers could not be allocated."""
         m, k = xq.shape
         y = torch.empty((m, w.out_features), dtype=torch.float32)
         weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
         product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
-        product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k)
+        if not product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k):
+            raise OutOfMemoryError(
+                f"the buffers of a product of {m} rows by {w.out_features} outputs could not be"
+                " allocated"
+            )
         return y
 
     def quantize_weight4(

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from gemma_chat.domain.errors import ConfigurationError
+from gemma_chat.domain.errors import ConfigurationError, OutOfMemoryError
 from gemma_chat.infrastructure.llm.engine.native import load_library
 from gemma_chat.infrastructure.llm.tokenizers.hf_tokenizers import HFTokenizersTokenizer
 
@@ -166,6 +166,10 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         room = len(data) + 16  # at most one id per byte
         out = (ctypes.c_int32 * room)()
         count = self._lib.bpe_encode(self._handle, data, len(data), out, room)
+        if count < 0:
+            raise OutOfMemoryError(
+                f"the tokenizer's buffers for {len(data)} bytes of text could not be allocated"
+            )
         return list(out[:count])
 
     def decode(self, ids: list[int]) -> str:
@@ -175,7 +179,11 @@ class NativeBPETokenizer(HFTokenizersTokenizer):
         length = self._lib.bpe_decode(self._handle, array, len(ids), 1, out, room)
         if length > room:
             out = ctypes.create_string_buffer(length)
-            self._lib.bpe_decode(self._handle, array, len(ids), 1, out, length)
+            length = self._lib.bpe_decode(self._handle, array, len(ids), 1, out, length)
+        if length < 0:
+            raise OutOfMemoryError(
+                f"the tokenizer's buffers for {len(ids)} ids could not be allocated"
+            )
         return out.raw[:length].decode("utf-8", errors="replace")
 
     def token_id(self, token: str | None) -> int | None:

@@ -274,12 +274,14 @@ static int64_t utf8_length(uint8_t lead) {
     return (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
 }
 
-/* BPE of one stretch of text without added tokens; appends ids to out (up to cap). */
+/* BPE of one stretch of text without added tokens; appends ids to out (up to cap); -1 when
+ * its buffers could not be allocated. */
 static int64_t encode_word(const bpe *t, const char *text, int64_t n, int32_t *out, int64_t cap,
                            int64_t count) {
     if (n == 0) return count;
     /* normalize: ' ' -> U+2581 (3 bytes) */
     char *s = malloc(3 * n + 1);
+    if (!s) return -1;
     int64_t m = 0;
     for (int64_t i = 0; i < n; i++) {
         if (text[i] == ' ') {
@@ -292,6 +294,11 @@ static int64_t encode_word(const bpe *t, const char *text, int64_t n, int32_t *o
     int32_t *c = malloc(sizeof(int32_t) * (m + 1));
     int64_t *prev = malloc(sizeof(int64_t) * (m + 1)), *next = malloc(sizeof(int64_t) * (m + 1));
     uint8_t *alive = malloc(m + 1);
+    merge_entry *heap = NULL;
+    if (!c || !prev || !next || !alive) {
+        count = -1;
+        goto done;
+    }
     int64_t k = 0;
     for (int64_t i = 0; i < m;) {
         int64_t len = utf8_length((uint8_t)s[i]);
@@ -312,7 +319,11 @@ static int64_t encode_word(const bpe *t, const char *text, int64_t n, int32_t *o
         next[i] = i + 1 < k ? i + 1 : -1;
         alive[i] = 1;
     }
-    merge_entry *heap = malloc(sizeof(merge_entry) * (3 * k + 4));
+    heap = malloc(sizeof(merge_entry) * (3 * k + 4));
+    if (!heap) {
+        count = -1;
+        goto done;
+    }
     int64_t queued = 0;
     for (int64_t i = 0; i + 1 < k; i++) {
         uint32_t rank, id;
@@ -340,6 +351,7 @@ static int64_t encode_word(const bpe *t, const char *text, int64_t n, int32_t *o
             if (count < cap) out[count] = c[i];
             count++;
         }
+done:
     free(s);
     free(c);
     free(prev);
@@ -350,7 +362,7 @@ static int64_t encode_word(const bpe *t, const char *text, int64_t n, int32_t *o
 }
 
 /* ids of text (UTF-8, n bytes) into out[cap]; returns how many there are (more than cap: call
- * again with room for all). */
+ * again with room for all), or -1 when a buffer could not be allocated. */
 int64_t bpe_encode(const bpe *t, const char *text, int64_t n, int32_t *out, int64_t cap) {
     int64_t count = 0, start = 0;
     for (int64_t i = 0; i < n;) {
@@ -367,6 +379,7 @@ int64_t bpe_encode(const bpe *t, const char *text, int64_t n, int32_t *out, int6
         }
         if (found >= 0) {
             count = encode_word(t, text + start, i - start, out, cap, count);
+            if (count < 0) return -1;
             if (count < cap) out[count] = found;
             count++;
             i = start = found_end;
@@ -420,11 +433,13 @@ static int64_t flush_bytes(char *out, int64_t cap, int64_t at, const uint8_t *by
 }
 
 /* The text of ids (UTF-8) into out[cap], as `tokenizers` decodes (U+2581 -> ' ', byte tokens
- * fused); returns its length (more than cap: call again with room for all). */
+ * fused); returns its length (more than cap: call again with room for all), or -1 when a buffer
+ * could not be allocated. */
 int64_t bpe_decode(const bpe *t, const int32_t *ids, int64_t n, int32_t skip_special, char *out,
                    int64_t cap) {
     int64_t at = 0, pending = 0;
     uint8_t *bytes = malloc(n + 1);
+    if (!bytes) return -1;
     for (int64_t i = 0; i < n; i++) {
         const int32_t id = ids[i];
         if (id < 0 || id >= t->n_vocab || (skip_special && t->special[id])) continue;

@@ -13,11 +13,13 @@
 
 #include "q8_impl.h"
 
-/* Projection of M rows on int8 or 4-bit weights: x [M, K] float -> y [M, N] */
-static void project(const q8_weight *w, const float *x, float *y, int64_t M, int8_t *xq,
-                    float *xs) {
+/* Projection of M rows on int8 or 4-bit weights: x [M, K] float -> y [M, N]; 0 when the
+ * product's buffers could not be allocated */
+static int project(const q8_weight *w, const float *x, float *y, int64_t M, int8_t *xq,
+                   float *xs) {
     q8_quantize_rows(x, xq, xs, M, w->k);
-    (w->bits == 4 ? q4p_matmul : q8p_matmul)(xq, xs, w->q, w->s, w->mult, y, M, w->n, w->k);
+    return (w->bits == 4 ? q4p_matmul : q8p_matmul)(xq, xs, w->q, w->s, w->mult, y, M, w->n,
+                                                    w->k);
 }
 
 static void rope(float *v, const float *cos, const float *sin, int64_t d) {
@@ -35,7 +37,7 @@ static inline uint16_t *slot_keys(const int64_t *table, int64_t slot) {
 }
 
 typedef struct {
-    float *h, *y, *attn, *xs;
+    float *h, *y, *attn, *xs; /* attn: the attention's output, then x after attention */
     int8_t *xq;
 } scratch;
 
@@ -54,7 +56,7 @@ static int scratch_for(const gemma_block *blk, int64_t B, scratch *m) {
     const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
     const int64_t narrow = E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I);
     *m = (scratch){malloc(sizeof(float) * B * narrow), malloc(sizeof(float) * B * widest),
-                   malloc(sizeof(float) * B * NQ), malloc(sizeof(float) * B * (widest / QK + 1)),
+                   malloc(sizeof(float) * B * (NQ > E ? NQ : E)), malloc(sizeof(float) * B * (widest / QK + 1)),
                    malloc((size_t)(B * widest))};
     if (m->h && m->y && m->attn && m->xs && m->xq) return 1;
     scratch_free(m);
@@ -113,18 +115,24 @@ static void row_stage(void *ctx, int64_t b) {
         }
         break;
     }
-    case ROW_ATTENTION_RESIDUAL_FFN_NORM: /* one loop: a row's norm needs only its residual */
+    case ROW_ATTENTION_RESIDUAL_FFN_NORM: { /* one loop: a row's norm needs only its residual */
+        /* into attn (read by the output projection, before this): x stays as it was until the
+         * last stage, so a feed-forward product that cannot allocate leaves it so */
+        float *mid = j->m->attn + b * E;
         q8_rms_norm(y + b * E, blk->post_attention_norm, h + b * E, E, blk->eps);
-        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
-        q8_rms_norm(x + b * E, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
+        for (int64_t i = 0; i < E; i++) mid[i] = x[b * E + i] + h[b * E + i];
+        q8_rms_norm(mid, blk->pre_feedforward_norm, h + b * E, E, blk->eps);
         break;
+    }
     case ROW_GELU:
         q8_gelu_tanh_mul(y + b * 2 * I, y + b * 2 * I + I, h + b * I, I);
         break;
-    case ROW_FFN_RESIDUAL:
+    case ROW_FFN_RESIDUAL: {
+        const float *mid = j->m->attn + b * E;
         q8_rms_norm(y + b * E, blk->post_feedforward_norm, h + b * E, E, blk->eps);
-        for (int64_t i = 0; i < E; i++) x[b * E + i] += h[b * E + i];
+        for (int64_t i = 0; i < E; i++) x[b * E + i] = mid[i] + h[b * E + i];
         break;
+    }
     }
 }
 
@@ -137,12 +145,13 @@ static void rows(block_job *job, int stage, int64_t B) {
 }
 
 /* Norm, q/k/v projection, q/k norms and rotary; keys and values written to the cache; the
- * queries left in y [B, NQKV] (first NQ columns). */
-static void block_qkv(block_job *job, int64_t B) {
+ * queries left in y [B, NQKV] (first NQ columns). 0 when the product could not allocate. */
+static int block_qkv(block_job *job, int64_t B) {
     scratch *m = job->m;
     rows(job, ROW_INPUT_NORM, B);
-    project(&job->blk->qkv, m->h, m->y, B, m->xq, m->xs); /* [B, NQKV] */
+    if (!project(&job->blk->qkv, m->h, m->y, B, m->xq, m->xs)) return 0; /* [B, NQKV] */
     rows(job, ROW_QK_ROTARY, B);
+    return 1;
 }
 
 /* Attention tasks: a run of up to ROWS_PER_TASK consecutive rows of one sequence (a prompt's
@@ -281,16 +290,18 @@ static int block_attention(block_job *job, int64_t B) {
     return !atomic_load(&out_of_memory);
 }
 
-/* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ]. */
-static void block_out(block_job *job, int64_t B) {
+/* Output projection, residual, feed-forward, residual: x [B, E] updated from attn [B, NQ];
+ * 0, with x as it was, when a product could not allocate. */
+static int block_out(block_job *job, int64_t B) {
     scratch *m = job->m;
     const gemma_block *blk = job->blk;
-    project(&blk->o, job->attn_in, m->y, B, m->xq, m->xs); /* [B, E] */
+    if (!project(&blk->o, job->attn_in, m->y, B, m->xq, m->xs)) return 0; /* [B, E] */
     rows(job, ROW_ATTENTION_RESIDUAL_FFN_NORM, B);
-    project(&blk->gate_up, m->h, m->y, B, m->xq, m->xs); /* [B, 2I] */
+    if (!project(&blk->gate_up, m->h, m->y, B, m->xq, m->xs)) return 0; /* [B, 2I] */
     rows(job, ROW_GELU, B);
-    project(&blk->down, m->h, m->y, B, m->xq, m->xs); /* [B, E] */
+    if (!project(&blk->down, m->h, m->y, B, m->xq, m->xs)) return 0; /* [B, E] */
     rows(job, ROW_FFN_RESIDUAL, B);
+    return 1;
 }
 
 /* Keys and values in float16: half the memory and reads of float32, as llama.cpp's default
@@ -303,9 +314,8 @@ int gemma_decode_block(const gemma_block *blk, float *x, int64_t B, const int64_
     if (!scratch_for(blk, B, &m)) return 0;
     block_job job = {blk, x, m.attn, slots, positions, cos_table, sin_table,
                      k_slots, v_slots, capacities, 1, NULL, &m, NULL};
-    block_qkv(&job, B);
-    const int attended = block_attention(&job, B);
-    if (attended) block_out(&job, B); /* x is left as it was otherwise */
+    /* x is left as it was when a step fails */
+    const int done = block_qkv(&job, B) && block_attention(&job, B) && block_out(&job, B);
     scratch_free(&m);
-    return attended;
+    return done;
 }

@@ -16,10 +16,12 @@
 
 #include "q8_impl.h"
 
-/* offset * the sum of each row's int8 block: the correction for weights stored plus offset */
+/* offset * the sum of each row's int8 block: the correction for weights stored plus offset;
+ * NULL when it cannot be allocated */
 static int32_t *block_sums(const int8_t *xq, int64_t M, int64_t K, int32_t offset) {
     const int64_t nb = K / QK;
     int32_t *c = malloc(sizeof(int32_t) * M * nb);
+    if (!c) return NULL;
     for (int64_t r = 0; r < M * nb; r++) {
         int32_t sum = 0;
         for (int i = 0; i < QK; i++) sum += xq[r * QK + i];
@@ -56,11 +58,13 @@ void q8_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
  * Gemma 3 270M) lost more to than the octets gave back; an output head gains (DEVELOPMENT.md). */
 #define OCTETS_FROM_N 16384
 
-/* Rows 8g..8g+8 of x as octet records (q8_impl.h's OCTET_BYTES layout), for octets_product. */
+/* Rows 8g..8g+8 of x as octet records (q8_impl.h's OCTET_BYTES layout), for octets_product;
+ * NULL when they cannot be allocated. */
 static uint8_t *pack_octets(const int8_t *xq, const float *xs, const int32_t *xc, int64_t octets,
                             int64_t K) {
     const int64_t nb = K / QK;
     uint8_t *x8 = malloc(OCTET_BYTES * octets * nb);
+    if (!x8) return NULL;
     for (int64_t g = 0; g < octets; g++)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *rec = x8 + (g * nb + b) * OCTET_BYTES;
@@ -101,13 +105,18 @@ static void matmul_tile_pair(void *ctx, int64_t pair) {
                    j->ws, j->mult, j->y + m8 * j->N, j->M - m8, t, two, j->N, j->K);
 }
 
-void q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
-                     const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                     float mult, float *y, int64_t M, int64_t N, int64_t K) {
+int q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
+                    const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                    float mult, float *y, int64_t M, int64_t N, int64_t K) {
     int32_t *xc = offset ? block_sums(xq, M, K, offset) : NULL;
+    if (offset && !xc) return 0;
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
     const int64_t octets_of_rows = octets && N >= OCTETS_FROM_N ? M / 8 : 0;
     uint8_t *x8 = octets_of_rows ? pack_octets(xq, xs, xc, octets_of_rows, K) : NULL;
+    if (octets_of_rows && !x8) {
+        free(xc);
+        return 0;
+    }
     matmul_job job = {product, octets, x8, octets_of_rows, xq, xs, xc, wq, ws, mult, y, M, N, K,
                       tiles};
     /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
@@ -115,12 +124,13 @@ void q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32
     parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
     free(x8);
     free(xc);
+    return 1;
 }
 
-void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    q8_tiled_matmul(q8_tiles_product, q8_octets_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq, xs, wq,
-                    ws, mult, y, M, N, K);
+int q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+               float mult, float *y, int64_t M, int64_t N, int64_t K) {
+    return q8_tiled_matmul(q8_tiles_product, q8_octets_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq,
+                           xs, wq, ws, mult, y, M, N, K);
 }
 
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

@@ -46,9 +46,10 @@ void q4_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
 }
 
 /* matmul.c's driver (tiles on the thread pool) around this build's 4-bit tile product */
-void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                float mult, float *y, int64_t M, int64_t N, int64_t K) {
-    q8_tiled_matmul(q4_tiles_product, q4_octets_product, 8, xq, xs, wq, ws, mult, y, M, N, K);
+int q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+               float mult, float *y, int64_t M, int64_t N, int64_t K) {
+    return q8_tiled_matmul(q4_tiles_product, q4_octets_product, 8, xq, xs, wq, ws, mult, y, M, N,
+                           K);
 }
 
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

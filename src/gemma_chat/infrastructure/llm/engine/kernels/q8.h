@@ -59,9 +59,10 @@ int q8_vector_kernels(void);
 /* x: [M, K] float32 -> q: [M, K] int8, s: [M, K/32] float32 */
 void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K);
 
-/* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. */
-void q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                float mult, float *y, int64_t M, int64_t N, int64_t K);
+/* y [M, N] = x [M, K] times packed w [N, K] transposed; xq/xs from q8_quantize_rows. 1 when
+ * done; 0 when a buffer could not be allocated (y is then not written). */
+int q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+               float mult, float *y, int64_t M, int64_t N, int64_t K);
 
 /* Rows ids[r] of the packed table, as floats: out [R, K] (the embedding lookup). */
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
@@ -75,8 +76,8 @@ void q4_quantize_weight(const float *w, const float *importance, int8_t *q, floa
                         int64_t N, int64_t K);
 
 /* The same two with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
-void q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                float mult, float *y, int64_t M, int64_t N, int64_t K);
+int q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+               float mult, float *y, int64_t M, int64_t N, int64_t K);
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
 
