@@ -33,9 +33,11 @@ def two_core_check() -> float:
     """How many cores this benchmark has to itself, near 2.0 on a quiet 2-core machine: one
     busy loop alone, then the same loop in two processes at once, 2 x (alone / slower of two).
     Below ~1.9 another job held a core during the check, and figures beside it are suspect."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(2) as pool:
+    # spawned, not forked: the caller may hold torch's, the kernels' or llama.cpp's threads
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_busy_seconds, [10_000, 10_000]))  # the workers started and warm
         alone = min(pool.submit(_busy_seconds).result() for _ in range(2))
         both = max(pool.map(_busy_seconds, [3_000_000, 3_000_000]))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gemma_chat.infrastructure.llm.engine import conversion
+from gemma_chat.infrastructure.llm.engine import conversion, gptq
 from gemma_chat.infrastructure.llm.engine.calibration import head_statistics, model_samples
 from gemma_chat.infrastructure.llm.engine.checkpoint import SafetensorsCheckpoint
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, text_config_from_hf
@@ -139,11 +139,12 @@ def test_the_gptq_head_is_the_same_bytes_whole_or_in_pieces_of_rows(
     whole = load_file(case.convert(kernels, tmp_path / "whole.safetensors", fitted))
     factors = []  # H^-1's Cholesky factor: once for the whole head, not once a piece
 
-    def counted(covariance: torch.Tensor) -> torch.Tensor:
+    def counted(covariance: torch.Tensor, *, damping: float = gptq.DAMPING) -> torch.Tensor:
         factors.append(covariance)
-        return inverse_factor(covariance)
+        return inverse_factor(covariance, damping=damping)
 
     monkeypatch.setattr(conversion, "inverse_factor", counted)
+    monkeypatch.setattr(gptq, "inverse_factor", counted)  # and where a piece would compute it
     pieces = load_file(
         case.convert(kernels, tmp_path / "rows.safetensors", fitted, weights_at_a_time=3000)
     )

@@ -19,7 +19,7 @@ from gemma_chat.infrastructure.llm.engine.native import (
 SSE_ONLY = frozenset({"sse2", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"})
 ZEN3 = SSE_ONLY | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "abm", "movbe", "aes", "sha_ni"}
 ICELAKE = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"}
-ALDER_LAKE = ZEN3 | {"avx_vnni"}  # AVX2 and AVX-VNNI, no AVX-512 (also Zen 5 desktops)
+ALDER_LAKE = ZEN3 | {"avx_vnni"}  # AVX2 and AVX-VNNI, no AVX-512
 SAPPHIRE_RAPIDS = ICELAKE | {"avx_vnni"}
 ARMV8_0 = frozenset({"fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"})
 GRAVITON2 = ARMV8_0 | {"atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc", "dcpop", "asimddp"}

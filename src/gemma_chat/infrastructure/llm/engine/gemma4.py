@@ -410,6 +410,7 @@ class _Q8Rows(nn.Module):
 
     def __init__(self, table: Q8Linear) -> None:
         super().__init__()
+        table.looked_up_only = True
         self.table = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

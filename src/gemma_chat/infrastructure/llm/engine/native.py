@@ -4,7 +4,7 @@ Each variant is one set of fixed compiler flags (``VARIANTS``): a generic build 
 architecture runs, and builds with vector instructions (``avx2``, ``avx2-vnni``, ``avx512``,
 ``neon-dotprod``, ``neon-i8mm``). ``avx2-vnni-evex`` is for tests and benchmarks only (never
 chosen by "auto"): the ``avx2-vnni`` source with AVX-512's encoding of the same 256-bit
-instruction, so that AVX-512 machines, which lack AVX-VNNI, run it.
+instruction, so that AVX-512 machines without AVX-VNNI (Zen 4, Ice Lake) run it.
 At run time the best variant the CPU reports supporting is chosen (``choose_variant``): never one
 whose instructions the CPU lacks, so a cache directory shared by two machines, or an image built
 on one CPU and run on another, runs the right code. ``GEMMA_PERFORMANCE__KERNEL_VARIANT`` forces
@@ -86,7 +86,7 @@ _AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vn
 VARIANTS: tuple[KernelVariant, ...] = (
     KernelVariant("generic", "x86_64", ("-march=x86-64",)),
     KernelVariant("avx2", "x86_64", ("-march=haswell",), _X86_64_V3),
-    # AVX2 with AVX-VNNI (Intel since Alder Lake, AMD Zen 5 desktops): VEX dpbusd on ymm
+    # AVX2 with AVX-VNNI (Intel cores since Alder Lake, Sierra Forest): VEX dpbusd on ymm
     KernelVariant(
         "avx2-vnni", "x86_64", ("-march=haswell", "-mavxvnni"), _X86_64_V3 | {"avx_vnni"}
     ),

@@ -381,6 +381,9 @@ class Q8Linear(nn.Module):
     """``y = x W^T`` with W in int8 blocks; activations are quantized per row as they come."""
 
     bits = 8
+    # a table only looked up a few rows a step (never a product): it stays in the weights
+    # file's pages, where only the rows read are resident (``hold_in_huge_pages`` skips it)
+    looked_up_only = False
     q: torch.Tensor
     scale: torch.Tensor
     scale_factor: torch.Tensor
@@ -436,7 +439,21 @@ class Q4Linear(Q8Linear):
 
 _MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (clean file pages: dropped)
 _HUGE_PAGE = 2 << 20  # x86-64's transparent huge page (and ARM64's with 4 KB pages)
+# copied a piece at a time, each piece's file pages given back before the next: the process
+# holds at most one piece twice
 _COPY_PIECE = 8 << 20
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _huge_pages_unavailable() -> str | None:
+    """Why this machine would back an madvise(MADV_HUGEPAGE) area with 4 KB pages, or None."""
+    if sys.platform != "linux":
+        return "not Linux"
+    try:
+        mode = _THP_MODE.read_text()
+    except OSError:
+        return "a kernel without transparent huge pages"
+    return "transparent huge pages are off ([never])" if "[never]" in mode else None
 
 
 def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
@@ -448,20 +465,26 @@ def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
     only where they are changes. Elsewhere than Linux, the weights stay where they are."""
     moving = [(linear, name) for linear in linears for name in ("q", "scale")]
     tensors: list[torch.Tensor] = [getattr(linear, name) for linear, name in moving]
-    if sys.platform != "linux" or not tensors or any(t.device.type != "cpu" for t in tensors):
+    if not tensors or any(t.device.type != "cpu" for t in tensors):
+        return
+    why_not = _huge_pages_unavailable()
+    if why_not is not None:  # a copy in 4 KB pages would gain nothing and cost the file's sharing
+        logger.info("the weights stay where they were loaded: %s", why_not)
         return
     ends = list(accumulate(-(-t.nbytes // 64) * 64 for t in tensors))  # 64-byte aligned each
-    # private (a shared one is shmem, with a huge page setting of its own), from a 2 MB boundary
-    area = mmap.mmap(-1, ends[-1] + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
+        # private (a shared one is shmem, with a huge page setting of its own), from a 2 MB
+        # boundary
+        area = mmap.mmap(-1, ends[-1] + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         area.madvise(mmap.MADV_HUGEPAGE)
-    except OSError as exc:  # a kernel without transparent huge pages
-        logger.info("the weights stay in 4 KB pages: madvise(MADV_HUGEPAGE) failed (%s)", exc)
+    except OSError as exc:  # no room for the area (strict overcommit, a limit), or no THP
+        logger.info("the weights stay where they were loaded: %s", exc)
         return
     skip = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
+    warned = False
     for (linear, name), tensor, end in zip(moving, tensors, ends, strict=True):
         start = skip + end - -(-tensor.nbytes // 64) * 64
         held = torch.frombuffer(area, dtype=torch.uint8, count=tensor.nbytes, offset=start)
@@ -474,7 +497,13 @@ def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
             held[piece].copy_(source[piece])
             until = (source.data_ptr() + min(first + _COPY_PIECE, tensor.nbytes)) // page * page
             if until > released:  # advice: a page read again comes back as it was
-                libc.madvise(released, until - released, _MADV_PAGEOUT)
+                if libc.madvise(released, until - released, _MADV_PAGEOUT) != 0 and not warned:
+                    warned = True  # before Linux 5.4: the file's pages stay until reclaimed
+                    logger.info(
+                        "madvise(MADV_PAGEOUT) failed (errno %d): the weights file's pages are "
+                        "held until the kernel reclaims them",
+                        ctypes.get_errno(),
+                    )
                 released = until
         setattr(linear, name, held.view(tensor.dtype).view(tensor.shape))  # keeps area alive
 
@@ -484,7 +513,9 @@ def hold_in_huge_pages_once_loaded(model: nn.Module) -> None:
     ``load_state_dict`` (with assign=True, its buffers are then the loaded file's tensors)."""
 
     def hold(module: nn.Module, _: object) -> None:
-        linears = {id(m): m for m in module.modules() if isinstance(m, Q8Linear)}
+        linears = {
+            id(m): m for m in module.modules() if isinstance(m, Q8Linear) and not m.looked_up_only
+        }
         hold_in_huge_pages(list(linears.values()))
 
     model.register_load_state_dict_post_hook(hold)  # type: ignore[no-untyped-call]
@@ -498,6 +529,7 @@ class Q8Embedding(nn.Module):
         super().__init__()
         self._table = [table]  # not a submodule: the table is saved once, as lm_head
         if own:  # a table of its own (``BlockBits.lookup``), saved with it
+            table.looked_up_only = True
             self.table = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
 /* The int8 products with AVX-VNNI's 256-bit dpbusd (the same bits as matmul.c's generic body).
  *
- * For CPUs with AVX2 and AVX-VNNI but no AVX-512 (Intel since Alder Lake, Sierra Forest, AMD
- * Zen 5 desktops): the weights are read as stored, w + 128 unsigned, and one dpbusd per row and
- * 32 bytes replaces matmul_avx2.c's sign, maddubs, madd and add; the +128 comes back out as in
+ * For CPUs with AVX2 and AVX-VNNI but no AVX-512 (Intel cores since Alder Lake, Sierra
+ * Forest): the weights are read as stored, w + 128 unsigned, and one dpbusd per row and 32
+ * bytes replaces matmul_avx2.c's sign, maddubs, madd and add; the +128 comes back out as in
  * matmul_avx512.c (the accumulators start at -128 sum(x)), then the generic body's float work.
  * The avx2-vnni-evex build compiles this file with AVX-512 VL's EVEX dpbusd on the same 256-bit
- * registers (Q8_AVXVNNI_EVEX), so that it runs on AVX-512 machines, which lack AVX-VNNI. */
+ * registers (Q8_AVXVNNI_EVEX), so that it runs on AVX-512 machines without AVX-VNNI (Zen 4, Ice
+ * Lake); that build has 32 vector registers where the real one has 16. */
 #include "q8_impl.h"
 
 #if defined(Q8_AVXVNNI)
