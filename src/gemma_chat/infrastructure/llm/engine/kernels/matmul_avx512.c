@@ -60,7 +60,7 @@ static inline __attribute__((always_inline)) void tile_product(
     for (int m = 0; m < mr; m++)
         for (int j = 0; j <= two; j++) {
             const int64_t n0 = (t + j) * LANES;
-            const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+            const __mmask16 keep = first_lanes16(N - n0);
             _mm512_mask_storeu_ps(y + (m0 + m) * N + n0, keep, _mm512_mul_ps(f[m][j], scale));
         }
 }
@@ -97,7 +97,7 @@ static inline __attribute__((always_inline)) void octet_tile(const uint8_t *x8,
     }
     const __m512 scale = _mm512_set1_ps(mult);
     const int64_t n0 = t * LANES;
-    const __mmask16 keep = N - n0 >= LANES ? 0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+    const __mmask16 keep = first_lanes16(N - n0);
     for (int m = 0; m < 8; m++)
         _mm512_mask_storeu_ps(y + m * N + n0, keep, _mm512_mul_ps(f[m], scale));
 }

@@ -65,14 +65,7 @@ static inline __attribute__((always_inline)) void tile_product(
         for (int h = h0; h < h0 + halves; h++) {
             const int64_t n0 = t * LANES + h * 8;
             if (n0 >= N) break;
-            const __m256 out = _mm256_mul_ps(f[m][h], scale);
-            if (N - n0 >= 8) {
-                _mm256_storeu_ps(y + (m0 + m) * N + n0, out);
-            } else {
-                const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(N - n0)),
-                                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                _mm256_maskstore_ps(y + (m0 + m) * N + n0, keep, out);
-            }
+            store_floats8(y + (m0 + m) * N + n0, _mm256_mul_ps(f[m][h], scale), N - n0);
         }
 }
 

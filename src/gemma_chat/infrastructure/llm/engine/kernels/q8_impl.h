@@ -344,8 +344,28 @@ void q8_top_k_scan_avx2(const float *x, int64_t from, int64_t N, float *v, int64
 #define q4_tiles_product q4_tiles_product_generic
 #endif
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* The first `count` (> 0) of v's 8 floats stored at y: a tile's last half of 8 outputs may be
+ * short of N. */
+static inline void store_floats8(float *y, __m256 v, int64_t count) {
+    if (count >= 8) {
+        _mm256_storeu_ps(y, v);
+        return;
+    }
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lanes);
+    _mm256_maskstore_ps(y, keep, v);
+}
+#endif
+
 #if defined(Q8_AVX512)
 #include <immintrin.h>
+
+/* The mask of a tile's first `count` (> 0) of 16 outputs: the last tile may be short of N. */
+static inline __mmask16 first_lanes16(int64_t count) {
+    return count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1);
+}
 
 /* expf of 16 lanes, ~1.5 ulp (ggml's ggml_v_expf, MIT licence) */
 static inline __m512 exp16(__m512 x) {
