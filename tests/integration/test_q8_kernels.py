@@ -470,6 +470,27 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
     assert kernels.argmax(logits[:, :7]) == logits[:, :7].argmax(dim=-1).tolist()
 
 
+def test_argmax_of_wide_rows_takes_the_first_of_ties_in_any_block(kernels: Q8Kernels) -> None:
+    # The AVX-512 body keeps four chains over successive 16-float blocks: ties in one lane of
+    # blocks that different chains hold (36: chain 2, 68: chain 0, 100: chain 2), in the last
+    # full round and in the tail, and rows as wide as the output head's.
+    logits = torch.randn(6, 262_144 + 37, generator=torch.Generator().manual_seed(8))
+    logits[0, [100, 68, 36]] = 50.0
+    logits[1, [262_100, 262_090, 262_150]] = 50.0
+    logits[2, 262_144 + 36] = 60.0  # in the tail
+    logits[3, 16:80] = 40.0  # a block of ties across every chain
+    logits[4, :] = 1.0
+    logits[5, [70, 75]] = float("inf")
+    expected = logits.argmax(dim=-1).tolist()
+    expected[5] = -1
+    assert kernels.argmax(logits) == expected
+    for width in (63, 64, 65, 1000, 4099):
+        rows = logits[:, :width].contiguous()
+        expected = rows.argmax(dim=-1).tolist()
+        expected[5] = -1 if width > 70 else expected[5]
+        assert kernels.argmax(rows) == expected
+
+
 def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(
     kernels: Q8Kernels,
 ) -> None:

@@ -186,9 +186,9 @@ static void selection(void) {
     char name[64];
     const int64_t widths[] = {7, 1000, 1003};
     for (int c = 0; c < 3; c++) {
-        const int64_t R = 9, N = widths[c];
+        const int64_t R = 10, N = widths[c];
         float *x = malloc(sizeof(float) * R * N);
-        int64_t out[9];
+        int64_t out[10];
         fill(x, R * N, -5.0f, 5.0f);
         x[1 * N + N / 2] = x[1 * N + N - 2] = 50.0f; /* a tie: the first */
         x[2 * N + N - 1] = 60.0f;                    /* in the tail */
@@ -199,6 +199,9 @@ static void selection(void) {
         x[7 * N + 3] = INFINITY;
         x[8 * N] = -INFINITY;
         x[8 * N + N - 1] = 9.0f;
+        /* ties in one lane of different 16-float blocks (an AVX-512 body's chains): the first */
+        x[9 * N + (N > 100 ? 100 : 5)] = x[9 * N + (N > 100 ? 68 : 3)] = 70.0f;
+        x[9 * N + (N > 100 ? 36 : 1)] = 70.0f;
         q8_argmax_rows(x, R, N, out);
         snprintf(name, sizeof name, "argmax.%" PRId64, N);
         print_words(name, "exact", out, R, 8);
