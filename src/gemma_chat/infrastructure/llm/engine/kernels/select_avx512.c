@@ -17,8 +17,10 @@ int64_t q8_argmax_row_avx512(const float *x, int64_t N) {
     float best = -INFINITY;
     int broken = 0; /* a NaN seen */
     if (N >= 16 * ARGMAX_CHAINS) {
-        const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        const __m512i step = _mm512_set1_epi32(16 * ARGMAX_CHAINS);
+        const __m512i lanes =
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const int64_t stride = 16 * ARGMAX_CHAINS;
+        const __m512i step = _mm512_set1_epi32((int)stride);
         __m512 top[ARGMAX_CHAINS];
         __m512i at[ARGMAX_CHAINS], index[ARGMAX_CHAINS];
         __mmask16 nan = 0;
@@ -27,8 +29,7 @@ int64_t q8_argmax_row_avx512(const float *x, int64_t N) {
             nan |= _mm512_cmp_ps_mask(top[c], top[c], _CMP_UNORD_Q);
             at[c] = index[c] = _mm512_add_epi32(lanes, _mm512_set1_epi32(16 * c));
         }
-        for (i = 16 * ARGMAX_CHAINS; i + 16 * ARGMAX_CHAINS <= N && i < INT32_MAX - 64 * ARGMAX_CHAINS;
-             i += 16 * ARGMAX_CHAINS) {
+        for (i = stride; i + stride <= N && i < INT32_MAX - 4 * stride; i += stride) {
             for (int c = 0; c < ARGMAX_CHAINS; c++) {
                 index[c] = _mm512_add_epi32(index[c], step);
                 const __m512 v = _mm512_loadu_ps(x + i + 16 * c);
