@@ -142,6 +142,10 @@ static void quantize_and_products(void) {
         q8p_matmul(xq, xs, w.q, w.s, w.mult, y, M, N, K);
         snprintf(name, sizeof name, "matmul.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", y, M * N, 4);
+        int64_t best[17];
+        q8p_matmul_argmax(xq, xs, w.q, w.s, w.mult, y, M, N, K, best);
+        snprintf(name, sizeof name, "matmul_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
+        print_words(name, "exact", best, M, 8);
         const int64_t ids[] = {0, N - 1, N / 2, 3};
         float *rows = malloc(sizeof(float) * 4 * K);
         q8p_rows(w.q, w.s, w.mult, ids, 4, K, rows);
@@ -152,6 +156,9 @@ static void quantize_and_products(void) {
         q4p_matmul(xq, xs, w4.q, w4.s, w4.mult, y, M, N, K);
         snprintf(name, sizeof name, "matmul4.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", y, M * N, 4);
+        q4p_matmul_argmax(xq, xs, w4.q, w4.s, w4.mult, y, M, N, K, best);
+        snprintf(name, sizeof name, "matmul4_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
+        print_words(name, "exact", best, M, 8);
         q4p_rows(w4.q, w4.s, w4.mult, ids, 4, K, rows);
         snprintf(name, sizeof name, "rows4.%" PRId64 "x%" PRId64, N, K);
         print_words(name, "exact", rows, 4 * K, 4);
