@@ -171,7 +171,8 @@ class Q8Kernels:
                 k,
                 best.data_ptr(),
             )
-            self._head_argmax = _HeadArgmax(y.untyped_storage(), y._version, y.shape, best)
+            if done:
+                self._head_argmax = _HeadArgmax(y.untyped_storage(), y._version, y.shape, best)
         else:
             y = torch.empty((m, w.out_features), dtype=torch.float32)
             product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
