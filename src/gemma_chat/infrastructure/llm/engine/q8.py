@@ -674,10 +674,15 @@ def quantize_model(
 
 
 def empty_q8_model(
-    model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+    model: Gemma3Model,
+    kernels: Q8Kernels,
+    *,
+    tied: bool,
+    bits: BlockBits = BlockBits(),
+    huge_pages: bool = True,
 ) -> None:
     """Give a meta-device model int8 or 4-bit projections of the right shapes, to load a state
-    dict into."""
+    dict into (``huge_pages``: moved into 2 MB pages once loaded)."""
 
     def empty(out_features: int, in_features: int, width: int) -> Q8Linear:
         groups = 8 if width == 8 else 4  # 64-byte groups per block and tile
@@ -696,7 +701,8 @@ def empty_q8_model(
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
     shape = (head.out_features, head.in_features)
     lookup = empty(*shape, 8) if tied and bits.lookup == 8 else None
-    _install(model, kernels, empty(*shape, bits.head), tied=tied, lookup=lookup)
+    quantized = empty(*shape, bits.head)
+    _install(model, kernels, quantized, tied=tied, lookup=lookup, huge_pages=huge_pages)
 
 
 def _install(
@@ -706,6 +712,7 @@ def _install(
     *,
     tied: bool,
     lookup: Q8Linear | None = None,
+    huge_pages: bool = True,
 ) -> None:
     model.lm_head = head
     if tied:  # the float table goes: lookups read the head's table, or their own (``lookup``)
@@ -714,7 +721,8 @@ def _install(
     model.compute_dtype = torch.float32
     model.cache_dtype = torch.float16  # the fused blocks keep keys and values in float16
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
-    hold_in_huge_pages_once_loaded(model)
+    if huge_pages:
+        hold_in_huge_pages_once_loaded(model)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k
     model.soft_cap_ = kernels.soft_cap_
