@@ -403,6 +403,11 @@ class Q8Linear(nn.Module):
         self.out_features = out_features
         self.in_features = int(q.shape[1]) * BLOCK
         self._mult: float | None = None
+        forget = Q8Linear._forget_mult
+        self.register_load_state_dict_post_hook(forget)  # type: ignore[no-untyped-call]
+
+    def _forget_mult(self, _: object) -> None:
+        self._mult = None  # the loaded scale_factor's is read at the next use
 
     @classmethod
     def from_weight(cls, kernels: Q8Kernels, weight: torch.Tensor) -> Q8Linear:
@@ -549,6 +554,12 @@ class Q8BlockDecoder:
         self._blocks = blocks
         self._args: list[int] = []  # each block's gemma_block, by address
         self._alive: list[Any] = []  # the structs, and the tensors they point into
+        # the structs hold the weights' addresses, the norms' scales and the int8 factors as
+        # they were at the first call: a load_state_dict into the blocks builds them again
+        blocks.register_load_state_dict_post_hook(self._forget)  # type: ignore[no-untyped-call]
+
+    def _forget(self, *_: object) -> None:
+        self._args, self._alive = [], []
 
     def _build(self) -> None:
         ffi = self.kernels.ffi
