@@ -72,9 +72,12 @@ logger = logging.getLogger(__name__)
 
 # 2: int8 weights packed for the VNNI kernel, float16 scales; 3: the native tokenizer's file
 FORMAT_VERSION = 3
-# of the 4-bit formats, after FORMAT_VERSION's (``-v3.3``): 1 (none), importance-weighted
+# of the 4-bit formats, after FORMAT_VERSION's (``-v3.4``): 1 (none), importance-weighted
 # rounding; 2, IQ4_NL's levels (branch iq4-levels); 3, the head rounded by GPTQ, lookups int8
-Q4_FORMAT_VERSION = 3
+# (Gemma 3's head only); 4, Gemma 4's head rounded by GPTQ too (its "-v3.3" entries were
+# rounded per weight; Gemma 3's are the same bytes as at 3, converted again once all the same:
+# the key does not know the architecture, which a GGUF's header takes long to read)
+Q4_FORMAT_VERSION = 4
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
