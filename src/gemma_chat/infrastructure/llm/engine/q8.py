@@ -485,13 +485,13 @@ def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
     except OSError as exc:  # no room for the area (strict overcommit, a limit), or no THP
         logger.info("the weights stay where they were loaded: %s", exc)
         return
-    skip = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
+    to_boundary = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
     warned = False
     for (linear, name), tensor, end in zip(moving, tensors, ends, strict=True):
-        start = skip + end - -(-tensor.nbytes // 64) * 64
+        start = to_boundary + end - -(-tensor.nbytes // 64) * 64
         held = torch.frombuffer(area, dtype=torch.uint8, count=tensor.nbytes, offset=start)
         source = tensor.contiguous().view(-1).view(torch.uint8)
         # in pieces, each piece's file pages given back once copied: the process never holds
