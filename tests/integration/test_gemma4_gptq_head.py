@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -39,6 +40,10 @@ from .gemma4_variants import (
     one_thread,  # noqa: F401 (a fixture)
     one_thread_kernels,  # noqa: F401 (the fixture kernels)
 )
+
+if TYPE_CHECKING:
+    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+    from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 
 Q4 = BlockBits(head=4, blocks=8, lookup=8)  # WeightFormat.q4
 BOS = 2
@@ -233,10 +238,13 @@ def test_the_converted_model_with_a_gptq_head_picks_the_float_models_top_token(
     assert agree / steps >= 0.98
 
 
-def tiny_gemma4_with_tokenizer(tmp_path: Path) -> Path:
-    """A tiny random Gemma 4 as safetensors with the tiny Gemma 3's tokenizer, for the store."""
+def tiny_gemma4_in_a_store(tmp_path: Path) -> tuple[ConvertedModelStore, ModelSource]:
+    """A tiny random Gemma 4 as safetensors with the tiny Gemma 3's tokenizer, and an empty
+    store of converted entries."""
     import shutil
 
+    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
     from gemma_chat.testing.tiny_gemma import build_tiny_gemma
 
     tokenizer_dir = build_tiny_gemma(tmp_path / "tokenizer")
@@ -246,7 +254,7 @@ def tiny_gemma4_with_tokenizer(tmp_path: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, directory / name)
-    return directory
+    return ConvertedModelStore(tmp_path / "cache"), resolve_model_source(str(directory))
 
 
 def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
@@ -260,16 +268,10 @@ def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
         calibration_sequences,
         calibration_text,
     )
-    from gemma_chat.infrastructure.llm.engine.converted_store import (
-        WEIGHTS,
-        ConvertedModelStore,
-        WeightFormat,
-    )
-    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
+    from gemma_chat.infrastructure.llm.engine.converted_store import WEIGHTS, WeightFormat
 
-    directory = tiny_gemma4_with_tokenizer(tmp_path)
-    store = ConvertedModelStore(tmp_path / "cache")
-    source = resolve_model_source(str(directory))
+    store, source = tiny_gemma4_in_a_store(tmp_path)
+    directory = source.directory
     four = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False)
     assert store.has(source, WeightFormat.q8(kernels))  # converted first, kept
     eight = store.load_or_convert(source, WeightFormat.q8(kernels), progress=False).model
@@ -317,16 +319,9 @@ def test_an_int4_entry_of_the_rounding_before_gemma_4s_gptq_head_is_converted_ag
 ) -> None:
     """Gemma 4's int4 entries keyed ``-v3.3`` were rounded per weight: one such entry (here
     the current one under that key, which would load) is neither loaded nor kept."""
-    from gemma_chat.infrastructure.llm.engine.converted_store import (
-        FORMAT_VERSION,
-        ConvertedModelStore,
-        WeightFormat,
-    )
-    from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
+    from gemma_chat.infrastructure.llm.engine.converted_store import FORMAT_VERSION, WeightFormat
 
-    directory = tiny_gemma4_with_tokenizer(tmp_path)
-    store = ConvertedModelStore(tmp_path / "cache")
-    source = resolve_model_source(str(directory))
+    store, source = tiny_gemma4_in_a_store(tmp_path)
     current = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False).directory
     old = current.with_name(current.name.rsplit("-v", 1)[0] + f"-v{FORMAT_VERSION}.3")
     current.rename(old)
