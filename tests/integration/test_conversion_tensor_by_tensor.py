@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from gemma_chat.infrastructure.llm.engine.calibration import input_importance
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
@@ -24,7 +23,6 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
     BlockBits,
     Q4Linear,
     Q8Kernels,
-    load_kernels,
     pack_weight,
     pack_weight4,
     quantize_model,
@@ -34,6 +32,7 @@ from gemma_chat.infrastructure.llm.engine.q8 import (
 )
 from gemma_chat.infrastructure.llm.engine.weights import lean_weight_sources, load_hf_state_dict
 
+from .conversion_checks import assert_same_bytes, save_whole
 from .gemma_variants import build_text_model, text_config, write_gguf
 
 # More tokens than one pass of the cache's chunk: the calibration runs several passes.
@@ -45,14 +44,6 @@ FORMATS = {
     "int4-head": (torch.float32, True, BlockBits(head=4, blocks=8)),
     "int4-everywhere": (torch.float32, True, BlockBits(head=4, blocks=4)),
 }
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    return built
 
 
 def _untied_model() -> object:
@@ -97,11 +88,7 @@ def whole_model_conversion(
         if 4 in (bits.head, bits.blocks):
             importance = input_importance(lean, CALIBRATION_IDS.tolist())
         quantize_model(lean, kernels, tied=tied, bits=bits, importance=importance)
-    state = dict(lean.state_dict())
-    head, table = state.get("lm_head.weight"), state.get("embed.weight")
-    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
-        del state["lm_head.weight"]
-    save_file({k: v.contiguous() for k, v in state.items()}, target)
+    save_whole(lean, target)
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
@@ -127,9 +114,7 @@ def test_tensor_by_tensor_writes_the_bytes_of_the_whole_model_conversion(
         tied=tied,
         calibration_ids=CALIBRATION_IDS.tolist(),
     )
-    old, new = old_path.read_bytes(), new_path.read_bytes()
-    assert len(new) == len(old)
-    assert new == old
+    assert_same_bytes(new_path, old_path)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

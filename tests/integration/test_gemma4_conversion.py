@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
@@ -22,13 +21,14 @@ from gemma_chat.infrastructure.llm.engine.checkpoint import (
 )
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, text_config_from_hf
 from gemma_chat.infrastructure.llm.engine.conversion import convert_streamed, largest_read
-from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels, load_kernels
+from gemma_chat.infrastructure.llm.engine.q8 import BlockBits, Q8Kernels
 from gemma_chat.infrastructure.llm.engine.text_models import (
     load_state_dict,
     quantize,
     weight_sources,
 )
 
+from .conversion_checks import assert_same_bytes, save_whole
 from .gemma4_variants import build_text_model, write_gguf
 
 FORMATS = {
@@ -41,14 +41,6 @@ FORMATS = {
 # Weights read at a time: the default (every tiny weight whole), and a few rows (the tables,
 # projections and experts in several pieces, the last one short).
 PIECES = {"whole": 1 << 24, "rows": 3000}
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Q8Kernels:
-    built = load_kernels(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler: the int8 kernels cannot be built")
-    return built
 
 
 def _untied(variant: str) -> Any:
@@ -96,11 +88,7 @@ def whole_model_conversion(
     lean = load_state_dict(config, checkpoint, dtype)
     if kernels is not None:
         quantize(lean, kernels, tied=tied, bits=bits)
-    state = dict(lean.state_dict())
-    head, table = state.get("lm_head.weight"), state.get("embed.weight")
-    if head is not None and table is not None and head.data_ptr() == table.data_ptr():
-        del state["lm_head.weight"]
-    save_file({k: v.contiguous() for k, v in state.items()}, target)
+    save_whole(lean, target)
 
 
 @pytest.mark.parametrize("pieces", list(PIECES))
@@ -128,9 +116,7 @@ def test_a_piece_at_a_time_writes_the_bytes_of_the_whole_model_conversion(
         tied=tied,
         weights_at_a_time=PIECES[pieces],
     )
-    old, new = old_path.read_bytes(), new_path.read_bytes()
-    assert len(new) == len(old)
-    assert new == old
+    assert_same_bytes(new_path, old_path)
 
 
 def test_the_writer_takes_rows_in_place_and_refuses_rows_that_do_not_fit(tmp_path: Path) -> None:

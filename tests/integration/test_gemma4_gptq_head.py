@@ -6,7 +6,9 @@ converted model still picks the float model's tokens."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -38,6 +40,10 @@ from .gemma4_variants import (
     one_thread,  # noqa: F401 (a fixture)
     one_thread_kernels,  # noqa: F401 (the fixture kernels)
 )
+
+if TYPE_CHECKING:
+    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
+    from gemma_chat.infrastructure.llm.loading.model_source import ModelSource
 
 Q4 = BlockBits(head=4, blocks=8, lookup=8)  # WeightFormat.q4
 BOS = 2
@@ -232,25 +238,12 @@ def test_the_converted_model_with_a_gptq_head_picks_the_float_models_top_token(
     assert agree / steps >= 0.98
 
 
-def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
-    kernels: Q8Kernels, tmp_path: Path
-) -> None:
-    """``ConvertedModelStore`` converts a Gemma 4's int8 entry first, runs it over the
-    calibration text and its own samples, and writes the head GPTQ rounds on those inputs."""
-    import json
+def tiny_gemma4_in_a_store(tmp_path: Path) -> tuple[ConvertedModelStore, ModelSource]:
+    """A tiny random Gemma 4 as safetensors with the tiny Gemma 3's tokenizer, and an empty
+    store of converted entries."""
     import shutil
 
-    from transformers import AutoTokenizer
-
-    from gemma_chat.infrastructure.llm.engine.calibration import (
-        calibration_sequences,
-        calibration_text,
-    )
-    from gemma_chat.infrastructure.llm.engine.converted_store import (
-        WEIGHTS,
-        ConvertedModelStore,
-        WeightFormat,
-    )
+    from gemma_chat.infrastructure.llm.engine.converted_store import ConvertedModelStore
     from gemma_chat.infrastructure.llm.loading.model_source import resolve_model_source
     from gemma_chat.testing.tiny_gemma import build_tiny_gemma
 
@@ -261,8 +254,24 @@ def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, directory / name)
-    store = ConvertedModelStore(tmp_path / "cache")
-    source = resolve_model_source(str(directory))
+    return ConvertedModelStore(tmp_path / "cache"), resolve_model_source(str(directory))
+
+
+def test_the_stores_int4_entry_fits_the_head_on_its_int8_entry(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """``ConvertedModelStore`` converts a Gemma 4's int8 entry first, runs it over the
+    calibration text and its own samples, and writes the head GPTQ rounds on those inputs."""
+    from transformers import AutoTokenizer
+
+    from gemma_chat.infrastructure.llm.engine.calibration import (
+        calibration_sequences,
+        calibration_text,
+    )
+    from gemma_chat.infrastructure.llm.engine.converted_store import WEIGHTS, WeightFormat
+
+    store, source = tiny_gemma4_in_a_store(tmp_path)
+    directory = source.directory
     four = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False)
     assert store.has(source, WeightFormat.q8(kernels))  # converted first, kept
     eight = store.load_or_convert(source, WeightFormat.q8(kernels), progress=False).model
@@ -303,3 +312,20 @@ def test_the_int4_conversion_estimate_holds_the_int8_model_run_first(
     # or the pieces read, with the head's float32 scales kept until its last piece
     scales = config.vocab_size * config.hidden_size // 32 * 4
     assert four.converting_bytes == max(eight.converting_bytes + scales, eight.weights_bytes)
+
+
+def test_an_int4_entry_of_the_rounding_before_gemma_4s_gptq_head_is_converted_again(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    """Gemma 4's int4 entries keyed ``-v3.3`` were rounded per weight: one such entry (here
+    the current one under that key, which would load) is neither loaded nor kept."""
+    from gemma_chat.infrastructure.llm.engine.converted_store import FORMAT_VERSION, WeightFormat
+
+    store, source = tiny_gemma4_in_a_store(tmp_path)
+    current = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False).directory
+    old = current.with_name(current.name.rsplit("-v", 1)[0] + f"-v{FORMAT_VERSION}.3")
+    current.rename(old)
+    assert not store.has(source, WeightFormat.q4(kernels))
+    again = store.load_or_convert(source, WeightFormat.q4(kernels), progress=False)
+    assert again.directory == current
+    assert not old.exists()  # removed once the current entry is written

@@ -277,7 +277,7 @@ def test_the_int4_entry_has_a_key_of_its_own_rounding(kernels: Q8Kernels, tmp_pa
     four = store.key(digest, WeightFormat.q4(kernels))
     # main's importance-weighted entries were "-q4-v3": never read as this rounding's
     assert four.endswith(f"-q4-v{FORMAT_VERSION}.{Q4_FORMAT_VERSION}")
-    assert Q4_FORMAT_VERSION >= 3
+    assert Q4_FORMAT_VERSION >= 4  # 4: Gemma 4's entries rounded by GPTQ (3: per weight)
     assert store.key(digest, WeightFormat.q8(kernels)).endswith(f"-q8-v{FORMAT_VERSION}")
     assert WeightFormat.q4(kernels).bits == BlockBits(head=4, blocks=8, lookup=8)
 

@@ -178,7 +178,7 @@ def test_without_vnni_the_default_is_bfloat16_and_int8_only_when_asked(
     assert generator_module.weight_format(settings, plan("int8")).name == "q8"
 
 
-def small_q8_model(kernels: Q8Kernels) -> Gemma3Model:
+def small_q8_model(kernels: Q8Kernels, seed: int = 0, spread: float = 0.3) -> Gemma3Model:
     config = Gemma3Config(
         vocab_size=96,
         hidden_size=64,
@@ -195,10 +195,10 @@ def small_q8_model(kernels: Q8Kernels) -> Gemma3Model:
         query_pre_attn_scalar=32.0,
         max_position_embeddings=128,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Gemma3Model(config)
     for parameter in model.parameters():
-        parameter.data.normal_(0.0, 0.3)
+        parameter.data.normal_(0.0, spread)
     model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
     quantize_model(model, kernels, tied=True)
     return model.eval()
@@ -268,6 +268,19 @@ def test_a_table_only_looked_up_stays_where_it_was_loaded(kernels: Q8Kernels) ->
     loaded.load_state_dict(state, assign=True, strict=True)
     assert loaded.proj.q.data_ptr() != state["proj.q"].data_ptr()  # moved
     assert loaded.embed.table.q.data_ptr() == state["embed.table.q"].data_ptr()  # left
+
+
+def test_a_model_that_decoded_decodes_with_the_weights_loaded_after(kernels: Q8Kernels) -> None:
+    # the fused blocks hold addresses of the weights and copies of the norms from their first
+    # call, and each projection its int8 factor: a later load_state_dict must reach them
+    model, other = small_q8_model(kernels), small_q8_model(kernels, seed=1, spread=5.0)
+    assert model.lm_head.mult != other.lm_head.mult
+    prompts = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(8))
+    before = decode_logits(model, prompts, [0, 1], fused=True)
+    model.load_state_dict(other.state_dict(), assign=True, strict=True)
+    after = decode_logits(model, prompts, [0, 1], fused=True)
+    assert torch.equal(after, decode_logits(other, prompts, [0, 1], fused=True))
+    assert not torch.equal(after, before)
 
 
 def test_the_fused_decode_step_matches_the_step_op_by_op(kernels: Q8Kernels) -> None:

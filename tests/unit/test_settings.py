@@ -35,6 +35,7 @@ def test_without_any_variable_the_defaults_apply() -> None:
     assert settings.model.name == EMBEDDED_MODEL_NAME
     assert settings.model.temperature == 0.7
     assert settings.performance.device == "auto"
+    assert settings.performance.huge_pages is True
     assert settings.cache.enabled is True
     assert settings.environment is Environment.DEVELOPMENT
     assert settings.log_level is LogLevel.INFO
@@ -49,6 +50,7 @@ def test_environment_variables_set_every_section(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GEMMA_MODEL__NAME", "google/gemma-3-1b-it")
     monkeypatch.setenv("GEMMA_MODEL__TEMPERATURE", "0.2")
     monkeypatch.setenv("GEMMA_PERFORMANCE__DEVICE", "cpu")
+    monkeypatch.setenv("GEMMA_PERFORMANCE__HUGE_PAGES", "false")
     monkeypatch.setenv("GEMMA_CACHE__ENABLED", "false")
     monkeypatch.setenv("GEMMA_ENVIRONMENT", "production")
     monkeypatch.setenv("GEMMA_LOG_LEVEL", "WARNING")
@@ -58,6 +60,7 @@ def test_environment_variables_set_every_section(monkeypatch: pytest.MonkeyPatch
     assert settings.model.name == "google/gemma-3-1b-it"
     assert settings.model.temperature == 0.2
     assert settings.performance.device == "cpu"
+    assert settings.performance.huge_pages is False
     assert settings.cache.enabled is False
     assert settings.environment is Environment.PRODUCTION
     assert settings.log_level is LogLevel.WARNING
@@ -112,6 +115,7 @@ def test_unrelated_variables_in_the_dotenv_file_are_ignored(tmp_path: Path) -> N
         ("GEMMA_MODEL__QUANTIZATION", "int2", "int8"),
         ("GEMMA_PERFORMANCE__DEVICE", "tpu", "'auto', 'cpu' or 'cuda'"),
         ("GEMMA_CACHE__ENABLED", "maybe", "valid boolean"),
+        ("GEMMA_PERFORMANCE__HUGE_PAGES", "auto", "valid boolean"),
         ("GEMMA_CACHE__TTL_SECONDS", "0", "greater than 0"),
         ("GEMMA_ENVIRONMENT", "staging", "development"),
         ("GEMMA_LOG_LEVEL", "LOUD", "DEBUG"),

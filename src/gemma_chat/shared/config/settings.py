@@ -119,6 +119,14 @@ class PerformanceSettings(_Section):
         "neon-dotprod",
         "neon-i8mm",
     ] = "auto"
+    # Where the native engine's int8/int4 weights live once loaded. true: copied into one
+    # anonymous area of 2 MB pages (Linux transparent huge pages, where they are on), which
+    # spares a TLB miss every 4 KB of a decode step's reads (DEVELOPMENT.md has the figures);
+    # the cost: that memory is the process's own, not shared with another process serving the
+    # same model, and without swap it cannot be dropped under memory pressure. false: they stay
+    # in the converted file's mapping, in 4 KB page-cache pages that processes share and the
+    # kernel may drop and read again; decoding is slower.
+    huge_pages: bool = True
 
 
 class CacheSettings(_Section):

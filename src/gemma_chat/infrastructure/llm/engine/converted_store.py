@@ -72,9 +72,12 @@ logger = logging.getLogger(__name__)
 
 # 2: int8 weights packed for the VNNI kernel, float16 scales; 3: the native tokenizer's file
 FORMAT_VERSION = 3
-# of the 4-bit formats, after FORMAT_VERSION's (``-v3.3``): 1 (none), importance-weighted
+# of the 4-bit formats, after FORMAT_VERSION's (``-v3.4``): 1 (none), importance-weighted
 # rounding; 2, IQ4_NL's levels (branch iq4-levels); 3, the head rounded by GPTQ, lookups int8
-Q4_FORMAT_VERSION = 3
+# (Gemma 3's head only); 4, Gemma 4's head rounded by GPTQ too (its "-v3.3" entries were
+# rounded per weight; Gemma 3's are the same bytes as at 3, converted again once all the same:
+# the key does not know the architecture, which a GGUF's header takes long to read)
+Q4_FORMAT_VERSION = 4
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -91,22 +94,26 @@ class WeightFormat:
     dtype: torch.dtype  # of the stored float weights (float32 before int8 quantization)
     kernels: Q8Kernels | None = None
     bits: BlockBits = field(default_factory=BlockBits)  # of the head and blocks, with kernels
+    # packed weights copied into 2 MB pages once loaded (``q8.hold_in_huge_pages``), or left in
+    # the file's mapping (settings: ``performance.huge_pages``); not part of the entry's key
+    huge_pages: bool = True
 
     @classmethod
     def floating(cls, dtype: torch.dtype) -> WeightFormat:
         return cls(_DTYPE_NAMES[dtype], dtype)
 
     @classmethod
-    def q8(cls, kernels: Q8Kernels) -> WeightFormat:
-        return cls("q8", torch.float32, kernels)
+    def q8(cls, kernels: Q8Kernels, *, huge_pages: bool = True) -> WeightFormat:
+        return cls("q8", torch.float32, kernels, huge_pages=huge_pages)
 
     @classmethod
-    def q4(cls, kernels: Q8Kernels) -> WeightFormat:
+    def q4(cls, kernels: Q8Kernels, *, huge_pages: bool = True) -> WeightFormat:
         """The output head (most of the bytes) in 4-bit blocks (``q8.pack_weight4``) rounded by
         GPTQ (``gptq.py``), embedding lookups from an int8 copy, the decoder blocks in int8:
         cached under its own key beside the int8 copy. Why not the blocks too: DEVELOPMENT.md,
         "4-bit weights"."""
-        return cls("q4", torch.float32, kernels, bits=BlockBits(head=4, blocks=8, lookup=8))
+        bits = BlockBits(head=4, blocks=8, lookup=8)
+        return cls("q4", torch.float32, kernels, bits=bits, huge_pages=huge_pages)
 
     @property
     def quantization(self) -> str:
@@ -222,7 +229,9 @@ class ConvertedModelStore:
             model = new_model(text_config_from_hf(hf_config))
         state = load_file(directory / WEIGHTS)
         if weights.kernels is not None:
-            empty_quantized(model, weights.kernels, tied=tied, bits=weights.bits)
+            empty_quantized(
+                model, weights.kernels, tied=tied, bits=weights.bits, huge_pages=weights.huge_pages
+            )
         else:
             if "lm_head.weight" not in state:
                 state["lm_head.weight"] = state["embed.weight"]  # tied: one tensor, held once
@@ -352,7 +361,11 @@ class ConvertedModelStore:
         """The int8 model of ``source`` with the kernels of ``weights`` (its own entry,
         converted first if absent)."""
         assert weights.kernels is not None
-        eight = self.load_or_convert(source, WeightFormat.q8(weights.kernels), progress=progress)
+        eight = self.load_or_convert(
+            source,
+            WeightFormat.q8(weights.kernels, huge_pages=weights.huge_pages),
+            progress=progress,
+        )
         return eight.model
 
     def _remove_other_versions(self, directory: Path) -> None:

@@ -583,10 +583,15 @@ def quantize_gemma4(
 
 
 def empty_quantized_gemma4(
-    model: Gemma4Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = _INT8
+    model: Gemma4Model,
+    kernels: Q8Kernels,
+    *,
+    tied: bool,
+    bits: BlockBits = _INT8,
+    huge_pages: bool = True,
 ) -> None:
     """Give a meta-device model the int8/4-bit projections ``quantize_gemma4`` makes, to load
-    a state dict into."""
+    a state dict into (``huge_pages``: moved into 2 MB pages once loaded)."""
 
     def empty(out_features: int, in_features: int, width: int) -> Q8Linear:
         groups = 8 if width == 8 else 4
@@ -604,16 +609,20 @@ def empty_quantized_gemma4(
     c = model.config
     if c.ple_size:
         model.ple_embed = _Q8Rows(empty(c.ple_vocab_size, c.num_layers * c.ple_size, 8))
-    _install(model, kernels, empty(c.vocab_size, c.hidden_size, bits.head), tied=tied)
+    head = empty(c.vocab_size, c.hidden_size, bits.head)
+    _install(model, kernels, head, tied=tied, huge_pages=huge_pages)
 
 
-def _install(model: Gemma4Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool) -> None:
+def _install(
+    model: Gemma4Model, kernels: Q8Kernels, head: Q8Linear, *, tied: bool, huge_pages: bool = True
+) -> None:
     model.lm_head = head
     if tied:
         model.embed_lookup = _Q8Lookup(head)
         model.embed = None
     model.compute_dtype = torch.float32
     model.cache_dtype = torch.float16
-    hold_in_huge_pages_once_loaded(model)
+    if huge_pages:
+        hold_in_huge_pages_once_loaded(model)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k

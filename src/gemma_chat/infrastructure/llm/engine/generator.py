@@ -72,7 +72,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
     """int8 blocks when asked for, or by default where the kernel variant that runs has vector
     int8 products (AVX-512 VNNI or AVX2; their portable loops are slower than bfloat16); else the
-    dtype. A kernel variant named in the settings that this CPU cannot run is refused here."""
+    dtype. A kernel variant named in the settings that this CPU cannot run is refused here.
+    Quantized weights carry ``performance.huge_pages`` (where they live once loaded)."""
     variant = settings.performance.kernel_variant
     choose_variant(variant)  # a named one this CPU cannot run: refused before anything loads
     if plan.quantization == "int4":
@@ -82,11 +83,11 @@ def weight_format(settings: Settings, plan: PrecisionPlan) -> WeightFormat:
                 "GEMMA_MODEL__QUANTIZATION=int4 on the native engine needs a C compiler to "
                 "build its kernels once (`apt-get install gcc`); or use quantization=none."
             )
-        return WeightFormat.q4(kernels)
+        return WeightFormat.q4(kernels, huge_pages=settings.performance.huge_pages)
     if plan.quantization in ("auto", "int8"):
         kernels = load_kernels(settings.cache_dir, variant=variant)
         if kernels is not None and (kernels.vectorized or plan.quantization == "int8"):
-            return WeightFormat.q8(kernels)
+            return WeightFormat.q8(kernels, huge_pages=settings.performance.huge_pages)
         if kernels is not None:
             logger.info(
                 "No vector int8 products in the %s kernels (neither AVX-512 VNNI nor AVX2 with "

@@ -461,6 +461,11 @@ class Q8Linear(nn.Module):
         self.out_features = out_features
         self.in_features = int(q.shape[1]) * BLOCK
         self._mult: float | None = None
+        forget = Q8Linear._forget_mult
+        self.register_load_state_dict_post_hook(forget)  # type: ignore[no-untyped-call]
+
+    def _forget_mult(self, _: object) -> None:
+        self._mult = None  # the loaded scale_factor's is read at the next use
 
     @classmethod
     def from_weight(cls, kernels: Q8Kernels, weight: torch.Tensor) -> Q8Linear:
@@ -538,13 +543,13 @@ def hold_in_huge_pages(linears: list[Q8Linear]) -> None:
     except OSError as exc:  # no room for the area (strict overcommit, a limit), or no THP
         logger.info("the weights stay where they were loaded: %s", exc)
         return
-    skip = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
+    to_boundary = -ctypes.addressof(ctypes.c_char.from_buffer(area)) % _HUGE_PAGE
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
     warned = False
     for (linear, name), tensor, end in zip(moving, tensors, ends, strict=True):
-        start = skip + end - -(-tensor.nbytes // 64) * 64
+        start = to_boundary + end - -(-tensor.nbytes // 64) * 64
         held = torch.frombuffer(area, dtype=torch.uint8, count=tensor.nbytes, offset=start)
         source = tensor.contiguous().view(-1).view(torch.uint8)
         # in pieces, each piece's file pages given back once copied: the process never holds
@@ -607,6 +612,12 @@ class Q8BlockDecoder:
         self._blocks = blocks
         self._args: list[int] = []  # each block's gemma_block, by address
         self._alive: list[Any] = []  # the structs, and the tensors they point into
+        # the structs hold the weights' addresses, the norms' scales and the int8 factors as
+        # they were at the first call: a load_state_dict into the blocks builds them again
+        blocks.register_load_state_dict_post_hook(self._forget)  # type: ignore[no-untyped-call]
+
+    def _forget(self, *_: object) -> None:
+        self._args, self._alive = [], []
 
     def _build(self) -> None:
         ffi = self.kernels.ffi
@@ -732,10 +743,15 @@ def quantize_model(
 
 
 def empty_q8_model(
-    model: Gemma3Model, kernels: Q8Kernels, *, tied: bool, bits: BlockBits = BlockBits()
+    model: Gemma3Model,
+    kernels: Q8Kernels,
+    *,
+    tied: bool,
+    bits: BlockBits = BlockBits(),
+    huge_pages: bool = True,
 ) -> None:
     """Give a meta-device model int8 or 4-bit projections of the right shapes, to load a state
-    dict into."""
+    dict into (``huge_pages``: moved into 2 MB pages once loaded)."""
 
     def empty(out_features: int, in_features: int, width: int) -> Q8Linear:
         groups = 8 if width == 8 else 4  # 64-byte groups per block and tile
@@ -754,7 +770,8 @@ def empty_q8_model(
     head: nn.Linear = model.lm_head  # type: ignore[assignment]
     shape = (head.out_features, head.in_features)
     lookup = empty(*shape, 8) if tied and bits.lookup == 8 else None
-    _install(model, kernels, empty(*shape, bits.head), tied=tied, lookup=lookup)
+    quantized = empty(*shape, bits.head)
+    _install(model, kernels, quantized, tied=tied, lookup=lookup, huge_pages=huge_pages)
 
 
 def _install(
@@ -764,6 +781,7 @@ def _install(
     *,
     tied: bool,
     lookup: Q8Linear | None = None,
+    huge_pages: bool = True,
 ) -> None:
     model.lm_head = head
     if tied:  # the float table goes: lookups read the head's table, or their own (``lookup``)
@@ -772,7 +790,8 @@ def _install(
     model.compute_dtype = torch.float32
     model.cache_dtype = torch.float16  # the fused blocks keep keys and values in float16
     model.block_decoder = Q8BlockDecoder(kernels, model.blocks)
-    hold_in_huge_pages_once_loaded(model)
+    if huge_pages:
+        hold_in_huge_pages_once_loaded(model)
     model.argmax = kernels.argmax
     model.top_k = kernels.top_k
     model.soft_cap_ = kernels.soft_cap_

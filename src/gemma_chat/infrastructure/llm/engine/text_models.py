@@ -90,8 +90,10 @@ def quantize(
         quantize_model(model, kernels, tied=tied, bits=bits, importance=importance)
 
 
-def empty_quantized(model: TextModel, kernels: Q8Kernels, *, tied: bool, bits: BlockBits) -> None:
+def empty_quantized(
+    model: TextModel, kernels: Q8Kernels, *, tied: bool, bits: BlockBits, huge_pages: bool = True
+) -> None:
     if isinstance(model, Gemma4Model):
-        empty_quantized_gemma4(model, kernels, tied=tied, bits=bits)
+        empty_quantized_gemma4(model, kernels, tied=tied, bits=bits, huge_pages=huge_pages)
     else:
-        empty_q8_model(model, kernels, tied=tied, bits=bits)
+        empty_q8_model(model, kernels, tied=tied, bits=bits, huge_pages=huge_pages)

@@ -56,8 +56,8 @@ static int scratch_for(const gemma_block *blk, int64_t B, scratch *m) {
     const int64_t widest = NQKV > 2 * I ? NQKV : 2 * I;
     const int64_t narrow = E > NQ ? (E > I ? E : I) : (NQ > I ? NQ : I);
     *m = (scratch){malloc(sizeof(float) * B * narrow), malloc(sizeof(float) * B * widest),
-                   malloc(sizeof(float) * B * (NQ > E ? NQ : E)), malloc(sizeof(float) * B * (widest / QK + 1)),
-                   malloc((size_t)(B * widest))};
+                   malloc(sizeof(float) * B * (NQ > E ? NQ : E)),
+                   malloc(sizeof(float) * B * (widest / QK + 1)), malloc((size_t)(B * widest))};
     if (m->h && m->y && m->attn && m->xs && m->xq) return 1;
     scratch_free(m);
     return 0;

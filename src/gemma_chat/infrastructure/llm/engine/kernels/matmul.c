@@ -4,8 +4,8 @@
  * four k at a time: [N/16][K/32][8][16][4], with one float16 scale per row and block of 32:
  * [N/16][K/32][16]. One dpbusd then adds 4 products to each of 16 outputs, with the 4 int8
  * activations broadcast, and the float work (one conversion, one multiply and one FMA) is per
- * 16 outputs and block, not per output and block: ~4x fewer instructions than a dot product
- * per output. The +128 comes back out as 128 * sum(x) per row and block.
+ * 16 outputs and block, not per output and block as a dot product per output would have it.
+ * The +128 comes back out as 128 * sum(x) per row and block.
  *
  * Every output is reduced in the same order whatever M is (blocks in order, one FMA each), so a
  * row's result does not depend on the rows computed beside it. The generic body is here; the
@@ -97,12 +97,13 @@ typedef struct {
 
 static void matmul_tile_pair(void *ctx, int64_t pair) {
     const matmul_job *j = ctx;
-    const int64_t t = 2 * pair, nb = j->K / QK, m8 = 8 * j->octets_of_rows;
+    const int64_t t = 2 * pair, nb = j->K / QK, packed = 8 * j->octets_of_rows;
     const int two = t + 1 < j->tiles;
-    if (m8) j->octets(j->x8, j->octets_of_rows, j->wq, j->ws, j->mult, j->y, t, two, j->N, j->K);
-    if (m8 < j->M)
-        j->product(j->xq + m8 * j->K, j->xs + m8 * nb, j->xc ? j->xc + m8 * nb : NULL, j->wq,
-                   j->ws, j->mult, j->y + m8 * j->N, j->M - m8, t, two, j->N, j->K);
+    if (packed) /* the first rows, in octet records */
+        j->octets(j->x8, j->octets_of_rows, j->wq, j->ws, j->mult, j->y, t, two, j->N, j->K);
+    if (packed < j->M) /* the rest, as they are */
+        j->product(j->xq + packed * j->K, j->xs + packed * nb, j->xc ? j->xc + packed * nb : NULL,
+                   j->wq, j->ws, j->mult, j->y + packed * j->N, j->M - packed, t, two, j->N, j->K);
 }
 
 typedef struct {
