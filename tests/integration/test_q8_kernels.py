@@ -23,6 +23,7 @@ from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
 from gemma_chat.infrastructure.llm.engine.model import Gemma3Model
 from gemma_chat.infrastructure.llm.engine.native import KERNELS, cpu_features
 from gemma_chat.infrastructure.llm.engine.q8 import (
+    Q4Linear,
     Q8Embedding,
     Q8Kernels,
     Q8Linear,
@@ -481,6 +482,80 @@ def test_argmax_takes_the_first_largest_value_as_torch_does(kernels: Q8Kernels) 
     logits[4, 3] = 70.0
     assert kernels.argmax(logits) == logits.argmax(dim=-1).tolist()
     assert kernels.argmax(logits[:, :7]) == logits[:, :7].argmax(dim=-1).tolist()
+
+
+def test_argmax_of_wide_rows_takes_the_first_of_ties_in_any_block(kernels: Q8Kernels) -> None:
+    # The AVX-512 body keeps four chains over successive 16-float blocks: ties in one lane of
+    # blocks that different chains hold (36: chain 2, 68: chain 0, 100: chain 2), in the last
+    # full round and in the tail, and rows as wide as the output head's.
+    logits = torch.randn(6, 262_144 + 37, generator=torch.Generator().manual_seed(8))
+    logits[0, [100, 68, 36]] = 50.0
+    logits[1, [262_100, 262_090, 262_150]] = 50.0
+    logits[2, 262_144 + 36] = 60.0  # in the tail
+    logits[3, 16:80] = 40.0  # a block of ties across every chain
+    logits[4, :] = 1.0
+    logits[5, [70, 75]] = float("inf")
+    expected = logits.argmax(dim=-1).tolist()
+    expected[5] = -1
+    assert kernels.argmax(logits) == expected
+    for width in (63, 64, 65, 1000, 4099):
+        rows = logits[:, :width].contiguous()
+        expected = rows.argmax(dim=-1).tolist()
+        expected[5] = -1 if width > 70 else expected[5]
+        assert kernels.argmax(rows) == expected
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_heads_argmax_found_with_its_product_is_its_logits_argmax(
+    kernels: Q8Kernels, bits: int
+) -> None:
+    # Just over the head's size (the product's threads find each row's argmax on the columns
+    # they wrote, in runs of ~1,000 columns here): outputs 100, 5,000 and 16,400 have the same
+    # weights, so a row that favours them has the same largest value in three runs: the first.
+    n, k = 16_384 + 48, 64
+    generator = torch.Generator().manual_seed(12)
+    weight = torch.randn(n, k, generator=generator) * 0.05
+    weight[[100, 5_000, 16_400]] = torch.randn(k, generator=generator)
+    weight[16_420] = torch.randn(k, generator=generator)  # the largest alone, in the last run
+    head = (Q4Linear if bits == 4 else Q8Linear).from_weight(kernels, weight)
+    x = torch.randn(9, k, generator=generator)
+    x[3] = weight[100]
+    x[5] = weight[16_420]
+    with torch.inference_mode():  # as in the engine's steps
+        logits = head(x)
+    assert kernels._head_argmax is not None
+    assert kernels._head_argmax.of(logits)
+    found = kernels.argmax(logits)
+    assert found == kernels.argmax(logits.clone()) == logits.argmax(dim=-1).tolist()
+    assert logits[3, 100] == logits[3, 5_000] == logits[3, 16_400]
+    assert found[3] == 100
+    assert found[5] == 16_420
+    assert kernels.argmax(head(x[5:6])) == [16_420]
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_a_heads_argmax_follows_later_writes_to_its_logits(
+    kernels: Q8Kernels, inference: bool
+) -> None:
+    with torch.inference_mode(inference):  # the engine's steps run in inference mode
+        heads_argmax_after_writes(kernels)
+
+
+def heads_argmax_after_writes(kernels: Q8Kernels) -> None:
+    weight = torch.randn(16_384, 64, generator=torch.Generator().manual_seed(13))
+    head = Q8Linear.from_weight(kernels, weight)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(14))
+    logits = head(x)
+    logits[1, 7] = 1e9  # a torch write: the product's argmax no longer holds
+    assert kernels.argmax(logits) == [int(logits[0].argmax()), 7]
+    logits = head(x)
+    capped = logits.clone()
+    kernels.soft_cap_(logits, 0.001)  # the kernels' own write in place: ties at the cap
+    kernels.soft_cap_(capped, 0.001)
+    assert kernels.argmax(logits) == kernels.argmax(capped) == capped.argmax(dim=-1).tolist()
+    logits = head(x)
+    assert kernels.argmax(logits[1:]) == [int(logits[1].argmax())]  # another tensor
+    assert kernels.argmax(head(x).clone()) == logits.argmax(dim=-1).tolist()
 
 
 def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(

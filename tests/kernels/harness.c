@@ -142,6 +142,10 @@ static void quantize_and_products(void) {
         q8p_matmul(xq, xs, w.q, w.s, w.mult, y, M, N, K);
         snprintf(name, sizeof name, "matmul.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", y, M * N, 4);
+        int64_t best[17];
+        q8p_matmul_argmax(xq, xs, w.q, w.s, w.mult, y, M, N, K, best);
+        snprintf(name, sizeof name, "matmul_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
+        print_words(name, "exact", best, M, 8);
         const int64_t ids[] = {0, N - 1, N / 2, 3};
         float *rows = malloc(sizeof(float) * 4 * K);
         q8p_rows(w.q, w.s, w.mult, ids, 4, K, rows);
@@ -152,6 +156,9 @@ static void quantize_and_products(void) {
         q4p_matmul(xq, xs, w4.q, w4.s, w4.mult, y, M, N, K);
         snprintf(name, sizeof name, "matmul4.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", y, M * N, 4);
+        q4p_matmul_argmax(xq, xs, w4.q, w4.s, w4.mult, y, M, N, K, best);
+        snprintf(name, sizeof name, "matmul4_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
+        print_words(name, "exact", best, M, 8);
         q4p_rows(w4.q, w4.s, w4.mult, ids, 4, K, rows);
         snprintf(name, sizeof name, "rows4.%" PRId64 "x%" PRId64, N, K);
         print_words(name, "exact", rows, 4 * K, 4);
@@ -186,9 +193,9 @@ static void selection(void) {
     char name[64];
     const int64_t widths[] = {7, 1000, 1003};
     for (int c = 0; c < 3; c++) {
-        const int64_t R = 9, N = widths[c];
+        const int64_t R = 10, N = widths[c];
         float *x = malloc(sizeof(float) * R * N);
-        int64_t out[9];
+        int64_t out[10];
         fill(x, R * N, -5.0f, 5.0f);
         x[1 * N + N / 2] = x[1 * N + N - 2] = 50.0f; /* a tie: the first */
         x[2 * N + N - 1] = 60.0f;                    /* in the tail */
@@ -199,6 +206,9 @@ static void selection(void) {
         x[7 * N + 3] = INFINITY;
         x[8 * N] = -INFINITY;
         x[8 * N + N - 1] = 9.0f;
+        /* ties in one lane of different 16-float blocks (an AVX-512 body's chains): the first */
+        x[9 * N + (N > 100 ? 100 : 5)] = x[9 * N + (N > 100 ? 68 : 3)] = 70.0f;
+        x[9 * N + (N > 100 ? 36 : 1)] = 70.0f;
         q8_argmax_rows(x, R, N, out);
         snprintf(name, sizeof name, "argmax.%" PRId64, N);
         print_words(name, "exact", out, R, 8);

@@ -49,9 +49,13 @@ def _held(cache: KVCache, slot: int, length: int) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_a_snapshot_restores_the_same_bits_into_another_slot(dtype: torch.dtype) -> None:
+# the ring (window 8 + chunk 4: 16 positions) not full, full, wrapped to its start, wrapped
+# past it (the positions held run over the ring's end)
+@pytest.mark.parametrize("length", [10, 16, 32, 40])
+def test_a_snapshot_restores_the_same_bits_into_another_slot(
+    dtype: torch.dtype, length: int
+) -> None:
     cache = KVCache(CONFIG, slots=2, dtype=dtype, chunk=4)
-    length = 40  # beyond the ring (window 8 + chunk 4, 16 positions): the ring has wrapped
     cache.ensure(0, length)
     _fill(cache, 0, length, seed=1)
     before = _held(cache, 0, length)

@@ -218,3 +218,29 @@ def test_overlapping_stops_cut_the_same_however_the_text_is_split(
     pieces, stopped = stream_through(["abcd", "c"], deltas)
     assert "".join(pieces) == expected
     assert stopped
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(case=_stops_and_text(), points=_split_points)
+def test_what_is_held_back_is_the_longest_tail_that_begins_a_stop(
+    case: tuple[list[str], str], points: list[int]
+) -> None:
+    stops, text = case
+    stop_filter = StopSequenceFilter(stops)
+    seen, released = "", 0
+    for delta in split_at(text, [p for p in points if p <= len(text)]):
+        stop_filter.push(delta)
+        if stop_filter.stopped:
+            break
+        seen += delta
+        longest = max(
+            (
+                size
+                for stop in stops
+                for size in range(1, min(len(stop) - 1, len(seen)) + 1)
+                if seen.endswith(stop[:size])
+            ),
+            default=0,
+        )
+        released = max(released, len(seen) - longest)
+        assert stop_filter.text == seen[:released]

@@ -258,10 +258,18 @@ class KVCache:
             raise ValueError(f"slot {slot} holds no keys and values")
         ring = int(rows.local_k.shape[2])
         local_from = max(0, length - ring) if self._local_layers else 0
-        where = np.arange(local_from, length) % ring if self._local_layers else np.arange(0)
+        first = local_from % ring if self._local_layers else 0
+        count = length - local_from if self._local_layers else 0
 
-        def ring_part(t: torch.Tensor) -> torch.Tensor:  # fancy indexing in numpy copies
-            return torch.from_numpy(_bits(t)[:, :, where]).view(t.dtype)
+        def ring_part(t: torch.Tensor) -> torch.Tensor:
+            # the ring's positions [local_from, length): one slice, or two where it wraps
+            # (copied as whole rows; numpy's indexing by a list of positions went element by
+            # element)
+            bits = _bits(t)
+            if first + count <= ring:
+                return torch.from_numpy(bits[:, :, first : first + count].copy()).view(t.dtype)
+            parts = (bits[:, :, first:], bits[:, :, : first + count - ring])
+            return torch.from_numpy(np.concatenate(parts, axis=2)).view(t.dtype)
 
         return KVSnapshot(
             length=length,

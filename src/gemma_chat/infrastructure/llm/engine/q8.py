@@ -98,6 +98,33 @@ def _ffi() -> Any:
     return ffi
 
 
+# Products with at least this many outputs are output heads (Gemma 3 and 4: 262,144); the fused
+# blocks' products run in C (decoder_block.c), not through ``matmul``.
+_HEAD_OUTPUTS = 16_384
+
+
+@dataclass(frozen=True)
+class _HeadArgmax:
+    """Each row's argmax of a head product's logits ``best`` [M], found by its threads; it
+    holds for a tensor of the same memory and shape that nothing wrote since (torch's version
+    counter, shared by views; the kernels' own in-place writes clear it). The storage is held
+    so that its memory cannot be another tensor's meanwhile."""
+
+    storage: torch.UntypedStorage
+    version: int
+    shape: torch.Size
+    best: torch.Tensor
+
+    def of(self, logits: torch.Tensor) -> bool:
+        return (
+            logits.dtype == torch.float32
+            and logits.shape == self.shape
+            and logits.is_contiguous()
+            and logits.data_ptr() == self.storage.data_ptr()
+            and logits._version == self.version
+        )
+
+
 class Q8Kernels:
     """The library's functions (``kernels/q8.h``), called through cffi; ``variant`` names the
     build (``native.VARIANTS``)."""
@@ -108,6 +135,8 @@ class Q8Kernels:
         # As many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads).
         self._lib.gemma_set_threads(torch.get_num_threads())
         self.vectorized = bool(self._lib.q8_vector_kernels())  # VNNI, AVX2, NEON sdot or i8mm
+        # The argmax of the last output head's logits, found with the product (``matmul``).
+        self._head_argmax: _HeadArgmax | None = None
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [M, K] float32 -> int8 values [M, K] and float32 scales [M, K/32]."""
@@ -122,10 +151,35 @@ class Q8Kernels:
         """[M, K] x [N, K]^T -> [M, N] float32 (int8 or 4-bit weights, as ``w.bits`` says);
         ``OutOfMemoryError`` when the product's buffers could not be allocated."""
         m, k = xq.shape
-        y = torch.empty((m, w.out_features), dtype=torch.float32)
         weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
-        product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
-        if not product(xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k):
+        if w.out_features >= _HEAD_OUTPUTS:
+            # An output head: each row's argmax found as the threads write its logits, for
+            # ``argmax`` of these logits (greedy rows), which then needs no second pass over
+            # them (8 MB at 8 rows, read back from memory). Not an inference tensor, even in
+            # inference mode: those have no version counter to tell a later write.
+            with torch.inference_mode(False):
+                y = torch.empty((m, w.out_features), dtype=torch.float32)
+            best = torch.empty(m, dtype=torch.int64)
+            product = self._lib.q4p_matmul_argmax if w.bits == 4 else self._lib.q8p_matmul_argmax
+            done = product(
+                xq.data_ptr(),
+                xs.data_ptr(),
+                *weight,
+                y.data_ptr(),
+                m,
+                w.out_features,
+                k,
+                best.data_ptr(),
+            )
+            if done:
+                self._head_argmax = _HeadArgmax(y.untyped_storage(), y._version, y.shape, best)
+        else:
+            y = torch.empty((m, w.out_features), dtype=torch.float32)
+            product = self._lib.q4p_matmul if w.bits == 4 else self._lib.q8p_matmul
+            done = product(
+                xq.data_ptr(), xs.data_ptr(), *weight, y.data_ptr(), m, w.out_features, k
+            )
+        if not done:
             raise OutOfMemoryError(
                 f"the buffers of a product of {m} rows by {w.out_features} outputs could not be"
                 " allocated"
@@ -148,6 +202,9 @@ class Q8Kernels:
     def argmax(self, logits: torch.Tensor) -> list[int]:
         """Each row's first largest value's index, as ``torch.argmax``: [R, N] -> R ints (-1 for
         a row with a NaN or an infinite top: a broken model's output)."""
+        known, self._head_argmax = self._head_argmax, None
+        if known is not None and known.of(logits):
+            return [int(i) for i in known.best.tolist()]
         x = logits.float().contiguous()
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self._lib.q8_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
@@ -158,6 +215,7 @@ class Q8Kernels:
         elementwise operations over a batch's logits would start its OpenMP threads, which then
         spin on the cores these kernels need); ``torch``'s in-place operations for a tensor
         that is not contiguous float32."""
+        self._head_argmax = None  # written in place below, unseen by torch's version counter
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             logits.div_(cap).tanh_().mul_(cap)
             return

@@ -59,12 +59,23 @@ class StopSequenceFilter:
 
     def _held_back(self) -> int:
         """Length of the longest tail of the text that could still grow into a stop sequence."""
-        best = 0
+        text = self._text
+        if not text:
+            return 0
+        last, best = text[-1], 0
         for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(self._text)), best, -1):
-                if self._text.endswith(stop[:size]):
+            # A tail that is the stop's first ``size`` characters ends as the text does: only
+            # the sizes whose last character is the text's last one are compared (run per
+            # generated token of every stream).
+            size = min(len(stop) - 1, len(text))
+            while size > best:
+                size = stop.rfind(last, 0, size) + 1
+                if size <= best:
+                    break
+                if text.endswith(stop[:size]):
                     best = size
                     break
+                size -= 1
         return best
 
     def _release(self, end: int) -> str:

@@ -106,9 +106,49 @@ static void matmul_tile_pair(void *ctx, int64_t pair) {
                    j->wq, j->ws, j->mult, j->y + packed * j->N, j->M - packed, t, two, j->N, j->K);
 }
 
+typedef struct {
+    const matmul_job *job;
+    int64_t grain, pairs;
+    int64_t *found; /* [runs, M]: each run's first largest column of each row, -1 (see below) */
+} argmax_job;
+
+/* A run of grain tile pairs, then each row's argmax over the columns it wrote, while they are
+ * in this thread's cache (a second pass over a head's [M, 262,144] floats reads them from
+ * memory). -1 for a run whose columns hold a NaN or an infinite top: the row is then searched
+ * whole. */
+static void matmul_run_argmax(void *ctx, int64_t run) {
+    const argmax_job *a = ctx;
+    const matmul_job *j = a->job;
+    const int64_t first = run * a->grain;
+    const int64_t last = first + a->grain < a->pairs ? first + a->grain : a->pairs;
+    for (int64_t pair = first; pair < last; pair++) matmul_tile_pair((void *)j, pair);
+    const int64_t n0 = first * 2 * LANES, n1 = last * 2 * LANES < j->N ? last * 2 * LANES : j->N;
+    for (int64_t r = 0; r < j->M; r++) {
+        const int64_t at = q8_argmax_row(j->y + r * j->N + n0, n1 - n0);
+        a->found[run * j->M + r] = at < 0 ? -1 : n0 + at;
+    }
+}
+
+/* best[r]: q8_argmax_rows' result for row r of y, from the runs' own argmaxes: the first run
+ * holding the largest value (a later run's equal value is not larger), as one pass finds it. */
+static void merge_runs(const float *y, const int64_t *found, int64_t runs, int64_t M, int64_t N,
+                       int64_t *best) {
+    for (int64_t r = 0; r < M; r++) {
+        int64_t at = found[r];
+        for (int64_t run = 1; run < runs && at >= 0; run++) {
+            const int64_t here = found[run * M + r];
+            if (here < 0)
+                at = -1;
+            else if (y[r * N + here] > y[r * N + at])
+                at = here;
+        }
+        best[r] = at >= 0 ? at : q8_argmax_row(y + r * N, N);
+    }
+}
+
 int q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
                     const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                    float mult, float *y, int64_t M, int64_t N, int64_t K) {
+                    float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best) {
     int32_t *xc = offset ? block_sums(xq, M, K, offset) : NULL;
     if (offset && !xc) return 0;
     const int64_t tiles = (N + LANES - 1) / LANES, pairs = (tiles + 1) / 2;
@@ -122,16 +162,35 @@ int q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_
                       tiles};
     /* ~8 runs of neighbouring tiles per thread: long runs keep each thread's reads sequential
      * (prefetched), and several per thread still even out a thread that falls behind */
-    parallel_for(pairs, pairs / (8 * pool_threads()) + 1, matmul_tile_pair, &job);
+    const int64_t grain = pairs / (8 * pool_threads()) + 1;
+    int done = 1;
+    if (!best) {
+        parallel_for(pairs, grain, matmul_tile_pair, &job);
+    } else {
+        const int64_t runs = (pairs + grain - 1) / grain;
+        argmax_job a = {&job, grain, pairs, malloc(sizeof(int64_t) * (size_t)(runs * M))};
+        if (a.found) {
+            parallel_for(runs, 1, matmul_run_argmax, &a);
+            merge_runs(y, a.found, runs, M, N, best);
+            free(a.found);
+        }
+        done = a.found != NULL;
+    }
     free(x8);
     free(xc);
-    return 1;
+    return done;
 }
 
 int q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                float mult, float *y, int64_t M, int64_t N, int64_t K) {
     return q8_tiled_matmul(q8_tiles_product, q8_octets_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq,
-                           xs, wq, ws, mult, y, M, N, K);
+                           xs, wq, ws, mult, y, M, N, K, NULL);
+}
+
+int q8p_matmul_argmax(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                      float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best) {
+    return q8_tiled_matmul(q8_tiles_product, q8_octets_product, Q8_USES_BLOCK_SUMS ? 128 : 0, xq,
+                           xs, wq, ws, mult, y, M, N, K, best);
 }
 
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

@@ -49,7 +49,13 @@ void q4_tiles_product_generic(const int8_t *xq, const float *xs, const int32_t *
 int q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                float mult, float *y, int64_t M, int64_t N, int64_t K) {
     return q8_tiled_matmul(q4_tiles_product, q4_octets_product, 8, xq, xs, wq, ws, mult, y, M, N,
-                           K);
+                           K, NULL);
+}
+
+int q4p_matmul_argmax(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                      float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best) {
+    return q8_tiled_matmul(q4_tiles_product, q4_octets_product, 8, xq, xs, wq, ws, mult, y, M, N,
+                           K, best);
 }
 
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,

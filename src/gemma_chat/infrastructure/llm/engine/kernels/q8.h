@@ -64,6 +64,11 @@ void q8_quantize_rows(const float *x, int8_t *q, float *s, int64_t M, int64_t K)
 int q8p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                float mult, float *y, int64_t M, int64_t N, int64_t K);
 
+/* q8p_matmul, and best [M]: q8_argmax_rows' result for y, found by each thread on the columns
+ * it just wrote (an output head's logits of greedy rows, not read again from memory). */
+int q8p_matmul_argmax(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                      float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best);
+
 /* Rows ids[r] of the packed table, as floats: out [R, K] (the embedding lookup). */
 void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
@@ -78,6 +83,8 @@ void q4_quantize_weight(const float *w, const float *importance, int8_t *q, floa
 /* The same two with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
 int q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                float mult, float *y, int64_t M, int64_t N, int64_t K);
+int q4p_matmul_argmax(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
+                      float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best);
 void q4p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *ids, int64_t R,
               int64_t K, float *out);
 

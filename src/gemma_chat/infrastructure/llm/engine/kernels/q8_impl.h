@@ -150,10 +150,11 @@ octets_product_fn q8_octets_product_avx512, q4_octets_product_avx512;
 /* matmul.c: y [M, N] = x [M, K] times packed w [N, K] transposed, tile pairs on the thread pool,
  * each through product (and octets, where the build has one, for rows in groups of eight);
  * offset: what the weights are stored plus (xc = offset * each row's block sums; 0: no xc);
- * q8p_matmul's 1 or 0 */
+ * q8p_matmul's 1 or 0; best (NULL: none): each row's q8_argmax_rows result, as for
+ * q8p_matmul_argmax */
 int q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_t offset,
                     const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
-                    float mult, float *y, int64_t M, int64_t N, int64_t K);
+                    float mult, float *y, int64_t M, int64_t N, int64_t K, int64_t *best);
 
 /* attention*.c: a fixed-order float dot product (the same result for a row whatever the batch) */
 float q8_dot_f32_generic(const float *a, const float *b, int64_t n);
