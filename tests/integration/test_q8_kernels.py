@@ -283,6 +283,24 @@ def test_a_model_that_decoded_decodes_with_the_weights_loaded_after(kernels: Q8K
     assert not torch.equal(after, before)
 
 
+def test_a_dropped_model_that_decoded_is_freed_without_a_gc_pass(kernels: Q8Kernels) -> None:
+    # unloading a model must give its weights back at once: nothing may hold the blocks in a
+    # reference cycle (the fused decoder's reload hook once did)
+    import gc
+    import weakref
+
+    model = small_q8_model(kernels)
+    prompts = torch.randint(0, 96, (1, 8), generator=torch.Generator().manual_seed(6))
+    decode_logits(model, prompts, [0], fused=True)
+    blocks = weakref.ref(model.blocks)
+    gc.disable()
+    try:
+        del model
+        assert blocks() is None
+    finally:
+        gc.enable()
+
+
 def test_the_fused_decode_step_matches_the_step_op_by_op(kernels: Q8Kernels) -> None:
     model = small_q8_model(kernels)
     assert model.block_decoder is not None

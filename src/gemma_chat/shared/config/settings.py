@@ -119,7 +119,8 @@ class PerformanceSettings(_Section):
         "neon-dotprod",
         "neon-i8mm",
     ] = "auto"
-    # Where the native engine's int8/int4 weights live once loaded. true: copied into one
+    # Where the native engine's packed int8/int4 weights (those the products read; tables only
+    # looked up stay in the file's mapping) live once loaded. true: copied into one
     # anonymous area of 2 MB pages (Linux transparent huge pages, where they are on), which
     # spares a TLB miss every 4 KB of a decode step's reads (DEVELOPMENT.md has the figures);
     # the cost: that memory is the process's own, not shared with another process serving the

@@ -19,6 +19,7 @@ import math
 import mmap
 import re
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -613,8 +614,17 @@ class Q8BlockDecoder:
         self._args: list[int] = []  # each block's gemma_block, by address
         self._alive: list[Any] = []  # the structs, and the tensors they point into
         # the structs hold the weights' addresses, the norms' scales and the int8 factors as
-        # they were at the first call: a load_state_dict into the blocks builds them again
-        blocks.register_load_state_dict_post_hook(self._forget)  # type: ignore[no-untyped-call]
+        # they were at the first call: a load_state_dict into the blocks builds them again.
+        # The hook holds the decoder weakly: a bound method would make a cycle (blocks -> hook
+        # -> decoder -> blocks) that keeps a dropped model's weights until a gc pass
+        decoder = weakref.ref(self)
+
+        def forget(_blocks: nn.Module, _keys: object) -> None:
+            alive = decoder()
+            if alive is not None:
+                alive._forget()
+
+        blocks.register_load_state_dict_post_hook(forget)  # type: ignore[no-untyped-call]
 
     def _forget(self, *_: object) -> None:
         self._args, self._alive = [], []

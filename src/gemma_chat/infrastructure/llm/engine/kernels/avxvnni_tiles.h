@@ -7,6 +7,9 @@
  * call inlined with constant row counts and halves, as when each file had its own copy. */
 #ifndef Q8_AVXVNNI_TILES_H
 #define Q8_AVXVNNI_TILES_H
+#if !defined(BLOCK_BYTES) || !defined(TILES_PRODUCT)
+#error "define BLOCK_BYTES and the exported functions' names before including avxvnni_tiles.h"
+#endif
 #include <immintrin.h>
 
 #if defined(__AVXVNNI__)
@@ -19,7 +22,7 @@ static inline __attribute__((always_inline)) void block_dots(
     __m256i acc[8][2], const uint8_t *w, const int8_t *x, int64_t K, int mr, int h0,
     int halves);
 
-/* Rows m0..m0+mr of x against halves h0..h0+halves-1 of tile t's 16 outputs (8 per ymm), in
+/* Rows m0..m0+mr-1 of x against halves h0..h0+halves-1 of tile t's 16 outputs (8 per ymm), in
  * one pass over the tile's blocks, each weight load serving all the rows. */
 static inline __attribute__((always_inline)) void tile_product(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
@@ -62,7 +65,7 @@ static inline __attribute__((always_inline)) void tile_product(
 /* 5 to 8 rows: one half of the tile per pass over its blocks (8 accumulators, the weight load
  * and a broadcast fit the 16 registers, so each load serves every row; the second pass reads
  * the tile from L2); up to 4 rows take both halves in one pass. With both passes inside each
- * block, gcc kept the first one's broadcasts on the stack for the second (half the speed). */
+ * block, gcc kept the first one's broadcasts on the stack for the second (much slower). */
 static inline __attribute__((always_inline)) void tile(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
     float mult, float *y, int64_t m0, int mr, int64_t t, int64_t N, int64_t K) {

@@ -56,7 +56,7 @@ static inline __attribute__((always_inline)) void block_dots(
  * sums, then its float work per output and block: the same bits. One row alone takes the sdot
  * body above. */
 static inline __attribute__((always_inline)) void block_mmla(
-    int32x4_t acc[RP][2], const uint8_t *w, int v, const int8x16_t x8[RP][4], int rp) {
+    int32x4_t acc[RP][2], const uint8_t *w, int v, int8x16_t x8[RP][4], int rp) {
     const uint8x16_t low = vdupq_n_u8(0x0F);
     for (int q = 0; q < 2; q++) { /* groups 2q and 2q + 1 */
         const uint8_t *g = w + 2 * q * 64 + 16 * v;

@@ -53,7 +53,7 @@ static inline __attribute__((always_inline)) void block_dots(
  * in that arrangement, undone when storing: the same bits. A weight load serves every row of
  * the pass; one row alone (single-stream decode) takes the sdot body above. */
 static inline __attribute__((always_inline)) void block_mmla(
-    int32x4_t acc[RP][2], const uint8_t *w, int v, const int8x16_t x8[RP][4], int rp) {
+    int32x4_t acc[RP][2], const uint8_t *w, int v, int8x16_t x8[RP][4], int rp) {
     for (int o = 0; o < 4; o++) { /* k 8o..8o+7: groups 2o and 2o + 1 */
         const uint8_t *g = w + 2 * o * 64 + 16 * v;
         const uint32x4_t lo = vreinterpretq_u32_u8(vld1q_u8(g));

@@ -6,6 +6,9 @@
  * with constant row counts, as when each file had its own copy. */
 #ifndef Q8_NEON_TILES_H
 #define Q8_NEON_TILES_H
+#if !defined(BLOCK_BYTES) || !defined(TILES_PRODUCT_NEON)
+#error "define BLOCK_BYTES and the exported functions' names before including neon_tiles.h"
+#endif
 
 #define MR2 2 /* rows per sdot pass: two share each weight load */
 
@@ -80,7 +83,7 @@ void TILES_PRODUCT_NEON(const int8_t *xq, const float *xs, const int32_t *xc, co
 /* acc[p][e] += the block's products of outputs 4v + 2e, 4v + 2e + 1 and row pair p (its
  * activations paired per 8 k in x8[p]), arranged as usmmla's 2 x 2 sums */
 static inline __attribute__((always_inline)) void block_mmla(
-    int32x4_t acc[RP][2], const uint8_t *w, int v, const int8x16_t x8[RP][4], int rp);
+    int32x4_t acc[RP][2], const uint8_t *w, int v, int8x16_t x8[RP][4], int rp);
 
 static inline __attribute__((always_inline)) void tile_product_mm(
     const int8_t *xq, const float *xs, const int32_t *xc, const uint8_t *wq, const uint16_t *ws,
