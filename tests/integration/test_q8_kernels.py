@@ -525,29 +525,38 @@ def test_argmax_of_wide_rows_takes_the_first_of_ties_in_any_block(kernels: Q8Ker
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_a_heads_argmax_found_with_its_product_is_its_logits_argmax(
-    kernels: Q8Kernels, bits: int
+    each_build: Q8Kernels, bits: int
 ) -> None:
-    # Just over the head's size (the product's threads find each row's argmax on the columns
-    # they wrote, in runs of ~1,000 columns here): outputs 100, 5,000 and 16,400 have the same
-    # weights, so a row that favours them has the same largest value in three runs: the first.
+    # The product's threads find each row's argmax on the columns they wrote, in runs of tile
+    # pairs (~1,000 to ~2,000 columns here, by the threads): outputs 100, 5,000 and 16,400 have
+    # the same weights, so a row that favours them has the same largest value in three runs:
+    # the first.
+    kernels = each_build
     n, k = 16_384 + 48, 64
     generator = torch.Generator().manual_seed(12)
     weight = torch.randn(n, k, generator=generator) * 0.05
     weight[[100, 5_000, 16_400]] = torch.randn(k, generator=generator)
     weight[16_420] = torch.randn(k, generator=generator)  # the largest alone, in the last run
     head = (Q4Linear if bits == 4 else Q8Linear).from_weight(kernels, weight)
+    head.finds_argmax = True
     x = torch.randn(9, k, generator=generator)
     x[3] = weight[100]
     x[5] = weight[16_420]
+    x[7] *= 1e37  # logits beyond float32: a run's top is infinite, the row searched whole
     with torch.inference_mode():  # as in the engine's steps
         logits = head(x)
     assert kernels._head_argmax is not None
     assert kernels._head_argmax.of(logits)
     found = kernels.argmax(logits)
-    assert found == kernels.argmax(logits.clone()) == logits.argmax(dim=-1).tolist()
+    assert found == kernels.argmax(logits.clone())  # the whole-row search
+    expected = logits.argmax(dim=-1).tolist()
+    expected[7] = -1  # an infinite top: a broken model's row, as the search reports it
+    assert torch.isinf(logits[7]).any()
+    assert found == expected
     assert logits[3, 100] == logits[3, 5_000] == logits[3, 16_400]
     assert found[3] == 100
     assert found[5] == 16_420
+    assert found[7] == -1
     assert kernels.argmax(head(x[5:6])) == [16_420]
 
 
@@ -562,6 +571,7 @@ def test_a_heads_argmax_follows_later_writes_to_its_logits(
 def heads_argmax_after_writes(kernels: Q8Kernels) -> None:
     weight = torch.randn(16_384, 64, generator=torch.Generator().manual_seed(13))
     head = Q8Linear.from_weight(kernels, weight)
+    head.finds_argmax = True
     x = torch.randn(2, 64, generator=torch.Generator().manual_seed(14))
     logits = head(x)
     logits[1, 7] = 1e9  # a torch write: the product's argmax no longer holds
@@ -574,6 +584,20 @@ def heads_argmax_after_writes(kernels: Q8Kernels) -> None:
     logits = head(x)
     assert kernels.argmax(logits[1:]) == [int(logits[1].argmax())]  # another tensor
     assert kernels.argmax(head(x).clone()) == logits.argmax(dim=-1).tolist()
+
+
+def test_only_a_head_that_finds_argmax_and_a_few_rows_keep_an_argmax(kernels: Q8Kernels) -> None:
+    # a wide product that is not a head (Gemma 4's gate_up: 20,480 outputs and more) pays for
+    # no search, and a prefill's many rows keep none (nor the logits they would pin)
+    weight = torch.randn(20_480, 64, generator=torch.Generator().manual_seed(15))
+    wide = Q8Linear.from_weight(kernels, weight)
+    wide(torch.randn(2, 64))
+    assert kernels._head_argmax is None
+    wide.finds_argmax = True
+    wide(torch.randn(2, 64))
+    assert kernels._head_argmax is not None
+    wide(torch.randn(65, 64))
+    assert kernels._head_argmax is None
 
 
 def test_argmax_reports_a_row_with_a_nan_or_an_infinite_top_as_minus_one(

@@ -34,6 +34,22 @@ static float uniform(float lo, float hi) {
     return lo + step;
 }
 
+static int failures; /* checks of one build against itself (exit status 1), beside the lines */
+
+/* A head product's argmax must be q8_argmax_rows' result for the logits it wrote: the runs'
+ * merge is shared by every build, so comparing builds alone would not see a bug in it. */
+static void check_argmax(const char *name, const float *y, int64_t M, int64_t N,
+                         const int64_t *best) {
+    int64_t searched[17];
+    q8_argmax_rows(y, M, N, searched);
+    for (int64_t m = 0; m < M; m++)
+        if (best[m] != searched[m]) {
+            fprintf(stderr, "%s: row %" PRId64 " found %" PRId64 ", the search gives %" PRId64 "\n",
+                    name, m, best[m], searched[m]);
+            failures++;
+        }
+}
+
 static void fill(float *x, int64_t n, float lo, float hi) {
     for (int64_t i = 0; i < n; i++) x[i] = uniform(lo, hi);
 }
@@ -146,6 +162,7 @@ static void quantize_and_products(void) {
         q8p_matmul_argmax(xq, xs, w.q, w.s, w.mult, y, M, N, K, best);
         snprintf(name, sizeof name, "matmul_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", best, M, 8);
+        check_argmax(name, y, M, N, best);
         const int64_t ids[] = {0, N - 1, N / 2, 3};
         float *rows = malloc(sizeof(float) * 4 * K);
         q8p_rows(w.q, w.s, w.mult, ids, 4, K, rows);
@@ -159,6 +176,7 @@ static void quantize_and_products(void) {
         q4p_matmul_argmax(xq, xs, w4.q, w4.s, w4.mult, y, M, N, K, best);
         snprintf(name, sizeof name, "matmul4_argmax.%" PRId64 "x%" PRId64 "x%" PRId64, N, K, M);
         print_words(name, "exact", best, M, 8);
+        check_argmax(name, y, M, N, best);
         q4p_rows(w4.q, w4.s, w4.mult, ids, 4, K, rows);
         snprintf(name, sizeof name, "rows4.%" PRId64 "x%" PRId64, N, K);
         print_words(name, "exact", rows, 4 * K, 4);
@@ -428,5 +446,5 @@ int main(void) {
     block_operations();
     decoder_block();
     norms();
-    return 0;
+    return failures ? 1 : 0;
 }

@@ -99,9 +99,9 @@ def _ffi() -> Any:
     return ffi
 
 
-# Products with at least this many outputs are output heads (Gemma 3 and 4: 262,144); the fused
-# blocks' products run in C (decoder_block.c), not through ``matmul``.
-_HEAD_OUTPUTS = 16_384
+# A head product finds its rows' argmax only for a decode step's few rows: a prefill's or a
+# whole sequence's logits are not searched by greedy selection row by row.
+_ARGMAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,9 @@ class Q8Kernels:
         ``OutOfMemoryError`` when the product's buffers could not be allocated."""
         m, k = xq.shape
         weight = (w.q.data_ptr(), w.scale.data_ptr(), w.mult)
-        if w.out_features >= _HEAD_OUTPUTS:
+        if w.finds_argmax:
+            self._head_argmax = None  # let go of the last head's logits before the next ones
+        if w.finds_argmax and m <= _ARGMAX_ROWS:
             # An output head: each row's argmax found as the threads write its logits, for
             # ``argmax`` of these logits (greedy rows), which then needs no second pass over
             # them (8 MB at 8 rows, read back from memory). Not an inference tensor, even in
@@ -216,12 +218,14 @@ class Q8Kernels:
         elementwise operations over a batch's logits would start its OpenMP threads, which then
         spin on the cores these kernels need); ``torch``'s in-place operations for a tensor
         that is not contiguous float32."""
-        self._head_argmax = None  # written in place below, unseen by torch's version counter
+        self._head_argmax = None
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             logits.div_(cap).tanh_().mul_(cap)
             return
         rows = logits.shape[0] if logits.dim() > 1 else 1
         self._lib.q8_soft_cap_rows(logits.data_ptr(), rows, logits.numel() // max(rows, 1), cap)
+        # a write torch did not see: its version counter must still tell whoever kept a result
+        torch.autograd.graph.increment_version(logits)
 
     def top_k(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's ``k`` largest values, largest first, and their indices (as
@@ -443,6 +447,9 @@ class Q8Linear(nn.Module):
     # a table only looked up a few rows a step (never a product): it stays in the weights
     # file's pages, where only the rows read are resident (``hold_in_huge_pages`` skips it)
     looked_up_only = False
+    # an output head whose logits greedy selection searches as they are (no soft cap after):
+    # ``Q8Kernels.matmul`` finds each row's argmax with the product (``Q8Kernels.argmax``)
+    finds_argmax = False
     q: torch.Tensor
     scale: torch.Tensor
     scale_factor: torch.Tensor
@@ -794,6 +801,7 @@ def _install(
     huge_pages: bool = True,
 ) -> None:
     model.lm_head = head
+    head.finds_argmax = model.config.final_logit_softcapping is None
     if tied:  # the float table goes: lookups read the head's table, or their own (``lookup``)
         model.embed_lookup = Q8Embedding(lookup or head, own=lookup is not None)
         model.embed = None  # type: ignore[assignment]

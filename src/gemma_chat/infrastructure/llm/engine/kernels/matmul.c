@@ -168,7 +168,7 @@ int q8_tiled_matmul(tiles_product_fn *product, octets_product_fn *octets, int32_
         parallel_for(pairs, grain, matmul_tile_pair, &job);
     } else {
         const int64_t runs = (pairs + grain - 1) / grain;
-        argmax_job a = {&job, grain, pairs, malloc(sizeof(int64_t) * (size_t)(runs * M))};
+        argmax_job a = {&job, grain, pairs, malloc(sizeof(int64_t) * (size_t)(runs * M + 1))}; /* + 1: never malloc(0) */
         if (a.found) {
             parallel_for(runs, 1, matmul_run_argmax, &a);
             merge_runs(y, a.found, runs, M, N, best);

@@ -80,7 +80,7 @@ void q8p_rows(const uint8_t *wq, const uint16_t *ws, float mult, const int64_t *
 void q4_quantize_weight(const float *w, const float *importance, int8_t *q, float *scale,
                         int64_t N, int64_t K);
 
-/* The same two with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
+/* The same three with 4-bit weights (matmul4.c's layout); activations as for q8p_matmul. */
 int q4p_matmul(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,
                float mult, float *y, int64_t M, int64_t N, int64_t K);
 int q4p_matmul_argmax(const int8_t *xq, const float *xs, const uint8_t *wq, const uint16_t *ws,

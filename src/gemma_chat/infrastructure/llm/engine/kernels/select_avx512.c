@@ -7,7 +7,7 @@
 #include <immintrin.h>
 
 /* Four chains over successive 16-float blocks: one chain's compare and blend wait for its last
- * (~5 cycles a block), four keep the loads coming. Each lane of a chain keeps its first
+ * (a few cycles a block), four keep the loads coming. Each lane of a chain keeps its first
  * largest; the chains, then the lanes, merge with the lower index winning a tie, so the result
  * is the row's first largest, as one pass in order finds it. */
 #define ARGMAX_CHAINS 4
