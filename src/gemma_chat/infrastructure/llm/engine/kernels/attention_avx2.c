@@ -116,40 +116,6 @@ static void dots16_two_heads(const float *q, const uint16_t *keys, int64_t D, fl
     for (int h = 0; h < 2; h++) lane_totals16(sums[h], out + h * 16);
 }
 
-/* The same for four heads, two keys at a time: each key converted once for all four heads and
- * each query half loaded once for both keys (conversions and loads, not the FMAs, were what two
- * heads at a time spent most on); the columns' low halves of every 16 in one pass, the high
- * halves in another, each accumulator the same FMAs in the same order */
-static void dots16_four_heads(const float *q, const uint16_t *keys, int64_t D, float *out) {
-    __m256 sums[4][16];
-    for (int i0 = 0; i0 < 16; i0 += 2) {
-        __m256 half[2][4][2]; /* [low or high columns][head][key] */
-        for (int part = 0; part < 2; part++) {
-            __m256 acc[4][2];
-            for (int h = 0; h < 4; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-            for (int64_t c = 8 * part; c < D; c += 16) {
-                __m256 k[2];
-                for (int i = 0; i < 2; i++) {
-                    const uint16_t *key = keys + (i0 + i) * D + c;
-                    k[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)key));
-                }
-                for (int h = 0; h < 4; h++) {
-                    __m256 qh = _mm256_loadu_ps(q + h * D + c);
-                    __asm__("" : "+x"(qh)); /* one load for both keys: gcc would load twice */
-                    acc[h][0] = _mm256_fmadd_ps(qh, k[0], acc[h][0]);
-                    acc[h][1] = _mm256_fmadd_ps(qh, k[1], acc[h][1]);
-                }
-            }
-            for (int h = 0; h < 4; h++)
-                for (int i = 0; i < 2; i++) half[part][h][i] = acc[h][i];
-        }
-        for (int h = 0; h < 4; h++)
-            for (int i = 0; i < 2; i++)
-                sums[h][i0 + i] = _mm256_add_ps(half[0][h][i], half[1][h][i]);
-    }
-    for (int h = 0; h < 4; h++) lane_totals16(sums[h], out + h * 16);
-}
-
 void q8_dots16_heads_avx2(const float *q, int64_t heads, const uint16_t *keys, int64_t D,
                           float *out, float *key) {
     if (D % 16 != 0) {
@@ -157,7 +123,6 @@ void q8_dots16_heads_avx2(const float *q, int64_t heads, const uint16_t *keys, i
         return;
     }
     int64_t h = 0;
-    for (; h + 4 <= heads; h += 4) dots16_four_heads(q + h * D, keys, D, out + h * 16);
     for (; h + 2 <= heads; h += 2) dots16_two_heads(q + h * D, keys, D, out + h * 16);
     if (h < heads) q8_dots16_avx2(q + h * D, keys, D, out + h * 16, key);
 }
