@@ -139,3 +139,44 @@ def test_a_conversion_that_loses_the_rename_uses_the_entry_already_there(
     assert not list(store.root.glob(".converting-*"))
     again = store.load(first.directory, weights)
     assert again.directory == first.directory
+
+
+def test_a_conversion_gives_its_freed_heap_back_and_a_load_does_not_trim(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemma_chat.infrastructure.llm.engine import converted_store
+
+    trims: list[str] = []
+    monkeypatch.setattr(converted_store, "give_back_freed_heap", lambda: trims.append("trim"))
+    source = resolve_model_source(str(tiny_model_dir))
+    weights = WeightFormat.floating(torch.float32)
+    store = ConvertedModelStore(tmp_path)
+    store.load_or_convert(source, weights, progress=False)
+    assert trims == ["trim"]
+    store.load_or_convert(source, weights, progress=False)  # found: loaded, nothing freed
+    assert trims == ["trim"]
+
+
+def resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/statm").exists() or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="resident memory read from /proc with glibc's malloc_trim (Linux, glibc)",
+)
+def test_the_freed_heap_goes_back_to_the_system() -> None:
+    from gemma_chat.infrastructure.llm.engine.converted_store import give_back_freed_heap
+
+    # 2,000 blocks of 100 KB (below glibc's mmap threshold: heap), one kept past them so that
+    # the heap's top cannot shrink by itself: freed, they stay resident until trimmed
+    blocks = [bytearray(os.urandom(16)) * 6_400 for _ in range(2_000)]
+    kept = bytearray(100_000)
+    before = resident_mb()
+    del blocks
+    freed = resident_mb()
+    give_back_freed_heap()
+    after = resident_mb()
+    assert before - freed < 50  # glibc kept them
+    assert freed - after > 150
+    assert kept is not None

@@ -15,6 +15,7 @@ system's (flock), released when its holder dies, so a killed process leaves no l
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -183,6 +184,7 @@ class ConvertedModelStore:
                     logger.warning("Rebuilding the converted model in %s: %s", directory, exc)
                     shutil.rmtree(directory, ignore_errors=True)
             self.convert(source, weights, directory, progress=progress)
+            give_back_freed_heap()
             return self.load(directory, weights)
 
     @contextmanager
@@ -374,6 +376,18 @@ class ConvertedModelStore:
         for other in self.root.glob(f"{stem}-v*"):
             if other != directory and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+def give_back_freed_heap() -> None:
+    """Return the heap memory this process has freed to the system. glibc keeps freed blocks
+    below its mmap threshold for reuse, and a conversion frees a model's worth of them: without
+    this the process that converted would hold that much more memory for as long as it runs.
+    A no-op where the C library has no ``malloc_trim`` (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return
+    trim(0)
 
 
 def _text_and_bos(tokenizer: Any, ids: list[int]) -> tuple[list[int], int]:
