@@ -25,7 +25,8 @@ def stream_through(stops: Sequence[str], deltas: Sequence[str]) -> tuple[list[st
 
 
 def split_at(text: str, points: Sequence[int]) -> list[str]:
-    bounds = [0, *sorted(set(points)), len(text)]
+    """``text`` in pieces at ``points`` (those past its end left out)."""
+    bounds = [0, *sorted({p for p in points if p <= len(text)}), len(text)]
     return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
@@ -174,7 +175,7 @@ def test_streamed_pieces_join_to_the_whole_text_cut(
     case: tuple[list[str], str], points: list[int]
 ) -> None:
     stops, text = case
-    deltas = split_at(text, [p for p in points if p <= len(text)])
+    deltas = split_at(text, points)
     pieces, stopped = stream_through(stops, deltas)
     expected, found = cut_at_stop(text, stops)
     assert "".join(pieces) == expected
@@ -188,7 +189,7 @@ def test_released_text_never_contains_a_stop(
 ) -> None:
     stops, text = case
     stop_filter = StopSequenceFilter(stops)
-    for delta in split_at(text, [p for p in points if p <= len(text)]):
+    for delta in split_at(text, points):
         stop_filter.push(delta)
         released = stop_filter.text
         assert not any(stop in released for stop in stops)
@@ -228,7 +229,7 @@ def test_what_is_held_back_is_the_longest_tail_that_begins_a_stop(
     stops, text = case
     stop_filter = StopSequenceFilter(stops)
     seen, released = "", 0
-    for delta in split_at(text, [p for p in points if p <= len(text)]):
+    for delta in split_at(text, points):
         stop_filter.push(delta)
         if stop_filter.stopped:
             break

@@ -267,8 +267,9 @@ class KVCache:
             # element)
             bits = _bits(t)
             if first + count <= ring:
-                return torch.from_numpy(bits[:, :, first : first + count].copy()).view(t.dtype)
-            parts = (bits[:, :, first:], bits[:, :, : first + count - ring])
+                parts: tuple[np.ndarray, ...] = (bits[:, :, first : first + count],)
+            else:
+                parts = (bits[:, :, first:], bits[:, :, : first + count - ring])
             return torch.from_numpy(np.concatenate(parts, axis=2)).view(t.dtype)
 
         return KVSnapshot(
