@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gemma_chat.infrastructure.llm.engine import conversion
 from gemma_chat.infrastructure.llm.engine.calibration import input_importance
 from gemma_chat.infrastructure.llm.engine.checkpoint import (
     Checkpoint,
@@ -147,16 +148,25 @@ def test_the_writer_refuses_a_tensor_of_another_shape_and_a_file_left_incomplete
         writer.close()
 
 
-class CountedCheckpoint(Mapping[str, torch.Tensor]):
+class CountedCheckpoint(Checkpoint):
     """A checkpoint that counts the bytes of the tensors it gave that are still alive."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
+        self.architecture, self.config = checkpoint.architecture, checkpoint.config
         self.alive = 0
         self.most_alive = 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        tensor = self.checkpoint[name]
+        return self._counted(self.checkpoint[name])
+
+    def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
+        return self._counted(self.checkpoint.read_rows(name, index, start, stop))
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.checkpoint.shape_of(name)
+
+    def _counted(self, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.numel() * tensor.element_size()
         self.alive += size
         self.most_alive = max(self.most_alive, self.alive)
@@ -213,6 +223,41 @@ def test_a_conversion_holds_one_weight_of_the_checkpoint_at_a_time(
         assert counted.most_alive == one_weight
     assert counted.most_alive < whole_model / 2
     assert counted.alive == 0
+
+
+def test_an_int8_vocabulary_table_is_read_a_piece_of_rows_at_a_time(
+    kernels: Q8Kernels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the tied int8 head is quantized from the table's rows a piece at a time (as Gemma 4's
+    # streamed conversion does), never from the whole float table; same bytes
+    dtype, _, bits = FORMATS["int8"]
+    model = build_text_model("1b")
+    model.save_pretrained(tmp_path / "ckpt")
+    checkpoint = SafetensorsCheckpoint(tmp_path / "ckpt")
+    config = Gemma3Config.from_hf(checkpoint.config)
+    sources = lean_weight_sources(config, tied=True)
+    table = 4 * checkpoint["embed_tokens.weight"].numel()
+
+    def convert(target: Path) -> CountedCheckpoint:
+        counted = CountedCheckpoint(checkpoint)
+        convert_weights(
+            counted, sources, config, target, dtype=dtype, kernels=kernels, bits=bits, tied=True
+        )
+        return counted
+
+    whole = convert(tmp_path / "whole.safetensors")
+    assert whole.most_alive == table  # one piece holds all its rows
+    monkeypatch.setattr(conversion, "WEIGHTS_AT_A_TIME", 64 * config.hidden_size)
+    pieces = convert(tmp_path / "pieces.safetensors")
+    others = max(
+        sum(4 * checkpoint[n].numel() for n in parts)
+        for name, parts in sources.items()
+        if name != "embed.weight"
+    )
+    assert pieces.most_alive == others < table  # the largest other weight, whole
+    assert (tmp_path / "pieces.safetensors").read_bytes() == (
+        tmp_path / "whole.safetensors"
+    ).read_bytes()
 
 
 class _HeadInputs(torch.nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from gemma_chat.infrastructure.llm.engine.architecture import (
     architecture_named,
     complete_text_config,
 )
+
+if TYPE_CHECKING:
+    from gemma_chat.infrastructure.llm.engine.gguf_file import GGUFFile
 
 __all__ = [
     "Checkpoint",
@@ -149,23 +152,34 @@ _PER_LAYER_KEYS = ("feed_forward_length", "attention.head_count_kv")
 _GGUF_SLIDING_PATTERN = 6
 
 
-def gguf_architecture(path: Path) -> str | None:
-    from gguf import GGUFReader
+# rows of a quantized tensor dequantized at a time (a Gemma vocabulary's 262,144-row table
+# would otherwise pass through 2 x 0.67 GB of float32 at once)
+_DEQUANTIZED_ROWS = 8192
 
-    name = _field(GGUFReader(path), "general.architecture")
+
+def _values_per_row(data: np.ndarray[Any, Any], kind: Any) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[kind]
+    return int(data.shape[-1]) // size * block
+
+
+def gguf_architecture(path: Path) -> str | None:
+    from gemma_chat.infrastructure.llm.engine.gguf_file import GGUFFile
+
+    name = GGUFFile(path).value("general.architecture")
     return None if name is None else str(name)
 
 
-def _field(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+def _field(reader: GGUFFile, key: str) -> Any:
+    return reader.value(key)
 
 
 class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: Path) -> None:
-        from gguf import GGUFReader
+        from gemma_chat.infrastructure.llm.engine.gguf_file import GGUFFile
 
-        self._reader = reader = GGUFReader(path)
+        self._reader = reader = GGUFFile(path)
         arch = str(_field(reader, "general.architecture"))
         # A GGUF holds the text model only: gemma3 -> gemma3_text.
         architecture = architecture_named(f"{arch}_text") or architecture_named(arch)
@@ -219,7 +233,7 @@ class GGUFCheckpoint(Checkpoint):
         ]
         return {
             "model_type": arch,
-            "vocab_size": vocab or len(_field(self._reader, "tokenizer.ggml.tokens")),
+            "vocab_size": vocab or len(_field(self._reader, "tokenizer.ggml.tokens") or ()),
             "hidden_size": hidden,
             "intermediate_size": int(get("feed_forward_length")),
             "num_hidden_layers": layers,
@@ -315,7 +329,7 @@ class GGUFCheckpoint(Checkpoint):
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         tensor = self._tensors[self._names[name]]
-        return tuple(int(n) for n in reversed(tensor.shape.tolist()))  # ggml: fastest first
+        return tuple(reversed(tensor.shape))  # ggml: fastest first
 
     def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
         # The data's first dimensions are the tensor's (a quantized row is its blocks' bytes).
@@ -335,8 +349,13 @@ class GGUFCheckpoint(Checkpoint):
             values = data.astype(np.float32)
         elif kind == GGMLQuantizationType.F16:
             values = data.view(np.float16).astype(np.float32)
-        else:
+        elif data.ndim < 2:
             values = dequantize(data, kind)
+        else:  # into one array, some rows at a time: gguf's dequantize holds its output twice
+            values = np.empty((*data.shape[:-1], _values_per_row(data, kind)), np.float32)
+            for first in range(0, data.shape[0], _DEQUANTIZED_ROWS):
+                rows = slice(first, first + _DEQUANTIZED_ROWS)
+                values[rows] = dequantize(data[rows], kind)
         out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
         shift = self.architecture.gguf_norm_shift
         if shift and name.endswith("norm.weight"):

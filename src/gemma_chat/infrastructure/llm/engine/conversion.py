@@ -5,9 +5,10 @@ engine's format, written to its place in the converted ``weights.safetensors`` a
 so a conversion holds one weight (and its quantized copy) at a time, never the whole model
 (DEVELOPMENT.md, "Conversion, tensor by tensor"). Which checkpoint tensors make each lean
 weight is the architecture's mapping (``text_models.weight_sources``), given to the loop.
-Gemma 3 goes through ``convert_weights`` (its 4-bit rounding calibrated block by block);
-Gemma 4 through ``convert_streamed``, which also reads a large weight in pieces of rows, so its
-peak is a piece (``WEIGHTS_AT_A_TIME`` weights), whatever the largest tensor.
+Gemma 3 goes through ``convert_weights`` (its 4-bit rounding calibrated block by block; an
+int8 vocabulary table read in pieces of rows, as below); Gemma 4 through ``convert_streamed``,
+which reads every large weight in pieces of rows, so its peak is a piece (``WEIGHTS_AT_A_TIME``
+weights), whatever the largest tensor.
 
 The file is the one ``safetensors.torch.save_file`` writes for the same tensors, byte for
 byte: its header is computed first from the shapes of an empty model in the target format
@@ -176,7 +177,7 @@ def converted_layout(
 
 
 def convert_weights(
-    checkpoint: Mapping[str, torch.Tensor],
+    checkpoint: Checkpoint,
     sources: Mapping[str, tuple[str, ...]],
     config: Gemma3Config,
     target: Path,
@@ -217,6 +218,18 @@ def convert_weights(
         q, scale, factor = quantize_packed(weight, width, kernels, importance)
         for part, tensor in (("q", q), ("scale", scale), ("scale_factor", factor)):
             writer.write(f"{module}.{part}", tensor)
+
+    def put_head(
+        source: str, module: str, importance: torch.Tensor | None, width: int = bits.head
+    ) -> None:
+        """A vocabulary-sized matrix: int8 (or float) a piece of rows at a time, so that its
+        float32 values (0.67 GB for Gemma 3's) are never all held, with their quantization's
+        temporaries; 4-bit whole (its rounding is weighed by ``importance``)."""
+        if width == 4 or kernels is None:
+            put_matrix(f"{module}.weight", read(source), width, importance)
+        else:
+            rows = _Rows(checkpoint, sources[source])
+            _quantize_rows(writer, module, rows, width, kernels, WEIGHTS_AT_A_TIME)
 
     try:
         calibration: BlockByBlockImportance | None = None
@@ -260,7 +273,7 @@ def convert_weights(
         sample_inputs = [run.head_inputs(norm) for run in sample_runs]
         del calibration, norm, text_runs, sample_runs
         if not tied:
-            put_matrix("lm_head.weight", read("lm_head.weight"), bits.head, head_importance)
+            put_head("lm_head.weight", "lm_head", head_importance)
         elif kernels is not None and text_inputs:  # GPTQ head, lookups from their own table
             table = read("embed.weight")
             text_x = torch.cat(text_inputs)
@@ -273,9 +286,9 @@ def convert_weights(
                 writer.write(f"lm_head.{part}", tensor)
             del values, table
         elif kernels is not None:  # the int8 (or 4-bit) table is the head (and the lookup)
-            put_matrix("lm_head.weight", read("embed.weight"), bits.head, head_importance)
+            put_head("embed.weight", "lm_head", head_importance)
         if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
-            put_matrix("embed_lookup.table.weight", read("embed.weight"), 8, None)
+            put_head("embed.weight", "embed_lookup.table", None, width=8)
     finally:
         writer.close()
 
