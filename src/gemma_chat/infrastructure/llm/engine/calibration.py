@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gemma_chat.infrastructure.heap import give_back_freed_heap
 from gemma_chat.infrastructure.llm.engine.config import Gemma3Config
 from gemma_chat.infrastructure.llm.engine.gemma4 import Gemma4Model
 from gemma_chat.infrastructure.llm.engine.kv_cache import KVCache
@@ -201,6 +202,10 @@ def model_samples(model: Gemma3Model | Gemma4Model, bos: int) -> list[list[int]]
             logits = model(tokens, positions, slots, cache, last_only=True).float()  # [B, V]
             tokens = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
             written.append(tokens)
+            if position % 8 == 7:
+                # the steps' freed blocks (the [B, V] logits, the growing cache) fit glibc's
+                # later requests badly: untrimmed, the heap grew by GBs over the samples
+                give_back_freed_heap()
     return [row.tolist() for row in torch.cat(written, dim=1)]
 
 

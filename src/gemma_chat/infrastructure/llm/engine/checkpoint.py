@@ -26,7 +26,8 @@ from gemma_chat.infrastructure.llm.engine.architecture import (
 )
 
 if TYPE_CHECKING:
-    from gemma_chat.infrastructure.llm.engine.gguf_file import GGUFFile
+    from gguf import GGMLQuantizationType
+
 
 __all__ = [
     "Checkpoint",
@@ -152,12 +153,12 @@ _PER_LAYER_KEYS = ("feed_forward_length", "attention.head_count_kv")
 _GGUF_SLIDING_PATTERN = 6
 
 
-# rows of a quantized tensor dequantized at a time (a Gemma vocabulary's 262,144-row table
-# would otherwise pass through 2 x 0.67 GB of float32 at once)
+# rows of a quantized tensor dequantized at a time: gguf's dequantize holds its float32 output
+# twice (its pieces, then their concatenation), for a vocabulary table the largest of them all
 _DEQUANTIZED_ROWS = 8192
 
 
-def _values_per_row(data: np.ndarray[Any, Any], kind: Any) -> int:
+def _values_per_row(data: np.ndarray[Any, Any], kind: GGMLQuantizationType) -> int:
     from gguf import GGML_QUANT_SIZES
 
     block, size = GGML_QUANT_SIZES[kind]
@@ -171,16 +172,12 @@ def gguf_architecture(path: Path) -> str | None:
     return None if name is None else str(name)
 
 
-def _field(reader: GGUFFile, key: str) -> Any:
-    return reader.value(key)
-
-
 class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: Path) -> None:
         from gemma_chat.infrastructure.llm.engine.gguf_file import GGUFFile
 
         self._reader = reader = GGUFFile(path)
-        arch = str(_field(reader, "general.architecture"))
+        arch = str(reader.value("general.architecture"))
         # A GGUF holds the text model only: gemma3 -> gemma3_text.
         architecture = architecture_named(f"{arch}_text") or architecture_named(arch)
         if architecture is None:
@@ -204,7 +201,7 @@ class GGUFCheckpoint(Checkpoint):
 
     def _config(self, arch: str) -> dict[str, Any]:
         def get(key: str, default: Any = None) -> Any:
-            value = _field(self._reader, f"{arch}.{key}")
+            value = self._reader.value(f"{arch}.{key}")
             if isinstance(value, list) and key in _PER_LAYER_KEYS:
                 value = value[0]  # per layer (Gemma 4): the first layer's here
             return default if value is None else value
@@ -226,14 +223,14 @@ class GGUFCheckpoint(Checkpoint):
         eos = [
             int(i)
             for i in (
-                _field(self._reader, "tokenizer.ggml.eos_token_id"),
-                _field(self._reader, "tokenizer.ggml.eot_token_id"),
+                self._reader.value("tokenizer.ggml.eos_token_id"),
+                self._reader.value("tokenizer.ggml.eot_token_id"),
             )
             if i is not None
         ]
         return {
             "model_type": arch,
-            "vocab_size": vocab or len(_field(self._reader, "tokenizer.ggml.tokens") or ()),
+            "vocab_size": vocab or len(self._reader.value("tokenizer.ggml.tokens") or ()),
             "hidden_size": hidden,
             "intermediate_size": int(get("feed_forward_length")),
             "num_hidden_layers": layers,
@@ -255,8 +252,8 @@ class GGUFCheckpoint(Checkpoint):
             "max_position_embeddings": int(get("context_length", 131_072)),
             "tie_word_embeddings": "output.weight" not in self._tensors,
             "eos_token_id": eos or None,
-            "bos_token_id": _field(self._reader, "tokenizer.ggml.bos_token_id"),
-            "pad_token_id": _field(self._reader, "tokenizer.ggml.padding_token_id"),
+            "bos_token_id": self._reader.value("tokenizer.ggml.bos_token_id"),
+            "pad_token_id": self._reader.value("tokenizer.ggml.padding_token_id"),
         }
 
     def _gemma4_config(self, arch: str, common: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +264,7 @@ class GGUFCheckpoint(Checkpoint):
         dimensions left unrotated), k = v as global layers without ``attn_v``."""
 
         def get(key: str, default: Any = None) -> Any:
-            value = _field(self._reader, f"{arch}.{key}")
+            value = self._reader.value(f"{arch}.{key}")
             return default if value is None else value
 
         layers, sliding = int(common["num_hidden_layers"]), common["layer_types"]
@@ -351,7 +348,7 @@ class GGUFCheckpoint(Checkpoint):
             values = data.view(np.float16).astype(np.float32)
         elif data.ndim < 2:
             values = dequantize(data, kind)
-        else:  # into one array, some rows at a time: gguf's dequantize holds its output twice
+        else:  # into one array, some rows at a time
             values = np.empty((*data.shape[:-1], _values_per_row(data, kind)), np.float32)
             for first in range(0, data.shape[0], _DEQUANTIZED_ROWS):
                 rows = slice(first, first + _DEQUANTIZED_ROWS)
@@ -370,7 +367,7 @@ class GGUFCheckpoint(Checkpoint):
 
     @property
     def chat_template(self) -> str | None:
-        template = _field(self._reader, "tokenizer.chat_template")
+        template = self._reader.value("tokenizer.chat_template")
         return str(template) if template else None
 
 

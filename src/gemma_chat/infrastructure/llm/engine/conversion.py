@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -222,9 +223,9 @@ def convert_weights(
     def put_head(
         source: str, module: str, importance: torch.Tensor | None, width: int = bits.head
     ) -> None:
-        """A vocabulary-sized matrix: int8 (or float) a piece of rows at a time, so that its
-        float32 values (0.67 GB for Gemma 3's) are never all held, with their quantization's
-        temporaries; 4-bit whole (its rounding is weighed by ``importance``)."""
+        """A vocabulary-sized matrix: int8 a piece of rows at a time, so that its float32
+        values and their rounding's temporaries are never all held at once (the largest
+        weight by far); 4-bit (its rounding is weighed by ``importance``) and float whole."""
         if width == 4 or kernels is None:
             put_matrix(f"{module}.weight", read(source), width, importance)
         else:
@@ -235,18 +236,28 @@ def convert_weights(
         calibration: BlockByBlockImportance | None = None
         text_runs: list[BlockByBlockImportance] = []  # the head's GPTQ inputs, block by block
         sample_runs: list[BlockByBlockImportance] = []
-        if calibrating or "embed.weight" in layout:
-            table = read("embed.weight")
-            if calibrating:
-                assert calibration_ids is not None
-                calibration = BlockByBlockImportance(config, table, calibration_ids)
-                if head_sequences is not None and tied and bits.head == 4:
-                    text, samples = head_sequences
-                    text_runs = [BlockByBlockImportance(config, table, ids) for ids in text]
-                    sample_runs = [BlockByBlockImportance(config, table, ids) for ids in samples]
-            if "embed.weight" in layout:  # float, or the untied table beside an int8 head
-                writer.write("embed.weight", table.to(dtype))
+        table_rows = _Rows(checkpoint, sources["embed.weight"])
+        gptq = tied and bits.head == 4  # a tied 4-bit head: rounded by GPTQ on its inputs
+        if calibrating:
+            assert calibration_ids is not None
+            text, samples = ([], []) if head_sequences is None or not gptq else head_sequences
+            # only the rows of the tokens the runs look up, read a piece of rows at a time
+            table, (ids, *renumbered) = _rows_looked_up(
+                table_rows, [calibration_ids, *text, *samples]
+            )
+            calibration = BlockByBlockImportance(config, table, ids)
+            text_runs = [BlockByBlockImportance(config, table, r) for r in renumbered[: len(text)]]
+            sample_runs = [
+                BlockByBlockImportance(config, table, r) for r in renumbered[len(text) :]
+            ]
             del table
+        if "embed.weight" in layout:  # float, or the untied table beside an int8 head
+            width = _numel(table_rows.shape[1:])
+            step = rows_at_a_time(width, WEIGHTS_AT_A_TIME)
+            for start in range(0, table_rows.shape[0], step):
+                piece = table_rows.read(start, start + step).reshape(-1, *table_rows.shape[1:])
+                writer.write_rows("embed.weight", start, piece.to(dtype))
+                del piece
         for layer in range(config.num_layers):
             names = [n for n in sources if (m := _BLOCK_WEIGHT.fullmatch(n)) and int(m[1]) == layer]
             importance: dict[str, torch.Tensor] = {}
@@ -275,22 +286,43 @@ def convert_weights(
         if not tied:
             put_head("lm_head.weight", "lm_head", head_importance)
         elif kernels is not None and text_inputs:  # GPTQ head, lookups from their own table
-            table = read("embed.weight")
             text_x = torch.cat(text_inputs)
             x = torch.cat([text_x, *sample_inputs]).double()
             covariance = x.T @ x / x.shape[0]
             del x, sample_inputs
-            values = gptq_weight4(kernels, table, covariance, (text_x * text_x).mean(dim=0))
-            packed = pack_weight4(*values)
-            for part, tensor in zip(("q", "scale", "scale_factor"), packed, strict=True):
-                writer.write(f"lm_head.{part}", tensor)
-            del values, table
+            # a piece of rows at a time (GPTQ's rows are independent given H: the same values
+            # as the whole table's, without its float32 copies and updates all held at once)
+            rows = _Rows(checkpoint, sources["embed.weight"])
+            statistics = (covariance, (text_x * text_x).mean(dim=0))
+            _gptq_rows(writer, rows, kernels, statistics, WEIGHTS_AT_A_TIME)
         elif kernels is not None:  # the int8 (or 4-bit) table is the head (and the lookup)
             put_head("embed.weight", "lm_head", head_importance)
         if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
             put_head("embed.weight", "embed_lookup.table", None, width=8)
     finally:
         writer.close()
+
+
+def _rows_looked_up(rows: _Rows, runs: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+    """The rows of an embedding table that the token ids of ``runs`` look up, as a compact
+    table, and each run's ids renumbered into it: the same embeddings, without the whole float
+    table (read a piece of rows at a time)."""
+    wanted = sorted({i for ids in runs for i in ids})
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < rows.shape[0]:
+        raise ValueError(f"token ids outside the embedding table's {rows.shape[0]} rows")
+    step = rows_at_a_time(_numel(rows.shape[1:]))
+    found: list[torch.Tensor] = []
+    at = 0
+    for start in range(0, rows.shape[0], step):
+        stop = bisect_left(wanted, start + step, at)
+        if stop > at:
+            piece = rows.read(start, start + step)
+            found.append(piece[torch.tensor(wanted[at:stop]) - start].clone())
+            del piece
+            at = stop
+    index = {token: position for position, token in enumerate(wanted)}
+    table = torch.cat(found) if found else torch.empty((0, *rows.shape[1:]))
+    return table, [[index[i] for i in ids] for ids in runs]
 
 
 def rows_at_a_time(width: int, weights: int = WEIGHTS_AT_A_TIME) -> int:

@@ -15,7 +15,6 @@ system's (flock), released when its holder dies, so a killed process leaves no l
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from gemma_chat.domain.errors import CorruptEntryError, ModelLoadError
+from gemma_chat.infrastructure.heap import give_back_freed_heap
 from gemma_chat.infrastructure.llm.engine import tokenizer_prefetch
 from gemma_chat.infrastructure.llm.engine.calibration import (
     calibration_sequences,
@@ -378,18 +378,6 @@ class ConvertedModelStore:
                 shutil.rmtree(other, ignore_errors=True)
 
 
-def give_back_freed_heap() -> None:
-    """Return the heap memory this process has freed to the system. glibc keeps freed blocks
-    below its mmap threshold for reuse, and a conversion frees a model's worth of them: without
-    this the process that converted would hold that much more memory for as long as it runs.
-    A no-op where the C library has no ``malloc_trim`` (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return
-    trim(0)
-
-
 def _text_and_bos(tokenizer: Any, ids: list[int]) -> tuple[list[int], int]:
     """The calibration text's tokens ``ids`` without their first token if it is the beginning
     of text, and that token's id."""
@@ -409,10 +397,13 @@ def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) ->
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
         # Without a tokenizer type, AutoTokenizer reads a Gemma GGUF's whole header with gguf's
-        # GGUFReader only to find one (an object per vocabulary item: ~0.6 GB and ~10 s for
-        # Gemma's); the tokenizer it builds is the same (Gemma 4 has no entry: read as before)
-        if TOKENIZER_MAPPING_NAMES.get(checkpoint.architecture.text_model_type):
-            kwargs["tokenizer_type"] = checkpoint.architecture.text_model_type
+        # GGUFReader (an object per vocabulary item) only to find the class its model type
+        # names. Named here, unless a tokenizer_config.json beside the file names one (its
+        # tokenizer_class decides then); Gemma 4 has no entry and is read as before.
+        model_type = checkpoint.architecture.text_model_type
+        beside = (source.directory / "tokenizer_config.json").is_file()
+        if TOKENIZER_MAPPING_NAMES.get(model_type) and not beside:
+            kwargs["tokenizer_type"] = model_type
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     if not getattr(tokenizer, "chat_template", None) and isinstance(checkpoint, GGUFCheckpoint):
         tokenizer.chat_template = checkpoint.chat_template

@@ -29,18 +29,30 @@ _VERSIONS = (2, 3)  # version 1 counted in 32 bits; llama.cpp has not written it
 _STRING, _ARRAY = 8, 9
 # the fixed-size value types (gguf's GGUFValueType): struct format
 _SCALARS = {
-    **{0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?"},
-    **{10: "Q", 11: "q", 12: "d"},
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
 }
+_UINT32 = 4
+_MAX_DIMENSIONS = 4  # ggml's GGML_MAX_DIMS
+_MAX_NESTING = 2  # arrays of arrays: llama.cpp writes none; a deeper file is refused
 # tensor types stored as values (as GGUFReader maps them); every other one as its blocks' bytes
 _VALUES = {
-    GGMLQuantizationType.F32: np.float32,
-    GGMLQuantizationType.F16: np.float16,
-    GGMLQuantizationType.F64: np.float64,
-    GGMLQuantizationType.I8: np.int8,
-    GGMLQuantizationType.I16: np.int16,
-    GGMLQuantizationType.I32: np.int32,
-    GGMLQuantizationType.I64: np.int64,
+    GGMLQuantizationType.F32: "<f4",
+    GGMLQuantizationType.F16: "<f2",
+    GGMLQuantizationType.F64: "<f8",
+    GGMLQuantizationType.I8: "i1",
+    GGMLQuantizationType.I16: "<i2",
+    GGMLQuantizationType.I32: "<i4",
+    GGMLQuantizationType.I64: "<i8",
 }
 
 
@@ -82,17 +94,22 @@ class GGUFTensor:
 
 class GGUFFile:
     """The metadata (``value``) and ``tensors`` of the GGUF file at ``path``. ``ValueError``
-    when the file is not a GGUF this can read (another format, version, byte order or type, or
-    a header cut short)."""
+    naming the file when it is not a GGUF this can read (another format, version, byte order or
+    type, a header cut short or inconsistent)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._data: np.ndarray[Any, Any] = np.memmap(self.path, mode="r", dtype=np.uint8)
-        self._bytes = self._data.data  # the header's numbers and strings read from here
         try:
+            self._data: np.ndarray[Any, Any] = np.memmap(self.path, mode="r", dtype=np.uint8)
+            self._bytes = self._data.data  # the header's numbers and strings read from here
             self._fields, self.tensors = self._read()
-        except (struct.error, IndexError) as exc:
+        except struct.error as exc:
             raise ValueError(f"{self.path}: the GGUF header is cut short ({exc})") from None
+        except ValueError as exc:  # numpy's, gguf's and UTF-8's own say no file name
+            message = str(exc)
+            raise ValueError(
+                message if str(self.path) in message else f"{self.path}: {message}"
+            ) from None
 
     def value(self, key: str) -> Any:
         """The metadata value under ``key`` (None when absent): a number, a bool, a string, a
@@ -119,15 +136,23 @@ class GGUFFile:
         for _ in range(field_count):
             key, at = self._string(at)
             (kind,) = struct.unpack_from("<I", data, at)
+            if key in fields:
+                raise ValueError(f"{self.path}: metadata key {key!r} appears twice")
+            if key == "general.alignment" and kind != _UINT32:
+                raise ValueError(f"{self.path}: general.alignment is not a uint32")
             fields[key], at = self._value(at + 4, kind)
         table = []
         for _ in range(tensor_count):
             name, at = self._string(at)
             (dimensions,) = struct.unpack_from("<I", data, at)
+            if dimensions > _MAX_DIMENSIONS:
+                raise ValueError(f"{self.path}: tensor {name!r} has {dimensions} dimensions")
             shape = struct.unpack_from(f"<{dimensions}Q", data, at + 4)
             kind, offset = struct.unpack_from("<IQ", data, at + 4 + 8 * dimensions)
             table.append((name, tuple(int(n) for n in shape), int(kind), int(offset)))
             at += 4 + 8 * dimensions + 12
+        if len({name for name, *_ in table}) < len(table):
+            raise ValueError(f"{self.path}: a tensor name appears twice")
         alignment = int(fields.get("general.alignment", 32))
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"{self.path}: general.alignment {alignment} is not a power of two")
@@ -157,10 +182,10 @@ class GGUFFile:
         (length,) = struct.unpack_from("<Q", self._bytes, at)
         end = at + 8 + length
         if end > len(self._bytes):
-            raise IndexError("a string runs past the end of the file")
+            raise ValueError(f"{self.path}: a string runs past the end of the file")
         return self._bytes[at + 8 : end].tobytes().decode("utf-8"), end
 
-    def _value(self, at: int, kind: int) -> tuple[Any, int]:
+    def _value(self, at: int, kind: int, depth: int = 0) -> tuple[Any, int]:
         """The value of type ``kind`` at ``at`` and the offset after it (a numeric array as a
         view of the file: ``value`` makes it a list when asked for)."""
         data = self._bytes
@@ -177,7 +202,7 @@ class GGUFFile:
             dtype = np.dtype("<" + _SCALARS[item])
             end = at + count * dtype.itemsize
             if end > len(data):
-                raise IndexError("an array runs past the end of the file")
+                raise ValueError(f"{self.path}: an array runs past the end of the file")
             return self._data[at:end].view(dtype), end
         if item == _STRING:
             offsets = array("Q")
@@ -185,12 +210,18 @@ class GGUFFile:
                 offsets.append(at)
                 (length,) = struct.unpack_from("<Q", data, at)
                 at += 8 + length
-            if at > len(data):
-                raise IndexError("an array runs past the end of the file")
+                if at > len(data):
+                    raise ValueError(f"{self.path}: an array runs past the end of the file")
             return StringArray(data, offsets), at
-        values = []  # arrays of arrays: rare and small
+        if item != _ARRAY:
+            raise ValueError(f"{self.path}: a metadata array of unknown type {item}")
+        if depth + 1 >= _MAX_NESTING:
+            raise ValueError(f"{self.path}: arrays nested more than {_MAX_NESTING} deep")
+        if count > len(data):  # each item takes 12 bytes at least
+            raise ValueError(f"{self.path}: an array runs past the end of the file")
+        values = []  # arrays of arrays: rare and small (kept nested; GGUFReader flattens them)
         for _ in range(count):
-            value, at = self._value(at, item)
+            value, at = self._value(at, item, depth + 1)
             if isinstance(value, np.ndarray | StringArray):
                 value = value.tolist() if isinstance(value, np.ndarray) else list(value)
             values.append(value)

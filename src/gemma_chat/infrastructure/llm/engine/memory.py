@@ -12,10 +12,10 @@ and one pass's chunk, at most; float16 with the int8 kernels, else the compute d
 
 A model is refused when its weights, the prefix store's budget and the keys and values of a
 ``RESERVED_TOKENS``-token conversation exceed the memory limit, or when it is to be converted
-and the conversion's peak does: conversion goes one tensor at a time (``conversion.py``) and
-frees each before the converted model is read back, so its peak is the larger of the engine's
-model and the largest weight being converted (``conversion_bytes``; measured: DEVELOPMENT.md,
-"Conversion, tensor by tensor").
+and the conversion's peak does: conversion goes one tensor at a time (``conversion.py``; the
+vocabulary table a piece of rows at a time) and frees each before the converted model is read
+back, so its peak is the larger of the engine's model and the largest weight, or piece, being
+converted (``conversion_bytes``; measured: DEVELOPMENT.md, "Conversion, tensor by tensor").
 
 That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_counts``,
 ``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from gemma_chat.infrastructure.llm.engine.config import Gemma4Config, TextConfig
-from gemma_chat.infrastructure.llm.engine.conversion import largest_read
+from gemma_chat.infrastructure.llm.engine.conversion import largest_read, rows_at_a_time
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK
 
 __all__ = [
@@ -167,6 +167,21 @@ def estimate_memory(
     sliding = sum(c.sliding_layers)
     ring = -(-(c.sliding_window + chunk) // _POSITIONS) * _POSITIONS
     matrices = c.num_layers * sum(n * k for n, k in shapes) + table * (1 if tied else 2)
+    # The vocabulary table is read a piece of rows at a time (``conversion.convert_weights``),
+    # but for a float or 4-bit head of its own (untied), which is cast or rounded whole.
+    if not tied and (not quantized or head_bits == 4):
+        table_bytes = _CONVERTING_BYTES_PER_WEIGHT * table
+    else:
+        piece = min(table, rows_at_a_time(c.hidden_size) * c.hidden_size)
+        table_bytes = _STREAMED_BYTES_PER_WEIGHT * piece
+    converting = _ROUNDING_TEMPORARIES_BYTES + max(
+        table_bytes,
+        _CONVERTING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[1::2]),
+        _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
+    )
+    if quantized and tied and head_bits == 4:  # GPTQ: the int8 model runs first
+        eight = c.num_layers * sum(matrix(n, k, 8) for n, k in shapes)
+        converting = max(converting, eight + matrix(c.vocab_size, c.hidden_size, 8) + 4 * norms)
     return MemoryEstimate(
         parameters=matrices + norms,
         weights_bytes=blocks + head + 4 * norms,
@@ -174,11 +189,7 @@ def estimate_memory(
         prefix_budget_bytes=prefix_budget_bytes,
         kv_fixed_bytes=sliding * per_position * ring,
         ring=ring if sliding else 0,
-        converting_bytes=_ROUNDING_TEMPORARIES_BYTES
-        + max(
-            _CONVERTING_BYTES_PER_WEIGHT * max(table, *(n * k for n, k in shapes[1::2])),
-            _CONCATENATING_BYTES_PER_WEIGHT * max(n * k for n, k in shapes[0::2]),
-        ),
+        converting_bytes=converting,
     )
 
 

@@ -9,8 +9,6 @@ its own (``KVCache``): a slot taken by another conversation, or idle, gives its 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import threading
 import time
@@ -23,6 +21,7 @@ import torch
 
 from gemma_chat.domain.errors import BrokenLogitsError
 from gemma_chat.domain.models import FinishReason
+from gemma_chat.infrastructure.heap import give_back_freed_heap
 from gemma_chat.infrastructure.llm.engine.batch_sampling import MaskStats, choose_tokens
 from gemma_chat.infrastructure.llm.engine.kv_cache import DEFAULT_CHUNK, KVCache
 from gemma_chat.infrastructure.llm.engine.prefix_store import PrefixStore, common_prefix_length
@@ -193,7 +192,7 @@ class BatchScheduler:
             self._save(slot)
             slot.tokens = []
             self.cache.release(slot.index)
-        _return_freed_memory()
+        give_back_freed_heap()
         logger.debug("engine idle: KV cache released, %d prefixes stored", len(self.store))
 
     def _has_active(self) -> bool:
@@ -442,12 +441,6 @@ class BatchScheduler:
             "prefix_store_mb": round(self.store.nbytes / 2**20, 2),
             "prefix_store_entries": len(self.store),
         }
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them for reuse otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 _NO_TOKENS = torch.empty(0, dtype=torch.long)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_chat.domain.models import ChatMessage
+from gemma_chat.infrastructure.heap import give_back_freed_heap
 
 __all__ = ["HFTokenizersTokenizer"]
 
@@ -27,7 +28,7 @@ class HFTokenizersTokenizer:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        _release_freed_memory()
+        give_back_freed_heap()  # parsing leaves several times the file's size freed
         return cls(tokenizer, cls.read_config(directory))
 
     @staticmethod
@@ -98,18 +99,6 @@ class HFTokenizersTokenizer:
             eos_token=self.eos_token or "",
         )
         return rendered
-
-
-def _release_freed_memory() -> None:
-    """Give the heap freed after parsing back to the system: parsing a large tokenizer.json
-    leaves several times its size freed but still counted in the process's memory (glibc keeps
-    it for later allocations that never come)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _token_text(value: object) -> str | None:
