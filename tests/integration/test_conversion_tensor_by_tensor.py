@@ -156,18 +156,20 @@ class CountedCheckpoint(Checkpoint):
         self.architecture, self.config = checkpoint.architecture, checkpoint.config
         self.alive = 0
         self.most_alive = 0
+        self.largest_read: dict[str, int] = {}  # bytes, by the checkpoint's name
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._counted(self.checkpoint[name])
+        return self._counted(name, self.checkpoint[name])
 
     def read_rows(self, name: str, index: int | None, start: int, stop: int) -> torch.Tensor:
-        return self._counted(self.checkpoint.read_rows(name, index, start, stop))
+        return self._counted(name, self.checkpoint.read_rows(name, index, start, stop))
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return self.checkpoint.shape_of(name)
 
-    def _counted(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _counted(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.numel() * tensor.element_size()
+        self.largest_read[name] = max(self.largest_read.get(name, 0), size)
         self.alive += size
         self.most_alive = max(self.most_alive, self.alive)
         weakref.finalize(tensor, self._gone, size)
@@ -336,3 +338,106 @@ def test_a_gptq_head_is_fitted_on_the_whole_models_head_inputs(
     lookup = pack_weight(*quantize_weight(table))
     assert torch.equal(written["embed_lookup.table.q"], lookup[0])
     assert torch.equal(written["embed_lookup.table.scale"], lookup[1])
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "int4-head", "int4-everywhere"])
+def test_the_vocabulary_table_in_pieces_gives_the_bytes_of_reading_it_whole(
+    name: str, kernels: Q8Kernels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pieces of 16 rows of a 501-row table (the last of 5: GPTQ's joins the piece before); the
+    # table is never read whole: the float one cast piece by piece, the calibration given the
+    # rows it looks up, the GPTQ head rounded piece by piece
+    from transformers import Gemma3ForCausalLM
+
+    dtype, _, bits = FORMATS[name]
+    torch.manual_seed(4)
+    Gemma3ForCausalLM(text_config("1b", vocab=501)).save_pretrained(tmp_path / "ckpt")
+    checkpoint = SafetensorsCheckpoint(tmp_path / "ckpt")
+    config = Gemma3Config.from_hf(checkpoint.config)
+    sources = lean_weight_sources(config, tied=True)
+    gen = torch.Generator().manual_seed(2)
+    ids = CALIBRATION_IDS.tolist()
+    text = [[2, *ids[:300]], [2, *ids[300:]]]
+    samples = [[2, *torch.randint(3, 500, (40,), generator=gen).tolist()] for _ in range(3)]
+    quantized = name != "bfloat16"
+
+    def convert(target: Path) -> CountedCheckpoint:
+        counted = CountedCheckpoint(checkpoint)
+        convert_weights(
+            counted,
+            sources,
+            config,
+            target,
+            dtype=dtype,
+            kernels=kernels if quantized else None,
+            bits=bits,
+            tied=True,
+            calibration_ids=ids,
+            head_sequences=(text, samples) if bits.head == 4 else None,
+        )
+        return counted
+
+    convert(tmp_path / "whole.safetensors")
+    monkeypatch.setattr(conversion, "WEIGHTS_AT_A_TIME", 16 * config.hidden_size)
+    pieces = convert(tmp_path / "pieces.safetensors")
+    table = 4 * checkpoint["embed_tokens.weight"].numel()
+    assert pieces.largest_read["embed_tokens.weight"] < table / 4  # 16 rows, or 21 at the end
+    assert (tmp_path / "pieces.safetensors").read_bytes() == (
+        tmp_path / "whole.safetensors"
+    ).read_bytes()
+
+
+def test_a_failed_conversion_raises_its_own_error_not_the_unwritten_tensors(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    model = build_text_model("1b")
+    model.save_pretrained(tmp_path / "ckpt")
+    checkpoint = SafetensorsCheckpoint(tmp_path / "ckpt")
+    config = Gemma3Config.from_hf(checkpoint.config)
+    dtype, _, bits = FORMATS["int4-everywhere"]
+    with pytest.raises(ValueError, match="outside the embedding table"):
+        convert_weights(
+            checkpoint,
+            lean_weight_sources(config, tied=True),
+            config,
+            tmp_path / "w.safetensors",
+            dtype=dtype,
+            kernels=kernels,
+            bits=bits,
+            tied=True,
+            calibration_ids=[5, 10**6],
+        )
+
+
+def test_gptq_in_pieces_gives_the_whole_heads_bytes_also_with_a_short_last_piece(
+    kernels: Q8Kernels, tmp_path: Path
+) -> None:
+    # BLAS rounds a product a few rows wide otherwise than the same rows of a wider one: a last
+    # piece of 8 rows gave other 4-bit values (it now joins the piece before it)
+    from safetensors.torch import load_file
+
+    from gemma_chat.infrastructure.llm.engine.gptq import gptq_weight4
+
+    class Rows:
+        def __init__(self, values: torch.Tensor) -> None:
+            self.values, self.shape = values, tuple(values.shape)
+
+        def read(self, start: int, stop: int) -> torch.Tensor:
+            return self.values[start:stop].clone()
+
+    width, piece = 1152, 512
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(2 * piece + 8, width, generator=gen) * 0.05
+    x = torch.randn(2000, width, generator=gen).double()
+    x[:, :5] *= 20
+    covariance, importance = x.T @ x / x.shape[0], (x.float() ** 2).mean(dim=0)
+    whole = pack_weight4(*gptq_weight4(kernels, weight, covariance, importance))
+    names = ("lm_head.q", "lm_head.scale", "lm_head.scale_factor")
+    layout = {name: (t.dtype, tuple(t.shape)) for name, t in zip(names, whole, strict=True)}
+    writer = SafetensorsWriter(tmp_path / "head.safetensors", layout)
+    rows = Rows(weight)
+    conversion._gptq_rows(writer, rows, kernels, (covariance, importance), piece * width)  # type: ignore[arg-type]
+    writer.close()
+    written = load_file(tmp_path / "head.safetensors")
+    for name, tensor in zip(names, whole, strict=True):
+        assert torch.equal(written[name], tensor), name

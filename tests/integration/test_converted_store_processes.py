@@ -166,7 +166,7 @@ def resident_mb() -> float:
     reason="resident memory read from /proc with glibc's malloc_trim (Linux, glibc)",
 )
 def test_the_freed_heap_goes_back_to_the_system() -> None:
-    from gemma_chat.infrastructure.llm.engine.converted_store import give_back_freed_heap
+    from gemma_chat.infrastructure.heap import give_back_freed_heap
 
     # 4,000 blocks of 100 KB (below glibc's mmap threshold: heap); every other one is kept, so
     # the freed ones are holes between live blocks that no free() can give back by shrinking

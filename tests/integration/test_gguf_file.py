@@ -197,3 +197,24 @@ def test_a_gemma_gguf_tokenizer_is_saved_as_auto_tokenizer_builds_it_without_ggu
     save_tokenizer(source, checkpoint, tmp_path / "ours")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "auto" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        (None, False),
+        ('{"bos_token": "<bos>"}', False),
+        ('{"tokenizer_class": "PreTrainedTokenizerFast"}', True),
+        ('{"auto_map": {"AutoTokenizer": ["x.Tok", null]}}', True),
+        ("{not json", True),  # AutoTokenizer reads it and says what is wrong
+    ],
+)
+def test_a_tokenizer_config_beside_the_gguf_that_names_a_class_decides_it(
+    tmp_path: Path, config: str | None, names: bool
+) -> None:
+    from gemma_chat.infrastructure.llm.engine.converted_store import _names_tokenizer_class
+
+    if config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(config)
+    source = ModelSource(directory=tmp_path, gguf_file="m.gguf")
+    assert _names_tokenizer_class(source) is names

@@ -131,9 +131,11 @@ class SafetensorsWriter:
         if self._rows[name] == shape[0]:
             self._missing.discard(name)
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = True) -> None:
+        """Close the file; ``complete``: check that every tensor was written (a conversion
+        that failed closes it without, so that its own error is the one raised)."""
         self._file.close()
-        if self._missing:
+        if complete and self._missing:
             raise ValueError(f"tensors never written: {sorted(self._missing)}")
 
 
@@ -299,8 +301,10 @@ def convert_weights(
             put_head("embed.weight", "lm_head", head_importance)
         if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
             put_head("embed.weight", "embed_lookup.table", None, width=8)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    writer.close()
 
 
 def _rows_looked_up(rows: _Rows, runs: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
@@ -310,14 +314,14 @@ def _rows_looked_up(rows: _Rows, runs: list[list[int]]) -> tuple[torch.Tensor, l
     wanted = sorted({i for ids in runs for i in ids})
     if wanted and not 0 <= wanted[0] <= wanted[-1] < rows.shape[0]:
         raise ValueError(f"token ids outside the embedding table's {rows.shape[0]} rows")
-    step = rows_at_a_time(_numel(rows.shape[1:]))
+    step = rows_at_a_time(_numel(rows.shape[1:]), WEIGHTS_AT_A_TIME)
     found: list[torch.Tensor] = []
     at = 0
     for start in range(0, rows.shape[0], step):
         stop = bisect_left(wanted, start + step, at)
         if stop > at:
             piece = rows.read(start, start + step)
-            found.append(piece[torch.tensor(wanted[at:stop]) - start].clone())
+            found.append(piece[torch.tensor(wanted[at:stop]) - start])  # a copy: indexed
             del piece
             at = stop
     index = {token: position for position, token in enumerate(wanted)}
@@ -435,8 +439,10 @@ def convert_streamed(
                 piece = rows.read(start, start + step)
                 writer.write_rows(name, start, piece.reshape(-1, *shape[1:]).to(kind))
                 del piece
-    finally:
-        writer.close()
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    writer.close()
 
 
 def _quantize_rows(
@@ -484,6 +490,11 @@ def _quantize_rows(
     writer.write(f"{module}.scale_factor", torch.tensor([mult], dtype=torch.float32))
 
 
+# GPTQ's updates are matrix products over a piece's rows, and BLAS gives other bits for a
+# product only a few rows wide (measured: under 13): a shorter last piece joins the one before
+_SHORTEST_GPTQ_PIECE = 4 * LANES
+
+
 def _gptq_rows(
     writer: SafetensorsWriter,
     rows: _Rows,
@@ -502,8 +513,11 @@ def _gptq_rows(
     n, width = rows.shape[0], _numel(rows.shape[1:])
     step = rows_at_a_time(width, weights_at_a_time)
     scales = torch.zeros((-(-n // LANES) * LANES, width // BLOCK), dtype=torch.float32)
-    for start in range(0, n, step):
-        piece = rows.read(start, start + step).reshape(-1, width)
+    starts = list(range(0, n, step))
+    if len(starts) > 1 and n - starts[-1] < _SHORTEST_GPTQ_PIECE:
+        starts.pop()  # the short rest joins the piece before it
+    for start, stop in zip(starts, [*starts[1:], n], strict=True):
+        piece = rows.read(start, stop).reshape(-1, width)
         q, scale = gptq_weight4(kernels, piece, covariance, importance, cholesky=cholesky)
         del piece
         packed, _, _ = pack_weight4(q, scale)

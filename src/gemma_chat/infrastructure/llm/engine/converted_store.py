@@ -398,17 +398,29 @@ def save_tokenizer(source: ModelSource, checkpoint: Checkpoint, target: Path) ->
         kwargs["gguf_file"] = source.gguf_file
         # Without a tokenizer type, AutoTokenizer reads a Gemma GGUF's whole header with gguf's
         # GGUFReader (an object per vocabulary item) only to find the class its model type
-        # names. Named here, unless a tokenizer_config.json beside the file names one (its
-        # tokenizer_class decides then); Gemma 4 has no entry and is read as before.
+        # names. Named here, unless a tokenizer_config.json beside the file names a class (it
+        # decides then); Gemma 4 has no entry and is read as before.
         model_type = checkpoint.architecture.text_model_type
-        beside = (source.directory / "tokenizer_config.json").is_file()
-        if TOKENIZER_MAPPING_NAMES.get(model_type) and not beside:
+        if TOKENIZER_MAPPING_NAMES.get(model_type) and not _names_tokenizer_class(source):
             kwargs["tokenizer_type"] = model_type
     tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
     if not getattr(tokenizer, "chat_template", None) and isinstance(checkpoint, GGUFCheckpoint):
         tokenizer.chat_template = checkpoint.chat_template
     tokenizer.save_pretrained(target)
     return tokenizer
+
+
+def _names_tokenizer_class(source: ModelSource) -> bool:
+    """Whether a tokenizer_config.json beside the checkpoint names its tokenizer's class (or
+    cannot be read, which AutoTokenizer then says)."""
+    path = source.directory / "tokenizer_config.json"
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(config, dict) or "tokenizer_class" in config or "auto_map" in config
 
 
 def end_of_generation_ids(source: ModelSource, config: dict[str, Any]) -> list[int]:

@@ -17,7 +17,10 @@ vocabulary table a piece of rows at a time) and frees each before the converted 
 back, so its peak is the larger of the engine's model and the largest weight, or piece, being
 converted (``conversion_bytes``; measured: DEVELOPMENT.md, "Conversion, tensor by tensor").
 
-That is Gemma 3's count, exact. Gemma 4 is counted through its config (``weight_counts``,
+That is Gemma 3's count of weights and keys and values, exact; its conversion's peak is
+estimated (a piece of the table counted as Gemma 4's pieces are, 20 bytes a weight, beside the
+rounding's temporaries; a tied 4-bit head's conversion at least the int8 model it runs first
+for the head's GPTQ inputs). Gemma 4 is counted through its config (``weight_counts``,
 ``kv_sources``, ``kv_shape``: per-layer shapes, shared keys and values, PLE, MoE), its weights
 within a few percent; it converts a piece of a weight at a time (``conversion.convert_streamed``:
 at most ``WEIGHTS_AT_A_TIME`` weights read at once, whatever its largest tensor), so its
