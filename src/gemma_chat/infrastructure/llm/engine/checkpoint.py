@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +24,6 @@ from gemma_chat.infrastructure.llm.engine.architecture import (
     architecture_named,
     complete_text_config,
 )
-
-if TYPE_CHECKING:
-    from gguf import GGMLQuantizationType
-
 
 __all__ = [
     "Checkpoint",
@@ -156,13 +152,6 @@ _GGUF_SLIDING_PATTERN = 6
 # rows of a quantized tensor dequantized at a time: gguf's dequantize holds its float32 output
 # twice (its pieces, then their concatenation), for a vocabulary table the largest of them all
 _DEQUANTIZED_ROWS = 8192
-
-
-def _values_per_row(data: np.ndarray[Any, Any], kind: GGMLQuantizationType) -> int:
-    from gguf import GGML_QUANT_SIZES
-
-    block, size = GGML_QUANT_SIZES[kind]
-    return int(data.shape[-1]) // size * block
 
 
 def gguf_architecture(path: Path) -> str | None:
@@ -338,7 +327,7 @@ class GGUFCheckpoint(Checkpoint):
         return self._read(name, (rows, *shape[1:]), data[start:stop])
 
     def _read(self, name: str, shape: tuple[int, ...], data: np.ndarray[Any, Any]) -> torch.Tensor:
-        from gguf import GGMLQuantizationType
+        from gguf import GGMLQuantizationType, quant_shape_from_byte_shape
         from gguf.quants import dequantize
 
         kind = self._tensors[self._names[name]].tensor_type
@@ -349,7 +338,7 @@ class GGUFCheckpoint(Checkpoint):
         elif data.ndim < 2:
             values = dequantize(data, kind)
         else:  # into one array, some rows at a time
-            values = np.empty((*data.shape[:-1], _values_per_row(data, kind)), np.float32)
+            values = np.empty(quant_shape_from_byte_shape(data.shape, kind), np.float32)
             for first in range(0, data.shape[0], _DEQUANTIZED_ROWS):
                 rows = slice(first, first + _DEQUANTIZED_ROWS)
                 values[rows] = dequantize(data[rows], kind)

@@ -254,12 +254,8 @@ def convert_weights(
             ]
             del table
         if "embed.weight" in layout:  # float, or the untied table beside an int8 head
-            width = _numel(table_rows.shape[1:])
-            step = rows_at_a_time(width, WEIGHTS_AT_A_TIME)
-            for start in range(0, table_rows.shape[0], step):
-                piece = table_rows.read(start, start + step).reshape(-1, *table_rows.shape[1:])
-                writer.write_rows("embed.weight", start, piece.to(dtype))
-                del piece
+            kind, shape = layout["embed.weight"]
+            _cast_rows(writer, "embed.weight", table_rows, shape, kind, WEIGHTS_AT_A_TIME)
         for layer in range(config.num_layers):
             names = [n for n in sources if (m := _BLOCK_WEIGHT.fullmatch(n)) and int(m[1]) == layer]
             importance: dict[str, torch.Tensor] = {}
@@ -294,9 +290,8 @@ def convert_weights(
             del x, sample_inputs
             # a piece of rows at a time (GPTQ's rows are independent given H: the same values
             # as the whole table's, without its float32 copies and updates all held at once)
-            rows = _Rows(checkpoint, sources["embed.weight"])
             statistics = (covariance, (text_x * text_x).mean(dim=0))
-            _gptq_rows(writer, rows, kernels, statistics, WEIGHTS_AT_A_TIME)
+            _gptq_rows(writer, table_rows, kernels, statistics, WEIGHTS_AT_A_TIME)
         elif kernels is not None:  # the int8 (or 4-bit) table is the head (and the lookup)
             put_head("embed.weight", "lm_head", head_importance)
         if tied and kernels is not None and bits.lookup == 8:  # the lookups' own int8 table
@@ -434,15 +429,28 @@ def convert_streamed(
             if len(shape) < 2:  # norms, scalars: whole, in the layout's shape
                 writer.write(name, rows.read(0, rows.shape[0]).reshape(shape).to(kind))
                 continue
-            step = rows_at_a_time(_numel(shape[1:]), weights_at_a_time)
-            for start in range(0, shape[0], step):
-                piece = rows.read(start, start + step)
-                writer.write_rows(name, start, piece.reshape(-1, *shape[1:]).to(kind))
-                del piece
+            _cast_rows(writer, name, rows, shape, kind, weights_at_a_time)
     except BaseException:
         writer.close(complete=False)
         raise
     writer.close()
+
+
+def _cast_rows(
+    writer: SafetensorsWriter,
+    name: str,
+    rows: _Rows,
+    shape: tuple[int, ...],
+    kind: torch.dtype,
+    weights_at_a_time: int,
+) -> None:
+    """A float weight of ``shape`` [N, ...] cast to ``kind`` and written a piece of rows at a
+    time (``rows_at_a_time``)."""
+    step = rows_at_a_time(_numel(shape[1:]), weights_at_a_time)
+    for start in range(0, shape[0], step):
+        piece = rows.read(start, start + step)
+        writer.write_rows(name, start, piece.reshape(-1, *shape[1:]).to(kind))
+        del piece
 
 
 def _quantize_rows(
